@@ -1,0 +1,1 @@
+"""The `hyperdomain` command line: parses arguments and calls the library."""

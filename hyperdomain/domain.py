@@ -1,0 +1,181 @@
+"""A domain: one flat vector of per-conv input-channel multipliers, plus what made it.
+
+The vector ``d`` concatenates one block per modulated conv (``conv1``, ``convs[0]``, ...), block
+``k`` of length ``c_in(k)``. The generator multiplies conv ``k``'s demodulated weight by
+``(1 + d_k)`` along the input axis, so ``d = 0`` is the source domain.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .errors import HyperdomainError
+from .fileio import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .generator import Generator
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Domain:
+    """A domain vector ``(D,)`` float32 with its per-conv split ``dims`` and metadata ``meta``.
+
+    ``meta`` is a plain JSON-able dict (prompts, generator name and fingerprint, CLIP models,
+    losses, iterations, seed, ...).
+    """
+
+    vector: torch.Tensor
+    dims: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.vector)
+        if v.ndim != 1:
+            raise HyperdomainError(f"domain vector must be 1-D, got shape {list(v.shape)}")
+        self.vector = v.detach().to(dtype=torch.float32)
+        self.dims = tuple(int(d) for d in self.dims)
+        if sum(self.dims) != v.numel():
+            raise HyperdomainError(
+                f"domain vector has {v.numel()} numbers but its per-conv dims sum to {sum(self.dims)}"
+            )
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def zeros(cls, G: "Generator", **meta: Any) -> "Domain":
+        """The source domain of ``G`` (all multipliers one)."""
+        return cls(torch.zeros(G.num_domain_params), G.domain_dims, {**generator_meta(G), **meta})
+
+    def __len__(self) -> int:
+        return self.vector.numel()
+
+    def blocks(self) -> list[torch.Tensor]:
+        """The per-conv pieces ``d_k`` (views of ``vector``)."""
+        return list(torch.split(self.vector, list(self.dims)))
+
+    # ----------------------------------------------------------------- arithmetic
+    def scaled(self, strength: float) -> "Domain":
+        """``strength * d``: 0 is the source domain, 1 this domain, >1 exaggerates it."""
+        return Domain(self.vector * float(strength), self.dims, {**self.meta, "strength": float(strength)})
+
+    def lerp(self, other: "Domain", t: float) -> "Domain":
+        """Linear interpolation ``(1 - t) * self + t * other``."""
+        return mix([self, other], [1.0 - float(t), float(t)])
+
+    # ----------------------------------------------------------------- checks
+    def check_compatible(self, G: "Generator", fingerprint: bool = True) -> None:
+        """Raise a one-line error when this domain does not fit ``G``.
+
+        The layout (per-conv dims) must always match; with ``fingerprint`` the generator
+        weights recorded in the domain (when recorded) must be ``G``'s too.
+        """
+        name = self.meta.get("generator", "?")
+        fp = self.meta.get("generator_fingerprint")
+        if self.dims != tuple(G.domain_dims):
+            raise HyperdomainError(
+                f"domain{_origin(self)} has {len(self)} numbers in {len(self.dims)} convs, but generator "
+                f"{G.name!r} (fingerprint {G.fingerprint}) needs {G.num_domain_params} in "
+                f"{len(G.domain_dims)} convs; the domain was made for generator {name!r}"
+                + (f" (fingerprint {fp})" if fp else "")
+            )
+        if fingerprint and fp and fp != G.fingerprint:
+            raise HyperdomainError(
+                f"domain{_origin(self)} was trained for generator {name!r} (fingerprint {fp}), not for "
+                f"{G.name!r} (fingerprint {G.fingerprint}); pass check=False to use it anyway"
+            )
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file (tensor ``domain`` + metadata), atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {
+            "format": "hyperdomain.domain",
+            "format_version": str(FORMAT_VERSION),
+            "dims": json.dumps(list(self.dims)),
+            "meta": json.dumps(self.meta, sort_keys=True),
+        }
+        with atomic_path(path) as tmp:
+            save_file({"domain": self.vector.contiguous()}, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, generator: "Generator | None" = None, check: bool = True) -> "Domain":
+        """Read a domain file; with ``generator``, check it fits (dims, and fingerprint if ``check``)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise HyperdomainError(f"{path}: no such domain file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                keys = list(f.keys())
+                if keys != ["domain"]:
+                    raise HyperdomainError(
+                        f"{path}: not a domain file (expected one tensor 'domain', found {keys})"
+                    )
+                vector = f.get_tensor("domain")
+        except HyperdomainError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise HyperdomainError(f"{path}: not a readable safetensors domain file ({e})") from None
+        if header.get("format") != "hyperdomain.domain":
+            raise HyperdomainError(f"{path}: not a hyperdomain domain file (metadata 'format' missing)")
+        version = int(header.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise HyperdomainError(
+                f"{path}: domain format version {version} is newer than this hyperdomain reads ({FORMAT_VERSION})"
+            )
+        try:
+            dims = tuple(json.loads(header["dims"]))
+            meta = json.loads(header.get("meta", "{}"))
+        except (KeyError, ValueError) as e:
+            raise HyperdomainError(f"{path}: malformed domain metadata ({e})") from None
+        meta = {**meta, "file": str(path)}
+        try:
+            domain = cls(vector, dims, meta)
+        except HyperdomainError as e:
+            raise HyperdomainError(f"{path}: {e}") from None
+        if generator is not None:
+            domain.check_compatible(generator, fingerprint=check)
+        return domain
+
+
+def mix(domains: Sequence[Domain], weights: Sequence[float] | None = None) -> Domain:
+    """Weighted sum ``sum_i w_i d_i`` of domains of the same layout (equal weights summing to 1 by default)."""
+    if not domains:
+        raise HyperdomainError("mix: no domains given")
+    if weights is None:
+        weights = [1.0 / len(domains)] * len(domains)
+    if len(weights) != len(domains):
+        raise HyperdomainError(f"mix: {len(domains)} domains but {len(weights)} weights")
+    dims = domains[0].dims
+    for d in domains[1:]:
+        if d.dims != dims:
+            raise HyperdomainError(
+                f"mix: domains have different layouts ({len(domains[0])} vs {len(d)} numbers)"
+            )
+    vector = sum(float(w) * d.vector for w, d in zip(weights, domains))
+    meta = {k: v for k, v in domains[0].meta.items() if k.startswith("generator")}
+    meta["mixed_from"] = [
+        {"prompt": d.meta.get("prompt"), "file": d.meta.get("file"), "weight": float(w)}
+        for w, d in zip(weights, domains)
+    ]
+    return Domain(vector, dims, meta)
+
+
+def generator_meta(G: "Generator") -> dict[str, Any]:
+    """The generator facts every domain records."""
+    return {"generator": G.name, "generator_fingerprint": G.fingerprint, "resolution": G.resolution}
+
+
+def _origin(d: Domain) -> str:
+    return f" {d.meta['file']}" if d.meta.get("file") else ""

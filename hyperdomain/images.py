@@ -1,0 +1,61 @@
+"""Images out of the generator: the only place where values are clamped to pixels."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import HyperdomainError
+from .fileio import atomic_path
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` nominally in ``[-1, 1]`` -> ``[N, H, W, 3]`` uint8 (clamped, rounded)."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise HyperdomainError(f"images must have shape [N, 3, H, W], got {list(images.shape)}")
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile ``[N, 3, H, W]`` into one ``[H', W', 3]`` uint8 image, ``nrow`` images per row."""
+    pix = to_uint8(images)
+    n, h, w, c = pix.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    if nrow < 1:
+        raise HyperdomainError(f"nrow must be >= 1, got {nrow}")
+    rows = math.ceil(n / nrow)
+    grid = torch.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = pix[i]
+    return grid
+
+
+def _save_pil(array: torch.Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise HyperdomainError(f"{path}: unknown image type {path.suffix!r}; use one of {sorted(_FORMATS)}")
+    img = Image.fromarray(array.squeeze(-1).numpy() if array.shape[-1] == 1 else array.numpy())
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
+    """Write images ``[N, 3, H, W]`` (nominally ``[-1, 1]``) as one grid image, atomically."""
+    return _save_pil(make_grid(images, nrow=nrow, padding=padding), Path(path))
+
+
+def save_images(images: torch.Tensor, directory: str | os.PathLike, prefix: str = "", start: int = 0) -> list[Path]:
+    """Write each image as ``{prefix}{index:05d}.png`` in ``directory``."""
+    directory = Path(directory)
+    pix = to_uint8(images)
+    return [_save_pil(p, directory / f"{prefix}{start + i:05d}.png") for i, p in enumerate(pix)]

@@ -1,0 +1,178 @@
+"""StyleGAN2 building blocks, named as in the common PyTorch port so its state dicts load as is.
+
+The modulated conv carries the domain multiplier. Semantics (the paper's code): the per-sample
+weight is ``W' = demod(scale * W * s) * (1 + d)`` along the input axis, with the demodulation
+coefficients computed from ``s`` alone. We never form ``W'``: the input is scaled per sample and
+channel by ``s * (1 + d)``, one ordinary convolution runs with the shared weight, and the output
+channels are scaled by the demodulation coefficients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import stylegan2_ops as ops
+
+_BLUR = (1.0, 3.0, 3.0, 1.0)
+
+
+def blur_kernel(factor: int) -> torch.Tensor:
+    """The port's 2-D ``[1,3,3,1]`` kernel, normalised and times ``factor**2`` (keeps the gain)."""
+    k = torch.tensor(_BLUR)
+    k = k[None, :] * k[:, None]
+    return k / k.sum() * factor**2
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate (weights scaled at run time)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, lrelu: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.lrelu = lrelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.scale)
+        return ops.bias_act(x, self.bias * self.lr_mul, act="lrelu" if self.lrelu else "linear")
+
+
+class Blur(nn.Module):
+    def __init__(self, pad: tuple[int, int], factor: int):
+        super().__init__()
+        self.register_buffer("kernel", blur_kernel(factor))
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p0, p1 = self.pad
+        return ops.upfirdn2d(x, self.kernel, padding=(p0, p1, p0, p1))
+
+
+class ModulatedConv2d(nn.Module):
+    """Modulated (and optionally demodulated, 2x-upsampling) conv with a domain multiplier.
+
+    ``weight_side = True`` switches to the paper's formulation (per-sample weights, one grouped
+    convolution); it exists for the benchmark and gives the same result.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.demodulate = demodulate
+        self.upsample = upsample
+        self.weight_side = False
+        if upsample:
+            # after a stride-2 transposed conv of size k the blur trims the output to exactly 2x
+            p = len(_BLUR) - 2 - (kernel_size - 1)
+            self.blur = Blur(((p + 1) // 2 + 1, p // 2 + 1), factor=2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
+        # x [B, I, H, W], w [B, style_dim], domain [B, I] or None
+        styles = self.modulation(w)  # [B, I]
+        weight = self.weight[0] * self.scale  # [O, I, k, k]
+        if self.weight_side:
+            return self._forward_weight_side(x, weight, styles, domain)
+        x = ops.modulated_input(x, styles, domain)
+        if self.upsample:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            x = self.blur(x)
+        else:
+            x = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            x = x * ops.demod_coefficients(weight, styles)[:, :, None, None]
+        return x
+
+    def _forward_weight_side(self, x, weight, styles, domain):
+        b, i, h, w_ = x.shape
+        wb = weight[None] * styles[:, None, :, None, None]  # [B, O, I, k, k]
+        if self.demodulate:
+            wb = wb * torch.rsqrt(wb.square().sum(dim=(2, 3, 4)) + 1e-8)[:, :, None, None, None]
+        if domain is not None:
+            wb = wb * (1 + domain)[:, None, :, None, None]
+        x = x.reshape(1, b * i, h, w_)
+        k = self.kernel_size
+        if self.upsample:
+            wt = wb.transpose(1, 2).reshape(b * i, self.out_ch, k, k)
+            x = F.conv_transpose2d(x, wt, stride=2, groups=b)
+            x = x.reshape(b, self.out_ch, x.shape[2], x.shape[3])
+            return self.blur(x)
+        x = F.conv2d(x, wb.reshape(b * self.out_ch, i, k, k), padding=self.padding, groups=b)
+        return x.reshape(b, self.out_ch, h, w_)
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return x if noise is None else x + self.weight * noise
+
+
+class FusedLeakyReLU(nn.Module):
+    def __init__(self, channels: int, clamp: float | None):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.bias_act(x, self.bias, act="lrelu", clamp=self.clamp)
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool, clamp: float | None):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        # NVIDIA clamps after the lrelu gain, i.e. at conv_clamp * sqrt(2)
+        self.activate = FusedLeakyReLU(out_ch, None if clamp is None else clamp * math.sqrt(2))
+
+    def forward(self, x, w, noise=None, domain=None):
+        return self.activate(self.noise(self.conv(x, w, domain), noise))
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool, clamp: float | None):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.clamp = clamp
+        if upsample:
+            # the port stores this kernel as `upsample.kernel`; a submodule keeps that key
+            self.upsample = _KernelHolder(blur_kernel(2))
+
+    def forward(self, x, w, skip=None):
+        out = ops.bias_act(self.conv(x, w), self.bias.view(3), clamp=self.clamp)
+        if skip is not None:
+            out = out + ops.upfirdn2d(skip, self.upsample.kernel, up=2, padding=(2, 1, 2, 1))
+        return out
+
+
+class _KernelHolder(nn.Module):
+    def __init__(self, kernel: torch.Tensor):
+        super().__init__()
+        self.register_buffer("kernel", kernel)
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)

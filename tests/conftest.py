@@ -1,0 +1,37 @@
+import argparse
+
+import pytest
+import torch
+
+from hyperdomain.config import GeneratorConfig
+from hyperdomain.generator import Generator
+
+TINY = GeneratorConfig(resolution=32, style_dim=32, n_mlp=2, channels=(32, 32, 32, 32))
+
+
+def make_tiny_generator(seed: int = 0, config: GeneratorConfig = TINY) -> Generator:
+    """A random 32 px generator with non-zero noise strengths and biases (so every path matters)."""
+    torch.manual_seed(seed)
+    G = Generator(config, name="tiny")
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight") or name.endswith("activate.bias") or name.endswith("to_rgb1.bias") \
+                    or (name.startswith("to_rgbs") and name.endswith(".bias")):
+                p.normal_(0, 0.3)
+    G.requires_grad_(False)
+    return G.eval()
+
+
+@pytest.fixture
+def tiny_G() -> Generator:
+    return make_tiny_generator()
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_G):
+    """A port-format checkpoint file of the tiny generator, with an argparse Namespace like the port's."""
+    path = tmp_path / "tiny.pt"
+    latent_avg = torch.randn(tiny_G.w_dim)
+    torch.save({"g_ema": tiny_G.state_dict(), "latent_avg": latent_avg,
+                "args": argparse.Namespace(size=32, channel_multiplier=2)}, path)
+    return path, latent_avg

@@ -99,12 +99,11 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     if with_source or not loaded:
         rows.append(("source", None))
     rows += [(p.stem, d) for p, d in zip(domains, loaded)]
-    images = []
-    with click.progressbar(rows, label="sampling", file=sys.stderr) as bar:
-        for label, dom in bar:
-            images.append(G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size,
-                                   noise_mode=noise_mode))
     import torch
+    from tqdm import tqdm
+
+    images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size, noise_mode=noise_mode)
+              for _, dom in tqdm(rows, desc="sampling", unit="row", disable=None, file=sys.stderr)]
 
     grid = torch.cat(images)
     hd.save_grid(grid, out, nrow=n if len(rows) > 1 else None)
@@ -129,17 +128,19 @@ def info(file):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Domain file to write (.safetensors).")
+@click.option("--prompt", help="The target prompt it was trained for (the paper's files do not record it).")
+@click.option("--source", "source_prompt", help="Source prompt (default: the generator's, e.g. 'Photo').")
 @user_errors
-def import_(checkpoint, out):
+def import_(checkpoint, out, prompt, source_prompt):
     """Convert one of the paper's released single-domain checkpoints into a domain file.
 
     \b
     Example:
-      hyperdomain import td_pixar.pt --out pixar.safetensors
+      hyperdomain import td_pixar.pt --prompt "3D render in the style of Pixar" --out pixar.safetensors
     """
     import hyperdomain as hd
 
-    domain = hd.import_checkpoint(checkpoint)
+    domain = hd.import_checkpoint(checkpoint, prompt=prompt, source_prompt=source_prompt)
     domain.save(out)
     prompt = domain.meta.get("prompt")
     click.echo(f"wrote {out} ({len(domain)} numbers, {len(domain.dims)} convs"

@@ -1,0 +1,35 @@
+"""hyperdomain: parameter-efficient domain adaptation of a frozen StyleGAN2 (HyperDomainNet).
+
+Public API::
+
+    import hyperdomain as hd
+    G = hd.load_generator("ffhq")                      # manifest name or checkpoint path
+    pixar = hd.Domain.load("pixar.safetensors", generator=G)
+    images = G.sample(8, domain=pixar, truncation=0.7, seed=0)
+    hd.save_grid(images, "pixar.png")
+"""
+from .config import GeneratorConfig
+from .domain import Domain, mix
+from .errors import HyperdomainError
+from .generator import Generator, load_generator
+from .images import make_grid, save_grid, save_images
+from .paper_import import import_checkpoint
+from .weights import download, load_manifest, weights_home
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Domain",
+    "Generator",
+    "GeneratorConfig",
+    "HyperdomainError",
+    "download",
+    "import_checkpoint",
+    "load_generator",
+    "load_manifest",
+    "make_grid",
+    "mix",
+    "save_grid",
+    "save_images",
+    "weights_home",
+]

@@ -1,0 +1,66 @@
+"""What a file holds, for `hyperdomain info`: a domain, a generator, or a paper checkpoint."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import HyperdomainError
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """An ordered dict of facts about ``path`` (read without running any pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HyperdomainError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _describe_domain(path)
+    from .safe_pickle import load_torch_file, sniff
+
+    if sniff(path) != "pickle":
+        obj = load_torch_file(path)
+        if isinstance(obj, Mapping) and "model_type" in obj:
+            return _describe_paper(path, obj)
+    return _describe_generator(path)
+
+
+def _describe_domain(path: Path) -> dict[str, Any]:
+    from .domain import Domain
+
+    d = Domain.load(path)
+    v = d.vector
+    out: dict[str, Any] = {"file": str(path), "kind": "domain", "numbers": len(d), "convs": len(d.dims),
+                           "per-conv widths": list(d.dims),
+                           "|d| max / mean": f"{v.abs().max():.4g} / {v.abs().mean():.4g}"}
+    out.update({k: v for k, v in d.meta.items() if k != "file"})
+    return out
+
+
+def _describe_generator(path: Path) -> dict[str, Any]:
+    from .checkpoints import read_generator_file
+    from .generator import generator_from_state
+
+    ckpt = read_generator_file(path)
+    G = generator_from_state(ckpt["g_ema"], ckpt.get("latent_avg"), name=path.stem, where=str(path),
+                             conv_clamp=ckpt.get("conv_clamp"))
+    c = G.config
+    return {"file": str(path), "kind": "StyleGAN2 generator", "resolution": c.resolution,
+            "style dim": c.style_dim, "mapping layers": c.n_mlp, "channels": list(c.channels),
+            "W vectors": c.num_ws, "domain numbers": G.num_domain_params,
+            "latent_avg": "stored" if ckpt.get("latent_avg") is not None else "computed on first use",
+            "conv_clamp": c.conv_clamp, "fingerprint": G.fingerprint}
+
+
+def _describe_paper(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"file": str(path), "kind": "HyperDomainNet paper checkpoint"}
+    for key in ("model_type", "patch_key", "da_type"):
+        if key in obj:
+            out[key] = obj[key]
+    sd = obj.get("state_dict")
+    if isinstance(sd, Mapping):
+        out["tensors"] = len(sd)
+        out["numbers"] = sum(int(t.numel()) for t in sd.values() if hasattr(t, "numel"))
+    sg2 = obj.get("sg2_params", obj.get("sg_2_params"))
+    if isinstance(sg2, Mapping):
+        out["generator params"] = dict(sg2)
+    return out

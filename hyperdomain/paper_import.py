@@ -1,0 +1,170 @@
+"""Import the HyperDomainNet authors' released single-domain checkpoints as :class:`Domain` files.
+
+Their format (github.com/MACderRu/HyperDomainNet, ``core/utils/common.py::get_trainable_model_state``
+and ``trainers.py::save_models``): ``torch.save`` of a plain dict
+
+- ``model_type``: ``"parameterization"`` for a single domain (the repo's inference code also spells
+  it ``"parametrization"``), ``"mapper"`` for a HyperDomainNet, ``"original"`` for a fine-tuned
+  generator;
+- ``patch_key``: ``"cin_mult"`` for the paper's domain modulation;
+- ``state_dict``: ``BaseParametrization.state_dict()``, keys ``heads.conv_{k}.params_in`` of shape
+  ``(1, 1, c_in, 1, 1)``, ``k = 0`` for ``conv1`` and ``k = i + 1`` for ``convs[i]`` (to-RGB layers
+  have none);
+- ``sg2_params`` (``sg_2_params`` in some versions): ``dict`` of the generator arguments
+  (``img_size``, ``latent_size``, ``map_layers``, ``channel_multiplier``, ``device``,
+  ``checkpoint_path`` or ``ckpt_path``);
+- ``da_type``: ``"td"`` (text-driven) or ``"im2im"`` (one-shot; those also hold ``style_latents``).
+
+The paper's conv multiplies the demodulated weight ``[B, O, I, k, k]`` by ``1 + params_in``,
+i.e. along the input-channel axis, after demodulation: exactly our domain vector's semantics, so
+the vector is the concatenation of the ``params_in`` in ``k`` order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Mapping
+
+import torch
+
+from .domain import Domain
+from .errors import HyperdomainError
+from .safe_pickle import load_torch_file
+
+log = logging.getLogger(__name__)
+
+__all__ = ["import_checkpoint", "paper_conv_dims"]
+
+_SINGLE_DOMAIN_TYPES = ("parameterization", "parametrization")
+_HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.params_in")
+
+
+def paper_conv_dims(img_size: int, channel_multiplier: int = 2) -> tuple[int, ...]:
+    """Input widths of the modulated convs of the port's config at ``img_size`` (the paper's order)."""
+    widths = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier, 128: 128 * channel_multiplier,
+              256: 64 * channel_multiplier, 512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+    dims, c = [widths[4]], widths[4]
+    r = 8
+    while r <= img_size:
+        dims += [c, widths[r]]
+        c = widths[r]
+        r *= 2
+    return tuple(dims)
+
+
+def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,
+                      source_prompt: str | None = None) -> Domain:
+    """Read a released single-domain checkpoint (``td_*.pt``, ``im2im_*.pt``) as a :class:`Domain`.
+
+    The files do not record the target prompt; pass ``prompt`` (and ``source_prompt`` where the
+    generator's default is not wanted) to store them in the domain's metadata. Loading runs no
+    pickled code.
+    """
+    path = Path(path)
+    ckpt = load_torch_file(path)
+    if not isinstance(ckpt, Mapping) or "model_type" not in ckpt:
+        found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise HyperdomainError(f"{path}: not a HyperDomainNet checkpoint (no 'model_type'; found {found})")
+    model_type = ckpt["model_type"]
+    if model_type == "mapper":
+        raise HyperdomainError(
+            f"{path}: a HyperDomainNet hypernetwork (model_type 'mapper'), not a single domain; "
+            f"hypernetwork import is a separate function"
+        )
+    if model_type not in _SINGLE_DOMAIN_TYPES:
+        raise HyperdomainError(
+            f"{path}: model_type {model_type!r} is not supported; expected 'parameterization' (a domain vector)"
+        )
+    patch_key = ckpt.get("patch_key")
+    if patch_key != "cin_mult":
+        raise HyperdomainError(
+            f"{path}: patch_key {patch_key!r} is not supported; only 'cin_mult' (the paper's domain modulation)"
+        )
+    vector, dims = _domain_from_state(ckpt.get("state_dict"), path)
+
+    sg2 = ckpt.get("sg2_params", ckpt.get("sg_2_params"))
+    sg2 = dict(sg2) if isinstance(sg2, Mapping) else {}
+    img_size = _int_or_none(sg2.get("img_size"))
+    if img_size is not None:
+        expected = paper_conv_dims(img_size, _int_or_none(sg2.get("channel_multiplier")) or 2) \
+            if img_size in (2**i for i in range(3, 11)) else None
+        if expected is not None and dims != expected:
+            raise HyperdomainError(
+                f"{path}: params_in widths {list(dims)} do not match the {img_size} px generator "
+                f"named in sg2_params ({list(expected)})"
+            )
+    gen_file = sg2.get("checkpoint_path") or sg2.get("ckpt_path")
+    gen_name, gen_source_prompt = _generator_name(gen_file)
+    da_type = ckpt.get("da_type")
+    meta: dict[str, Any] = {
+        "source": "paper-checkpoint",
+        "imported_from": path.name,
+        "prompt": prompt,
+        "source_prompt": source_prompt or gen_source_prompt or "Photo",
+        "generator": gen_name,
+        "paper_model_type": str(model_type),
+        "paper_patch_key": "cin_mult",
+        "paper_da_type": None if da_type is None else str(da_type),
+    }
+    if img_size is not None:
+        meta["resolution"] = img_size
+    if sg2:
+        meta["paper_sg2_params"] = {str(k): _jsonable(v) for k, v in sg2.items()}
+    if da_type == "im2im":
+        # The paper's one-shot results also mix the reference image's W+ into layers 7+.
+        meta["note"] = ("im2im checkpoint: the paper also style-mixes the reference image's latents "
+                        "(style_latents) into layers 7 and up; only the domain vector is imported")
+        log.warning("%s: im2im checkpoint; its style_latents are not part of the imported domain", path)
+    return Domain(vector, dims, meta)
+
+
+def _domain_from_state(sd: Any, path: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if not isinstance(sd, Mapping) or not sd:
+        raise HyperdomainError(f"{path}: 'state_dict' is missing or empty")
+    heads: dict[int, torch.Tensor] = {}
+    for key, t in sd.items():
+        m = _HEAD_KEY.fullmatch(str(key))
+        if not m:
+            raise HyperdomainError(f"{path}: unexpected state_dict key {key!r} (expected heads.conv_{{k}}.params_in)")
+        if not isinstance(t, torch.Tensor) or t.ndim != 5 or tuple(t.shape[:2]) != (1, 1) or tuple(t.shape[3:]) != (1, 1):
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise HyperdomainError(f"{path}: {key} has shape {shape}, expected [1, 1, c_in, 1, 1]")
+        heads[int(m.group(1))] = t
+    ks = sorted(heads)
+    if ks != list(range(len(ks))):
+        missing = sorted(set(range(max(ks) + 1)) - set(ks))
+        raise HyperdomainError(f"{path}: state_dict lacks heads.conv_{missing[0]}.params_in (convs must be 0..{max(ks)})")
+    blocks = [heads[k].detach().float().reshape(-1) for k in ks]  # numeric order: conv_10 after conv_9
+    return torch.cat(blocks), tuple(b.numel() for b in blocks)
+
+
+def _generator_name(gen_file: Any) -> tuple[str | None, str | None]:
+    """Map the generator file the paper trained with to a manifest name and its source prompt."""
+    if not isinstance(gen_file, str) or not gen_file:
+        return None, None
+    base = PureWindowsPath(gen_file).name if "\\" in gen_file else PurePosixPath(gen_file).name
+    try:
+        from .weights import load_manifest
+
+        for name, entry in load_manifest().items():
+            if entry.filename == base:
+                return name, entry.source_prompt
+    except HyperdomainError:  # a broken manifest must not block an import
+        pass
+    return base, None
+
+
+def _int_or_none(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return str(v)

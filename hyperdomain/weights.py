@@ -1,0 +1,313 @@
+"""Known pretrained generators: the manifest, where files live, and verified, resumable downloads."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import importlib.resources
+import json
+import logging
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import HyperdomainError
+from .fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ManifestEntry", "load_manifest", "weights_home", "download", "resolve", "CHECKSUMS_FILE"]
+
+FORMATS = ("port", "nvidia-pickle")
+CHECKSUMS_FILE = "checksums.json"
+_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description"}
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One known generator file."""
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str | None  # None: not published; trust-on-first-use via checksums.json
+    size: int | None  # bytes
+    format: str  # "port" | "nvidia-pickle"
+    resolution: int
+    source_prompt: str
+    description: str = ""
+
+    @property
+    def filename(self) -> str:
+        """The local file name: the last path component of the first URL."""
+        return Path(urllib.parse.urlparse(self.urls[0]).path).name
+
+
+# --------------------------------------------------------------------------- manifest
+def _manifest_text(path: str | os.PathLike | None) -> tuple[str, str]:
+    if path is not None:
+        try:
+            return Path(path).read_text(encoding="utf-8"), str(path)
+        except OSError as e:
+            raise HyperdomainError(f"{path}: cannot read manifest ({e.strerror or e})") from None
+    res = importlib.resources.files("pretrained").joinpath("manifest.json")
+    return res.read_text(encoding="utf-8"), "pretrained/manifest.json"
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEntry]:
+    """Read and validate the manifest (default: ``manifest.json`` of the ``pretrained`` package)."""
+    text, where = _manifest_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HyperdomainError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("generators"), dict):
+        raise HyperdomainError(f"{where}: expected an object with a 'generators' object")
+    return {name: _entry(where, name, raw) for name, raw in data["generators"].items()}
+
+
+def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
+    def bad(field: str, expected: str) -> HyperdomainError:
+        value = raw.get(field, "<missing>") if isinstance(raw, dict) else raw
+        return HyperdomainError(f"{where}: entry {name!r}, field {field!r}: expected {expected}, got {value!r}")
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+        raise HyperdomainError(f"{where}: entry {name!r}: names are lower-case letters, digits, '-', '_', '.'")
+    if not isinstance(raw, dict):
+        raise bad("(entry)", "an object")
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise HyperdomainError(f"{where}: entry {name!r}, field {unknown[0]!r}: unknown field (known: {sorted(_FIELDS)})")
+    urls = raw.get("urls")
+    if (not isinstance(urls, list) or not urls
+            or not all(isinstance(u, str) and re.match(r"https?://[^/\s]+/\S*[^/\s]$", u) for u in urls)):
+        raise bad("urls", "a non-empty list of http(s) URLs naming a file")
+    sha = raw.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise bad("sha256", "64 lower-case hex digits or null")
+    size = raw.get("size")
+    if size is not None and not (type(size) is int and size > 0):
+        raise bad("size", "a positive number of bytes or null")
+    fmt = raw.get("format")
+    if fmt not in FORMATS:
+        raise bad("format", f"one of {list(FORMATS)}")
+    res = raw.get("resolution")
+    if not (type(res) is int and res >= 4 and res & (res - 1) == 0):
+        raise bad("resolution", "a power of two >= 4")
+    prompt = raw.get("source_prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise bad("source_prompt", "a non-empty string")
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise bad("description", "a string")
+    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc)
+
+
+# --------------------------------------------------------------------------- where files live
+def weights_home() -> Path:
+    """``$HYPERDOMAIN_HOME``; else ``pretrained/`` of a source checkout; else the user cache."""
+    env = os.environ.get("HYPERDOMAIN_HOME")
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "setup.cfg").is_file() and (repo / "pretrained").is_dir() and os.access(repo / "pretrained", os.W_OK):
+        return repo / "pretrained"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache) / "hyperdomain"
+
+
+def _read_checksums(home: Path) -> dict[str, Any]:
+    p = home / CHECKSUMS_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise HyperdomainError(f"{p}: unreadable checksum record ({e}); delete it to start afresh") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _write_checksum(home: Path, filename: str, record: dict[str, Any]) -> None:
+    data = _read_checksums(home)
+    data[filename] = record
+    with atomic_path(home / CHECKSUMS_FILE) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _verify(entry: ManifestEntry, path: Path, home: Path) -> None:
+    """Check ``path`` against the manifest (size, sha256) or the trust-on-first-use record.
+
+    A file already verified (same size and mtime as recorded) is not hashed again.
+    """
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        raise HyperdomainError(f"{path}: {size} bytes, expected {entry.size} for {entry.name!r}")
+    record = _read_checksums(home).get(entry.filename)
+    if isinstance(record, dict) and {k: record.get(k) for k in ("size", "mtime_ns")} == _stamp(path):
+        if entry.sha256 is None or record.get("sha256") == entry.sha256:
+            return
+    digest = _sha256(path)
+    if entry.sha256 is not None:
+        if digest != entry.sha256:
+            raise HyperdomainError(f"{path}: sha256 is {digest}, expected {entry.sha256} for {entry.name!r}")
+    elif isinstance(record, dict) and record.get("sha256"):
+        if digest != record["sha256"]:
+            raise HyperdomainError(
+                f"{path}: sha256 is {digest}, but {home / CHECKSUMS_FILE} recorded {record['sha256']} when "
+                f"{entry.name!r} was first downloaded"
+            )
+    else:
+        log.warning("%s has no published sha256; recorded %s (trust on first use) in %s",
+                    entry.name, digest, home / CHECKSUMS_FILE)
+    _write_checksum(home, entry.filename, {"sha256": digest, **_stamp(path)})
+
+
+# --------------------------------------------------------------------------- download
+def download(name: str, home: str | os.PathLike | None = None, progress: bool = True,
+             manifest: Mapping[str, ManifestEntry] | None = None) -> Path:
+    """Download manifest entry ``name`` into ``home`` (default :func:`weights_home`); return its path.
+
+    Resumes a partial ``<file>.part`` with an HTTP Range request, tries mirrors in order, and
+    verifies size and sha256 (or records the digest on first use where none is published). A file
+    already present and verified is never downloaded again. ``manifest`` defaults to
+    :func:`load_manifest`'s.
+    """
+    manifest = load_manifest() if manifest is None else manifest
+    if name not in manifest:
+        raise HyperdomainError(f"unknown generator {name!r}; known: {', '.join(sorted(manifest))}")
+    entry = manifest[name]
+    home = Path(home) if home is not None else weights_home()
+    dest = home / entry.filename
+    if dest.is_file():
+        try:
+            _verify(entry, dest, home)
+        except HyperdomainError as e:
+            raise HyperdomainError(f"{e}; delete it to download again") from None
+        return dest
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HyperdomainError(f"{home}: cannot create the weights folder ({e.strerror or e})") from None
+    part = dest.with_name(dest.name + ".part")
+    failures: list[str] = []
+    for url in entry.urls:
+        try:
+            _fetch(url, part, entry.size, progress, desc=entry.filename)
+        except _FetchError as e:
+            failures.append(f"{url} ({e})")
+            continue
+        try:
+            _verify(entry, part, home)
+        except HyperdomainError as e:
+            part.unlink(missing_ok=True)  # a wrong file must not be resumed from
+            failures.append(f"{url} ({str(e).split(': ', 1)[-1]})")
+            continue
+        os.replace(part, dest)
+        _write_checksum(home, entry.filename, {**_read_checksums(home).get(entry.filename, {}), **_stamp(dest)})
+        return dest
+    raise HyperdomainError(
+        f"could not download {name} from {' or '.join(failures)}; download it by hand and put it at "
+        f"{dest}, or pass its path"
+    )
+
+
+class _FetchError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
+        yield bar
+
+
+def _fetch(url: str, part: Path, size: int | None, progress: bool, desc: str, _retry: bool = True) -> None:
+    """Fetch ``url`` into ``part``, continuing from its current length when the server allows."""
+    have = part.stat().st_size if part.is_file() else 0
+    if size is not None and have > size:
+        part.unlink()
+        have = 0
+    req = urllib.request.Request(url, headers={"User-Agent": "hyperdomain"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have and _retry:  # our partial file does not fit the server's: restart
+            part.unlink(missing_ok=True)
+            return _fetch(url, part, size, progress, desc, _retry=False)
+        raise _FetchError(f"HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or e
+        raise _FetchError(str(reason)) from None
+    with resp:
+        if have and resp.status == 206:
+            mode = "ab"
+        else:  # the server sent the whole file
+            mode, have = "wb", 0
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else size
+        try:
+            with open(part, mode) as f, _progress_bar(progress, total, have, desc) as bar:
+                while True:
+                    chunk = resp.read(_CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:  # dropped: keep the partial file to resume
+            raise _FetchError(f"interrupted: {e!r}") from None
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise _FetchError(f"interrupted after {got} of {total} bytes; run again to resume")
+
+
+# --------------------------------------------------------------------------- names or paths
+def resolve(name_or_path: str | os.PathLike, download: bool = True,
+            manifest: Mapping[str, ManifestEntry] | None = None) -> tuple[Path, ManifestEntry | None]:
+    """An existing path as is (entry ``None``), or a manifest name's file, downloaded if missing."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p, None
+    name = str(name_or_path)
+    manifest = load_manifest() if manifest is None else manifest
+    if name not in manifest:
+        raise HyperdomainError(
+            f"{name}: no such file, and not a known generator name (known: {', '.join(sorted(manifest))})"
+        )
+    entry = manifest[name]
+    if download:
+        return _download(name, manifest=manifest), entry
+    dest = weights_home() / entry.filename
+    if not dest.is_file():
+        raise HyperdomainError(f"{name} is not downloaded yet (expected at {dest}); allow downloading or pass a path")
+    _verify(entry, dest, weights_home())
+    return dest, entry
+
+
+_download = download  # resolve()'s ``download`` flag shadows the function inside it

@@ -1,0 +1,28 @@
+"""Low-level StyleGAN2 ops: fused bias + activation, upfirdn2d, style/domain modulation.
+
+Each op has a CUDA kernel (``csrc/``, compiled on first use with CUDA tensors, see ``_build``)
+and a plain-PyTorch reference path. ``impl="auto"`` uses the kernel for CUDA tensors when the
+extension is available, else the reference; ``"ref"`` forces the reference; ``"cuda"`` requires
+the kernel. ``import stylegan2_ops`` needs neither nvcc nor ninja.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _build
+from .bias_act import bias_act
+from .modulation import demod_coefficients, modulated_input
+from .upfirdn2d import setup_filter, upfirdn2d
+
+__all__ = ["bias_act", "upfirdn2d", "setup_filter", "modulated_input", "demod_coefficients", "status"]
+
+
+def status() -> dict:
+    """What was built, where and with which flags, or why not (a JSON-able dict).
+
+    ``state`` is "not_attempted" (no CUDA tensor has reached an op yet), "ok" or "failed"
+    (``error`` says why); ``strict`` reflects ``HYPERDOMAIN_OPS_STRICT``.
+    """
+    return {**_build.LOADER.status(), "cuda_available": torch.cuda.is_available(),
+            "cache_root": str(_build.default_cache_root())}

@@ -1,0 +1,271 @@
+"""Build, cache and load the one CUDA extension holding every stylegan2_ops kernel.
+
+The extension is compiled lazily, the first time a CUDA tensor reaches an op with
+``impl="auto"`` or ``"cuda"``; ``import stylegan2_ops`` needs neither nvcc nor ninja.
+The outcome of that first attempt is remembered for the life of the process: on failure
+``impl="auto"`` warns once (one line) and uses the reference ops, unless the environment
+variable ``HYPERDOMAIN_OPS_STRICT=1`` asks for an error instead (GPU CI).
+
+Builds are cached under ``$HYPERDOMAIN_OPS_CACHE/<hash>`` (default
+``~/.cache/hyperdomain/ops/<hash>``); the hash covers the sources' bytes, the torch and
+CUDA versions, the Python ABI, the target archs and the compiler flags. A build runs in a
+temporary directory next to its final place and is renamed into place when complete, so a
+crashed or concurrent build never leaves a half-written cache entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("ops.cpp", "bias_act.cu", "upfirdn2d.cu", "modulation.cu")
+HEADERS = ("ops.h", "common.cuh")
+FUNCTIONS = ("bias_act_fwd", "bias_act_grad", "upfirdn2d", "modulate", "rowdot",
+             "demod_wsq", "demod_fwd", "demod_grad_styles", "demod_grad_weight")
+STRICT_ENV = "HYPERDOMAIN_OPS_STRICT"
+CACHE_ENV = "HYPERDOMAIN_OPS_CACHE"
+
+_CFLAGS = ("-O3",)
+# No --use_fast_math: the kernels must match the reference ops to float tolerance.
+_CUDA_CFLAGS = ("-O3", "-lineinfo")
+_ARCH_RE = re.compile(r"^(\d+)\.(\d+)([a-z]?)(\+PTX)?$")
+
+
+def strict() -> bool:
+    """True when ``HYPERDOMAIN_OPS_STRICT`` asks for build failures to raise instead of falling back."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hyperdomain" / "ops"
+
+
+def visible_arch_list() -> tuple[str, ...]:
+    """Compute capabilities ("8.6", ...) of the visible GPUs, sorted and de-duplicated."""
+    if not torch.cuda.is_available():
+        return ()
+    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return tuple(f"{major}.{minor}" for major, minor in sorted(caps))
+
+
+def arch_flags(arch_list: Sequence[str]) -> list[str]:
+    """nvcc ``-gencode`` flags for archs like "9.0", "9.0a" or "8.6+PTX" (the last also embeds PTX)."""
+    flags = []
+    for arch in arch_list:
+        m = _ARCH_RE.match(arch.strip())
+        if m is None:
+            raise ValueError(f"arch {arch!r} is not of the form '9.0', '9.0a' or '8.6+PTX'")
+        num = f"{m.group(1)}{m.group(2)}{m.group(3)}"
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if m.group(4):
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    if not flags:
+        raise ValueError("arch_list is empty")
+    return flags
+
+
+def find_cuda_home() -> Path | None:
+    """The CUDA toolkit root: the first candidate holding both bin/nvcc and include/cuda_runtime.h.
+
+    torch's own guess (``cpp_extension.CUDA_HOME``) can be a directory with only an nvcc wrapper
+    (here ``/usr/local`` from ``/usr/local/bin/nvcc``), so its include/ and lib64/ are checked
+    and the real ones passed explicitly as build arguments.
+    """
+    from torch.utils import cpp_extension
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and (Path(c) / "bin" / "nvcc").exists() and (Path(c) / "include" / "cuda_runtime.h").exists():
+            return Path(c).resolve()
+    return None
+
+
+def _toolkit_args(cuda_home: Path | None) -> tuple[list[str], list[str]]:
+    includes, ldflags = [], []
+    if cuda_home is not None:
+        includes.append(str(cuda_home / "include"))
+        for lib in ("lib64", "lib"):
+            if (cuda_home / lib / "libcudart.so").exists():
+                ldflags.append(f"-L{cuda_home / lib}")
+    return includes, ldflags
+
+
+def build_hash(arch_list: Sequence[str], extra_flags: Sequence[str] = ()) -> str:
+    h = hashlib.sha256()
+    for name in sorted(SOURCES + HEADERS):
+        h.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
+    for part in (torch.__version__, str(torch.version.cuda), sys.implementation.cache_tag,
+                 sys.platform, ",".join(arch_list), " ".join(_CFLAGS + _CUDA_CFLAGS), " ".join(extra_flags)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def _import_so(name: str, path: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+class BuildInfo(dict):
+    """Plain dict describing a build (what ``stylegan2_ops.status()`` reports)."""
+
+
+def build_extension(arch_list: Sequence[str] | None = None, build_dir: str | os.PathLike | None = None,
+                    verbose: bool = False) -> tuple[ModuleType, BuildInfo]:
+    """Compile (or reuse from the cache) and import the extension; returns (module, info).
+
+    arch_list: compute capabilities like ("9.0",); default: those of the visible GPUs, so it is
+        required when no GPU is visible (e.g. a compile-only check on a build machine).
+    build_dir: cache root (a ``<hash>`` sub-directory is used inside it); default
+        ``$HYPERDOMAIN_OPS_CACHE`` or ``~/.cache/hyperdomain/ops``.
+    Raises whatever the compiler, linker or import raised.
+    """
+    from torch.utils import cpp_extension  # not at import time: it probes for CUDA
+
+    arch_list = tuple(arch_list) if arch_list else visible_arch_list()
+    if not arch_list:
+        raise RuntimeError("no GPU is visible; pass arch_list (e.g. ('9.0',)) to build without one")
+    gencode = arch_flags(arch_list)
+    cuda_home = find_cuda_home()
+    includes, ldflags = _toolkit_args(cuda_home)
+    digest = build_hash(arch_list)
+    name = f"hyperdomain_ops_{digest}"
+    root = Path(build_dir) if build_dir is not None else default_cache_root()
+    final = root / digest
+    so_path = final / f"{name}.so"
+    info = BuildInfo(name=name, path=str(so_path), build_dir=str(final), arch_list=list(arch_list),
+                     extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode, cuda_home=str(cuda_home),
+                     torch=torch.__version__, torch_cuda=torch.version.cuda)
+
+    if so_path.exists():
+        module = _import_so(name, so_path)
+        info.update(source="cache", build_seconds=0.0)
+        return module, info
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
+    start = time.perf_counter()
+    try:
+        # torch compares nvcc's CUDA version with torch.version.cuda here and raises on a
+        # major mismatch; the arch flags contain "arch", so torch adds none of its own.
+        module = cpp_extension.load(
+            name=name,
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=list(_CFLAGS),
+            extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode,
+            extra_include_paths=includes,
+            extra_ldflags=ldflags,
+            build_directory=str(tmp),
+            verbose=verbose,
+            with_cuda=True,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache entry is shared read-only
+    try:
+        os.rename(tmp, final)  # atomic; fails if another process got there first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not so_path.exists():
+            raise
+    info.update(source="built", build_seconds=round(seconds, 1))
+    logger.info("stylegan2_ops: built %s in %.0f s", so_path, seconds)
+    return module, info
+
+
+Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]
+
+
+class ExtensionLoader:
+    """Tries the build once per process and remembers the outcome (module or error)."""
+
+    def __init__(self, builder: Builder | None = None):
+        self._builder = builder or build_extension
+        self._lock = threading.Lock()
+        self._attempted = False
+        self._module: ModuleType | None = None
+        self._status: dict = {"state": "not_attempted"}
+        self._error: BaseException | None = None
+        self._warned = False
+
+    def status(self) -> dict:
+        return dict(self._status, strict=strict())
+
+    def get(self, required: bool = False) -> ModuleType | None:
+        """The extension module, or None after a failed build (warned once).
+
+        Raises on failure when ``required`` (``impl="cuda"``) or in strict mode.
+        """
+        with self._lock:
+            if not self._attempted:
+                self._attempted = True
+                try:
+                    self._module, info = self._builder()
+                    missing = [f for f in FUNCTIONS if not hasattr(self._module, f)]
+                    if missing:
+                        raise RuntimeError(f"extension lacks {missing}")
+                    self._status = {"state": "ok", **info}
+                except Exception as e:  # any compiler/linker/import failure means: use the reference
+                    self._module, self._error = None, e
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    self._status = {"state": "failed", "error": f"{type(e).__name__}: {first}"}
+            if self._module is not None:
+                return self._module
+            if required or strict():
+                raise RuntimeError(f"stylegan2_ops: CUDA extension unavailable ({self._status['error']})"
+                                   + ("" if required else f" and {STRICT_ENV}=1")) from self._error
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"stylegan2_ops: CUDA extension unavailable ({self._status['error']}); "
+                              f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
+                              RuntimeWarning, stacklevel=4)
+            return None
+
+
+LOADER = ExtensionLoader()
+
+IMPLS = ("auto", "cuda", "ref")
+
+
+def is_cuda(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
+def kernels(op: str, impl: str, x: torch.Tensor) -> ModuleType | None:
+    """The extension module if ``op`` should run its CUDA kernels on ``x``, else None (reference)."""
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "ref":
+        return None
+    if impl == "cuda" and not is_cuda(x):
+        raise ValueError(f"{op}: impl='cuda' needs CUDA tensors, got a tensor on {x.device}")
+    if not is_cuda(x):
+        return None
+    return LOADER.get(required=(impl == "cuda"))

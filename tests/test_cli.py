@@ -1,0 +1,128 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import main
+from hyperdomain.domain import Domain
+
+from conftest import make_tiny_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def assert_user_error(result, *fragments):
+    """Exit code 2, one line on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.fixture
+def domains(tmp_path, tiny_G):
+    paths = []
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        d = Domain(0.5 * torch.randn(tiny_G.num_domain_params, generator=g), tiny_G.domain_dims,
+                   {"generator": "tiny", "generator_fingerprint": tiny_G.fingerprint, "prompt": f"style {seed}"})
+        paths.append(d.save(tmp_path / f"style{seed}.safetensors"))
+    return paths
+
+
+def test_sample_rows_per_domain(tmp_path, tiny_ckpt, domains, tiny_G):
+    ckpt, latent_avg = tiny_ckpt
+    tiny_G.set_latent_avg(latent_avg)
+    out = tmp_path / "grid.png"
+    r = run("sample", "--generator", ckpt, "--domain", domains[0], "--domain", domains[1], "--with-source",
+            "-n", 4, "--seed", 3, "--out", out, "--separate", tmp_path / "frames", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    img = Image.open(out)
+    assert img.size == (4 * 34 + 2, 3 * 34 + 2)  # 4 per row, 3 rows (source + 2 domains), 2 px padding
+    frames = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert len(frames) == 12 and frames[0] == "source_00000.png" and frames[-1] == "style1_00003.png"
+    # the source row holds exactly what the library samples
+    import numpy as np
+
+    from hyperdomain.images import make_grid
+
+    expected = make_grid(tiny_G.sample(4, seed=3, truncation=0.7), nrow=4)
+    got = torch.from_numpy(np.array(img))[: 34 + 2]
+    assert (got.int() - expected[: 34 + 2].int()).abs().max() <= 1
+    # domain rows differ from the source row
+    assert (torch.from_numpy(np.array(img))[36:70].int() - got[2:36].int()).abs().float().mean() > 1
+
+
+def test_info_describes_each_kind(tmp_path, tiny_ckpt, domains):
+    ckpt, _ = tiny_ckpt
+    r = run("info", ckpt)
+    assert r.exit_code == 0 and "StyleGAN2 generator" in r.output and "224" in r.output
+    r = run("info", domains[0])
+    assert r.exit_code == 0 and "domain" in r.output and "style 0" in r.output
+
+
+def test_import_paper_checkpoint(tmp_path, tiny_G):
+    sd = {}
+    offset = 0
+    for k, c in enumerate(tiny_G.domain_dims):
+        sd[f"heads.conv_{k}.params_in"] = torch.full((1, 1, c, 1, 1), 0.01 * k)
+        offset += c
+    src = tmp_path / "td_test.pt"
+    torch.save({"model_type": "parameterization", "patch_key": "cin_mult", "state_dict": sd, "da_type": "td"}, src)
+    out = tmp_path / "test.safetensors"
+    r = run("import", src, "--prompt", "Sketch", "--out", out)
+    assert r.exit_code == 0, r.output
+    d = Domain.load(out)
+    assert d.meta["prompt"] == "Sketch" and d.dims == tiny_G.domain_dims
+    assert torch.equal(d.blocks()[3], torch.full((32,), 0.03))
+    assert "paper checkpoint" in run("info", src).output
+
+
+def test_download_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path))
+    r = run("download", "--list")
+    assert r.exit_code == 0 and "ffhq" in r.output and str(tmp_path) in r.output
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, tiny_ckpt, domains, monkeypatch):
+    ckpt, _ = tiny_ckpt
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path / "home"))
+    assert_user_error(run("sample", "--generator", tmp_path / "nope.pt"), "nope.pt", "no such file")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(ckpt.read_bytes()[:500])
+    assert_user_error(run("sample", "--generator", bad, "--device", "cpu"), "bad.pt", "corrupt")
+    other = make_tiny_generator(seed=9)
+    torch.save({"g_ema": other.state_dict()}, tmp_path / "other.pt")
+    assert_user_error(run("sample", "--generator", tmp_path / "other.pt", "--domain", domains[0], "--device", "cpu"),
+                      "fingerprint")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    assert_user_error(run("sample", "--generator", ckpt, "-n", 1, "--out", blocker / "g.png", "--device", "cpu"),
+                      "cannot write")
+    assert_user_error(run("sample", "--generator", ckpt, "--out", tmp_path / "g.gif", "--device", "cpu"), ".gif")
+    assert_user_error(run("sample", "--generator", ckpt, "--device", "cuda:7"), "--device")
+    assert_user_error(run("sample", "--generator", ckpt, "--domain", tmp_path / "x.safetensors", "--device", "cpu"),
+                      "x.safetensors")
+    assert_user_error(run("download", "nosuchmodel"), "nosuchmodel")
+    assert_user_error(run("info", tmp_path / "missing.pt"), "missing.pt")
+    r = run("sample", "-n", 0)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    """The real process: a bad path gives exit code 2 and one line on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "info", str(tmp_path / "none.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "none.pt" in proc.stderr

@@ -55,6 +55,16 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _current_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _peak_bytes(device) -> int:
     import torch
 
@@ -87,13 +97,15 @@ def measure_one(size: int, path: str, batch: int, repeats: int, device_name: str
         (G.synthesis(w, domain=d) - src).square().mean().backward()
 
     out = {"size": size, "path": path, "batch": batch, "device": device_name}
+    # peak memory first, in this fresh process: nothing before the step has touched that much memory
+    base = _current_bytes(device)
+    step()
+    _sync(device)
+    out["step_peak_mb"] = (_peak_bytes(device) - base) / 2**20
+    d.grad = None
     for name, fn in (("forward", forward), ("fwd_bwd", fwd_bwd), ("step", step)):
         fn()  # warm-up (allocator, kernel choice)
         _sync(device)
-        if name == "step":
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device) if device.type == "cuda" else _peak_bytes(device)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -102,7 +114,6 @@ def measure_one(size: int, path: str, batch: int, repeats: int, device_name: str
             times.append(time.perf_counter() - t0)
             d.grad = None
         out[name + "_s"] = statistics.median(times)
-    out["step_peak_mb"] = (_peak_bytes(device) - base) / 2**20
     out["step_flops"] = count_flops(step)
     return out
 

@@ -57,6 +57,12 @@ class Blur(nn.Module):
         p0, p1 = self.pad
         return ops.upfirdn2d(x, self.kernel, padding=(p0, p1, p0, p1))
 
+    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """The transpose of this linear map: the flipped filter with the complementary padding."""
+        k = self.kernel.shape[-1]
+        q0, q1 = k - 1 - self.pad[0], k - 1 - self.pad[1]
+        return ops.upfirdn2d(g, self.kernel, padding=(q0, q1, q0, q1), flip_filter=True)
+
 
 class ModulatedConv2d(nn.Module):
     """Modulated (and optionally demodulated, 2x-upsampling) conv with a domain multiplier.
@@ -87,12 +93,8 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight[0] * self.scale  # [O, I, k, k]
         if self.weight_side:
             return self._forward_weight_side(x, weight, styles, domain)
-        x = ops.modulated_input(x, styles, domain)
-        if self.upsample:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-            x = self.blur(x)
-        else:
-            x = F.conv2d(x, weight, padding=self.padding)
+        blur = self.blur if self.upsample else None
+        x = _ModulatedConv.apply(x, styles, domain, weight, blur, self.padding)
         if self.demodulate:
             x = x * ops.demod_coefficients(weight, styles)[:, :, None, None]
         return x
@@ -113,6 +115,53 @@ class ModulatedConv2d(nn.Module):
             return self.blur(x)
         x = F.conv2d(x, wb.reshape(b * self.out_ch, i, k, k), padding=self.padding, groups=b)
         return x.reshape(b, self.out_ch, h, w_)
+
+
+class _ModulatedConv(torch.autograd.Function):
+    """``conv(x * s * (1 + d), weight)``; with ``blur``, a stride-2 transposed conv then the blur.
+
+    Autograd would keep the scaled copy of ``x`` (and the blur's input) for backward; the domain
+    gradient needs only ``x`` itself, which the previous layer keeps anyway. Keeping only ``x``
+    saves one or two activations per layer; the input gradient runs as forward convolutions, the
+    fast kernels.
+    """
+
+    @staticmethod
+    def forward(ctx, x, styles, domain, weight, blur: "Blur | None", padding: int):
+        xm = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
+        ctx.save_for_backward(x, styles, domain, weight)
+        ctx.blur, ctx.padding = blur, padding
+        return _conv(xm, weight, blur, padding)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, styles, domain, weight = ctx.saved_tensors
+        need_x, need_s, need_d, need_w = ctx.needs_input_grad[:4]
+        gx = gs = gd = gw = None
+        if need_x or need_s or need_d:
+            if ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
+                gxm = F.conv2d(ctx.blur.adjoint(gy), weight.transpose(0, 1), stride=2)
+            else:  # adjoint of a stride-1 conv: the transposed, flipped kernel
+                k = weight.shape[-1]
+                gxm = F.conv2d(gy, weight.transpose(0, 1).flip([2, 3]), padding=k - 1 - ctx.padding)
+            if need_x:
+                gx = ops.modulated_input(gxm, styles, domain)
+            if need_s or need_d:
+                gm = torch.einsum("bihw,bihw->bi", gxm, x)  # d loss / d (s * (1 + d))
+                gs = gm if domain is None else gm * (1 + domain)
+                gd = gm * styles if need_d else None
+        if need_w:
+            with torch.enable_grad():
+                w_ = weight.detach().requires_grad_(True)
+                y = _conv(ops.modulated_input(x, styles, domain).detach(), w_, ctx.blur, ctx.padding)
+                (gw,) = torch.autograd.grad(y, w_, gy)
+        return gx, (gs if need_s else None), gd, gw, None, None
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: int) -> torch.Tensor:
+    if blur is not None:
+        return blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+    return F.conv2d(x, weight, padding=padding)
 
 
 class NoiseInjection(nn.Module):

@@ -62,10 +62,15 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, 
     dim, alpha, gain, clamp = _resolve(x, b, dim, act, alpha, gain, clamp)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
-    if act == "lrelu":
-        x = F.leaky_relu(x, alpha)
-    if gain != 1:
-        x = x * gain
+    if act == "lrelu" and gain > 0:
+        # a positive gain commutes with lrelu; the in-place lrelu on our own fresh tensor makes
+        # autograd keep only the output (which the next layer keeps anyway), not a second copy
+        x = F.leaky_relu_(x * gain, alpha)
+    else:
+        if act == "lrelu":
+            x = F.leaky_relu(x, alpha)
+        if gain != 1:
+            x = x * gain
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     return x

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Union
@@ -16,6 +17,8 @@ from .layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
 
 if TYPE_CHECKING:  # pragma: no cover
     from .weights import ManifestEntry
+
+log = logging.getLogger(__name__)
 
 DomainArg = Union[None, Domain, torch.Tensor]
 NOISE_MODES = ("const", "random", "none")
@@ -56,6 +59,7 @@ class Generator(nn.Module):
         self.register_buffer("latent_avg", torch.zeros(c.style_dim), persistent=False)
         self._has_latent_avg = False
         self._fingerprint: str | None = None
+        self._warned_fingerprint = False
         self.source_prompt = "Photo"
 
     # ----------------------------------------------------------------- facts
@@ -202,7 +206,14 @@ class Generator(nn.Module):
         if domain is None:
             return None
         if isinstance(domain, Domain):
-            domain.check_compatible(self)
+            # the layout must fit; the fingerprint is checked where a domain is loaded for a
+            # generator (Domain.load(path, generator=G)), so check=False there is honoured here
+            domain.check_compatible(self, fingerprint=False)
+            fp = domain.meta.get("generator_fingerprint")
+            if fp and fp != self.fingerprint and not self._warned_fingerprint:
+                log.warning("domain %s was trained for generator fingerprint %s, this one is %s",
+                            domain.meta.get("prompt") or domain.meta.get("file") or "", fp, self.fingerprint)
+                self._warned_fingerprint = True
             domain = domain.vector
         if not isinstance(domain, torch.Tensor):
             raise HyperdomainError(f"domain must be None, a Domain or a tensor, got {type(domain).__name__}")

@@ -188,8 +188,7 @@ class StyledConv(nn.Module):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
         self.noise = NoiseInjection()
-        # NVIDIA clamps after the lrelu gain, i.e. at conv_clamp * sqrt(2)
-        self.activate = FusedLeakyReLU(out_ch, None if clamp is None else clamp * math.sqrt(2))
+        self.activate = FusedLeakyReLU(out_ch, clamp)  # NVIDIA clamps the output, after the lrelu gain
 
     def forward(self, x, w, noise=None, domain=None):
         return self.activate(self.noise(self.conv(x, w, domain), noise))

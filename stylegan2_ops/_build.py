@@ -15,6 +15,7 @@ crashed or concurrent build never leaves a half-written cache entry behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -168,36 +169,44 @@ def build_extension(arch_list: Sequence[str] | None = None, build_dir: str | os.
         return module, info
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
-    start = time.perf_counter()
-    try:
-        # torch compares nvcc's CUDA version with torch.version.cuda here and raises on a
-        # major mismatch; the arch flags contain "arch", so torch adds none of its own.
-        module = cpp_extension.load(
-            name=name,
-            sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=list(_CFLAGS),
-            extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode,
-            extra_include_paths=includes,
-            extra_ldflags=ldflags,
-            build_directory=str(tmp),
-            verbose=verbose,
-            with_cuda=True,
-        )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    seconds = time.perf_counter() - start
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache entry is shared read-only
-    try:
-        os.rename(tmp, final)  # atomic; fails if another process got there first
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not so_path.exists():
+    # one build per machine: under torchrun every rank would otherwise compile at once
+    with open(root / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if so_path.exists():  # another process built it while we waited
+            info.update(source="cache", build_seconds=0.0)
+            return _import_so(name, so_path), info
+        if final.exists():  # a stale entry without its .so would block the rename forever
+            shutil.rmtree(final, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
+        start = time.perf_counter()
+        try:
+            # torch compares nvcc's CUDA version with torch.version.cuda here and raises on a
+            # major mismatch; the arch flags contain "arch", so torch adds none of its own.
+            module = cpp_extension.load(
+                name=name,
+                sources=[str(CSRC / s) for s in SOURCES],
+                extra_cflags=list(_CFLAGS),
+                extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode,
+                extra_include_paths=includes,
+                extra_ldflags=ldflags,
+                build_directory=str(tmp),
+                verbose=verbose,
+                with_cuda=True,
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-    info.update(source="built", build_seconds=round(seconds, 1))
-    logger.info("stylegan2_ops: built %s in %.0f s", so_path, seconds)
-    return module, info
+        seconds = time.perf_counter() - start
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache entry is shared read-only
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process got there first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not so_path.exists():
+                raise
+        info.update(source="built", build_seconds=round(seconds, 1))
+        logger.info("stylegan2_ops: built %s in %.0f s", so_path, seconds)
+        return module, info
 
 
 Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]
@@ -225,7 +234,6 @@ class ExtensionLoader:
         """
         with self._lock:
             if not self._attempted:
-                self._attempted = True
                 try:
                     self._module, info = self._builder()
                     missing = [f for f in FUNCTIONS if not hasattr(self._module, f)]
@@ -236,6 +244,8 @@ class ExtensionLoader:
                     self._module, self._error = None, e
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     self._status = {"state": "failed", "error": f"{type(e).__name__}: {first}"}
+                # set only now: a Ctrl-C during the first build leaves the next call to retry
+                self._attempted = True
             if self._module is not None:
                 return self._module
             if required or strict():

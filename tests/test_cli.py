@@ -106,6 +106,9 @@ def test_user_errors_are_one_line_exit_2(tmp_path, tiny_ckpt, domains, monkeypat
     torch.save({"g_ema": other.state_dict()}, tmp_path / "other.pt")
     assert_user_error(run("sample", "--generator", tmp_path / "other.pt", "--domain", domains[0], "--device", "cpu"),
                       "fingerprint")
+    r = run("sample", "--generator", tmp_path / "other.pt", "--domain", domains[0], "--no-check", "-n", 1,
+            "--out", tmp_path / "ok.png", "--device", "cpu")
+    assert r.exit_code == 0, r.output
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     assert_user_error(run("sample", "--generator", ckpt, "-n", 1, "--out", blocker / "g.png", "--device", "cpu"),

@@ -293,3 +293,16 @@ def test_domain_gradient_matches_weight_side(G64):
         return d.grad
 
     torch.testing.assert_close(grad(False), grad(True), rtol=1e-9, atol=1e-12)
+
+
+def test_conv_clamp_limits_each_layer_output_like_nvidia():
+    """NVIDIA's networks clamp each layer's output (after the lrelu gain) at conv_clamp."""
+    from hyperdomain.layers import StyledConv
+
+    torch.manual_seed(7)
+    free, clamped = StyledConv(8, 8, 16, upsample=False, clamp=None), StyledConv(8, 8, 16, upsample=False, clamp=0.5)
+    clamped.load_state_dict(free.state_dict())
+    x, w = torch.randn(2, 8, 6, 6), torch.randn(2, 16)
+    y = free(x, w)
+    assert y.abs().max() > 0.5
+    torch.testing.assert_close(clamped(x, w), y.clamp(-0.5, 0.5))

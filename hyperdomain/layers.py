@@ -87,17 +87,21 @@ class ModulatedConv2d(nn.Module):
             p = len(_BLUR) - 2 - (kernel_size - 1)
             self.blur = Blur(((p + 1) // 2 + 1, p // 2 + 1), factor=2)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
-        # x [B, I, H, W], w [B, style_dim], domain [B, I] or None
+    def forward(self, x: torch.Tensor, w: torch.Tensor, domain: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, I, H, W], w [B, style_dim], domain [B, I] or None; ``add`` (the scaled noise,
+        broadcastable to the output) is added to the output in the same pass as the demodulation."""
         styles = self.modulation(w)  # [B, I]
         weight = self.weight[0] * self.scale  # [O, I, k, k]
         if self.weight_side:
-            return self._forward_weight_side(x, weight, styles, domain)
+            x = self._forward_weight_side(x, weight, styles, domain)
+            return x if add is None else x + add
         blur = self.blur if self.upsample else None
         x = _ModulatedConv.apply(x, styles, domain, weight, blur, self.padding)
         if self.demodulate:
-            x = x * ops.demod_coefficients(weight, styles)[:, :, None, None]
-        return x
+            dcoefs = ops.demod_coefficients(weight, styles)[:, :, None, None]  # [B, O, 1, 1]
+            return x * dcoefs if add is None else torch.addcmul(add, x, dcoefs)
+        return x if add is None else x + add
 
     def _forward_weight_side(self, x, weight, styles, domain):
         b, i, h, w_ = x.shape
@@ -169,8 +173,9 @@ class NoiseInjection(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        return x if noise is None else x + self.weight * noise
+    def scaled(self, noise: torch.Tensor | None) -> torch.Tensor | None:
+        """The noise as added to the layer output (the conv adds it, fused with demodulation)."""
+        return None if noise is None else self.weight * noise
 
 
 class FusedLeakyReLU(nn.Module):
@@ -191,7 +196,7 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_ch, clamp)  # NVIDIA clamps the output, after the lrelu gain
 
     def forward(self, x, w, noise=None, domain=None):
-        return self.activate(self.noise(self.conv(x, w, domain), noise))
+        return self.activate(self.conv(x, w, domain, add=self.noise.scaled(noise)))
 
 
 class ToRGB(nn.Module):

@@ -60,13 +60,16 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, 
                   alpha=None, gain=None, clamp=None) -> torch.Tensor:
     """Plain differentiable PyTorch (any order); the same arguments as ``bias_act`` but ``impl``."""
     dim, alpha, gain, clamp = _resolve(x, b, dim, act, alpha, gain, clamp)
-    if b is not None:
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    bshape = [-1 if i == dim else 1 for i in range(x.ndim)]
     if act == "lrelu" and gain > 0:
-        # a positive gain commutes with lrelu; the in-place lrelu on our own fresh tensor makes
-        # autograd keep only the output (which the next layer keeps anyway), not a second copy
-        x = F.leaky_relu_(x * gain, alpha)
+        # a positive gain commutes with lrelu, so (x + b) * gain is one pass over x; the in-place
+        # lrelu on that fresh tensor makes autograd keep only the output (which the next layer
+        # keeps anyway), not a second copy
+        x = x * gain if b is None else torch.add(b.reshape(bshape) * gain, x, alpha=gain)
+        x = F.leaky_relu_(x, alpha)
     else:
+        if b is not None:
+            x = x + b.reshape(bshape)
         if act == "lrelu":
             x = F.leaky_relu(x, alpha)
         if gain != 1:

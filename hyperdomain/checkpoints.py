@@ -19,19 +19,13 @@ from typing import Any, Mapping
 import torch
 
 from .errors import HyperdomainError
+from .layers import blur_kernel
 from .safe_pickle import PERSISTENT_CLASS_KEY, load_nvidia_pickle, load_torch_file, sniff
 
-__all__ = ["read_generator_file", "nvidia_to_port", "standard_kernel", "flatten_nvidia_state"]
+__all__ = ["read_generator_file", "nvidia_to_port", "flatten_nvidia_state"]
 
 # Keys every port generator state dict has; used to recognise one.
 _PORT_MARKERS = ("input.input", "conv1.conv.weight", "style.1.weight")
-
-
-def standard_kernel(factor: int = 2) -> torch.Tensor:
-    """The port's up/blur kernel: outer product of [1,3,3,1], normalised to sum 1, times factor**2."""
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    k2 = k[None, :] * k[:, None]
-    return k2 / k2.sum() * factor**2  # [4, 4]
 
 
 def read_generator_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -177,7 +171,7 @@ def nvidia_to_port(G: Mapping[str, Any]) -> dict[str, Any]:
     expected = [4 * 2**i for i in range(len(resolutions))]
     if resolutions != expected:
         raise HyperdomainError(f"synthesis blocks are at {resolutions}, expected {expected}")
-    filt = standard_kernel(1)
+    filt = blur_kernel(1)
     noise_k = 0
 
     def layer(nv: str, port: str, c_in: int, res: int, up: bool) -> int:
@@ -188,7 +182,7 @@ def nvidia_to_port(G: Mapping[str, Any]) -> dict[str, Any]:
         sd[f"{port}.conv.modulation.weight"] = src.take(f"{nv}.affine.weight", (c_in, w_dim))
         sd[f"{port}.conv.modulation.bias"] = src.take(f"{nv}.affine.bias", (c_in,))
         if up:
-            sd[f"{port}.conv.blur.kernel"] = standard_kernel(2)
+            sd[f"{port}.conv.blur.kernel"] = blur_kernel(2)
         sd[f"{port}.noise.weight"] = src.take(f"{nv}.noise_strength", ()).reshape(1)
         sd[f"{port}.activate.bias"] = src.take(f"{nv}.bias", (c_out,))
         sd[f"noises.noise_{noise_k}"] = src.take(f"{nv}.noise_const", (res, res))[None, None]
@@ -202,7 +196,7 @@ def nvidia_to_port(G: Mapping[str, Any]) -> dict[str, Any]:
         sd[f"{port}.conv.modulation.bias"] = src.take(f"{nv}.affine.bias", (c_in,))
         sd[f"{port}.bias"] = src.take(f"{nv}.bias", (3,)).reshape(1, 3, 1, 1)
         if up:
-            sd[f"{port}.upsample.kernel"] = standard_kernel(2)
+            sd[f"{port}.upsample.kernel"] = blur_kernel(2)
 
     const = src.take("synthesis.b4.const", (None, 4, 4))
     sd["input.input"] = const[None]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hyperdomain.checkpoints import nvidia_to_port, read_generator_file, standard_kernel
+from hyperdomain.checkpoints import nvidia_to_port, read_generator_file
+from hyperdomain.layers import blur_kernel
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.safe_pickle import load_nvidia_pickle, load_torch_file
 
@@ -175,8 +176,8 @@ def test_nvidia_snapshot_converts_to_every_port_key(nvidia, tmp_path, protocol):
     assert out["conv1.conv.weight"].shape == (1, CH, CH, 3, 3)
     assert out["to_rgb1.bias"].shape == (1, 3, 1, 1)
     assert out["noises.noise_6"].shape == (1, 1, 32, 32)
-    assert torch.allclose(out["convs.0.conv.blur.kernel"], standard_kernel(2))
-    assert abs(standard_kernel(2).sum().item() - 4.0) < 1e-6
+    assert torch.allclose(out["convs.0.conv.blur.kernel"], blur_kernel(2))
+    assert abs(blur_kernel(2).sum().item() - 4.0) < 1e-6
     assert torch.equal(ckpt["latent_avg"], latent_avg)
     assert ckpt["conv_clamp"] == 256.0
 

@@ -6,6 +6,7 @@ import torch
 from hyperdomain.config import GeneratorConfig
 from hyperdomain.domain import Domain, mix
 from hyperdomain.errors import HyperdomainError
+from hyperdomain.fileio import _umask
 
 from conftest import make_tiny_generator
 
@@ -109,10 +110,3 @@ def test_save_is_atomic_and_reports_unwritable(tmp_path, tiny_G):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
-
-def _umask():
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

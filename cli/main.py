@@ -113,6 +113,81 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     click.echo(f"wrote {out} ({len(rows)} row(s) x {n} images, {G.resolution} px, generator {G.name})")
 
 
+EXAMPLES_ADAPT = """
+\b
+Examples:
+  hyperdomain adapt --target "3D render in the style of Pixar"
+  hyperdomain adapt --target "Anime painting" --generator ffhq --loss direction=1 --loss indomain=0.5
+  hyperdomain adapt --target "Sketch" --clip ViT-B-32=ViT-B-32.safetensors --clip ViT-B-16=ViT-B-16.safetensors
+  hyperdomain adapt --resume runs/anime_painting            # after Ctrl-C, or --iters 600 to extend
+"""
+_RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress"}
+
+
+@main.command(epilog=EXAMPLES_ADAPT)
+@click.option("--target", "-t", help="The target domain, in words (e.g. \"3D render in the style of Pixar\").")
+@click.option("--source", "-s", help="The source domain (default: the generator's, e.g. \"Photo\").")
+@generator_option
+@click.option("--clip", "clip", multiple=True, metavar="NAME[:TAG][=FILE]",
+              help="CLIP model(s), repeatable [default: ViT-B-32 and ViT-B-16, OpenAI weights]. FILE: local "
+                   "weights for offline use; NAME may be an open_clip model config .json.")
+@click.option("--iters", type=click.IntRange(1), help="Training steps [default: 300].")
+@click.option("--batch", type=click.IntRange(1, 4096), default=4, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
+@click.option("--loss", "losses", multiple=True, metavar="NAME=WEIGHT",
+              help="Loss weights, repeatable: direction, global, indomain, l2 [default: direction=1].")
+@click.option("--mixing", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Style-mixing probability of a training batch.")
+@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
+              show_default=True, help="Prompt templates the text embeddings average over.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder [default: runs/<target>].")
+@click.option("--sample-every", type=click.IntRange(0), default=50, show_default=True,
+              help="Write a source/target sample grid every N steps (0: only at the end).")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=50, show_default=True,
+              help="Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder (its settings are kept; --iters may extend it).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@device_option
+@click.pass_context
+@user_errors
+def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing, templates, seed, out,
+          sample_every, checkpoint_every, resume, progress, device):
+    """Adapt a generator to a domain described in words: trains one domain vector against CLIP."""
+    import hyperdomain as hd
+    from hyperdomain.adaptation import DOMAIN_FILE, slug
+
+    if resume is not None:
+        extra = [p for p in ctx.params if p not in _RESUME_KEEPS
+                 and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+        if extra:
+            raise UserError(f"--resume keeps the run's settings; drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
+        config = hd.read_adapt_config(resume)
+        if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
+            generator = config.generator
+        out = resume
+    elif not target:
+        raise UserError("--target is required (or --resume DIR)")
+    dev = resolve_device(device)
+    G = hd.load_generator(generator, device=dev)
+    kwargs = {}
+    if resume is None:
+        out = out or Path("runs") / slug(target)
+        kwargs = dict(target=target, source=source, batch=batch, lr=lr, losses=hd.LossWeights.parse(losses),
+                      mixing=mixing, seed=seed, templates=templates, sample_every=sample_every,
+                      checkpoint_every=checkpoint_every, generator=str(generator))
+    try:
+        domain = hd.adapt(G, clip=list(clip) or None, iters=iters, out_dir=out, progress=progress,
+                          resume=resume, **kwargs)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain adapt --resume {out}", err=True)
+        ctx.exit(130)
+    click.echo(f"wrote {out / DOMAIN_FILE} ({len(domain)} numbers, {domain.meta['iterations']} steps, "
+               f"prompt {domain.meta['prompt']!r}) and {out / 'samples.png'}")
+
+
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @user_errors

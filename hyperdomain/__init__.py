@@ -8,10 +8,13 @@ Public API::
     images = G.sample(8, domain=pixar, truncation=0.7, seed=0)
     hd.save_grid(images, "pixar.png")
 """
+from .adaptation import AdaptConfig, adapt, read_adapt_config
+from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
 from .domain import Domain, mix
 from .errors import HyperdomainError
 from .generator import Generator, load_generator
+from .losses import LossWeights
 from .images import make_grid, save_grid, save_images
 from .paper_import import import_checkpoint
 from .weights import download, load_manifest, weights_home
@@ -19,6 +22,13 @@ from .weights import download, load_manifest, weights_home
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptConfig",
+    "ClipEncoder",
+    "ClipSpec",
+    "LossWeights",
+    "adapt",
+    "load_clip",
+    "read_adapt_config",
     "Domain",
     "Generator",
     "GeneratorConfig",

@@ -153,8 +153,13 @@ class Generator(nn.Module):
 
     # ----------------------------------------------------------------- synthesis
     def synthesis(self, ws: torch.Tensor, domain: DomainArg = None, noise_mode: str = "const",
-                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` from W ``[B, w_dim]`` or W+ ``[B, num_ws, w_dim]``."""
+                  noise_generator: torch.Generator | None = None,
+                  noise: "list[torch.Tensor] | None" = None) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` from W ``[B, w_dim]`` or W+ ``[B, num_ws, w_dim]``.
+
+        ``noise`` (from :meth:`draw_noise`) overrides ``noise_mode``: the same draw can then feed
+        two passes, e.g. the source and the adapted images of one training step.
+        """
         if ws.ndim == 2:
             _check_shape(ws, (None, self.w_dim), "ws")
             ws = ws[:, None, :].expand(-1, self.num_ws, -1)
@@ -163,7 +168,10 @@ class Generator(nn.Module):
             raise HyperdomainError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         b = ws.shape[0]
         blocks = self._domain_blocks(domain, b, ws.device, ws.dtype)
-        noise = [self._noise(k, b, noise_mode, noise_generator, ws) for k in range(self.config.num_convs)]
+        if noise is None:
+            noise = [self._noise(k, b, noise_mode, noise_generator, ws) for k in range(self.config.num_convs)]
+        elif len(noise) != self.config.num_convs:
+            raise HyperdomainError(f"noise: expected {self.config.num_convs} tensors (one per conv), got {len(noise)}")
 
         x = self.input(b)
         x = self.conv1(x, ws[:, 0], noise[0], blocks[0])
@@ -199,6 +207,12 @@ class Generator(nn.Module):
             ws = self.mapping(zb, truncation)
             out.append(self.synthesis(ws, db, noise_mode=noise_mode, noise_generator=gen).float().cpu())
         return torch.cat(out)
+
+    def draw_noise(self, b: int, generator: torch.Generator | None = None,
+                   device: torch.device | None = None) -> list[torch.Tensor]:
+        """Per-sample random noise ``[b, 1, r, r]`` for every conv, drawn on the CPU when seeded."""
+        like = torch.empty(0, device=device or self.device)
+        return [self._noise(k, b, "random", generator, like) for k in range(self.config.num_convs)]
 
     # ----------------------------------------------------------------- helpers
     def _domain_matrix(self, domain: DomainArg, b: int, device, dtype) -> torch.Tensor | None:

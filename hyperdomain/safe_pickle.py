@@ -298,3 +298,104 @@ def _finish_nvidia(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return type(obj)(_finish_nvidia(v) for v in obj)
     return obj
+
+
+# --------------------------------------------------------------------------- OmegaConf configs
+# The HyperDomainNet authors' hypernetwork checkpoints keep their ``mapper_config`` as a pickled
+# OmegaConf ``DictConfig`` (with its parent, the whole training config). Pickle rebuilds one with
+# NEWOBJ (no constructor runs) and BUILD (its ``__dict__``: ``_content``, ``_metadata``,
+# ``_parent``); these inert stand-ins only keep that state, and ``_omega_plain`` reads the plain
+# data out of it. No OmegaConf code is imported or run.
+class _OmegaObject:
+    """Inert stand-in for a pickled OmegaConf object; keeps the state dict BUILD hands it."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slot state)
+            state = state[0]
+        self.state = state if isinstance(state, dict) else {}
+
+
+class _OmegaDict(_OmegaObject):
+    """``omegaconf.DictConfig``: ``_content`` maps keys to nodes (or is None / a ``???`` string)."""
+
+
+class _OmegaList(_OmegaObject):
+    """``omegaconf.ListConfig``: ``_content`` is a list of nodes."""
+
+
+class _OmegaValue(_OmegaObject):
+    """A value node (``AnyNode``, ``StringNode``, ...): the value is ``_val``."""
+
+
+class _OmegaMetadata(_OmegaObject):
+    """``Metadata`` / ``ContainerMetadata``: typing information only, dropped."""
+
+
+class _TypeRef:
+    """A type named in OmegaConf metadata (``ref_type``, ``object_type``): kept as a name only."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<type {self.name}>"
+
+
+def _omega_defaultdict(*args: Any) -> dict:
+    """``collections.defaultdict(dict)``: OmegaConf's resolver cache; its factory is not kept."""
+    return {}
+
+
+_OMEGACONF_GLOBALS: list[tuple[Any, str]] = [
+    (_OmegaDict, "omegaconf.dictconfig.DictConfig"),
+    (_OmegaList, "omegaconf.listconfig.ListConfig"),
+    *[(_OmegaValue, f"omegaconf.nodes.{n}")
+      for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode")],
+    (_OmegaMetadata, "omegaconf.base.Metadata"),
+    (_OmegaMetadata, "omegaconf.base.ContainerMetadata"),
+    (_omega_defaultdict, "collections.defaultdict"),
+    *[(_TypeRef(n), n) for n in ("typing.Any", "typing.Dict", "typing.List", "builtins.dict", "builtins.list",
+                                 "builtins.int", "builtins.float", "builtins.str", "builtins.bool",
+                                 "builtins.bytes", "builtins.object")],
+]
+
+
+def _omega_plain(obj: Any, depth: int = 0) -> Any:
+    """OmegaConf stand-ins to plain dicts, lists and values (their ``_parent`` is not followed)."""
+    if depth > 64:
+        raise ValueError("OmegaConf config nested too deeply")
+    if isinstance(obj, (_OmegaDict, _OmegaList)):
+        content = obj.state.get("_content")
+        if isinstance(content, dict):
+            return {k: _omega_plain(v, depth + 1) for k, v in content.items()}
+        if isinstance(content, list):
+            return [_omega_plain(v, depth + 1) for v in content]
+        return content if content is None or isinstance(content, str) else None  # None, "???", "${...}"
+    if isinstance(obj, _OmegaValue):
+        return _omega_plain(obj.state.get("_val"), depth + 1)
+    if isinstance(obj, (_OmegaMetadata, _TypeRef)):
+        return None
+    if isinstance(obj, collections.OrderedDict):
+        return collections.OrderedDict((k, _omega_plain(v, depth + 1)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: _omega_plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_omega_plain(v, depth + 1) for v in obj]
+    if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
+        return tuple(_omega_plain(v, depth + 1) for v in obj)
+    return obj
+
+
+def load_torch_file_omegaconf(path: str | os.PathLike) -> Any:
+    """:func:`load_torch_file` that also reads pickled OmegaConf configs, as plain dicts and lists.
+
+    Only OmegaConf's containers, value nodes and metadata (and the few types its metadata names)
+    are allowed beyond :func:`load_torch_file`'s tensors and plain data; anything else is refused
+    by name as there.
+    """
+    with torch.serialization.safe_globals(_OMEGACONF_GLOBALS):
+        obj = load_torch_file(path)
+    try:
+        return _omega_plain(obj)
+    except (ValueError, RecursionError) as e:
+        raise _corrupt(Path(path), e) from None

@@ -35,3 +35,34 @@ def tiny_ckpt(tmp_path, tiny_G):
     torch.save({"g_ema": tiny_G.state_dict(), "latent_avg": latent_avg,
                 "args": argparse.Namespace(size=32, channel_multiplier=2)}, path)
     return path, latent_avg
+
+
+# A tiny open_clip config: 32 px images, 32-d embeddings, the real tokenizer and context length.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory):
+    """The tiny CLIP config as a JSON file (the CLI's --clip accepts such a path)."""
+    import json
+
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    return path
+
+
+def make_tiny_clip(config_path, seed: int = 0):
+    """A frozen tiny CLIP encoder with random weights (seeded)."""
+    from hyperdomain.clip import load_clip
+
+    torch.manual_seed(seed)
+    return load_clip([str(config_path)])[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_config):
+    return make_tiny_clip(tiny_clip_config)

@@ -1,0 +1,436 @@
+"""Text-driven adaptation: train one domain vector of a frozen generator against CLIP losses.
+
+``adapt(G, target="3D render in the style of Pixar")`` returns a :class:`Domain`. With ``out_dir``
+the run also writes sample grids, a log, resumable checkpoints (every ``checkpoint_every`` steps
+and on Ctrl-C) and the final domain file; ``adapt(G, resume=out_dir)`` continues such a run and,
+on the CPU, gives exactly the result of an uninterrupted one.
+
+Faithful to the paper's single-domain trainer (Adam lr 0.1, 300 steps, batch 4, style mixing
+with probability 0.9 and one crossover per batch, truncation 1, random noise, source images
+without grad, losses summed over the CLIP ensemble), with two deliberate differences: the source
+and adapted images of a step share their W+ and noise (the paper's code draws a crossover and
+noise per pass, so its direction loss compares unpaired images), and a run takes exactly
+``iters`` steps (the paper's loop takes ``iters + 1``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
+from .domain import Domain, generator_meta
+from .errors import HyperdomainError
+from .fileio import atomic_path
+from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AdaptConfig", "adapt", "read_adapt_config", "adapt_step", "sample_training_latents", "CHECKPOINT", "DOMAIN_FILE"]
+
+CHECKPOINT = "checkpoint.safetensors"
+DOMAIN_FILE = "domain.safetensors"
+Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Everything that defines a single-domain run (stored in its checkpoint and domain file)."""
+
+    target: str
+    source: str = "Photo"
+    clip: tuple[str, ...] = DEFAULT_CLIP
+    iters: int = 300
+    batch: int = 4
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    losses: LossWeights = field(default_factory=LossWeights)
+    mixing: float = 0.9
+    templates: str = "imagenet"
+    seed: int = 0
+    sample_every: int = 50
+    checkpoint_every: int = 50
+    sample_n: int = 6
+    sample_truncation: float = 0.7
+    clip_antialias: bool = False
+    generator: str | None = None  # the name or path the generator was loaded from (for resume)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clip", tuple(self.clip))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if isinstance(self.losses, Mapping):
+            object.__setattr__(self, "losses", LossWeights.from_mapping(self.losses))
+        checks = [
+            (self.iters >= 1, "iters", "an integer >= 1"),
+            (self.batch >= 1, "batch", "an integer >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"),
+            (0 <= self.mixing <= 1, "mixing", "a probability in [0, 1]"),
+            (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
+            (self.sample_n >= 1, "sample_n", ">= 1"),
+            (self.seed >= 0, "seed", ">= 0"),
+            (bool(self.clip), "clip", "at least one CLIP model"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise HyperdomainError(f"adapt: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")
+        if self.losses.tt_direction:
+            raise HyperdomainError("--loss tt_direction needs several domains per batch (train-hyper); not for adapt")
+        if self.losses.indomain and self.batch < 2:
+            raise HyperdomainError("--loss indomain needs --batch of at least 2")
+        templates(self.templates)  # validates the name
+        for what, prompt in (("--target", self.target), ("--source", self.source)):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise HyperdomainError(f"{what}: empty prompt")
+        if self.target.strip() == self.source.strip():
+            raise HyperdomainError(f"--target and --source are the same prompt ({self.target!r}): no direction to learn")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["losses"] = self.losses.as_dict()
+        d["clip"], d["betas"] = list(self.clip), list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdaptConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise HyperdomainError(f"adapt config: unknown keys {sorted(unknown)}")
+        d = dict(d)
+        d["losses"] = LossWeights.from_mapping(d.get("losses", {}))
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------ a step
+@torch.no_grad()
+def sample_training_latents(G, rng: torch.Generator, batch: int, mixing: float,
+                            device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """W+ ``[B, num_ws, w_dim]`` and per-conv noise for one step, all drawn from ``rng`` on the CPU.
+
+    With probability ``mixing`` the batch mixes two latents at one crossover in ``[1, num_ws - 1]``
+    (the paper: one decision and one crossover per batch); truncation is 1 while training.
+    """
+    z1 = torch.randn(batch, G.z_dim, generator=rng)
+    mix = bool(torch.rand((), generator=rng) < mixing)
+    w1 = G.mapping(z1.to(device))
+    if mix:
+        z2 = torch.randn(batch, G.z_dim, generator=rng)
+        cross = int(torch.randint(1, G.num_ws, (), generator=rng))
+        ws = G.style_mix(w1, G.mapping(z2.to(device)), cross)
+    else:
+        ws = w1[:, None, :].expand(-1, G.num_ws, -1)
+    return ws, G.draw_noise(batch, rng, device)
+
+
+def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, ws: torch.Tensor,
+               noise: list[torch.Tensor], texts: Sequence[Mapping[str, torch.Tensor]],
+               weights: LossWeights) -> dict[str, torch.Tensor]:
+    """The losses of one step (``"total"`` and each active loss summed over the encoders).
+
+    ``texts[i]`` holds encoder ``i``'s ``"target"`` embedding and ``"direction"`` (target minus
+    source). Source images and their embeddings are computed without grad.
+    """
+    with torch.no_grad():
+        src_img = G.synthesis(ws, noise=noise)
+        src_emb = [enc.encode_images(src_img) for enc in encoders]
+    trg_img = G.synthesis(ws, domain=domain, noise=noise)
+    active = weights.as_dict()
+    parts: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        parts[name] = parts[name] + value if name in parts else value
+
+    for enc, se, t in zip(encoders, src_emb, texts):
+        te = enc.encode_images(trg_img)
+        if "direction" in active:
+            add("direction", direction_loss(se, te, t["direction"]))
+        if "global" in active:
+            add("global", global_loss(te, t["target"]))
+        if "indomain" in active:
+            add("indomain", indomain_loss(se, te))
+    if "l2" in active:
+        parts["l2"] = l2_loss(domain, G.domain_dims)
+    parts["total"] = sum(active[name] * value for name, value in parts.items())
+    return parts
+
+
+# ------------------------------------------------------------------------------------------ the run
+def adapt(G, target: str | None = None, source: str | None = None, *,
+          clip: Sequence[str | ClipEncoder] | None = None, iters: int | None = None, batch: int = 4,
+          lr: float = 0.1, losses: LossWeights | Mapping[str, float] | None = None, mixing: float = 0.9,
+          seed: int = 0, out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+          callback: Callback | None = None, progress: bool = True, config: AdaptConfig | None = None,
+          **options: Any) -> Domain:
+    """Adapt frozen generator ``G`` to the domain ``target`` describes; returns the trained Domain.
+
+    ``clip`` takes spec strings (``"ViT-B-32"``, ``"ViT-B/16=weights.safetensors"``) or loaded
+    :class:`ClipEncoder` objects (default: ViT-B/32 + ViT-B/16). ``losses`` maps loss names to
+    weights (default ``{"direction": 1}``). ``callback(step, losses, domain_vector)`` runs after
+    every step. Further :class:`AdaptConfig` fields (``sample_every``, ``checkpoint_every``,
+    ``templates``, ...) go in ``options``, or pass a whole ``config``.
+
+    ``resume=DIR`` continues the run saved in ``DIR`` (its config is used; ``iters`` may extend it).
+    """
+    if resume is not None:
+        return _resume(G, Path(resume), clip, iters, callback, progress)
+    if config is None:
+        if target is None:
+            raise HyperdomainError("adapt: give a target prompt (or resume=DIR)")
+        clip_specs = tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in (clip or DEFAULT_CLIP))
+        lw = losses if isinstance(losses, LossWeights) else (
+            LossWeights.from_mapping(losses) if losses else LossWeights())
+        config = AdaptConfig(target=target, source=source or getattr(G, "source_prompt", "Photo"),
+                             clip=clip_specs, iters=300 if iters is None else iters, batch=batch, lr=lr, losses=lw,
+                             mixing=mixing, seed=seed, **options)
+    encoders = _encoders(clip, config, G.device)
+    run = _Run(G, encoders, config, Path(out_dir) if out_dir is not None else None)
+    if run.out_dir is not None and (run.out_dir / CHECKPOINT).exists():
+        raise HyperdomainError(
+            f"{run.out_dir}: already holds a run ({CHECKPOINT}); resume it (--resume {run.out_dir}) or pick another --out"
+        )
+    return run.train(callback, progress)
+
+
+def _encoders(clip, config: AdaptConfig, device) -> list[ClipEncoder]:
+    given = clip if clip is not None else config.clip
+    encoders = load_clip(given, device=device, antialias=config.clip_antialias)
+    labels = tuple(e.label for e in encoders)
+    expected = tuple(
+        e.label if isinstance(e, ClipEncoder) else _spec_label(e) for e in config.clip
+    )
+    if labels != expected:
+        raise HyperdomainError(f"--clip: these models {list(labels)} are not the run's {list(expected)}")
+    return encoders
+
+
+def _spec_label(spec: str) -> str:
+    from .clip import ClipSpec
+
+    try:
+        return ClipSpec.parse(spec).label
+    except HyperdomainError:
+        return spec  # already a label (e.g. "tiny.json:random")
+
+
+def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
+    """The config of the run saved in ``run_dir`` (its checkpoint)."""
+    from .train_state import load_checkpoint
+
+    _, meta = load_checkpoint(Path(run_dir) / CHECKPOINT, "adapt")
+    return AdaptConfig.from_dict(meta["config"])
+
+
+def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
+    from .train_state import load_checkpoint
+
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, "adapt")
+    config = AdaptConfig.from_dict(meta["config"])
+    if iters is not None:
+        if iters < meta["step"]:
+            raise HyperdomainError(f"--iters {iters}: the run in {run_dir} is already at step {meta['step']}")
+        config = replace(config, iters=iters)
+    if meta["generator_fingerprint"] != G.fingerprint:
+        raise HyperdomainError(
+            f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
+            f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
+        )
+    if clip is None:
+        clip = config.clip
+    encoders = _encoders(clip, config, G.device)
+    run = _Run(G, encoders, config, run_dir)
+    run.restore(tensors, meta)
+    return run.train(callback, progress)
+
+
+class _Run:
+    """One run's state and its files; ``train`` is the loop."""
+
+    def __init__(self, G, encoders: list[ClipEncoder], config: AdaptConfig, out_dir: Path | None):
+        G.eval().requires_grad_(False)  # frozen: the domain vector is the only trained tensor
+        self.G, self.encoders, self.config, self.out_dir = G, encoders, config, out_dir
+        self.device = G.device
+        tpl = templates(config.templates)
+        self.texts = []
+        for enc in encoders:
+            enc.check_prompt(config.target, tpl, what="--target")
+            enc.check_prompt(config.source, tpl, what="--source")
+            t_trg, t_src = enc.text(config.target, tpl), enc.text(config.source, tpl)
+            self.texts.append({"target": t_trg, "direction": t_trg - t_src})
+        self.domain = torch.zeros(G.num_domain_params, device=self.device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.domain], lr=config.lr, betas=config.betas)
+        self.rng = torch.Generator().manual_seed(_training_seed(config.seed))
+        self.step = 0
+        trainable = [n for n, p in list(G.named_parameters()) + [(f"clip.{n}", p) for e in encoders
+                     for n, p in e.named_parameters()] if p.requires_grad]
+        assert not trainable, f"frozen models have trainable parameters: {trainable[:5]}"
+
+    # ------------------------------------------------------------------ state
+    def state_tensors(self, rng_state: torch.Tensor) -> dict[str, torch.Tensor]:
+        from .train_state import optimizer_tensors
+
+        opt, self._groups = optimizer_tensors(self.optimizer)
+        return {"domain": self.domain.detach(), "rng": rng_state, **opt}
+
+    def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        from .train_state import load_optimizer_tensors
+
+        if tensors["domain"].shape != self.domain.shape:
+            raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
+                                   f"{self.domain.numel()}")
+        with torch.no_grad():
+            self.domain.copy_(tensors["domain"])
+        load_optimizer_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        self.rng.set_state(tensors["rng"])
+        self.step = int(meta["step"])
+
+    def save_checkpoint(self, rng_state: torch.Tensor) -> Path | None:
+        if self.out_dir is None:
+            return None
+        from .train_state import save_checkpoint
+
+        tensors = self.state_tensors(rng_state)
+        meta = {"config": self.config.to_dict(), "step": self.step, "optimizer_groups": self._groups,
+                **generator_meta(self.G)}
+        return save_checkpoint(self.out_dir / CHECKPOINT, "adapt", tensors, meta)
+
+    def to_domain(self) -> Domain:
+        from . import __version__
+
+        c = self.config
+        meta = {**generator_meta(self.G), "prompt": c.target, "source_prompt": c.source,
+                "clip_models": [e.label for e in self.encoders], "losses": c.losses.as_dict(),
+                "iterations": self.step, "seed": c.seed, "lr": c.lr, "batch": c.batch, "mixing": c.mixing,
+                "templates": c.templates, "trainer": "adapt", "hyperdomain_version": __version__}
+        return Domain(self.domain.detach().cpu().clone(), self.G.domain_dims, meta)
+
+    def save_samples(self, name: str) -> Path | None:
+        if self.out_dir is None:
+            return None
+        from .images import save_grid
+
+        c = self.config
+        n = c.sample_n
+        src = self.G.sample(n, truncation=c.sample_truncation, seed=c.seed)
+        trg = self.G.sample(n, domain=self.domain.detach(), truncation=c.sample_truncation, seed=c.seed)
+        return save_grid(torch.cat([src, trg]), self.out_dir / name, nrow=n)
+
+    def log_line(self, values: Mapping[str, float]) -> None:
+        if self.out_dir is None:
+            return
+        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, **values}) + "\n")
+
+    def _prepare_dir(self) -> None:
+        if self.out_dir is None:
+            return
+        try:
+            (self.out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HyperdomainError(f"{self.out_dir}: cannot create the run folder ({e.strerror or e})") from None
+        with atomic_path(self.out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _truncate_log(self.out_dir / "log.jsonl", self.step)
+
+    # ------------------------------------------------------------------ loop
+    def train(self, callback: Callback | None, progress: bool) -> Domain:
+        from tqdm import tqdm
+
+        from .train_state import deferred_interrupt
+
+        c = self.config
+        self._prepare_dir()
+        bar = tqdm(total=c.iters, initial=self.step, desc=f"adapt {c.target[:30]!r}", unit="step",
+                   disable=not progress or None, dynamic_ncols=True)
+        rng_state = self.rng.get_state()
+        try:
+            with deferred_interrupt() as interrupted:
+                while self.step < c.iters:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    rng_state = self.rng.get_state()  # the state this step starts from
+                    values = self._one_step(rng_state)
+                    self.step += 1
+                    self.log_line(values)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                    if callback is not None:
+                        callback(self.step, values, self.domain.detach())
+                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
+                        self.save_samples(f"samples/step_{self.step:06d}.png")
+                    if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                        self.save_checkpoint(self.rng.get_state())
+        except KeyboardInterrupt:
+            path = self.save_checkpoint(self.rng.get_state())
+            if path is not None:
+                log.warning("interrupted at step %d/%d; saved %s (resume with adapt(G, resume=%r))",
+                            self.step, c.iters, path, str(self.out_dir))
+            raise
+        finally:
+            bar.close()
+        domain = self.to_domain()
+        if self.out_dir is not None:
+            self.save_checkpoint(self.rng.get_state())
+            domain.save(self.out_dir / DOMAIN_FILE)
+            self.save_samples("samples.png")
+        return domain
+
+    def _one_step(self, rng_state: torch.Tensor) -> dict[str, float]:
+        c = self.config
+        ws, noise = sample_training_latents(self.G, self.rng, c.batch, c.mixing, self.device)
+        parts = adapt_step(self.G, self.encoders, self.domain, ws, noise, self.texts, c.losses)
+        values = {k: float(v.detach()) for k, v in parts.items()}
+        if not math.isfinite(values["total"]):
+            self._stop_non_finite(rng_state, f"loss is {values['total']} ({_fmt(values)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        if not bool(torch.isfinite(self.domain.grad).all()):
+            self._stop_non_finite(rng_state, "the gradient of the domain vector is not finite")
+        self.optimizer.step()
+        return values
+
+    def _stop_non_finite(self, rng_state: torch.Tensor, why: str) -> None:
+        """Keep the last good state (the one this step started from) and stop with one line."""
+        where = ""
+        if self.out_dir is not None:
+            self.save_checkpoint(rng_state)
+            self.to_domain().save(self.out_dir / DOMAIN_FILE)
+            where = f"; the last good state (step {self.step}) is in {self.out_dir}"
+        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a lower --lr")
+
+
+def _training_seed(seed: int) -> int:
+    """The training RNG's seed: apart from ``seed`` itself, which the sample grids use."""
+    return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (2**63)
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "total")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint's step (they will be trained again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def slug(prompt: str, limit: int = 40) -> str:
+    """A folder name for a prompt: ``"3D render in the style of Pixar"`` -> ``3d_render_in_the_style_of_pixar``."""
+    s = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
+    return s[:limit].rstrip("_") or "domain"

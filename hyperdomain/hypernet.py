@@ -1,0 +1,418 @@
+"""HyperDomainNet: a hypernetwork from a CLIP embedding to a domain vector.
+
+The architecture is the paper's ``residual_channelin`` mapper (github.com/MACderRu/HyperDomainNet,
+``core/mappers.py``), with its parameter names, so the authors' released hypernetworks load
+exactly:
+
+- backbone ``backbone.backbone``: block 0 is ``Linear(input_dim -> width) -> act -> BatchNorm``
+  (the BatchNorm comes last, despite the paper's class name ``BNLinRelu``), then
+  ``backbone_blocks`` residual blocks;
+- a residual block: ``input_block = [Linear(width -> block_width), BatchNorm, act]``,
+  ``second_block = [Linear(block_width -> width), BatchNorm]``, output ``act(x + second(input(x)))``;
+- one head per modulated conv, ``heads.conv_{k}.in``: ``head_blocks`` residual blocks, then
+  ``Linear(width -> c_in(k))``.
+
+In the paper's configs ``backbone_depth = backbone_blocks + 1`` and ``head_depth = head_blocks + 1``
+(``td_multiple_base.yaml``: 4 and 2; ``td_multiple.yaml``: 10 and 5); the residual blocks' inner
+width is fixed at 512 there. BatchNorm is PyTorch's default (eps 1e-5, momentum 0.1). Every
+Linear starts Xavier-uniform times 0.01 with zero bias, so a fresh network gives domains near 0.
+
+Output semantics: the paper's ``cin_mult`` patch multiplies conv ``k``'s demodulated weight by
+``1 + head_k(e)`` along the input axis, so a head's output *is* our ``d_k`` (no shift). The input
+is the unit-normalised CLIP ViT-B/32 embedding of the bare prompt (template ``"{}"``); the network
+itself does not normalise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .domain import Domain
+from .errors import HyperdomainError
+from .fileio import atomic_path
+from .paper_import import _generator_name, _int_or_none, _jsonable, paper_conv_dims
+from .safe_pickle import load_torch_file_omegaconf
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HyperConfig", "HyperDomainNet", "import_hypernet"]
+
+FORMAT = "hyperdomain.hypernet"
+FORMAT_VERSION = 1
+_ACTIVATIONS = ("relu", "lrelu")  # the paper's 'lrelu' has slope 0.2
+
+
+@dataclass(frozen=True)
+class HyperConfig:
+    """Shape of a HyperDomainNet. ``domain_dims[k]`` is the input width of modulated conv ``k``."""
+
+    domain_dims: tuple[int, ...]
+    input_dim: int = 512
+    width: int = 512
+    block_width: int = 512
+    backbone_blocks: int = 3
+    head_blocks: int = 1
+    activation: str = "relu"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain_dims", tuple(int(d) for d in self.domain_dims))
+        sizes = (self.input_dim, self.width, self.block_width)
+        if not self.domain_dims or min(self.domain_dims) < 1 or min(sizes) < 1:
+            raise HyperdomainError(f"invalid hypernetwork config {self}")
+        if self.backbone_blocks < 0 or self.head_blocks < 0:
+            raise HyperdomainError(f"hypernetwork block counts must be >= 0, got {self}")
+        if self.activation not in _ACTIVATIONS:
+            raise HyperdomainError(f"hypernetwork activation {self.activation!r} is not one of {_ACTIVATIONS}")
+
+    @property
+    def num_domain_params(self) -> int:
+        return sum(self.domain_dims)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["domain_dims"] = list(self.domain_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HyperConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise HyperdomainError(f"unknown hypernetwork config keys {sorted(unknown)}")
+        if "domain_dims" not in d:
+            raise HyperdomainError("hypernetwork config lacks 'domain_dims'")
+        return cls(**{**d, "domain_dims": tuple(d["domain_dims"])})
+
+
+# --------------------------------------------------------------------------- layers
+def _act(name: str) -> nn.Module:
+    return nn.ReLU() if name == "relu" else nn.LeakyReLU(0.2)
+
+
+class _LinActNorm(nn.Module):
+    """``BatchNorm(act(Linear(x)))``: the paper's first backbone block (keys ``lin``, ``bn``)."""
+
+    def __init__(self, cin: int, cout: int, cfg: HyperConfig) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(cout, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+        self.lin = nn.Linear(cin, cout)
+        self.act = _act(cfg.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.act(self.lin(x)))
+
+
+class _ResBlock(nn.Module):
+    """``act(x + BN(Linear(act(BN(Linear(x))))))`` with the paper's key names."""
+
+    def __init__(self, width: int, inner: int, cfg: HyperConfig) -> None:
+        super().__init__()
+        self.input_block = nn.Sequential(
+            nn.Linear(width, inner), nn.BatchNorm1d(inner, eps=cfg.bn_eps, momentum=cfg.bn_momentum),
+            _act(cfg.activation))
+        self.second_block = nn.Sequential(
+            nn.Linear(inner, width), nn.BatchNorm1d(width, eps=cfg.bn_eps, momentum=cfg.bn_momentum))
+        self.out = _act(cfg.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.second_block(self.input_block(x)) + x)
+
+
+class _Backbone(nn.Module):
+    """Holds ``backbone`` so keys read ``backbone.backbone.{i}`` as in the paper's files."""
+
+    def __init__(self, cfg: HyperConfig) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            _LinActNorm(cfg.input_dim, cfg.width, cfg),
+            *[_ResBlock(cfg.width, cfg.block_width, cfg) for _ in range(cfg.backbone_blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def _head(c_in: int, cfg: HyperConfig) -> nn.ModuleDict:
+    blocks = [_ResBlock(cfg.width, cfg.block_width, cfg) for _ in range(cfg.head_blocks)]
+    return nn.ModuleDict({"in": nn.Sequential(*blocks, nn.Linear(cfg.width, c_in))})
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        with torch.no_grad():
+            m.weight.mul_(0.01)  # training starts at (nearly) the source domain
+        nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- the network
+class HyperDomainNet(nn.Module):
+    """CLIP embedding ``[B, input_dim]`` -> domain vectors ``[B, D]`` (see the module docstring).
+
+    ``meta`` is a plain JSON-able dict saved with the weights (generator name and fingerprint,
+    CLIP model, training prompts, ...).
+    """
+
+    def __init__(self, config: HyperConfig, meta: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.backbone = _Backbone(config)
+        self.heads = nn.ModuleDict({f"conv_{k}": _head(c, config) for k, c in enumerate(config.domain_dims)})
+        self.apply(_init_linear)
+
+    @property
+    def domain_dims(self) -> tuple[int, ...]:
+        return self.config.domain_dims
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """Domain vectors ``[B, D]``, blocks in conv order ``conv1, convs[0], ...``, for ``emb [B, input_dim]``."""
+        if emb.ndim != 2 or emb.shape[1] != self.config.input_dim:
+            raise HyperdomainError(
+                f"HyperDomainNet expects embeddings of shape [B, {self.config.input_dim}], got {list(emb.shape)}")
+        if self.training and emb.shape[0] < 2:
+            raise HyperdomainError(
+                "HyperDomainNet in training mode needs a batch of at least 2 embeddings (BatchNorm "
+                "uses batch statistics); call .eval() to map a single embedding")
+        h = self.backbone(emb)  # [B, width]
+        out = torch.cat([self.heads[f"conv_{k}"]["in"](h) for k in range(len(self.config.domain_dims))], dim=1)
+        return out  # [B, D]
+
+    @torch.no_grad()
+    def domain_from_embedding(self, emb: torch.Tensor, **meta: Any) -> Domain:
+        """The :class:`Domain` for one embedding ``[input_dim]`` (eval mode: BatchNorm's running statistics)."""
+        emb = torch.as_tensor(emb).reshape(1, -1)
+        p = next(self.parameters())
+        was_training = self.training
+        try:
+            self.eval()
+            d = self(emb.to(device=p.device, dtype=p.dtype))[0]
+        finally:
+            self.train(was_training)
+        keep = {k: v for k, v in self.meta.items() if k.startswith("generator") or k in ("resolution", "clip_model")}
+        return Domain(d.float().cpu(), self.config.domain_dims, {**keep, "hypernet": True, **meta})
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write safetensors weights with the config and ``{**self.meta, **meta}`` as JSON metadata, atomically.
+
+        ``self.meta`` is updated to what was written.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        merged = {**self.meta, **dict(meta or {})}
+        try:
+            meta_json = json.dumps(merged, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise HyperdomainError(f"{path}: hypernetwork metadata is not plain JSON data ({e})") from None
+        header = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "config": json.dumps(self.config.to_dict()),
+            "meta": meta_json,
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+        self.meta = merged
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HyperDomainNet":
+        """Rebuild a saved hypernetwork from its config and load its weights strictly (eval mode, CPU)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise HyperdomainError(f"{path}: no such hypernetwork file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HyperdomainError(f"{path}: not a readable safetensors hypernetwork file ({detail[:200]})") from None
+        if header.get("format") != FORMAT:
+            found = header.get("format", "none")
+            raise HyperdomainError(f"{path}: not a hyperdomain hypernetwork file (metadata format {found!r})")
+        try:
+            version = int(header.get("format_version", "0"))
+        except ValueError:
+            version = -1
+        if not 1 <= version <= FORMAT_VERSION:
+            raise HyperdomainError(
+                f"{path}: hypernetwork format version {header.get('format_version')!r} is not one this "
+                f"hyperdomain reads (1..{FORMAT_VERSION})")
+        try:
+            config = HyperConfig.from_dict(json.loads(header["config"]))
+            meta = json.loads(header.get("meta", "{}"))
+        except (KeyError, ValueError, TypeError) as e:
+            raise HyperdomainError(f"{path}: malformed hypernetwork metadata ({e})") from None
+        except HyperdomainError as e:
+            raise HyperdomainError(f"{path}: {e}") from None
+        net = cls(config, {**meta, "file": str(path)})
+        dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+        net.to(dtype)
+        _check_state(net, tensors, path)
+        net.load_state_dict(tensors, strict=True)
+        return net.eval()
+
+
+def _check_state(net: nn.Module, sd: Mapping[str, Any], path: Path) -> None:
+    """One-line errors for a state dict whose keys or shapes are not ``net``'s."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"has unexpected {unexpected[0]!r}"
+        raise HyperdomainError(
+            f"{path}: weights do not match the hypernetwork config ({what}; {len(missing)} missing, "
+            f"{len(unexpected)} unexpected)")
+    for k, t in expected.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(t.shape):
+            shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise HyperdomainError(f"{path}: {k} has shape {shape}, expected {list(t.shape)}")
+
+
+# --------------------------------------------------------------------------- paper import
+_BACKBONE_KEY = re.compile(r"backbone\.backbone\.(\d+)\.")
+_HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.(in|out)\.(\d+)\.")
+_SUPPORTED_MAPPER = "residual_channelin"
+
+
+def import_hypernet(path: str | os.PathLike) -> HyperDomainNet:
+    """Read the authors' released hypernetwork (``model_type: "mapper"``, e.g. ``mapper_20_td.pt``).
+
+    The file's ``mapper_config`` (a pickled OmegaConf config, read as plain data without OmegaConf)
+    names the mapper type; only ``residual_channelin`` with the ``cin_mult`` patch (the paper's
+    HyperDomainNet) is supported. Depths and widths are read from the state-dict shapes and must
+    agree with the config where it gives them. Returns the network in eval mode on the CPU.
+    """
+    path = Path(path)
+    ckpt = load_torch_file_omegaconf(path)
+    if not isinstance(ckpt, Mapping) or "model_type" not in ckpt:
+        found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise HyperdomainError(f"{path}: not a HyperDomainNet checkpoint (no 'model_type'; found {found})")
+    model_type = ckpt["model_type"]
+    if model_type != "mapper":
+        single = model_type in ("parameterization", "parametrization")
+        hint = " (a single domain: use import_checkpoint)" if single else ""
+        raise HyperdomainError(f"{path}: model_type {model_type!r} is not a hypernetwork ('mapper'){hint}")
+    patch_key = ckpt.get("patch_key", "cin_mult")
+    if patch_key != "cin_mult":
+        raise HyperdomainError(
+            f"{path}: patch_key {patch_key!r} is not supported; only 'cin_mult' (the paper's domain modulation)")
+    mc = ckpt.get("mapper_config")
+    mc = dict(mc) if isinstance(mc, Mapping) else {}
+    mapper_type = mc.get("mapper_type", _SUPPORTED_MAPPER)
+    if mapper_type != _SUPPORTED_MAPPER:
+        raise HyperdomainError(
+            f"{path}: mapper type {mapper_type!r} is not supported; only {_SUPPORTED_MAPPER!r} (HyperDomainNet)")
+    backbone_type = mc.get("backbone_type", "shared")
+    if backbone_type != "shared":
+        raise HyperdomainError(f"{path}: mapper backbone_type {backbone_type!r} is not supported; only 'shared'")
+    activation = mc.get("activation", "relu")
+    if activation not in _ACTIVATIONS:
+        raise HyperdomainError(f"{path}: mapper activation {activation!r} is not supported; only {_ACTIVATIONS}")
+
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping) or not sd:
+        raise HyperdomainError(f"{path}: 'state_dict' is missing or empty")
+    config = _infer_config(sd, activation, path)
+    for key, ours in (("backbone_depth", config.backbone_blocks + 1), ("head_depth", config.head_blocks + 1),
+                      ("width", config.width), ("input_dimension", config.input_dim)):
+        theirs = _int_or_none(mc.get(key))
+        if theirs is not None and theirs != ours:
+            raise HyperdomainError(f"{path}: mapper_config {key}={theirs} but the weights have {ours}")
+
+    sg2 = ckpt.get("sg2_params", ckpt.get("sg_2_params"))
+    sg2 = dict(sg2) if isinstance(sg2, Mapping) else {}
+    img_size = _int_or_none(sg2.get("img_size"))
+    if img_size in [2**i for i in range(3, 11)]:
+        expected = paper_conv_dims(img_size, _int_or_none(sg2.get("channel_multiplier")) or 2)
+        if config.domain_dims != expected:
+            raise HyperdomainError(
+                f"{path}: head widths {list(config.domain_dims)} do not match the {img_size} px generator "
+                f"named in sg2_params ({list(expected)})")
+    gen_name, gen_source_prompt = _generator_name(sg2.get("checkpoint_path") or sg2.get("ckpt_path"))
+    da_type = ckpt.get("da_type")
+    meta: dict[str, Any] = {
+        "source": "paper-checkpoint",
+        "imported_from": path.name,
+        "generator": gen_name,
+        "source_prompt": gen_source_prompt or "Photo",
+        "clip_model": "ViT-B/32",
+        # the paper feeds unit-normalised ViT-B/32 embeddings: of the bare prompt, or of the style image (im2im)
+        "input": "image" if da_type == "im2im" else "text",
+        "paper_model_type": "mapper",
+        "paper_mapper_type": _SUPPORTED_MAPPER,
+        "paper_patch_key": "cin_mult",
+        "paper_da_type": None if da_type is None else str(da_type),
+    }
+    if img_size is not None:
+        meta["resolution"] = img_size
+    if mc:
+        meta["paper_mapper_config"] = {str(k): _jsonable(v) for k, v in mc.items()}
+    if da_type == "im2im":
+        log.warning("%s: an im2im hypernetwork; its input is a CLIP image embedding, not a text one", path)
+
+    net = HyperDomainNet(config, meta)
+    sd = {str(k): v for k, v in sd.items()}
+    _check_state(net, sd, path)
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
+
+
+def _infer_config(sd: Mapping[str, Any], activation: str, path: Path) -> HyperConfig:
+    """Depths and widths of a paper mapper from its state-dict keys and shapes."""
+    backbone_idx: set[int] = set()
+    head_idx: dict[int, set[int]] = {}
+    for key in sd:
+        key = str(key)
+        if m := _BACKBONE_KEY.match(key):
+            backbone_idx.add(int(m.group(1)))
+        elif m := _HEAD_KEY.match(key):
+            if m.group(2) == "out":  # in+out heads: the channelwise_sep mappers
+                raise HyperdomainError(
+                    f"{path}: has output-channel heads ({key}); only the {_SUPPORTED_MAPPER!r} mapper is supported")
+            head_idx.setdefault(int(m.group(1)), set()).add(int(m.group(3)))
+        else:
+            raise HyperdomainError(f"{path}: unexpected state_dict key {key!r} for a {_SUPPORTED_MAPPER} mapper")
+    if 0 not in backbone_idx or not head_idx:
+        raise HyperdomainError(f"{path}: state_dict lacks the mapper's backbone or heads")
+    ks = sorted(head_idx)
+    if ks != list(range(len(ks))):
+        missing = sorted(set(range(max(ks) + 1)) - set(ks))[0]
+        raise HyperdomainError(f"{path}: state_dict lacks heads.conv_{missing} (convs must be 0..{max(ks)})")
+    depths = {max(v) for v in head_idx.values()}
+    if len(depths) != 1:
+        raise HyperdomainError(f"{path}: the heads have different depths {sorted(depths)}")
+    head_blocks = depths.pop()
+
+    def weight(key: str) -> torch.Tensor:
+        t = sd.get(key)
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            raise HyperdomainError(f"{path}: state_dict lacks the 2-D weight {key!r}")
+        return t
+
+    width, input_dim = weight("backbone.backbone.0.lin.weight").shape
+    if len(backbone_idx) > 1:
+        block_width = weight("backbone.backbone.1.input_block.0.weight").shape[0]
+    elif head_blocks:
+        block_width = weight("heads.conv_0.in.0.input_block.0.weight").shape[0]
+    else:
+        block_width = 512  # no residual block anywhere: the paper's fixed inner width, unused
+    dims = tuple(weight(f"heads.conv_{k}.in.{head_blocks}.weight").shape[0] for k in ks)
+    return HyperConfig(domain_dims=dims, input_dim=int(input_dim), width=int(width), block_width=int(block_width),
+                       backbone_blocks=max(backbone_idx), head_blocks=head_blocks, activation=activation)

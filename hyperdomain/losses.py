@@ -1,0 +1,129 @@
+"""The CLIP-space losses of the paper, as small pure functions of embeddings.
+
+Image embeddings are L2-normalised rows ``[B, E]``. Text embeddings are template means
+(see :mod:`hyperdomain.clip`): only their directions matter, every loss below is built on cosines.
+Pairwise losses use each unordered pair ``i < j`` once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from .errors import HyperdomainError
+
+__all__ = [
+    "LossWeights", "cosine", "direction_loss", "global_loss", "indomain_loss", "tt_direction_loss", "l2_loss",
+]
+
+_EPS = 1e-8
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine of ``a [.., E]`` and ``b [.., E]`` (broadcast), 0 where either is zero.
+
+    A zero image direction (the adapted generator still equals the source, as at ``d = 0``) gets a
+    finite, useful gradient: ``b / (|b| eps)`` along the text direction.
+    """
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(_EPS)
+
+
+def direction_loss(src: torch.Tensor, trg: torch.Tensor, text_direction: torch.Tensor) -> torch.Tensor:
+    """``mean_b 1 - cos(trg_b - src_b, text_direction)``; ``text_direction`` is ``[E]`` or ``[B, E]``."""
+    return (1 - cosine(trg - src, text_direction)).mean()
+
+
+def global_loss(trg: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``mean_b 1 - cos(trg_b, text)``; ``text`` is ``[E]`` or ``[B, E]``."""
+    return (1 - cosine(trg, text)).mean()
+
+
+def _pairs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = torch.triu_indices(n, n, offset=1, device=device)
+    return i, j
+
+
+def indomain_loss(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
+    """Angle consistency: mean over ``i < j`` of ``(cos(src_i, src_j) - cos(trg_i, trg_j))^2``."""
+    b = src.shape[0]
+    if b < 2:
+        raise HyperdomainError("the indomain loss needs a batch of at least 2")
+    i, j = _pairs(b, src.device)
+    return ((cosine(src[i], src[j]) - cosine(trg[i], trg[j])) ** 2).mean()
+
+
+def tt_direction_loss(trg: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """Mean over ``i < j`` of ``1 - cos(trg_i - trg_j, T_i - T_j)``, one text per sample ``[B, E]``.
+
+    Pairs whose image and text deltas are both zero (the same domain and image twice, e.g. after
+    convex mixing made two identical rows) carry no direction and are left out, as in the paper's
+    code; a batch of only such pairs gives 0.
+    """
+    b = trg.shape[0]
+    if texts.shape[0] != b:
+        raise HyperdomainError(f"tt_direction: {b} images but {texts.shape[0]} text embeddings")
+    if b < 2:
+        raise HyperdomainError("the tt_direction loss needs a batch of at least 2")
+    i, j = _pairs(b, trg.device)
+    d_img, d_txt = trg[i] - trg[j], texts[i] - texts[j]
+    keep = (d_img.norm(dim=-1) > _EPS) | (d_txt.norm(dim=-1) > _EPS)
+    if not bool(keep.any()):
+        return trg.sum() * 0
+    return (1 - cosine(d_img[keep], d_txt[keep])).mean()
+
+
+def l2_loss(domain: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """Sum over convs of the mean of ``d_k^2`` (mean over the batch too for ``[B, D]``)."""
+    d = domain if domain.ndim == 2 else domain[None]
+    return sum((blk**2).mean() for blk in torch.split(d, list(dims), dim=1))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the losses in the total; 0 switches a loss off. ``global`` is spelled ``global_``."""
+
+    direction: float = 1.0
+    global_: float = 0.0
+    indomain: float = 0.0
+    tt_direction: float = 0.0
+    l2: float = 0.0
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name.rstrip("_") for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, weights: Mapping[str, float], base: "LossWeights | None" = None) -> "LossWeights":
+        """From ``{"direction": 1, "indomain": 0.5}``; names not given keep ``base``'s (default: all 0)."""
+        base = base if base is not None else cls(direction=0.0)
+        values = {n: getattr(base, n + ("_" if n == "global" else "")) for n in cls.names()}
+        for name, w in weights.items():
+            if name not in values:
+                raise HyperdomainError(f"--loss: unknown loss {name!r}; expected one of {', '.join(cls.names())}")
+            try:
+                w = float(w)
+            except (TypeError, ValueError):
+                raise HyperdomainError(f"--loss {name}: weight must be a number, got {w!r}") from None
+            if not (w >= 0 and w < float("inf")):
+                raise HyperdomainError(f"--loss {name}: weight must be a finite number >= 0, got {w}")
+            values[name] = w
+        out = cls(**{n + ("_" if n == "global" else ""): v for n, v in values.items()})
+        if not any(out.as_dict().values()):
+            raise HyperdomainError("--loss: every loss weight is 0; nothing to train")
+        return out
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> "LossWeights":
+        """From CLI items ``["direction=1", "indomain=0.5"]``; with none given, the default."""
+        pairs = {}
+        for item in items:
+            name, sep, value = str(item).partition("=")
+            if not sep or not name.strip():
+                raise HyperdomainError(f"--loss {item!r}: expected NAME=WEIGHT, e.g. direction=1 or indomain=0.5")
+            pairs[name.strip()] = value.strip()
+        return cls.from_mapping(pairs) if pairs else cls()
+
+    def as_dict(self) -> dict[str, float]:
+        """Only the active losses, by their public names."""
+        return {n: w for n in self.names() if (w := getattr(self, n + ("_" if n == "global" else ""))) > 0}

@@ -1,0 +1,244 @@
+"""Single-domain adaptation on tiny models: learning, files, resume, NaN guard, the CLI."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import hyperdomain as hd
+from cli.main import main
+from hyperdomain.adaptation import AdaptConfig, adapt_step, sample_training_latents
+from hyperdomain.clip import templates
+from hyperdomain.errors import HyperdomainError
+from hyperdomain.losses import LossWeights, direction_loss
+
+from conftest import make_tiny_generator
+
+PIXAR = "3D render in the style of Pixar"
+
+
+def run_adapt(G, clip, **kw):
+    kw.setdefault("progress", False)
+    return hd.adapt(G, kw.pop("target", PIXAR), clip=[clip], **kw)
+
+
+def held_out_direction_loss(G, clip, d, prompt=PIXAR):
+    """The direction loss on 64 fixed latents and noises that training never saw."""
+    tpl = templates("imagenet")
+    tdir = clip.text(prompt, tpl) - clip.text("Photo", tpl)
+    gen = torch.Generator().manual_seed(12345)
+    ws = G.mapping(torch.randn(64, G.z_dim, generator=gen))
+    noise = G.draw_noise(64, gen)
+    with torch.no_grad():
+        src = clip.encode_images(G.synthesis(ws, noise=noise))
+        trg = clip.encode_images(G.synthesis(ws, domain=d, noise=noise))
+    return float(direction_loss(src, trg, tdir))
+
+
+def test_adaptation_learns_the_text_direction(tiny_G, tiny_clip):
+    domain = run_adapt(tiny_G, tiny_clip, iters=30, lr=0.02)
+    d = domain.vector
+    trained = held_out_direction_loss(tiny_G, tiny_clip, d)
+    # random vectors with the same per-conv norms move the images, but not along the text direction
+    random_losses = []
+    for s in range(6):
+        r = torch.randn(d.shape, generator=torch.Generator().manual_seed(s))
+        r = torch.cat([rb * db.norm() / rb.norm() for rb, db in zip(r.split(tiny_G.domain_dims), d.split(tiny_G.domain_dims))])
+        random_losses.append(held_out_direction_loss(tiny_G, tiny_clip, r))
+    mean_random = sum(random_losses) / len(random_losses)
+    assert trained < 0.85, trained  # d = 0 gives exactly 1 (no image direction at all)
+    assert trained < min(random_losses) - 0.1 and trained < mean_random - 0.15, (trained, random_losses)
+    # the direction is the prompt's own: against another prompt's direction it is worse
+    assert held_out_direction_loss(tiny_G, tiny_clip, d, prompt="Charcoal sketch") > trained + 0.05
+
+
+def test_only_the_domain_is_trained(tiny_clip):
+    G = make_tiny_generator()
+    G.requires_grad_(True)  # adapt freezes whatever it is given
+    before_g = {k: v.clone() for k, v in G.state_dict().items()}
+    before_c = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    seen = []
+    run_adapt(G, tiny_clip, iters=3, callback=lambda step, losses, d: seen.append((step, dict(losses))))
+    assert not any(p.requires_grad for p in G.parameters())
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in before_g.items())
+    assert all(torch.equal(v, tiny_clip.state_dict()[k]) for k, v in before_c.items())
+    assert [s for s, _ in seen] == [1, 2, 3] and set(seen[0][1]) == {"direction", "total"}
+
+
+def test_step_combines_losses_over_the_ensemble(tiny_G, tiny_clip_config):
+    from conftest import make_tiny_clip
+
+    a, b = make_tiny_clip(tiny_clip_config, seed=1), make_tiny_clip(tiny_clip_config, seed=2)
+    b.label = "second"
+    tpl = templates("single")
+    texts = [{"target": e.text(PIXAR, tpl), "direction": e.text(PIXAR, tpl) - e.text("Photo", tpl)} for e in (a, b)]
+    ws, noise = sample_training_latents(tiny_G, torch.Generator().manual_seed(0), 4, 0.9, torch.device("cpu"))
+    d = 0.1 * torch.randn(tiny_G.num_domain_params, generator=torch.Generator().manual_seed(3))
+    w = LossWeights(direction=1.0, global_=0.5, indomain=2.0, l2=3.0)
+    parts = adapt_step(tiny_G, [a, b], d, ws, noise, texts, w)
+    single = [adapt_step(tiny_G, [e], d, ws, noise, [t], w) for e, t in zip((a, b), texts)]
+    for name in ("direction", "global", "indomain"):
+        assert parts[name].item() == pytest.approx(single[0][name].item() + single[1][name].item(), rel=1e-5)
+    expected_total = sum(wt * parts[n].item() for n, wt in w.as_dict().items())
+    assert parts["total"].item() == pytest.approx(expected_total, rel=1e-5)
+    assert parts["l2"].item() == pytest.approx(hd.losses.l2_loss(d, tiny_G.domain_dims).item())
+
+
+def test_training_latents_mix_with_one_crossover(tiny_G):
+    mixed = 0
+    for seed in range(20):
+        ws, noise = sample_training_latents(tiny_G, torch.Generator().manual_seed(seed), 3, 0.5, torch.device("cpu"))
+        changes = (ws[:, 1:] != ws[:, :-1]).any(-1)  # [B, L-1]: where the latent switches
+        if changes.any():
+            mixed += 1
+            assert (changes.sum(1) == 1).all() and (changes == changes[:1]).all()  # one crossover, same for the batch
+        assert len(noise) == tiny_G.config.num_convs and noise[0].shape[0] == 3
+    assert 3 <= mixed <= 17
+
+
+def test_run_folder_domain_file_and_samples(tmp_path, tiny_G, tiny_clip):
+    out = tmp_path / "run"
+    domain = run_adapt(tiny_G, tiny_clip, iters=6, out_dir=out, sample_every=3, checkpoint_every=2, seed=5)
+    saved = hd.Domain.load(out / "domain.safetensors", generator=tiny_G)
+    assert torch.equal(saved.vector, domain.vector)  # bit-identical
+    m = saved.meta
+    assert m["prompt"] == PIXAR and m["source_prompt"] == "Photo" and m["iterations"] == 6 and m["seed"] == 5
+    assert m["generator_fingerprint"] == tiny_G.fingerprint and m["clip_models"] == ["tiny_clip.json:random"]
+    assert m["losses"] == {"direction": 1.0} and m["trainer"] == "adapt"
+    assert (out / "samples.png").is_file() and (out / "samples" / "step_000003.png").is_file()
+    assert (out / "checkpoint.safetensors").is_file() and json.loads((out / "config.json").read_text())["iters"] == 6
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 7)) and "direction" in log[0]
+    src = tiny_G.sample(4, seed=1)
+    assert (tiny_G.sample(4, domain=saved, seed=1) - src).abs().mean() > 1e-3  # the domain changes the samples
+    with pytest.raises(HyperdomainError, match="already holds a run"):
+        run_adapt(tiny_G, tiny_clip, iters=6, out_dir=out)
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, tiny_G, tiny_clip):
+    full = run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "full", seed=3, checkpoint_every=4)
+
+    def interrupt_at_6(step, losses, d):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: handled at the next step boundary
+
+    with pytest.raises(KeyboardInterrupt):
+        run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "cut", seed=3, checkpoint_every=4,
+                  callback=interrupt_at_6)
+    assert hd.read_adapt_config(tmp_path / "cut").iters == 10
+    assert not (tmp_path / "cut" / "domain.safetensors").exists()
+    resumed = hd.adapt(tiny_G, resume=tmp_path / "cut", clip=[tiny_clip], progress=False)
+    assert torch.equal(resumed.vector, full.vector)
+    log = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 11))
+    # extending a finished run continues from its last step; equal to a longer run from scratch
+    longer = hd.adapt(tiny_G, resume=tmp_path / "full", clip=[tiny_clip], iters=13, progress=False)
+    straight = run_adapt(tiny_G, tiny_clip, iters=13, seed=3)
+    assert torch.equal(longer.vector, straight.vector) and longer.meta["iterations"] == 13
+
+
+def test_resume_refuses_another_generator(tmp_path, tiny_G, tiny_clip):
+    run_adapt(tiny_G, tiny_clip, iters=2, out_dir=tmp_path / "r")
+    with pytest.raises(HyperdomainError, match="fingerprint"):
+        hd.adapt(make_tiny_generator(seed=4), resume=tmp_path / "r", clip=[tiny_clip], progress=False)
+    with pytest.raises(HyperdomainError, match="no such checkpoint"):
+        hd.adapt(tiny_G, resume=tmp_path / "none", clip=[tiny_clip], progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, monkeypatch):
+    import hyperdomain.adaptation as adapt_module
+
+    calls = {"n": 0}
+    real = adapt_module.direction_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        value = real(*args)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(adapt_module, "direction_loss", poisoned)
+    with pytest.raises(HyperdomainError, match=r"step 5: loss is nan .*last good state \(step 4\)") as e:
+        run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "nan", seed=2)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(adapt_module, "direction_loss", real)
+    four = run_adapt(tiny_G, tiny_clip, iters=4, seed=2)
+    kept = hd.Domain.load(tmp_path / "nan" / "domain.safetensors")
+    assert torch.equal(kept.vector, four.vector) and kept.meta["iterations"] == 4
+    # the checkpoint holds that state too: resuming (without the fault) equals a clean run
+    clean = run_adapt(tiny_G, tiny_clip, iters=10, seed=2)
+    assert torch.equal(hd.adapt(tiny_G, resume=tmp_path / "nan", clip=[tiny_clip], progress=False).vector, clean.vector)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(target=""), "empty prompt"),
+    (dict(target="Photo"), "same prompt"),
+    (dict(target=" ".join(["word"] * 70)), "too long for CLIP"),
+    (dict(losses={"tt_direction": 1}), "several domains"),
+    (dict(losses={"indomain": 1}, batch=1), "batch of at least 2"),
+    (dict(iters=0), "iters"),
+    (dict(mixing=1.5), "mixing"),
+    (dict(templates="fancy"), "imagenet"),
+])
+def test_bad_arguments(tiny_G, tiny_clip, kwargs, fragment):
+    with pytest.raises(HyperdomainError, match=fragment):
+        run_adapt(tiny_G, tiny_clip, **kwargs)
+
+
+def test_config_round_trip():
+    c = AdaptConfig(target="Sketch", losses=LossWeights(direction=1.0, indomain=0.5), clip=("ViT-B-32",))
+    assert AdaptConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in result.output, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_cli_adapt_end_to_end_and_resume(tmp_path, tiny_ckpt, tiny_clip_config):
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "pixar"
+    r = cli("adapt", "--target", PIXAR, "--generator", ckpt, "--clip", tiny_clip_config, "--iters", 4,
+            "--loss", "direction=1", "--loss", "indomain=0.5", "--out", out, "--device", "cpu", "--sample-every", 2)
+    assert r.exit_code == 0, r.output
+    assert "domain.safetensors" in r.stdout
+    d = hd.Domain.load(out / "domain.safetensors")
+    assert d.meta["losses"] == {"direction": 1.0, "indomain": 0.5} and d.meta["iterations"] == 4
+    assert (out / "samples.png").is_file() and (out / "samples" / "step_000002.png").is_file()
+    # the domain file drives `hyperdomain sample`
+    r = cli("sample", "--generator", ckpt, "--domain", out / "domain.safetensors", "-n", 2, "--out", tmp_path / "g.png",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    # extend the run by resuming it (the generator path is remembered)
+    r = cli("adapt", "--resume", out, "--iters", 6, "--clip", tiny_clip_config, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert hd.Domain.load(out / "domain.safetensors").meta["iterations"] == 6
+
+
+def test_cli_adapt_bad_arguments(tmp_path, tiny_ckpt, tiny_clip_config):
+    ckpt, _ = tiny_ckpt
+    base = ["--generator", ckpt, "--clip", tiny_clip_config, "--device", "cpu", "--iters", 1]
+    assert_user_error(cli("adapt", *base), "--target is required")
+    assert_user_error(cli("adapt", "--target", "  ", *base), "empty prompt")
+    assert_user_error(cli("adapt", "--target", " ".join(["word"] * 76), *base), "too long for CLIP")
+    assert_user_error(cli("adapt", "--target", "Sketch", "--loss", "beauty=1", *base), "unknown loss 'beauty'")
+    assert_user_error(cli("adapt", "--target", "Sketch", "--loss", "direction", *base), "NAME=WEIGHT")
+    assert_user_error(cli("adapt", "--target", "Sketch", "--loss", "tt_direction=1", *base), "train-hyper")
+    assert_user_error(cli("adapt", "--target", "Sketch", "--generator", ckpt, "--clip", "ViT-Q-1", "--device", "cpu"),
+                      "unknown model")
+    assert_user_error(cli("adapt", "--resume", tmp_path / "nothing", "--device", "cpu"), "no such checkpoint")
+    out = tmp_path / "r"
+    assert cli("adapt", "--target", "Sketch", "--out", out, *base).exit_code == 0
+    assert_user_error(cli("adapt", "--target", "Sketch", "--out", out, *base), "already holds a run", "--resume")
+    assert_user_error(cli("adapt", "--resume", out, "--lr", 0.5, "--device", "cpu"), "--lr")
+    r = cli("adapt", "--target", "Sketch", "--lr", 0, *base)
+    assert r.exit_code == 2 and "Traceback" not in r.output

@@ -1,0 +1,122 @@
+"""The losses against values worked out by hand and against brute-force double loops."""
+import math
+
+import pytest
+import torch
+
+from hyperdomain.errors import HyperdomainError
+from hyperdomain.losses import (LossWeights, cosine, direction_loss, global_loss, indomain_loss, l2_loss,
+                                tt_direction_loss)
+
+
+def unit(*v):
+    t = torch.tensor(v, dtype=torch.float64)
+    return t / t.norm()
+
+
+def test_cosine_known_angles_and_zero():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    assert torch.allclose(cosine(a, b), torch.tensor([0.0, 1 / math.sqrt(2), 0.0], dtype=torch.float64))
+
+
+def test_direction_loss_hand_values():
+    # image deltas at 0, 90 and 180 degrees (and 60) from the text direction (scaled: cosine ignores length)
+    src = torch.zeros(4, 2, dtype=torch.float64)
+    trg = torch.tensor([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=torch.float64)
+    text = torch.tensor([7.0, 0.0], dtype=torch.float64)
+    # 1 - cos: 0, 1, 2, 0.5 -> mean 0.875
+    assert direction_loss(src, trg, text).item() == pytest.approx(0.875)
+    # per-sample text directions
+    texts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    # cos: 1, 1, -1, sqrt(3)/2 -> 1-cos: 0, 0, 2, 1 - sqrt(3)/2
+    assert direction_loss(src, trg, texts).item() == pytest.approx((2 + 1 - math.sqrt(3) / 2) / 4)
+
+
+def test_global_loss_hand_values():
+    trg = torch.stack([unit(1, 0, 0), unit(1, 1, 0), unit(0, 0, 1)])
+    text = unit(1, 0, 0)
+    assert global_loss(trg, text).item() == pytest.approx((0 + (1 - 1 / math.sqrt(2)) + 1) / 3)
+
+
+def _brute_indomain(src, trg):
+    total, n = 0.0, 0
+    for i in range(len(src)):
+        for j in range(i + 1, len(src)):
+            cs = float(src[i] @ src[j] / (src[i].norm() * src[j].norm()))
+            ct = float(trg[i] @ trg[j] / (trg[i].norm() * trg[j].norm()))
+            total += (cs - ct) ** 2
+            n += 1
+    return total / n
+
+
+def _brute_tt(trg, texts):
+    total, n = 0.0, 0
+    for i in range(len(trg)):
+        for j in range(i + 1, len(trg)):
+            di, dt = trg[i] - trg[j], texts[i] - texts[j]
+            if di.norm() == 0 and dt.norm() == 0:
+                continue
+            total += 1 - float(di @ dt / (di.norm() * dt.norm()))
+            n += 1
+    return total / n
+
+
+def test_indomain_matches_double_loop_and_hand_value():
+    g = torch.Generator().manual_seed(0)
+    src = torch.nn.functional.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    trg = torch.nn.functional.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    assert indomain_loss(src, trg).item() == pytest.approx(_brute_indomain(src, trg), rel=1e-12)
+    # two samples: source at 90 degrees, target at 0 degrees -> (0 - 1)^2 = 1
+    assert indomain_loss(torch.stack([unit(1, 0), unit(0, 1)]), torch.stack([unit(1, 0), unit(1, 0)])).item() \
+        == pytest.approx(1.0)
+    # an identical geometry costs nothing, even rotated
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    pts = torch.stack([unit(1, 0), unit(1, 2), unit(-3, 1)])
+    assert indomain_loss(pts, pts @ rot.T).item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(HyperdomainError):
+        indomain_loss(src[:1], trg[:1])
+
+
+def test_tt_direction_matches_double_loop_and_skips_empty_pairs():
+    g = torch.Generator().manual_seed(1)
+    trg = torch.nn.functional.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1)
+    texts = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert tt_direction_loss(trg, texts).item() == pytest.approx(_brute_tt(trg, texts), rel=1e-12)
+    # rows 0 and 1 identical in image and text: that pair is left out
+    trg2, texts2 = trg.clone(), texts.clone()
+    trg2[1], texts2[1] = trg2[0], texts2[0]
+    assert tt_direction_loss(trg2, texts2).item() == pytest.approx(_brute_tt(trg2, texts2), rel=1e-12)
+    # hand value: two domains whose image delta points exactly along the text delta
+    assert tt_direction_loss(torch.stack([unit(1, 0), unit(0, 1)]),
+                             torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)).item() == pytest.approx(0.0)
+    assert tt_direction_loss(trg[:2].repeat(2, 1)[:2] * 0, texts[:2] * 0).item() == 0.0
+
+
+def test_l2_hand_value():
+    d = torch.tensor([1.0, 1.0, 2.0, 0.0, 0.0, 3.0])
+    # convs of widths 2 and 4: mean(1,1) + mean(4,0,0,9) = 1 + 13/4
+    assert l2_loss(d, (2, 4)).item() == pytest.approx(1 + 13 / 4)
+    assert l2_loss(torch.stack([d, 2 * d]), (2, 4)).item() == pytest.approx((1 + 13 / 4) * (1 + 4) / 2)
+
+
+def test_zero_image_direction_has_a_finite_gradient_along_the_text():
+    src = unit(1, 0, 0)[None]
+    delta = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    text = unit(0, 1, 0)
+    loss = direction_loss(src, src + delta, text)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0)
+    g = delta.grad[0]
+    assert torch.isfinite(g).all() and g[1] < 0 and g[0] == 0 and g[2] == 0  # descent moves along +text
+
+
+def test_loss_weights_parse_and_errors():
+    assert LossWeights.parse([]).as_dict() == {"direction": 1.0}
+    w = LossWeights.parse(["direction=1", "indomain=0.5", "global=2"])
+    assert w.as_dict() == {"direction": 1.0, "global": 2.0, "indomain": 0.5}
+    assert LossWeights.parse(["indomain=1"]).as_dict() == {"indomain": 1.0}
+    for bad, fragment in ((["nope=1"], "unknown loss"), (["direction"], "NAME=WEIGHT"), (["direction=x"], "number"),
+                          (["direction=-1"], ">= 0"), (["direction=nan"], ">= 0"), (["direction=0"], "every loss")):
+        with pytest.raises(HyperdomainError, match=fragment):
+            LossWeights.parse(bad)

@@ -54,6 +54,29 @@ def resolve_device(device: str):
     return dev
 
 
+def absolute_path(name_or_path) -> str:
+    """A file argument as an absolute path (runs are resumed from other folders); names stay names."""
+    p = Path(str(name_or_path))
+    return str(p.resolve()) if p.exists() else str(name_or_path)
+
+
+def absolute_spec(spec: str) -> str:
+    """``--clip NAME[:TAG][=FILE]`` with FILE (and a config .json NAME) made absolute."""
+    head, sep, file = spec.partition("=")
+    head = absolute_path(head) if head.endswith(".json") else head
+    return head + (sep + absolute_path(file) if sep else "")
+
+
+def interrupted(ctx, out: Path, command: str) -> None:
+    """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
+    if (out / "checkpoint.safetensors").is_file():
+        click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
+                   err=True)
+    else:
+        click.echo("interrupted before the first checkpoint; nothing was saved", err=True)
+    ctx.exit(130)
+
+
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda or cuda:N.")
 generator_option = click.option("--generator", "-g", default="ffhq", show_default=True,
@@ -177,13 +200,12 @@ def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing
         out = out or Path("runs") / slug(target)
         kwargs = dict(target=target, source=source, batch=batch, lr=lr, losses=hd.LossWeights.parse(losses),
                       mixing=mixing, seed=seed, templates=templates, sample_every=sample_every,
-                      checkpoint_every=checkpoint_every, generator=str(generator))
+                      checkpoint_every=checkpoint_every, generator=absolute_path(generator))
     try:
-        domain = hd.adapt(G, clip=list(clip) or None, iters=iters, out_dir=out, progress=progress,
-                          resume=resume, **kwargs)
+        domain = hd.adapt(G, clip=[absolute_spec(c) for c in clip] or None, iters=iters, out_dir=out,
+                          progress=progress, resume=resume, **kwargs)
     except KeyboardInterrupt:
-        click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain adapt --resume {out}", err=True)
-        ctx.exit(130)
+        interrupted(ctx, out, "adapt")
     click.echo(f"wrote {out / DOMAIN_FILE} ({len(domain)} numbers, {domain.meta['iterations']} steps, "
                f"prompt {domain.meta['prompt']!r}) and {out / 'samples.png'}")
 

@@ -7,10 +7,9 @@ on the CPU, gives exactly the result of an uninterrupted one.
 
 Faithful to the paper's single-domain trainer (Adam lr 0.1, 300 steps, batch 4, style mixing
 with probability 0.9 and one crossover per batch, truncation 1, random noise, source images
-without grad, losses summed over the CLIP ensemble), with two deliberate differences: the source
-and adapted images of a step share their W+ and noise (the paper's code draws a crossover and
-noise per pass, so its direction loss compares unpaired images), and a run takes exactly
-``iters`` steps (the paper's loop takes ``iters + 1``).
+without grad, losses summed over the CLIP ensemble; the source and adapted passes share z but
+draw their own crossover and noise, see :func:`sample_training_latents`). One deliberate
+difference: a run takes exactly ``iters`` steps (the paper's loop takes ``iters + 1``).
 """
 from __future__ import annotations
 
@@ -60,6 +59,7 @@ class AdaptConfig:
     sample_n: int = 6
     sample_truncation: float = 0.7
     clip_antialias: bool = False
+    clip_precision: str = "auto"  # autocast for CLIP: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
     generator: str | None = None  # the name or path the generator was loaded from (for resume)
 
     def __post_init__(self) -> None:
@@ -83,6 +83,9 @@ class AdaptConfig:
                 raise HyperdomainError(f"adapt: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")
         if self.losses.tt_direction:
             raise HyperdomainError("--loss tt_direction needs several domains per batch (train-hyper); not for adapt")
+        if not (self.losses.direction or self.losses.global_):
+            raise HyperdomainError("--loss: direction or global must be > 0, or the target prompt plays no part "
+                                   "(e.g. --loss direction=1 --loss indomain=0.5)")
         if self.losses.indomain and self.batch < 2:
             raise HyperdomainError("--loss indomain needs --batch of at least 2")
         templates(self.templates)  # validates the name
@@ -110,38 +113,51 @@ class AdaptConfig:
 
 
 # ------------------------------------------------------------------------------------------ a step
+@dataclass
+class TrainingBatch:
+    """One step's inputs: W+ and noise for the source pass and for the adapted pass."""
+
+    ws_src: torch.Tensor  # [B, num_ws, w_dim]
+    ws_trg: torch.Tensor
+    noise_src: list[torch.Tensor]
+    noise_trg: list[torch.Tensor]
+
+
 @torch.no_grad()
 def sample_training_latents(G, rng: torch.Generator, batch: int, mixing: float,
-                            device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """W+ ``[B, num_ws, w_dim]`` and per-conv noise for one step, all drawn from ``rng`` on the CPU.
+                            device: torch.device) -> TrainingBatch:
+    """One step's latents and noise, all drawn from ``rng`` on the CPU (the paper's scheme).
 
-    With probability ``mixing`` the batch mixes two latents at one crossover in ``[1, num_ws - 1]``
-    (the paper: one decision and one crossover per batch); truncation is 1 while training.
+    Both passes start from the same ``z`` (and, with probability ``mixing``, the same second
+    ``z``), but each draws its own crossover in ``[1, num_ws - 1]`` (one per batch) and its own
+    noise, as the paper's code does. This keeps the image direction ``E(G_d) - E(G)`` away from
+    zero at ``d = 0``: identical passes would make it rounding noise, whose huge gradient
+    (about 1/|direction|) would fill Adam's second moment for hundreds of steps. Truncation is 1.
     """
     z1 = torch.randn(batch, G.z_dim, generator=rng)
     mix = bool(torch.rand((), generator=rng) < mixing)
     w1 = G.mapping(z1.to(device))
     if mix:
         z2 = torch.randn(batch, G.z_dim, generator=rng)
-        cross = int(torch.randint(1, G.num_ws, (), generator=rng))
-        ws = G.style_mix(w1, G.mapping(z2.to(device)), cross)
+        w2 = G.mapping(z2.to(device))
+        cross = torch.randint(1, G.num_ws, (2,), generator=rng).tolist()
+        ws_src, ws_trg = G.style_mix(w1, w2, cross[0]), G.style_mix(w1, w2, cross[1])
     else:
-        ws = w1[:, None, :].expand(-1, G.num_ws, -1)
-    return ws, G.draw_noise(batch, rng, device)
+        ws_src = ws_trg = w1[:, None, :].expand(-1, G.num_ws, -1)
+    return TrainingBatch(ws_src, ws_trg, G.draw_noise(batch, rng, device), G.draw_noise(batch, rng, device))
 
 
-def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, ws: torch.Tensor,
-               noise: list[torch.Tensor], texts: Sequence[Mapping[str, torch.Tensor]],
-               weights: LossWeights) -> dict[str, torch.Tensor]:
+def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, batch: TrainingBatch,
+               texts: Sequence[Mapping[str, torch.Tensor]], weights: LossWeights) -> dict[str, torch.Tensor]:
     """The losses of one step (``"total"`` and each active loss summed over the encoders).
 
     ``texts[i]`` holds encoder ``i``'s ``"target"`` embedding and ``"direction"`` (target minus
     source). Source images and their embeddings are computed without grad.
     """
     with torch.no_grad():
-        src_img = G.synthesis(ws, noise=noise)
+        src_img = G.synthesis(batch.ws_src, noise=batch.noise_src)
         src_emb = [enc.encode_images(src_img) for enc in encoders]
-    trg_img = G.synthesis(ws, domain=domain, noise=noise)
+    trg_img = G.synthesis(batch.ws_trg, domain=domain, noise=batch.noise_trg)
     active = weights.as_dict()
     parts: dict[str, torch.Tensor] = {}
 
@@ -201,11 +217,9 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
 
 def _encoders(clip, config: AdaptConfig, device) -> list[ClipEncoder]:
     given = clip if clip is not None else config.clip
-    encoders = load_clip(given, device=device, antialias=config.clip_antialias)
+    encoders = load_clip(given, device=device, antialias=config.clip_antialias, precision=config.clip_precision)
     labels = tuple(e.label for e in encoders)
-    expected = tuple(
-        e.label if isinstance(e, ClipEncoder) else _spec_label(e) for e in config.clip
-    )
+    expected = tuple(c if c in labels else _spec_label(c) for c in config.clip)
     if labels != expected:
         raise HyperdomainError(f"--clip: these models {list(labels)} are not the run's {list(expected)}")
     return encoders
@@ -308,7 +322,8 @@ class _Run:
         meta = {**generator_meta(self.G), "prompt": c.target, "source_prompt": c.source,
                 "clip_models": [e.label for e in self.encoders], "losses": c.losses.as_dict(),
                 "iterations": self.step, "seed": c.seed, "lr": c.lr, "batch": c.batch, "mixing": c.mixing,
-                "templates": c.templates, "trainer": "adapt", "hyperdomain_version": __version__}
+                "templates": c.templates, "clip_precision": c.clip_precision, "trainer": "adapt",
+                "hyperdomain_version": __version__}
         return Domain(self.domain.detach().cpu().clone(), self.G.domain_dims, meta)
 
     def save_samples(self, name: str) -> Path | None:
@@ -349,15 +364,17 @@ class _Run:
         self._prepare_dir()
         bar = tqdm(total=c.iters, initial=self.step, desc=f"adapt {c.target[:30]!r}", unit="step",
                    disable=not progress or None, dynamic_ncols=True)
-        rng_state = self.rng.get_state()
+        self._step_start_rng = self.rng.get_state()  # the RNG state the current step started from
+        self._updating = False  # True while the optimizer update of a step is under way
         try:
             with deferred_interrupt() as interrupted:
                 while self.step < c.iters:
                     if interrupted.is_set():
                         raise KeyboardInterrupt
-                    rng_state = self.rng.get_state()  # the state this step starts from
-                    values = self._one_step(rng_state)
+                    values = self._one_step(self._step_start_rng)
                     self.step += 1
+                    self._step_start_rng = self.rng.get_state()
+                    self._updating = False
                     self.log_line(values)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
@@ -368,10 +385,13 @@ class _Run:
                     if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                         self.save_checkpoint(self.rng.get_state())
         except KeyboardInterrupt:
-            path = self.save_checkpoint(self.rng.get_state())
-            if path is not None:
-                log.warning("interrupted at step %d/%d; saved %s (resume with adapt(G, resume=%r))",
-                            self.step, c.iters, path, str(self.out_dir))
+            # a hard interrupt (second Ctrl-C) can land inside a step: before its update the state is
+            # still the step's start; during the update it may be torn, so the last checkpoint stays
+            if not self._updating:
+                path = self.save_checkpoint(self._step_start_rng)
+                if path is not None:
+                    log.warning("interrupted at step %d/%d; saved %s (resume with adapt(G, resume=%r))",
+                                self.step, c.iters, path, str(self.out_dir))
             raise
         finally:
             bar.close()
@@ -384,8 +404,8 @@ class _Run:
 
     def _one_step(self, rng_state: torch.Tensor) -> dict[str, float]:
         c = self.config
-        ws, noise = sample_training_latents(self.G, self.rng, c.batch, c.mixing, self.device)
-        parts = adapt_step(self.G, self.encoders, self.domain, ws, noise, self.texts, c.losses)
+        batch = sample_training_latents(self.G, self.rng, c.batch, c.mixing, self.device)
+        parts = adapt_step(self.G, self.encoders, self.domain, batch, self.texts, c.losses)
         values = {k: float(v.detach()) for k, v in parts.items()}
         if not math.isfinite(values["total"]):
             self._stop_non_finite(rng_state, f"loss is {values['total']} ({_fmt(values)})")
@@ -393,6 +413,7 @@ class _Run:
         parts["total"].backward()
         if not bool(torch.isfinite(self.domain.grad).all()):
             self._stop_non_finite(rng_state, "the gradient of the domain vector is not finite")
+        self._updating = True
         self.optimizer.step()
         return values
 
@@ -403,7 +424,7 @@ class _Run:
             self.save_checkpoint(rng_state)
             self.to_domain().save(self.out_dir / DOMAIN_FILE)
             where = f"; the last good state (step {self.step}) is in {self.out_dir}"
-        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a lower --lr")
+        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
 
 
 def _training_seed(seed: int) -> int:

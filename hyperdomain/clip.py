@@ -187,17 +187,21 @@ class ClipEncoder(nn.Module):
             )
 
     @torch.no_grad()
-    def text(self, prompt: str, template_set: Sequence[str]) -> torch.Tensor:
-        """The mean over ``template_set`` of the L2-normalised text embeddings of ``prompt`` ``[E]``."""
+    def template_embeddings(self, prompt: str, template_set: Sequence[str]) -> torch.Tensor:
+        """The L2-normalised embedding of ``prompt`` in each template ``[T, E]`` (cached)."""
         key = (prompt, tuple(template_set))
         cached = self._text_cache.get(key)
         if cached is None:
             self.check_prompt(prompt, template_set)
             tokens = self.tokenizer([t.format(prompt) for t in template_set]).to(self.device)
             e = self.model.encode_text(tokens).float()
-            cached = (e / e.norm(dim=-1, keepdim=True)).mean(0)
+            cached = e / e.norm(dim=-1, keepdim=True)
             self._text_cache[key] = cached
-        return cached
+        return cached.to(self.device)  # the encoder may have moved since
+
+    def text(self, prompt: str, template_set: Sequence[str]) -> torch.Tensor:
+        """The mean over ``template_set`` of the L2-normalised text embeddings of ``prompt`` ``[E]``."""
+        return self.template_embeddings(prompt, template_set).mean(0)
 
     def texts(self, prompts: Iterable[str], template_set: Sequence[str]) -> torch.Tensor:
         """``[N, E]`` for several prompts (each cached)."""
@@ -241,7 +245,9 @@ def _build(spec: ClipSpec):
     if spec.is_config_file:
         cfg = _read_model_config(spec.name)
         try:
-            model = open_clip.CLIP(**cfg)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # random weights are the same on every load (resumable runs)
+                model = open_clip.CLIP(**cfg)
         except TypeError as e:
             raise HyperdomainError(f"{spec.name}: not an open_clip model config ({e})") from None
         tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
@@ -258,13 +264,15 @@ def _build(spec: ClipSpec):
             f"(OpenAI spellings like ViT-B/32 work too)"
         )
     tokenizer = open_clip.get_tokenizer(spec.name)
+    # OpenAI's weights were trained with QuickGELU; open_clip's plain configs build GELU
+    quick_gelu = bool((open_clip.get_pretrained_cfg(spec.name, spec.tag or "openai") or {}).get("quick_gelu"))
     if spec.weights:
-        model = open_clip.create_model(spec.name, pretrained=None, load_weights=False)
+        model = open_clip.create_model(spec.name, pretrained=None, load_weights=False, force_quick_gelu=quick_gelu)
         _set_openai_preprocess(model, spec)
         _load_weights(model, spec.weights)
         return model, tokenizer
     try:
-        model = open_clip.create_model(spec.name, pretrained=spec.tag)
+        model = open_clip.create_model(spec.name, pretrained=spec.tag, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise HyperdomainError(
             f"--clip {spec.name}:{spec.tag}: cannot get the weights ({str(e).splitlines()[0][:160]}); offline, "

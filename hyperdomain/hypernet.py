@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from .errors import HyperdomainError
 from .fileio import atomic_path
 from .paper_import import _generator_name, _int_or_none, _jsonable, paper_conv_dims
 from .safe_pickle import load_torch_file_omegaconf
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,8 @@ class HyperDomainNet(nn.Module):
         super().__init__()
         self.config = config
         self.meta: dict[str, Any] = dict(meta or {})
+        self._clip: list = []  # the prompt encoder, loaded on first use; a list so it is no submodule (never saved)
+        self._embeddings: dict[str, torch.Tensor] = {}
         self.backbone = _Backbone(config)
         self.heads = nn.ModuleDict({f"conv_{k}": _head(c, config) for k, c in enumerate(config.domain_dims)})
         self.apply(_init_linear)
@@ -186,6 +191,49 @@ class HyperDomainNet(nn.Module):
         h = self.backbone(emb)  # [B, width]
         out = torch.cat([self.heads[f"conv_{k}"]["in"](h) for k in range(len(self.config.domain_dims))], dim=1)
         return out  # [B, D]
+
+    # ----------------------------------------------------------------- prompts
+    def text_encoder(self, clip: "str | ClipEncoder | None" = None) -> "ClipEncoder":
+        """The CLIP model that embeds prompts for this network (the one it was trained with).
+
+        Loaded on first use from ``meta["input_clip"]`` (e.g. ``ViT-B-32:openai``); pass a spec
+        with a local weights file (``"ViT-B-32=/models/b32.safetensors"``) or a loaded encoder to
+        choose it, e.g. offline.
+        """
+        from .clip import ClipEncoder, load_clip
+
+        if clip is not None:
+            self._clip[:] = [clip if isinstance(clip, ClipEncoder) else load_clip([clip])[0]]
+            self._embeddings = {}
+        if not self._clip:
+            self._clip[:] = [load_clip([self.meta.get("input_clip", "ViT-B-32:openai")])[0]]
+            self._embeddings = {}
+        p = next(self.parameters())
+        return self._clip[0].to(p.device)
+
+    def embed(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> torch.Tensor:
+        """Unit CLIP embeddings ``[N, input_dim]`` of the bare prompts (cached per prompt)."""
+        enc = self.text_encoder(clip)
+        missing = [q for q in dict.fromkeys(prompts) if q not in self._embeddings]
+        if missing:
+            for q, e in zip(missing, enc.encode_bare_text(missing)):
+                self._embeddings[q] = e
+        return torch.stack([self._embeddings[q] for q in prompts])
+
+    def domains(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> "list[Domain]":
+        """One :class:`Domain` per prompt (prompts it never saw included)."""
+        if isinstance(prompts, str):
+            raise HyperdomainError("domains() takes a list of prompts; use domain() for one")
+        emb = self.embed(list(prompts), clip)
+        source = self.meta.get("source_prompt", "Photo")
+        return [self.domain_from_embedding(e, prompt=q, source_prompt=source,
+                                           hypernet_file=self.meta.get("file"),
+                                           clip_models=[self.text_encoder().label])
+                for q, e in zip(prompts, emb)]
+
+    def domain(self, prompt: str, clip: "str | ClipEncoder | None" = None) -> Domain:
+        """The :class:`Domain` this network predicts for ``prompt``."""
+        return self.domains([prompt], clip)[0]
 
     @torch.no_grad()
     def domain_from_embedding(self, emb: torch.Tensor, **meta: Any) -> Domain:

@@ -56,11 +56,18 @@ def tiny_clip_config(tmp_path_factory):
 
 
 def make_tiny_clip(config_path, seed: int = 0):
-    """A frozen tiny CLIP encoder with random weights (seeded)."""
-    from hyperdomain.clip import load_clip
+    """A frozen tiny CLIP encoder with random weights; seed 0 equals ``load_clip([config_path])``."""
+    import json
 
+    import open_clip
+
+    from hyperdomain.clip import ClipEncoder
+
+    cfg = json.loads(open(config_path).read())
+    cfg = cfg.get("model_cfg", cfg)
     torch.manual_seed(seed)
-    return load_clip([str(config_path)])[0]
+    model = open_clip.CLIP(**cfg)
+    return ClipEncoder(model, open_clip.SimpleTokenizer(), f"tiny{seed}")
 
 
 @pytest.fixture(scope="session")

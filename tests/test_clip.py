@@ -71,7 +71,7 @@ def test_text_is_the_mean_of_normalised_template_embeddings(tiny_clip):
         expected = torch.stack(rows).mean(0)
     assert torch.allclose(got, expected, atol=1e-6)
     assert got.norm() < 1  # a mean of distinct unit vectors, not re-normalised (the paper's code)
-    assert tiny_clip.text("Anime painting", tpl) is got  # cached
+    assert tiny_clip.template_embeddings("Anime painting", tpl) is tiny_clip.template_embeddings("Anime painting", tpl)
 
 
 def test_prompt_checks(tiny_clip):
@@ -144,3 +144,19 @@ def test_config_wrapped_in_model_cfg(tmp_path):
     path.write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}))
     enc = make_tiny_clip(path)
     assert enc.image_size == (32, 32) and enc.context_length == 77
+
+
+def test_openai_models_are_built_with_quickgelu(monkeypatch, tmp_path):
+    """OpenAI's weights were trained with QuickGELU; open_clip's ViT-B-32 config alone builds GELU."""
+    import open_clip.transformer
+
+    import hyperdomain.clip as clip_module
+
+    loaded = []
+    monkeypatch.setattr(clip_module, "_load_weights", lambda model, path: loaded.append(path))
+    enc = load_clip([f"ViT-B/32={tmp_path / 'b32.safetensors'}"])[0]
+    acts = {type(m).__name__ for m in enc.model.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+    assert acts == {"QuickGELU"} and loaded == [str(tmp_path / "b32.safetensors")]
+    assert enc.label == "ViT-B-32:openai" and enc.image_size == (224, 224)
+    assert torch.allclose(enc.mean.flatten(), torch.tensor([0.48145466, 0.4578275, 0.40821073]))
+

@@ -1,0 +1,492 @@
+"""Multi-domain training of a HyperDomainNet: one network, many prompts, one or many processes.
+
+Each step draws a domain per sample from the training list (uniformly, with replacement) and
+one batch of latents, maps the input CLIP embeddings of the prompts (ViT-B/32 of the bare
+prompt, unit norm) through the hypernetwork to domain vectors, and trains on the CLIP losses of
+the adapted images (``direction`` 1.0 + ``tt_direction`` 0.4 by default). Two augmentations from
+the paper, each switchable:
+
+- **convex hull**: every sample's input embedding, and per template its target and source text
+  embeddings, become a convex combination of the batch's, with Dirichlet weights (concentration
+  ``2 / b``), re-normalised; the network learns the space *between* the training prompts;
+- **resampling**: each target text embedding (per template) is replaced by a random unit vector
+  at cosine >= ``resample_cos`` (0.95) to it, uniform in that cosine.
+
+As in the single-domain trainer (and the paper's code), the source and adapted passes share
+``z`` but draw their own crossover, noise and (here) the random square crop of ``crop`` of the
+side that the paper's code takes before CLIP.
+
+Under ``torchrun`` the same function runs with DDP: the global ``batch`` is split over the ranks,
+each rank draws its own domains and latents from a generator seeded by (seed, step, rank), rank
+0 logs and writes, and a checkpoint resumes on any number of processes. On one CPU a seed gives
+the same network every time, and a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
+from .distributed import DistInfo, any_rank, mean_over_ranks
+from .domain import generator_meta
+from .domain_list import DomainPrompt, builtin_domain_list, read_domain_list
+from .errors import HyperdomainError
+from .fileio import atomic_path
+from .hypernet import HyperConfig, HyperDomainNet
+from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss, tt_direction_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_cone", "convex_weights",
+           "HYPER_CHECKPOINT", "HYPERNET_FILE"]
+
+HYPER_CHECKPOINT = "checkpoint.safetensors"
+HYPERNET_FILE = "hypernet.safetensors"
+Callback = Callable[[int, Mapping[str, float]], Any]
+
+
+def _default_losses() -> LossWeights:
+    return LossWeights(direction=1.0, tt_direction=0.4)
+
+
+@dataclass(frozen=True)
+class HyperTrainConfig:
+    """Everything that defines a hypernetwork run (stored in its checkpoint and output)."""
+
+    domains: str = "builtin:train"  # a domain list file, or builtin:train / builtin:heldout
+    test_domains: str | None = "builtin:heldout"
+    clip: tuple[str, ...] = DEFAULT_CLIP  # the loss ensemble
+    input_clip: str = "ViT-B-32"  # the hypernetwork's input encoder (bare prompt)
+    iters: int = 10_000
+    batch: int = 8  # global batch, split over the ranks
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    losses: LossWeights = field(default_factory=_default_losses)
+    convex_hull: bool = True
+    resample_cos: float | None = 0.95  # None: no resampling
+    crop: float = 0.8  # side fraction of the random crop before CLIP; 1: none
+    mixing: float = 0.9
+    templates: str = "imagenet"
+    backbone_blocks: int = 3
+    head_blocks: int = 1
+    width: int = 512
+    seed: int = 0
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    sample_n: int = 4
+    sample_prompts: int = 6
+    sample_truncation: float = 0.7
+    source: str = "Photo"  # the default source prompt of list lines without one
+    generator: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clip", tuple(self.clip))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if isinstance(self.losses, Mapping):
+            object.__setattr__(self, "losses", LossWeights.from_mapping(self.losses))
+        checks = [
+            (self.iters >= 1, "iters", ">= 1"), (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),
+            (self.resample_cos is None or 0 < self.resample_cos < 1, "resample_cos", "in (0, 1), or None for off"),
+            (0 < self.crop <= 1, "crop", "in (0, 1]"), (0 <= self.mixing <= 1, "mixing", "in [0, 1]"),
+            (self.backbone_blocks >= 0 and self.head_blocks >= 0, "backbone_blocks/head_blocks", ">= 0"),
+            (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0"),
+            (self.seed >= 0, "seed", ">= 0"), (bool(self.clip), "clip", "at least one CLIP model"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise HyperdomainError(f"train-hyper: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")
+        templates(self.templates)
+        if not (self.losses.direction or self.losses.global_ or self.losses.tt_direction):
+            raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["losses"] = self.losses.as_dict()
+        d["clip"], d["betas"] = list(self.clip), list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HyperTrainConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise HyperdomainError(f"train-hyper config: unknown keys {sorted(unknown)}")
+        return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})
+
+
+def _read_list(spec: str, source: str) -> list[DomainPrompt]:
+    if spec.startswith("builtin:"):
+        return read_domain_list(builtin_domain_list(spec.split(":", 1)[1]), default_source=source)
+    return read_domain_list(spec, default_source=source)
+
+
+# ----------------------------------------------------------------------------------- augmentations
+def convex_weights(b: int, rng: torch.Generator) -> torch.Tensor:
+    """``[b, b]`` rows of Dirichlet(2/b, ..., 2/b) weights, drawn reproducibly from ``rng``."""
+    seed = int(torch.randint(0, 2**62, (), generator=rng))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torch's gamma sampler takes no generator; fork keeps the global RNG as it was
+        return torch.distributions.Dirichlet(torch.full((b, b), 2.0 / b)).sample()
+
+
+def _mix(vectors: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Convex combinations over the batch axis (0) of ``vectors [b, ..., E]``, re-normalised."""
+    out = torch.einsum("ij,j...->i...", alphas.to(vectors), vectors)
+    return out / out.norm(dim=-1, keepdim=True)
+
+
+def resample_on_cone(vectors: torch.Tensor, min_cos: float, rng: torch.Generator) -> torch.Tensor:
+    """Random unit vectors at cosine ``U[min_cos, 1]`` to each row of ``vectors [..., E]``."""
+    u = vectors / vectors.norm(dim=-1, keepdim=True)
+    g = torch.randn(u.shape, generator=rng).to(u)
+    perp = g - (g * u).sum(-1, keepdim=True) * u
+    perp = perp / perp.norm(dim=-1, keepdim=True)
+    cos = (torch.rand(u.shape[:-1] + (1,), generator=rng) * (1 - min_cos) + min_cos).to(u)
+    return cos * u + torch.sqrt(1 - cos**2) * perp
+
+
+def _crop_box(size: int, frac: float, rng: torch.Generator) -> tuple[int, int, int]:
+    side = max(1, int(size * frac))
+    if side >= size:
+        return 0, 0, size
+    top, left = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=rng))
+    return top, left, side
+
+
+# ------------------------------------------------------------------------------------------- data
+class _TextTable:
+    """Per-encoder template embeddings ``[P, T, E]`` of every prompt, plus the input embeddings."""
+
+    def __init__(self, prompts: list[str], encoders: Sequence[ClipEncoder], input_encoder: ClipEncoder,
+                 template_set: Sequence[str], device):
+        self.index = {p: i for i, p in enumerate(prompts)}
+        self.per_encoder = [torch.stack([e.template_embeddings(p, template_set) for p in prompts]).to(device)
+                            for e in encoders]
+        self.inputs = torch.cat([input_encoder.encode_bare_text(prompts[i:i + 256])
+                                 for i in range(0, len(prompts), 256)]).to(device)
+
+
+def _seed_for(seed: int, step: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for (seed, step, rank): each step's draws need no saved RNG state."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB + 1) % 2**64
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) % 2**64
+    return (x ^ (x >> 32)) % 2**63
+
+
+# ------------------------------------------------------------------------------------------- the run
+def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str | ClipEncoder] | None = None,
+                input_clip: str | ClipEncoder | None = None, out_dir: str | os.PathLike | None = None,
+                resume: str | os.PathLike | None = None, dist: DistInfo | None = None,
+                callback: Callback | None = None, progress: bool = True, **options: Any) -> HyperDomainNet:
+    """Train a HyperDomainNet for generator ``G``; returns it (eval mode, on ``G``'s device).
+
+    ``config`` or keyword ``options`` give :class:`HyperTrainConfig` fields. ``clip`` (loss
+    ensemble) and ``input_clip`` accept spec strings or loaded encoders. ``resume=DIR`` continues
+    the run in ``DIR`` (its config; ``iters`` in ``options`` may extend it). ``dist`` comes from
+    :func:`hyperdomain.distributed.setup` under torchrun.
+    """
+    dist = dist or DistInfo(device=G.device)
+    state = None
+    if resume is not None:
+        from .train_state import load_checkpoint
+
+        out_dir = Path(resume)
+        tensors, meta = load_checkpoint(out_dir / HYPER_CHECKPOINT, "hyper")
+        config = HyperTrainConfig.from_dict(meta["config"])
+        extra = set(options) - {"iters"}
+        if extra:
+            raise HyperdomainError(f"resume keeps the run's settings; drop {sorted(extra)}")
+        if "iters" in options:
+            if options["iters"] < meta["step"]:
+                raise HyperdomainError(f"--iters {options['iters']}: the run in {out_dir} is at step {meta['step']}")
+            config = replace(config, iters=options["iters"])
+        if meta["generator_fingerprint"] != G.fingerprint:
+            raise HyperdomainError(
+                f"{out_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
+                f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})")
+        state = (tensors, meta)
+    elif config is None:
+        config = HyperTrainConfig(**options)
+    elif options:
+        config = replace(config, **options)
+    out = Path(out_dir) if out_dir is not None else None
+    if resume is None and out is not None and (out / HYPER_CHECKPOINT).exists():
+        raise HyperdomainError(f"{out}: already holds a run ({HYPER_CHECKPOINT}); resume it (--resume {out}) or pick another --out")
+    run = _HyperRun(G, config, clip, input_clip, out, dist)
+    if state is not None:
+        run.restore(*state)
+    return run.train(callback, progress)
+
+
+def read_hyper_config(run_dir: str | os.PathLike) -> HyperTrainConfig:
+    """The config of the hypernetwork run saved in ``run_dir``."""
+    from .train_state import load_checkpoint
+
+    _, meta = load_checkpoint(Path(run_dir) / HYPER_CHECKPOINT, "hyper")
+    return HyperTrainConfig.from_dict(meta["config"])
+
+
+class _HyperRun:
+    def __init__(self, G, config: HyperTrainConfig, clip, input_clip, out_dir: Path | None, dist: DistInfo):
+        c = config
+        if c.batch % dist.world:
+            raise HyperdomainError(f"--batch {c.batch} does not split over {dist.world} processes; use a multiple")
+        self.local_batch = c.batch // dist.world
+        if self.local_batch < 2:
+            raise HyperdomainError(f"--batch {c.batch} over {dist.world} processes leaves {self.local_batch} per "
+                                   f"process; BatchNorm and the pairwise losses need at least 2")
+        G.eval().requires_grad_(False)
+        self.G, self.config, self.out_dir, self.dist = G, c, out_dir, dist
+        self.device = G.device
+        self.train_list = _read_list(c.domains, c.source)
+        self.test_list = _read_list(c.test_domains, c.source) if c.test_domains else []
+        self.encoders = load_clip(clip if clip is not None else c.clip, device=self.device)
+        labels = [e.label for e in self.encoders]
+        self.input_encoder = self._input_encoder(input_clip)
+        tpl = templates(c.templates)
+        prompts = list(dict.fromkeys([d.target for d in self.train_list] + [d.source for d in self.train_list]))
+        for e in self.encoders:
+            for d in self.train_list:
+                e.check_prompt(d.target, tpl, what=f"{c.domains}: line {d.line}")
+        self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, self.device)
+        self.trg_idx = torch.tensor([self.table.index[d.target] for d in self.train_list])
+        self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
+        hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
+                         backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
+        torch.manual_seed(c.seed)  # the network's initialisation; identical on every rank
+        self.net = HyperDomainNet(hc).to(self.device).train()
+        self.model = self.net
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
+        self.step = 0
+        self.clip_labels = labels
+        frozen = [n for n, p in G.named_parameters() if p.requires_grad]
+        frozen += [n for e in self.encoders + [self.input_encoder] for n, p in e.named_parameters() if p.requires_grad]
+        assert not frozen, f"frozen models have trainable parameters: {frozen[:5]}"
+
+    def _input_encoder(self, input_clip) -> ClipEncoder:
+        spec = input_clip if input_clip is not None else self.config.input_clip
+        if isinstance(spec, ClipEncoder):
+            return spec.to(self.device)
+        from .clip import ClipSpec
+
+        label = ClipSpec.parse(spec).label
+        for e in self.encoders:  # reuse the loss ensemble's copy when it is the same model
+            if e.label == label:
+                return e
+        return load_clip([spec], device=self.device)[0]
+
+    # ------------------------------------------------------------------ state
+    def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        from .train_state import load_optimizer_tensors
+
+        net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        try:
+            self.net.load_state_dict(net_state, strict=True)
+        except RuntimeError as e:
+            raise HyperdomainError(f"checkpoint network does not fit ({str(e).splitlines()[0]})") from None
+        load_optimizer_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        self.step = int(meta["step"])
+
+    def save_checkpoint(self) -> Path | None:
+        if self.out_dir is None or not self.dist.is_main:
+            return None
+        from .train_state import optimizer_tensors, save_checkpoint
+
+        opt, groups = optimizer_tensors(self.optimizer)
+        tensors = {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, **opt}
+        meta = {"config": self.config.to_dict(), "step": self.step, "optimizer_groups": groups,
+                "world": self.dist.world, **generator_meta(self.G)}
+        return save_checkpoint(self.out_dir / HYPER_CHECKPOINT, "hyper", tensors, meta)
+
+    def network_meta(self) -> dict[str, Any]:
+        from . import __version__
+
+        c = self.config
+        return {**generator_meta(self.G), "input_clip": self.input_encoder.label, "clip_models": self.clip_labels,
+                "losses": c.losses.as_dict(), "iterations": self.step, "seed": c.seed, "batch": c.batch,
+                "lr": c.lr, "convex_hull": c.convex_hull, "resample_cos": c.resample_cos, "crop": c.crop,
+                "templates": c.templates, "source_prompt": c.source,
+                "train_prompts": [d.target for d in self.train_list], "trainer": "train-hyper",
+                "hyperdomain_version": __version__}
+
+    def save_samples(self, name: str) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        from .images import save_grid
+
+        c = self.config
+        shown = (self.test_list or self.train_list)[: c.sample_prompts]
+        rows = [self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)]
+        was = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            emb = torch.cat([self.input_encoder.encode_bare_text([d.target]) for d in shown]).to(self.device)
+            ds = self.net(emb)
+        self.net.train(was)
+        rows += [self.G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed) for d in ds]
+        save_grid(torch.cat(rows), self.out_dir / name, nrow=c.sample_n)
+        with atomic_path(self.out_dir / "samples_rows.txt") as tmp:
+            tmp.write_text("source\n" + "".join(d.target + "\n" for d in shown), encoding="utf-8")
+
+    def _prepare_dir(self) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        try:
+            (self.out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HyperdomainError(f"{self.out_dir}: cannot create the run folder ({e.strerror or e})") from None
+        with atomic_path(self.out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from .adaptation import _truncate_log
+
+        _truncate_log(self.out_dir / "log.jsonl", self.step)
+
+    # ------------------------------------------------------------------ loop
+    def train(self, callback: Callback | None, progress: bool) -> HyperDomainNet:
+        from tqdm import tqdm
+
+        from .train_state import deferred_interrupt
+
+        c, dist = self.config, self.dist
+        self._prepare_dir()
+        bar = tqdm(total=c.iters, initial=self.step, desc="train-hyper", unit="step",
+                   disable=(not progress or not dist.is_main) or None, dynamic_ncols=True)
+        self._phase = "idle"  # "forward" (state still the step's start) or "update" (may be torn)
+        try:
+            with deferred_interrupt() as interrupted:
+                while self.step < c.iters:
+                    if any_rank(dist, [interrupted.is_set()])[0]:
+                        raise KeyboardInterrupt
+                    values = self._one_step()
+                    self.step += 1
+                    self._phase = "idle"
+                    values = mean_over_ranks(dist, values)
+                    if dist.is_main and self.out_dir is not None:
+                        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                            f.write(json.dumps({"step": self.step, **values}) + "\n")
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                    if callback is not None:
+                        callback(self.step, values)
+                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
+                        self.save_samples(f"samples/step_{self.step:07d}.png")
+                    if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self._phase == "forward":  # a hard interrupt inside a step, before its update
+                self._restore_buffers()
+            if self._phase != "update":
+                path = self.save_checkpoint()
+                if path is not None:
+                    log.warning("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
+            raise
+        finally:
+            bar.close()
+        self.net.meta = self.network_meta()
+        self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
+        if self.out_dir is not None and dist.is_main:
+            self.save_checkpoint()
+            self.net.save(self.out_dir / HYPERNET_FILE)
+            self.save_samples("samples.png")
+        return self.net.eval()
+
+    def _one_step(self) -> dict[str, float]:
+        c, dist = self.config, self.dist
+        b = self.local_batch
+        rng = torch.Generator().manual_seed(_seed_for(c.seed, self.step, dist.rank))
+        pick = torch.randint(0, len(self.train_list), (b,), generator=rng)
+        batch = _latents(self.G, rng, b, c.mixing, self.device)
+        alphas = convex_weights(b, rng).to(self.device) if c.convex_hull else None
+        boxes = (_crop_box(self.G.resolution, c.crop, rng), _crop_box(self.G.resolution, c.crop, rng))
+        trg_i, src_i = self.trg_idx[pick], self.src_idx[pick]
+        emb = self.table.inputs[trg_i]
+        if alphas is not None:
+            emb = _mix(emb, alphas)
+        self._buffers = {k: v.clone() for k, v in self.net.named_buffers()}  # BatchNorm statistics before this step
+        self._phase = "forward"
+        domains = self.model(emb)  # [b, D]
+        parts = self._losses(domains, batch, trg_i, src_i, alphas, boxes, rng)
+        values = {k: float(v.detach()) for k, v in parts.items()}
+        bad_loss = not math.isfinite(values["total"])
+        if any_rank(dist, [bad_loss])[0]:
+            self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        bad_grad = not all(bool(torch.isfinite(p.grad).all()) for p in self.net.parameters() if p.grad is not None)
+        if any_rank(dist, [bad_grad])[0]:
+            self._stop_non_finite("a gradient is not finite")
+        self._phase = "update"
+        self.optimizer.step()
+        return values
+
+    def _losses(self, domains, batch, trg_i, src_i, alphas, boxes, rng) -> dict[str, torch.Tensor]:
+        c = self.config
+        (t0, l0, s0), (t1, l1, s1) = boxes
+        with torch.no_grad():
+            src_img = self.G.synthesis(batch.ws_src, noise=batch.noise_src)[..., t0:t0 + s0, l0:l0 + s0]
+        trg_img = self.G.synthesis(batch.ws_trg, domain=domains, noise=batch.noise_trg)[..., t1:t1 + s1, l1:l1 + s1]
+        active = c.losses.as_dict()
+        parts: dict[str, torch.Tensor] = {}
+
+        def add(name, value):
+            parts[name] = parts[name] + value if name in parts else value
+
+        for enc, table in zip(self.encoders, self.table.per_encoder):
+            t_trg, t_src = table[trg_i.to(table.device)], table[src_i.to(table.device)]  # [b, T, E]
+            if alphas is not None:
+                t_trg, t_src = _mix(t_trg, alphas), _mix(t_src, alphas)
+            if c.resample_cos is not None:
+                t_trg = resample_on_cone(t_trg, c.resample_cos, rng)
+            direction, target = (t_trg - t_src).mean(1), t_trg.mean(1)  # [b, E]
+            with torch.no_grad():
+                se = enc.encode_images(src_img)
+            te = enc.encode_images(trg_img)
+            if "direction" in active:
+                add("direction", direction_loss(se, te, direction))
+            if "tt_direction" in active:
+                add("tt_direction", tt_direction_loss(te, target))
+            if "global" in active:
+                add("global", global_loss(te, target))
+            if "indomain" in active:
+                add("indomain", indomain_loss(se, te))
+        if "l2" in active:
+            parts["l2"] = l2_loss(domains, self.G.domain_dims)
+        parts["total"] = sum(active[n] * v for n, v in parts.items())
+        return parts
+
+    def _restore_buffers(self) -> None:
+        with torch.no_grad():
+            for k, v in self.net.named_buffers():
+                v.copy_(self._buffers[k])
+
+    def _stop_non_finite(self, why: str) -> None:
+        self._restore_buffers()  # the network as it was before this step
+        self._phase = "idle"
+        where = ""
+        if self.out_dir is not None:
+            self.save_checkpoint()
+            where = f"; the last good state (step {self.step}) is in {self.out_dir}"
+        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
+
+
+def _latents(G, rng, b, mixing, device):
+    from .adaptation import sample_training_latents
+
+    return sample_training_latents(G, rng, b, mixing, device)
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())

@@ -67,6 +67,29 @@ def absolute_spec(spec: str) -> str:
     return head + (sep + absolute_path(file) if sep else "")
 
 
+def slug_of(prompt: str) -> str:
+    from hyperdomain.adaptation import slug
+
+    return slug(prompt)
+
+
+def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
+    """A hypernetwork file, checked against the generator, with its prompt encoder chosen."""
+    import hyperdomain as hd
+
+    net = hd.HyperDomainNet.load(path).to(G.device)
+    if tuple(net.domain_dims) != tuple(G.domain_dims):
+        raise UserError(f"{path}: the hypernetwork makes domains of {sum(net.domain_dims)} numbers, generator "
+                        f"{G.name!r} needs {G.num_domain_params}")
+    fp = net.meta.get("generator_fingerprint")
+    if fp and fp != G.fingerprint and not no_check:
+        raise UserError(f"{path}: trained for generator {net.meta.get('generator')!r} (fingerprint {fp}), not for "
+                        f"{G.name!r} (fingerprint {G.fingerprint}); pass --no-check to use it anyway")
+    if clip_spec:
+        net.text_encoder(absolute_spec(clip_spec))
+    return net
+
+
 def interrupted(ctx, out: Path, command: str) -> None:
     """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
     if (out / "checkpoint.safetensors").is_file():
@@ -107,18 +130,32 @@ def main(verbose: int) -> None:
               show_default=True, help="Grid image to write (.png, .jpg, .webp).")
 @click.option("--separate", type=click.Path(file_okay=False, path_type=Path),
               help="Also write every image as its own PNG into this folder.")
+@click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path),
+              help="A hypernetwork file; with --prompt, one row per prompt.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="A domain in words for --hyper; repeatable.")
+@click.option("--clip", "hyper_clip", metavar="SPEC",
+              help="The hypernetwork's prompt encoder, e.g. a local weights file (ViT-B-32=FILE) [default: "
+                   "the one it was trained with].")
 @click.option("--no-check", is_flag=True, help="Use domains made for a generator with another fingerprint.")
 @device_option
 @user_errors
 def sample(generator, domains, with_source, n, truncation, seed, noise_mode, batch_size, out, separate,
-           no_check, device):
-    """Sample images from a generator, optionally adapted by domain files."""
+           hyper, prompts, hyper_clip, no_check, device):
+    """Sample images from a generator, adapted by domain files or by a hypernetwork's prompts."""
     import hyperdomain as hd
 
+    if prompts and hyper is None:
+        raise UserError("--prompt needs --hyper FILE (a hypernetwork that maps prompts to domains)")
+    if hyper is not None and not prompts:
+        raise UserError("--hyper needs at least one --prompt")
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
     rows: list[tuple[str, object]] = []
+    if hyper is not None:
+        net = load_hyper(hyper, G, no_check, hyper_clip)
+        loaded += net.domains(list(prompts))
+        domains = list(domains) + [Path(slug_of(q)) for q in prompts]
     if with_source or not loaded:
         rows.append(("source", None))
     rows += [(p.stem, d) for p, d in zip(domains, loaded)]
@@ -144,7 +181,7 @@ Examples:
   hyperdomain adapt --target "Sketch" --clip ViT-B-32=ViT-B-32.safetensors --clip ViT-B-16=ViT-B-16.safetensors
   hyperdomain adapt --resume runs/anime_painting            # after Ctrl-C, or --iters 600 to extend
 """
-_RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress"}
+_RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress", "input_clip"}
 
 
 @main.command(epilog=EXAMPLES_ADAPT)
@@ -208,6 +245,188 @@ def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing
         interrupted(ctx, out, "adapt")
     click.echo(f"wrote {out / DOMAIN_FILE} ({len(domain)} numbers, {domain.meta['iterations']} steps, "
                f"prompt {domain.meta['prompt']!r}) and {out / 'samples.png'}")
+
+
+EXAMPLES_HYPER = """
+\b
+Examples:
+  hyperdomain train-hyper                                   # the shipped 464 prompts, FFHQ, paper defaults
+  hyperdomain train-hyper --domains my_domains.txt --test-domains held_out.txt --iters 20000 --out runs/hdn
+  torchrun --nproc_per_node 4 -m cli.main train-hyper --batch 32   # DDP, the global batch split over 4 GPUs
+  hyperdomain train-hyper --resume runs/hyper               # after Ctrl-C; works with another process count
+"""
+
+
+@main.command(name="train-hyper", epilog=EXAMPLES_HYPER)
+@click.option("--domains", default="builtin:train", show_default=True,
+              help="Domain list: one 'Target - Source' per line (source optional), or builtin:train.")
+@click.option("--test-domains", default="builtin:heldout", show_default=True,
+              help="Held-out prompts shown in the sample grids; 'none' for none.")
+@generator_option
+@click.option("--clip", "clip", multiple=True, metavar="NAME[:TAG][=FILE]",
+              help="CLIP model(s) of the losses, repeatable [default: ViT-B-32 and ViT-B-16].")
+@click.option("--input-clip", default="ViT-B-32", show_default=True, metavar="NAME[:TAG][=FILE]",
+              help="The CLIP model whose bare-prompt embedding is the network's input.")
+@click.option("--iters", type=click.IntRange(1), help="Training steps [default: 10000].")
+@click.option("--batch", type=click.IntRange(2), default=8, show_default=True, help="Global batch (all processes).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
+@click.option("--loss", "losses", multiple=True, metavar="NAME=WEIGHT",
+              help="Loss weights, repeatable [default: direction=1, tt_direction=0.4].")
+@click.option("--convex-hull/--no-convex-hull", default=True, show_default=True,
+              help="Train on Dirichlet mixtures of the batch's prompts.")
+@click.option("--resample-cos", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Resample target text embeddings at cosine >= this.")
+@click.option("--no-resample", is_flag=True, help="Switch the resampling off.")
+@click.option("--crop", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+              help="Side fraction of the random crop before CLIP (1: none).")
+@click.option("--mixing", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
+              show_default=True)
+@click.option("--width", type=click.IntRange(1), default=512, show_default=True, help="Hidden width.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/hyper"),
+              show_default=True)
+@click.option("--sample-every", type=click.IntRange(0), default=500, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder (its settings are kept; --iters may extend it).")
+@click.option("--progress/--no-progress", default=True)
+@device_option
+@click.pass_context
+@user_errors
+def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, batch, lr, losses, convex_hull,
+                resample_cos, no_resample, crop, mixing, templates, width, seed, out, sample_every,
+                checkpoint_every, resume, progress, device):
+    """Train a HyperDomainNet: one network that maps any prompt to a domain vector."""
+    import hyperdomain as hd
+    from hyperdomain import distributed
+
+    if device != "auto":
+        resolve_device(device)
+    dist = distributed.setup(device)
+    try:
+        options = {}
+        if resume is not None:
+            extra = [p for p in ctx.params if p not in _RESUME_KEEPS
+                     and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+            if extra:
+                raise UserError(f"--resume keeps the run's settings; drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
+            config = hd.read_hyper_config(resume)
+            if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
+                generator = config.generator
+            out = resume
+            if iters is not None:
+                options["iters"] = iters
+            config = None
+        else:
+            weights = hd.LossWeights.parse(losses) if losses else hd.HyperTrainConfig().losses
+            config = hd.HyperTrainConfig(
+                domains=domains if domains.startswith("builtin:") else absolute_path(domains),
+                test_domains=None if test_domains == "none" else (
+                    test_domains if test_domains.startswith("builtin:") else absolute_path(test_domains)),
+                clip=tuple(absolute_spec(c) for c in clip) or hd.HyperTrainConfig().clip,
+                input_clip=absolute_spec(input_clip), iters=10_000 if iters is None else iters, batch=batch, lr=lr,
+                losses=weights, convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos,
+                crop=crop, mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
+                checkpoint_every=checkpoint_every, generator=absolute_path(generator))
+        G = hd.load_generator(generator, device=dist.device)
+        if config is not None:
+            config = _with_source(config, G)
+        try:
+            net = hd.train_hyper(G, config, out_dir=out, resume=resume, dist=dist, progress=progress, **options)
+        except KeyboardInterrupt:
+            if dist.is_main:
+                interrupted(ctx, out, "train-hyper")
+            ctx.exit(130)
+        if dist.is_main:
+            click.echo(f"wrote {out / 'hypernet.safetensors'} ({net.meta['iterations']} steps, "
+                       f"{len(net.meta['train_prompts'])} training prompts) and {out / 'samples.png'}")
+    finally:
+        distributed.teardown(dist)
+
+
+def _with_source(config, G):
+    from dataclasses import replace
+
+    return replace(config, source=G.source_prompt)
+
+
+@main.command()
+@click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Hypernetwork file.")
+@click.option("--prompt", "-p", required=True, help="The domain, in words.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Domain file to write (.safetensors).")
+@click.option("--clip", "hyper_clip", metavar="SPEC", help="The prompt encoder (e.g. ViT-B-32=FILE offline).")
+@user_errors
+def export(hyper, prompt, out, hyper_clip):
+    """Freeze one prompt of a hypernetwork into a domain file.
+
+    \b
+    Example:
+      hyperdomain export --hyper runs/hyper/hypernet.safetensors --prompt "Anime painting" --out anime.safetensors
+    """
+    import hyperdomain as hd
+
+    net = hd.HyperDomainNet.load(hyper)
+    if hyper_clip:
+        net.text_encoder(absolute_spec(hyper_clip))
+    domain = net.domain(prompt)
+    domain.save(out)
+    click.echo(f"wrote {out} ({len(domain)} numbers, prompt {prompt!r})")
+
+
+@main.command()
+@generator_option
+@click.option("--domain", "-d", "domains", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Domain file to score against its own prompt; repeatable.")
+@click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path), help="A hypernetwork file.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="A prompt for --hyper; repeatable.")
+@click.option("--prompts", "prompt_list", help="A domain list of prompts for --hyper (e.g. builtin:heldout).")
+@click.option("--source", "with_source", is_flag=True, help="Also score the unadapted generator (the baseline).")
+@click.option("--clip", default="ViT-B-16", show_default=True, metavar="NAME[:TAG][=FILE]",
+              help="The judging CLIP model; prefer one not used in training.")
+@click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder [default: its own].")
+@click.option("-n", "--num", "n", type=click.IntRange(2), default=500, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--truncation", type=click.FloatRange(0.0, 2.0), default=1.0, show_default=True)
+@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("--out", "-o", "outs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the rows to .json and/or .csv; repeatable.")
+@click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")
+@device_option
+@user_errors
+def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip, hyper_clip, n, seed, truncation,
+             templates, batch_size, outs, no_check, device):
+    """Score domains by CLIP quality (cosine to the prompt) and diversity (pairwise distance).
+
+    \b
+    Examples:
+      hyperdomain evaluate --domain runs/pixar/domain.safetensors --source -o scores.json
+      hyperdomain evaluate --hyper runs/hyper/hypernet.safetensors --prompts builtin:heldout -n 100 -o held.csv
+    """
+    import hyperdomain as hd
+    from hyperdomain.evaluation import format_table, write_results
+
+    for o in outs:
+        if o.suffix.lower() not in (".json", ".csv"):
+            raise UserError(f"--out {o}: results go to a .json or .csv file")
+    dev = resolve_device(device)
+    G = hd.load_generator(generator, device=dev)
+    loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
+    net = load_hyper(hyper, G, no_check, hyper_clip) if hyper is not None else None
+    all_prompts = list(prompts)
+    if prompt_list:
+        from hyperdomain.hyper_training import _read_list
+
+        all_prompts += [d.target for d in _read_list(prompt_list, G.source_prompt)]
+    rows = hd.evaluate(G, loaded, hypernet=net, prompts=all_prompts, source=with_source, clip=absolute_spec(clip),
+                       n=n, seed=seed, truncation=truncation, template_set=templates, batch_size=batch_size)
+    click.echo(format_table(rows))
+    for o in outs:
+        write_results(rows, o)
+        click.echo(f"wrote {o}")
 
 
 @main.command()

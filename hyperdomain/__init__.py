@@ -13,6 +13,9 @@ from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
 from .domain import Domain, mix
 from .errors import HyperdomainError
+from .evaluation import evaluate
+from .hyper_training import HyperTrainConfig, read_hyper_config, train_hyper
+from .hypernet import HyperConfig, HyperDomainNet, import_hypernet
 from .generator import Generator, load_generator
 from .losses import LossWeights
 from .images import make_grid, save_grid, save_images
@@ -26,7 +29,14 @@ __all__ = [
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",
+    "HyperConfig",
+    "HyperDomainNet",
+    "HyperTrainConfig",
     "adapt",
+    "evaluate",
+    "import_hypernet",
+    "read_hyper_config",
+    "train_hyper",
     "load_clip",
     "read_adapt_config",
     "Domain",

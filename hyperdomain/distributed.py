@@ -12,7 +12,7 @@ import torch
 
 from .errors import HyperdomainError
 
-__all__ = ["DistInfo", "setup", "teardown", "any_rank", "mean_over_ranks"]
+__all__ = ["DistInfo", "setup", "teardown", "any_rank", "mean_over_ranks", "broadcast_buffers"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,13 @@ def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float
     t = torch.tensor([values[k] for k in keys], device=info.device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) / info.world for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_buffers(info: DistInfo, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank, as DDP does before each forward."""
+    if not info.active:
+        return
+    import torch.distributed as dist
+
+    for b in module.buffers():
+        dist.broadcast(b, src=0)

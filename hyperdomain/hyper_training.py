@@ -268,6 +268,10 @@ class _HyperRun:
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            if self.device.type == "cuda":
+                # BatchNorm over the global batch, as one process would see it (SyncBatchNorm is GPU-only;
+                # on CPU each rank normalises its own share and rank 0's statistics are kept)
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self.step = 0
@@ -395,6 +399,9 @@ class _HyperRun:
             raise
         finally:
             bar.close()
+        from .distributed import broadcast_buffers
+
+        broadcast_buffers(dist, self.net)  # every rank returns the same network
         self.net.meta = self.network_meta()
         self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
         if self.out_dir is not None and dist.is_main:

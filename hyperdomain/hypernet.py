@@ -203,7 +203,12 @@ class HyperDomainNet(nn.Module):
         from .clip import ClipEncoder, load_clip
 
         if clip is not None:
-            self._clip[:] = [clip if isinstance(clip, ClipEncoder) else load_clip([clip])[0]]
+            enc = clip if isinstance(clip, ClipEncoder) else load_clip([clip])[0]
+            trained = self.meta.get("input_clip")
+            if trained and enc.label != trained:
+                raise HyperdomainError(
+                    f"hypernetwork{_origin(self)} takes prompts embedded by CLIP {trained}, not {enc.label}")
+            self._clip[:] = [enc]
             self._embeddings = {}
         if not self._clip:
             self._clip[:] = [load_clip([self.meta.get("input_clip", "ViT-B-32:openai")])[0]]
@@ -464,3 +469,7 @@ def _infer_config(sd: Mapping[str, Any], activation: str, path: Path) -> HyperCo
     dims = tuple(weight(f"heads.conv_{k}.in.{head_blocks}.weight").shape[0] for k in ks)
     return HyperConfig(domain_dims=dims, input_dim=int(input_dim), width=int(width), block_width=int(block_width),
                        backbone_blocks=max(backbone_idx), head_blocks=head_blocks, activation=activation)
+
+
+def _origin(net: HyperDomainNet) -> str:
+    return f" {net.meta['file']}" if net.meta.get("file") else ""

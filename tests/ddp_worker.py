@@ -1,0 +1,42 @@
+"""Run under torchrun by tests/test_hyper_training.py: train a tiny hypernetwork with DDP (gloo, CPU)
+and write every rank's final weights, so the test can compare the ranks.
+
+    torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR CLIP_JSON DOMAINS ITERS [--resume]
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conftest import make_tiny_generator  # noqa: E402
+
+from hyperdomain import distributed  # noqa: E402
+from hyperdomain.clip import load_clip  # noqa: E402
+from hyperdomain.hyper_training import train_hyper  # noqa: E402
+
+
+def main() -> None:
+    out, clip_json, domains, iters = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    resume = "--resume" in sys.argv
+    torch.set_num_threads(1)
+    dist = distributed.setup("cpu")
+    try:
+        G = make_tiny_generator()
+        enc = load_clip([clip_json])
+        kwargs = dict(iters=iters) if resume else dict(
+            domains=domains, test_domains=None, iters=iters, batch=8, lr=1e-3, width=64, templates="single",
+            checkpoint_every=2, sample_every=0)
+        net = train_hyper(G, clip=enc, input_clip=enc[0], out_dir=out, resume=out if resume else None, dist=dist,
+                          progress=False, **kwargs)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"rank{dist.rank}.safetensors"))
+    finally:
+        distributed.teardown(dist)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""HyperDomainNet training on tiny models: augmentations, learning, files, resume, DDP, the CLI."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import hyperdomain as hd
+from cli.main import main
+from hyperdomain.clip import templates
+from hyperdomain.errors import HyperdomainError
+from hyperdomain.evaluation import quality_and_diversity
+from hyperdomain.hyper_training import convex_weights, resample_on_cone
+from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+from hyperdomain.losses import direction_loss, tt_direction_loss
+
+from conftest import make_tiny_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["Anime painting", "Pixar render", "Marble statue", "Pencil sketch", "Zombie", "Oil painting",
+           "Cyberpunk neon", "Watercolor portrait"]
+HELD_OUT = ["Charcoal drawing", "Bronze bust", "Stained glass"]
+FAST = dict(width=64, templates="single", test_domains=None, sample_every=0, checkpoint_every=0, lr=1e-3)
+
+
+@pytest.fixture
+def lists(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("# tiny list\n" + "\n".join(PROMPTS[:3]) + "\n" + "\n".join(p + " - Photo" for p in PROMPTS[3:]) + "\n")
+    test = tmp_path / "test.txt"
+    test.write_text("\n".join(HELD_OUT) + "\n")
+    return train, test
+
+
+def run(G, clip, train_list, **kw):
+    opts = {**FAST, "domains": str(train_list), **kw}
+    return hd.train_hyper(G, clip=[clip], input_clip=clip, progress=False, **opts)
+
+
+# ------------------------------------------------------------------------------------ augmentations
+def test_convex_weights_are_dirichlet_rows():
+    a = convex_weights(6, torch.Generator().manual_seed(0))
+    assert a.shape == (6, 6) and (a >= 0).all() and torch.allclose(a.sum(1), torch.ones(6))
+    assert torch.equal(a, convex_weights(6, torch.Generator().manual_seed(0)))  # reproducible from the generator
+    state = torch.random.get_rng_state()
+    many = torch.cat([convex_weights(4, torch.Generator().manual_seed(s)) for s in range(400)])
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
+    # Dirichlet(0.5, 0.5, 0.5, 0.5): mean 1/4, variance (1/4 * 3/4) / (2 + 1) = 1/16
+    assert many.mean().item() == pytest.approx(0.25, abs=1e-6)
+    assert many.var().item() == pytest.approx(1 / 16, rel=0.15)
+
+
+def test_resample_on_cone():
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(2000, 16, generator=g, dtype=torch.float64) * 3
+    r = resample_on_cone(v, 0.95, g)
+    cos = (r * v).sum(1) / v.norm(dim=1)
+    assert torch.allclose(r.norm(dim=1), torch.ones(2000, dtype=torch.float64))
+    assert cos.min() >= 0.95 - 1e-12 and cos.max() <= 1 + 1e-12
+    assert cos.mean().item() == pytest.approx(0.975, abs=0.002)  # uniform in [0.95, 1]
+    # the offsets point every way around the axis: their mean for one axis vanishes
+    axis = torch.zeros(4000, 16, dtype=torch.float64)
+    axis[:, 0] = 1
+    perp = resample_on_cone(axis, 0.5, g)[:, 1:]
+    assert perp.mean(0).abs().max() < 0.05
+
+
+# ------------------------------------------------------------------------------------ training
+def _eval_losses(G, clip, net, prompts):
+    """Direction and tt_direction losses of the net's domains on fixed latents (eval mode, no augmentation)."""
+    tpl = templates("single")
+    gen = torch.Generator().manual_seed(7)
+    ws = G.mapping(torch.randn(16, G.z_dim, generator=gen))
+    noise = G.draw_noise(16, gen)
+    net.eval()
+    with torch.no_grad():
+        src = clip.encode_images(G.synthesis(ws, noise=noise))
+        ds = net(net.embed(prompts, clip))
+        trg = [clip.encode_images(G.synthesis(ws, domain=d, noise=noise)) for d in ds]
+        direction = sum(float(direction_loss(src, t, clip.text(p, tpl) - clip.text("Photo", tpl)))
+                        for p, t in zip(prompts, trg)) / len(prompts)
+        texts = torch.stack([clip.text(p, tpl) for p in prompts])
+        tt = sum(float(tt_direction_loss(torch.stack([t[i] for t in trg]), texts)) for i in range(16)) / 16
+    return direction, tt
+
+
+def test_short_run_lowers_the_losses(tiny_G, tiny_clip, lists):
+    train, _ = lists
+    net = run(tiny_G, tiny_clip, train, iters=60, convex_hull=False, resample_cos=None)
+    torch.manual_seed(0)  # the trainer's initialisation for seed 0
+    fresh = HyperDomainNet(net.config, meta=net.meta)
+    fresh.text_encoder(tiny_clip)
+    d0, tt0 = _eval_losses(tiny_G, tiny_clip, fresh, PROMPTS)
+    d1, tt1 = _eval_losses(tiny_G, tiny_clip, net, PROMPTS)
+    assert d0 > 0.97 and tt0 > 0.97  # a fresh network barely moves the images, in no useful direction
+    assert d1 < d0 - 0.06 and tt1 < tt0 - 0.05, (d0, d1, tt0, tt1)
+
+
+def test_held_out_prompts_give_distinct_domains(tiny_G, tiny_clip, lists):
+    train, _ = lists
+    net = run(tiny_G, tiny_clip, train, iters=10)
+    held = net.domains(HELD_OUT)
+    vecs = torch.stack([d.vector for d in held])
+    assert all(d.meta["prompt"] == p and d.dims == tiny_G.domain_dims for d, p in zip(held, HELD_OUT))
+    for i in range(len(held)):
+        for j in range(i + 1, len(held)):
+            rel = (vecs[i] - vecs[j]).norm() / vecs[i].norm()
+            assert rel > 1e-3, (HELD_OUT[i], HELD_OUT[j], rel)
+    assert net.meta["train_prompts"] == PROMPTS and net.meta["iterations"] == 10
+
+
+def test_deterministic_and_resume_equals_uninterrupted(tmp_path, tiny_G, tiny_clip, lists):
+    train, _ = lists
+    a = run(tiny_G, tiny_clip, train, iters=8, out_dir=tmp_path / "a", checkpoint_every=3)
+    b = run(tiny_G, tiny_clip, train, iters=8)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    def interrupt_at_5(step, values):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_G, tiny_clip, train, iters=8, out_dir=tmp_path / "cut", callback=interrupt_at_5)
+    resumed = hd.train_hyper(tiny_G, clip=[tiny_clip], input_clip=tiny_clip, resume=tmp_path / "cut", progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), resumed.state_dict().values()))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_files_round_trip(tmp_path, tiny_G, tiny_clip, lists):
+    train, test = lists
+    net = run(tiny_G, tiny_clip, train, iters=4, out_dir=tmp_path / "r", test_domains=str(test), sample_every=2)
+    out = tmp_path / "r"
+    assert (out / "samples.png").is_file() and (out / "samples" / "step_0000002.png").is_file()
+    assert (out / "samples_rows.txt").read_text().splitlines() == ["source"] + HELD_OUT
+    loaded = hd.HyperDomainNet.load(out / "hypernet.safetensors")
+    assert loaded.meta["input_clip"] == "tiny0" and loaded.meta["generator_fingerprint"] == tiny_G.fingerprint
+    loaded.text_encoder(tiny_clip)
+    d1, d2 = net.domain("Bronze bust"), loaded.domain("Bronze bust")
+    assert torch.equal(d1.vector, d2.vector)
+    d2.save(tmp_path / "bronze.safetensors")
+    back = hd.Domain.load(tmp_path / "bronze.safetensors", generator=tiny_G)
+    assert torch.equal(back.vector, d1.vector) and back.meta["prompt"] == "Bronze bust"
+    other = hd.ClipEncoder(tiny_clip.model, tiny_clip.tokenizer, "other")
+    with pytest.raises(HyperdomainError, match="takes prompts embedded by CLIP tiny0, not other"):
+        loaded.text_encoder(other)
+
+
+def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, lists, monkeypatch):
+    import hyperdomain.hyper_training as ht
+
+    train, _ = lists
+    calls = {"n": 0}
+    real = ht.tt_direction_loss
+
+    def poisoned(*args):
+        calls["n"] += 1
+        v = real(*args)
+        return v * float("nan") if calls["n"] == 4 else v
+
+    monkeypatch.setattr(ht, "tt_direction_loss", poisoned)
+    with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite .*last good state \(step 3\)"):
+        run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "nan")
+    monkeypatch.setattr(ht, "tt_direction_loss", real)
+    three = run(tiny_G, tiny_clip, train, iters=3)
+    tensors, meta = hd.train_state.load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors", "hyper")
+    assert meta["step"] == 3
+    for k, v in three.state_dict().items():
+        assert torch.equal(tensors["net." + k], v), k  # BatchNorm statistics included
+
+
+def test_bad_configs(tiny_G, tiny_clip, lists, tmp_path):
+    train, _ = lists
+    with pytest.raises(HyperdomainError, match="batch"):
+        run(tiny_G, tiny_clip, train, iters=1, batch=1)
+    with pytest.raises(HyperdomainError, match="direction, tt_direction or global"):
+        run(tiny_G, tiny_clip, train, iters=1, losses={"l2": 1})
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Anime painting\n - Photo\nAnime painting\n")
+    with pytest.raises(HyperdomainError, match=r"line 2.*line 3"):
+        run(tiny_G, tiny_clip, bad, iters=1)
+    with pytest.raises(HyperdomainError, match="already holds a run"):
+        run(tiny_G, tiny_clip, train, iters=1, out_dir=tmp_path / "x")
+        run(tiny_G, tiny_clip, train, iters=1, out_dir=tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def test_quality_and_diversity_against_brute_force():
+    g = torch.Generator().manual_seed(3)
+    e = torch.nn.functional.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64), dim=1)
+    t = torch.randn(5, generator=g, dtype=torch.float64)
+    q, div = quality_and_diversity(e, t)
+    assert q == pytest.approx(sum(float(x @ t) / float(t.norm()) for x in e) / 7)
+    pairs = [1 - float(e[i] @ e[j]) for i in range(7) for j in range(7) if i < j]
+    assert div == pytest.approx(sum(pairs) / len(pairs))
+    same = e[:1].repeat(4, 1)
+    assert quality_and_diversity(same, e[0])[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_evaluate_rows(tiny_G, tiny_clip, lists, tmp_path):
+    train, _ = lists
+    net = run(tiny_G, tiny_clip, train, iters=4)
+    dom = net.domain("Bronze bust")
+    dom.meta["file"] = str(tmp_path / "bronze.safetensors")
+    rows = hd.evaluate(tiny_G, [dom], hypernet=net, prompts=["Anime painting", "Stained glass"], source=True,
+                       clip=tiny_clip, n=6, progress=False)
+    got = [(r.name, r.prompt, r.split) for r in rows]
+    assert got[:3] == [("bronze", "Bronze bust", "-"), ("hypernet", "Anime painting", "seen"),
+                       ("hypernet", "Stained glass", "held-out")]
+    assert {r.prompt for r in rows if r.name == "source"} == {"Bronze bust", "Anime painting", "Stained glass", "Photo"}
+    # the hypernetwork row for a prompt equals scoring that prompt's exported domain
+    again = hd.evaluate(tiny_G, [net.domain("Anime painting")], clip=tiny_clip, n=6, progress=False)[0]
+    assert again.quality == pytest.approx(rows[1].quality) and again.diversity == pytest.approx(rows[1].diversity)
+    # the same latents for every row: the source's diversity is the same whatever the prompt
+    src = [r for r in rows if r.name == "source"]
+    assert len({round(r.diversity, 12) for r in src}) == 1
+    from hyperdomain.evaluation import write_results
+
+    write_results(rows, tmp_path / "r.json")
+    write_results(rows, tmp_path / "r.csv")
+    assert json.loads((tmp_path / "r.json").read_text())[0]["prompt"] == "Bronze bust"
+    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("name,prompt,split,quality,diversity")
+    with pytest.raises(HyperdomainError, match="nothing to evaluate"):
+        hd.evaluate(tiny_G, [], clip=tiny_clip, n=4, progress=False)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_train_sample_export_evaluate(tmp_path, tiny_ckpt, tiny_clip_config, lists):
+    ckpt, _ = tiny_ckpt
+    train, test = lists
+    out = tmp_path / "hdn"
+    base = ["--generator", ckpt, "--clip", tiny_clip_config, "--input-clip", tiny_clip_config, "--device", "cpu"]
+    r = cli("train-hyper", *base, "--domains", train, "--test-domains", test, "--iters", 4, "--templates", "single",
+            "--width", 64, "--out", out, "--sample-every", 2, "--loss", "direction=1", "--loss", "tt_direction=0.4",
+            "--no-resample")
+    assert r.exit_code == 0, r.output
+    hyper = out / "hypernet.safetensors"
+    assert hyper.is_file() and "4 steps, 8 training prompts" in r.stdout
+    r = cli("sample", "--generator", ckpt, "--hyper", hyper, "-p", "Anime painting", "-p", "Bronze bust", "--with-source",
+            "-n", 2, "--out", tmp_path / "g.png", "--device", "cpu", "--clip", tiny_clip_config)
+    assert r.exit_code == 0 and "3 row(s)" in r.stdout, r.output
+    r = cli("export", "--hyper", hyper, "-p", "Bronze bust", "--out", tmp_path / "b.safetensors", "--clip", tiny_clip_config)
+    assert r.exit_code == 0, r.output
+    r = cli("evaluate", "--generator", ckpt, "--hyper", hyper, "--prompts", test, "-p", "Anime painting", "--source",
+            "--clip", tiny_clip_config, "--hyper-clip", tiny_clip_config, "-n", 4, "-o", tmp_path / "e.json",
+            "-o", tmp_path / "e.csv", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "held-out" in r.stdout and "seen" in r.stdout and (tmp_path / "e.csv").is_file()
+    rows = json.loads((tmp_path / "e.json").read_text())
+    assert [x["split"] for x in rows if x["name"] == "hypernet"] == ["seen", "held-out", "held-out", "held-out"]
+    # resume extends the run
+    r = cli("train-hyper", "--resume", out, "--iters", 6, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert hd.HyperDomainNet.load(hyper).meta["iterations"] == 6
+
+
+def test_cli_user_errors(tmp_path, tiny_ckpt, tiny_clip_config, lists):
+    ckpt, _ = tiny_ckpt
+    train, _ = lists
+    base = ["--generator", ckpt, "--clip", tiny_clip_config, "--input-clip", tiny_clip_config, "--device", "cpu",
+            "--iters", 1, "--templates", "single", "--width", 64, "--test-domains", "none"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Anime painting\n\nAnime  Painting\nSketch - \n")
+    for args, fragment in (
+        (["--domains", bad], "line 3"),
+        (["--domains", tmp_path / "missing.txt"], "missing.txt"),
+        (["--domains", train, "--loss", "nope=1"], "unknown loss"),
+        (["--domains", train, "--batch", 3, "--out", tmp_path / "o"], None),
+    ):
+        r = cli("train-hyper", *base, *args)
+        if fragment is None:
+            assert r.exit_code == 0, r.output
+            continue
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr, r.output
+    r = cli("sample", "--generator", ckpt, "-p", "Anime painting", "--device", "cpu")
+    assert r.exit_code == 2 and "--hyper" in r.stderr
+    r = cli("evaluate", "--generator", ckpt, "--clip", tiny_clip_config, "-o", tmp_path / "x.txt", "--device", "cpu")
+    assert r.exit_code == 2 and ".json or .csv" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ DDP
+def _torchrun(nproc: int, *args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_config, lists):
+    from safetensors.torch import load_file
+
+    train, _ = lists
+    out = tmp_path / "ddp"
+    worker = ROOT / "tests" / "ddp_worker.py"
+    _torchrun(2, worker, out, tiny_clip_config, train, 4)
+    r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # weights and BN buffers
+    _, meta = hd.train_state.load_checkpoint(out / "checkpoint.safetensors", "hyper")
+    assert meta["step"] == 4 and meta["world"] == 2
+    # the ranks drew different domains: a one-process run of the same config differs
+    single = tmp_path / "single"
+    _torchrun(1, worker, single, tiny_clip_config, train, 4)
+    one = load_file(str(single / "rank0.safetensors"))
+    assert any(not torch.equal(one[k], r0[k]) for k in r0)
+    # resume the 2-process run on 1 process: it continues from step 4
+    _torchrun(1, worker, out, tiny_clip_config, train, 6, "--resume")
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+    assert hd.HyperDomainNet.load(out / "hypernet.safetensors").meta["iterations"] == 6

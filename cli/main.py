@@ -448,14 +448,22 @@ def info(file):
 @click.option("--source", "source_prompt", help="Source prompt (default: the generator's, e.g. 'Photo').")
 @user_errors
 def import_(checkpoint, out, prompt, source_prompt):
-    """Convert one of the paper's released single-domain checkpoints into a domain file.
+    """Convert one of the paper's released checkpoints: a domain (td_*.pt) or a hypernetwork (mapper_*.pt).
 
     \b
     Example:
       hyperdomain import td_pixar.pt --prompt "3D render in the style of Pixar" --out pixar.safetensors
+      hyperdomain import mapper_large_resample_td.pt --out hdn.safetensors
     """
     import hyperdomain as hd
+    from hyperdomain.paper_import import paper_model_type
 
+    if paper_model_type(checkpoint) == "mapper":  # a HyperDomainNet: written as a hypernetwork file
+        net = hd.import_hypernet(checkpoint)
+        net.save(out)
+        click.echo(f"wrote {out} (a hypernetwork: {sum(net.domain_dims)}-number domains, "
+                   f"{len(net.domain_dims)} convs, input {net.meta.get('input_clip') or 'image embeddings'})")
+        return
     domain = hd.import_checkpoint(checkpoint, prompt=prompt, source_prompt=source_prompt)
     domain.save(out)
     prompt = domain.meta.get("prompt")

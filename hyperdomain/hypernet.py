@@ -204,7 +204,7 @@ class HyperDomainNet(nn.Module):
 
         if clip is not None:
             enc = clip if isinstance(clip, ClipEncoder) else load_clip([clip])[0]
-            trained = self.meta.get("input_clip")
+            trained = self.meta.get("input_clip")  # None for networks imported without one recorded
             if trained and enc.label != trained:
                 raise HyperdomainError(
                     f"hypernetwork{_origin(self)} takes prompts embedded by CLIP {trained}, not {enc.label}")
@@ -218,6 +218,9 @@ class HyperDomainNet(nn.Module):
 
     def embed(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> torch.Tensor:
         """Unit CLIP embeddings ``[N, input_dim]`` of the bare prompts (cached per prompt)."""
+        if self.meta.get("input") == "image":
+            raise HyperdomainError(f"hypernetwork{_origin(self)} maps CLIP image embeddings (an im2im network), "
+                                   f"not prompts; use domain_from_embedding with an image embedding")
         enc = self.text_encoder(clip)
         missing = [q for q in dict.fromkeys(prompts) if q not in self._embeddings]
         if missing:
@@ -406,6 +409,7 @@ def import_hypernet(path: str | os.PathLike) -> HyperDomainNet:
         "generator": gen_name,
         "source_prompt": gen_source_prompt or "Photo",
         "clip_model": "ViT-B/32",
+        "input_clip": None if da_type == "im2im" else "ViT-B-32:openai",
         # the paper feeds unit-normalised ViT-B/32 embeddings: of the bare prompt, or of the style image (im2im)
         "input": "image" if da_type == "im2im" else "text",
         "paper_model_type": "mapper",

@@ -35,7 +35,7 @@ from .safe_pickle import load_torch_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["import_checkpoint", "paper_conv_dims"]
+__all__ = ["import_checkpoint", "paper_conv_dims", "paper_model_type"]
 
 _SINGLE_DOMAIN_TYPES = ("parameterization", "parametrization")
 _HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.params_in")
@@ -52,6 +52,14 @@ def paper_conv_dims(img_size: int, channel_multiplier: int = 2) -> tuple[int, ..
         c = widths[r]
         r *= 2
     return tuple(dims)
+
+
+def paper_model_type(path: str | os.PathLike) -> str | None:
+    """The ``model_type`` of one of the paper's checkpoints ("parameterization", "mapper", ...), read safely."""
+    from .safe_pickle import load_torch_file_omegaconf
+
+    ckpt = load_torch_file_omegaconf(Path(path))
+    return str(ckpt.get("model_type")) if isinstance(ckpt, Mapping) and "model_type" in ckpt else None
 
 
 def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,

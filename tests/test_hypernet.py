@@ -390,3 +390,20 @@ def test_import_refuses_a_non_allowed_global(tmp_path):
         import_hypernet(path)
     _one_line(e)
     assert not marker.exists()
+
+
+def test_cli_import_of_a_paper_mapper(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    dims = (5, 5, 3)
+    sd = _paper_state_dict(dims, 4, 2, width=8, inner=12, seed=3)
+    path = _write_paper_mapper(tmp_path / "mapper_20_td.pt", sd, _mapper_config(4, 2, width=8), sg2_params={})
+    out = tmp_path / "hdn.safetensors"
+    r = CliRunner().invoke(main, ["import", str(path), "--out", str(out)])
+    assert r.exit_code == 0 and "a hypernetwork" in r.stdout, r.output
+    net = HyperDomainNet.load(out)
+    assert net.meta["input_clip"] == "ViT-B-32:openai" and net.config.domain_dims == dims
+    e = _emb(2, 8, dtype=torch.float64)
+    torch.testing.assert_close(net.double()(e), _paper_forward(sd, e, 4, 2, 3), rtol=1e-6, atol=1e-6)

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from generator import _sync  # noqa: E402  (benchmarks/generator.py)
+
 CONFIGS = {
     "tiny": (32, ("tiny",)),
     "256-b32": (256, ("ViT-B-32",)),
@@ -67,13 +69,6 @@ def build_clip(name: str, device):
     return ClipEncoder(model, open_clip.get_tokenizer("ViT-B-32"), f"{name}:random").to(device)
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _mem_now(device) -> int:
     import torch
 
@@ -83,20 +78,40 @@ def _mem_now(device) -> int:
     return 0
 
 
-def _mem_peak(device) -> int:
-    import resource
+class RssSampler:
+    """Peak RSS while it runs, sampled every 2 ms (the process's lifetime peak may predate the steps)."""
 
+    def __init__(self):
+        import threading
+
+        self.peak = _rss(None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss(None))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss(None))
+
+
+def _mem_peak(device) -> int:
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return torch.cuda.max_memory_allocated(device)
 
 
 def _rss(device) -> int:
     import os
 
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         return 0
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -128,11 +143,11 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
         return statistics.median(out)
 
     rng = torch.Generator().manual_seed(0)
-    ws, noise = sample_training_latents(G, rng, batch, 0.9, device)
+    tb = sample_training_latents(G, rng, batch, 0.9, device)
 
     def src_fwd():
         with torch.no_grad():
-            return G.synthesis(ws, noise=noise)
+            return G.synthesis(tb.ws_src, noise=tb.noise_src)
 
     src_img = src_fwd()
 
@@ -144,7 +159,7 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
     d = torch.zeros(G.num_domain_params, device=device, requires_grad=True)
 
     def adapted():
-        img = G.synthesis(ws, domain=d, noise=noise)
+        img = G.synthesis(tb.ws_trg, domain=d, noise=tb.noise_trg)
         loss = sum(direction_loss(s, e.encode_images(img), t["direction"])
                    for s, e, t in zip(src_emb, encoders, run.texts))
         loss.backward()
@@ -153,9 +168,11 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
         run._one_step(run.rng.get_state())
 
     step()  # warm-up (allocations, kernel build on CUDA)
-    base_mem, base_rss = _mem_now(device), _rss(device)
     t_step = timed(step, repeats)
-    peak = _mem_peak(device) - (base_mem if device.type == "cuda" else base_rss)
+    base = _mem_now(device) if device.type == "cuda" else _rss(device)
+    with RssSampler() as sampler:  # one more step for memory (the sampler thread would skew the timings)
+        step()
+    peak = (_mem_peak(device) if device.type == "cuda" else sampler.peak) - base
     return {"config": config, "batch": batch, "device": device_name, "step_s": t_step,
             "src_fwd_s": timed(src_fwd, repeats), "clip_src_s": timed(clip_src, repeats),
             "adapted_fwd_bwd_s": timed(adapted, repeats), "peak_mb": peak / 2**20,
@@ -173,7 +190,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.batch, args.repeats, args.device)))
         return
-    print(f"| config | device | batch | step s | src fwd s | clip src s | adapted fwd+bwd s | peak MB |")
+    print("| config | device | batch | step s | src fwd s | clip src s | adapted fwd+bwd s | peak MB |")
     print("|---|---|---|---|---|---|---|---|")
     for c in args.configs:
         out = subprocess.run([sys.executable, __file__, "--child", c, "--batch", str(args.batch),

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from adapt import CONFIGS, _mem_now, _mem_peak, _rss, _sync, build_clip, build_generator  # noqa: E402
+from adapt import CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, _sync, build_clip, build_generator  # noqa: E402
 
 
 def measure(config: str, batch: int, repeats: int, device_name: str, prompts: int) -> dict:
@@ -46,12 +46,12 @@ def measure(config: str, batch: int, repeats: int, device_name: str, prompts: in
         path.write_text("".join(d.target + "\n" for d in listing))
         t = time.perf_counter()
         cfg = HyperTrainConfig(domains=str(path), test_domains=None, clip=tuple(e.label for e in encoders),
+                               input_clip=encoders[0].label,
                                batch=batch, sample_every=0, checkpoint_every=0,
                                width=64 if config == "tiny" else 512)
         run = _HyperRun(G, cfg, encoders, encoders[0], None, _dist(device))
         setup_s = time.perf_counter() - t
     run._one_step()  # warm-up
-    base = _mem_now(device) if device.type == "cuda" else _rss(device)
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -60,7 +60,10 @@ def measure(config: str, batch: int, repeats: int, device_name: str, prompts: in
         run.step += 1
         _sync(device)
         times.append(time.perf_counter() - t)
-    peak = _mem_peak(device) - base
+    base = _mem_now(device) if device.type == "cuda" else _rss(device)
+    with RssSampler() as sampler:  # one more step for memory (the sampler thread would skew the timings)
+        run._one_step()
+    peak = (_mem_peak(device) if device.type == "cuda" else sampler.peak) - base
     params = sum(p.numel() for p in run.net.parameters())
     return {"config": config, "device": device_name, "batch": batch, "step_s": statistics.median(times),
             "peak_mb": peak / 2**20, "hypernet_params": params, "setup_s": setup_s, "prompts": len(listing)}

@@ -67,6 +67,17 @@ def absolute_spec(spec: str) -> str:
     return head + (sep + absolute_path(file) if sep else "")
 
 
+def resumed_generator(ctx, config, generator: str) -> str:
+    """--resume keeps a run's settings: refuse other options; the run's generator unless one is given."""
+    given = [p for p in ctx.params if p not in _RESUME_KEEPS
+             and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise UserError(f"--resume keeps the run's settings; drop {', '.join('--' + p.replace('_', '-') for p in given)}")
+    if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
+        return config.generator
+    return generator
+
+
 def slug_of(prompt: str) -> str:
     from hyperdomain.adaptation import slug
 
@@ -133,7 +144,7 @@ def main(verbose: int) -> None:
 @click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path),
               help="A hypernetwork file; with --prompt, one row per prompt.")
 @click.option("--prompt", "-p", "prompts", multiple=True, help="A domain in words for --hyper; repeatable.")
-@click.option("--clip", "hyper_clip", metavar="SPEC",
+@click.option("--hyper-clip", metavar="SPEC",
               help="The hypernetwork's prompt encoder, e.g. a local weights file (ViT-B-32=FILE) [default: "
                    "the one it was trained with].")
 @click.option("--no-check", is_flag=True, help="Use domains made for a generator with another fingerprint.")
@@ -220,13 +231,7 @@ def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing
     from hyperdomain.adaptation import DOMAIN_FILE, slug
 
     if resume is not None:
-        extra = [p for p in ctx.params if p not in _RESUME_KEEPS
-                 and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
-        if extra:
-            raise UserError(f"--resume keeps the run's settings; drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
-        config = hd.read_adapt_config(resume)
-        if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
-            generator = config.generator
+        generator = resumed_generator(ctx, hd.read_adapt_config(resume), generator)
         out = resume
     elif not target:
         raise UserError("--target is required (or --resume DIR)")
@@ -307,13 +312,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
     try:
         options = {}
         if resume is not None:
-            extra = [p for p in ctx.params if p not in _RESUME_KEEPS
-                     and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
-            if extra:
-                raise UserError(f"--resume keeps the run's settings; drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
-            config = hd.read_hyper_config(resume)
-            if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
-                generator = config.generator
+            generator = resumed_generator(ctx, hd.read_hyper_config(resume), generator)
             out = resume
             if iters is not None:
                 options["iters"] = iters
@@ -333,7 +332,12 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         if config is not None:
             config = _with_source(config, G)
         try:
-            net = hd.train_hyper(G, config, out_dir=out, resume=resume, dist=dist, progress=progress, **options)
+            given_clip = [absolute_spec(c) for c in clip] or None
+            given_input = (absolute_spec(input_clip) if ctx.get_parameter_source("input_clip")
+                           is not click.core.ParameterSource.DEFAULT else None)
+            net = hd.train_hyper(G, config, clip=given_clip if resume is not None else None,
+                                 input_clip=given_input if resume is not None else None,
+                                 out_dir=out, resume=resume, dist=dist, progress=progress, **options)
         except KeyboardInterrupt:
             if dist.is_main:
                 interrupted(ctx, out, "train-hyper")
@@ -356,7 +360,7 @@ def _with_source(config, G):
 @click.option("--prompt", "-p", required=True, help="The domain, in words.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Domain file to write (.safetensors).")
-@click.option("--clip", "hyper_clip", metavar="SPEC", help="The prompt encoder (e.g. ViT-B-32=FILE offline).")
+@click.option("--hyper-clip", metavar="SPEC", help="The prompt encoder (e.g. ViT-B-32=FILE offline).")
 @user_errors
 def export(hyper, prompt, out, hyper_clip):
     """Freeze one prompt of a hypernetwork into a domain file.

@@ -13,12 +13,11 @@ difference: a run takes exactly ``iters`` steps (the paper's loop takes ``iters 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,7 +26,6 @@ import torch
 from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .domain import Domain, generator_meta
 from .errors import HyperdomainError
-from .fileio import atomic_path
 from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss
 
 log = logging.getLogger(__name__)
@@ -63,10 +61,9 @@ class AdaptConfig:
     generator: str | None = None  # the name or path the generator was loaded from (for resume)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "clip", tuple(self.clip))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if isinstance(self.losses, Mapping):
-            object.__setattr__(self, "losses", LossWeights.from_mapping(self.losses))
+        from .train_state import normalise_run_config
+
+        normalise_run_config(self)
         checks = [
             (self.iters >= 1, "iters", "an integer >= 1"),
             (self.batch >= 1, "batch", "an integer >= 1"),
@@ -96,20 +93,15 @@ class AdaptConfig:
             raise HyperdomainError(f"--target and --source are the same prompt ({self.target!r}): no direction to learn")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["losses"] = self.losses.as_dict()
-        d["clip"], d["betas"] = list(self.clip), list(self.betas)
-        return d
+        from .train_state import run_config_to_dict
+
+        return run_config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AdaptConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise HyperdomainError(f"adapt config: unknown keys {sorted(unknown)}")
-        d = dict(d)
-        d["losses"] = LossWeights.from_mapping(d.get("losses", {}))
-        return cls(**d)
+        from .train_state import run_config_from_dict
+
+        return run_config_from_dict(cls, d, "adapt")
 
 
 # ------------------------------------------------------------------------------------------ a step
@@ -216,22 +208,12 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
 
 
 def _encoders(clip, config: AdaptConfig, device) -> list[ClipEncoder]:
-    given = clip if clip is not None else config.clip
-    encoders = load_clip(given, device=device, antialias=config.clip_antialias, precision=config.clip_precision)
-    labels = tuple(e.label for e in encoders)
-    expected = tuple(c if c in labels else _spec_label(c) for c in config.clip)
-    if labels != expected:
-        raise HyperdomainError(f"--clip: these models {list(labels)} are not the run's {list(expected)}")
+    from .clip import check_models
+
+    encoders = load_clip(clip if clip is not None else config.clip, device=device,
+                         antialias=config.clip_antialias, precision=config.clip_precision)
+    check_models(encoders, config.clip)
     return encoders
-
-
-def _spec_label(spec: str) -> str:
-    from .clip import ClipSpec
-
-    try:
-        return ClipSpec.parse(spec).label
-    except HyperdomainError:
-        return spec  # already a label (e.g. "tiny.json:random")
 
 
 def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
@@ -338,21 +320,16 @@ class _Run:
         return save_grid(torch.cat([src, trg]), self.out_dir / name, nrow=n)
 
     def log_line(self, values: Mapping[str, float]) -> None:
-        if self.out_dir is None:
-            return
-        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.step, **values}) + "\n")
+        if self.out_dir is not None:
+            from .train_state import append_log
+
+            append_log(self.out_dir, self.step, values)
 
     def _prepare_dir(self) -> None:
-        if self.out_dir is None:
-            return
-        try:
-            (self.out_dir / "samples").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise HyperdomainError(f"{self.out_dir}: cannot create the run folder ({e.strerror or e})") from None
-        with atomic_path(self.out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        _truncate_log(self.out_dir / "log.jsonl", self.step)
+        if self.out_dir is not None:
+            from .train_state import prepare_run_dir
+
+            prepare_run_dir(self.out_dir, self.config.to_dict(), self.step)
 
     # ------------------------------------------------------------------ loop
     def train(self, callback: Callback | None, progress: bool) -> Domain:
@@ -434,21 +411,6 @@ def _training_seed(seed: int) -> int:
 
 def _fmt(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "total")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint's step (they will be trained again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
 def slug(prompt: str, limit: int = 40) -> str:

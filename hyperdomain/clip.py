@@ -33,7 +33,7 @@ from .errors import HyperdomainError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipSpec", "ClipEncoder", "load_clip", "templates", "TEMPLATE_SETS", "DEFAULT_CLIP"]
+__all__ = ["ClipSpec", "ClipEncoder", "load_clip", "check_models", "templates", "TEMPLATE_SETS", "DEFAULT_CLIP"]
 
 DEFAULT_CLIP = ("ViT-B-32", "ViT-B-16")
 # The template sets a prompt can be put into. "imagenet" is the paper's (StyleGAN-NADA's) list:
@@ -237,6 +237,22 @@ def load_clip(specs: Sequence[str | ClipSpec | ClipEncoder] = DEFAULT_CLIP,
     if len(set(labels)) != len(labels):
         raise HyperdomainError(f"--clip: the same model is named twice ({labels})")
     return out
+
+
+def check_models(encoders: Sequence[ClipEncoder], specs: Sequence[str], what: str = "--clip") -> None:
+    """One-line error unless ``encoders`` are the models ``specs`` name (specs or labels, in order)."""
+    labels = [e.label for e in encoders]
+    expected = []
+    for s in specs:
+        if s in labels:
+            expected.append(s)
+            continue
+        try:
+            expected.append(ClipSpec.parse(s).label)
+        except HyperdomainError:
+            expected.append(s)
+    if labels != expected:
+        raise HyperdomainError(f"{what}: these models {labels} are not the run's {expected}")
 
 
 def _build(spec: ClipSpec):

@@ -47,6 +47,9 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
             dev = torch.device(f"cuda:{local}")
     if world <= 1:
         return DistInfo(0, 1, 0, dev)
+    if dev.type == "cuda" and dev.index != local:
+        raise HyperdomainError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; "
+                               f"use --device cuda or auto (and CUDA_VISIBLE_DEVICES to choose GPUs)")
     import torch.distributed as dist
 
     if dev.type == "cuda":

@@ -16,23 +16,25 @@ As in the single-domain trainer (and the paper's code), the source and adapted p
 ``z`` but draw their own crossover, noise and (here) the random square crop of ``crop`` of the
 side that the paper's code takes before CLIP.
 
-Under ``torchrun`` the same function runs with DDP: the global ``batch`` is split over the ranks,
-each rank draws its own domains and latents from a generator seeded by (seed, step, rank), rank
-0 logs and writes, and a checkpoint resumes on any number of processes. On one CPU a seed gives
-the same network every time, and a resumed run equals an uninterrupted one.
+Under ``torchrun`` the same function runs with DDP: the global ``batch`` is split over the ranks.
+The global batch's domains and Dirichlet weights come from a generator seeded by (seed, step), the
+same on every rank, and each rank takes its rows, so the convex combinations span the global batch
+as in one process; each rank draws its own latents, noise and crops from a generator seeded by
+(seed, step, rank). BatchNorm runs over the global batch on GPUs (SyncBatchNorm); the pairwise
+``tt_direction`` loss pairs the samples within each rank. Rank 0 logs and writes; a checkpoint
+resumes on any number of processes. On one CPU a seed gives the same network every time, and a
+resumed run equals an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .distributed import DistInfo, any_rank, mean_over_ranks
@@ -88,10 +90,9 @@ class HyperTrainConfig:
     generator: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "clip", tuple(self.clip))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if isinstance(self.losses, Mapping):
-            object.__setattr__(self, "losses", LossWeights.from_mapping(self.losses))
+        from .train_state import normalise_run_config
+
+        normalise_run_config(self)
         checks = [
             (self.iters >= 1, "iters", ">= 1"), (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),
@@ -109,17 +110,15 @@ class HyperTrainConfig:
             raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["losses"] = self.losses.as_dict()
-        d["clip"], d["betas"] = list(self.clip), list(self.betas)
-        return d
+        from .train_state import run_config_to_dict
+
+        return run_config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HyperTrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise HyperdomainError(f"train-hyper config: unknown keys {sorted(unknown)}")
-        return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})
+        from .train_state import run_config_from_dict
+
+        return run_config_from_dict(cls, d, "train-hyper")
 
 
 def _read_list(spec: str, source: str) -> list[DomainPrompt]:
@@ -133,12 +132,12 @@ def convex_weights(b: int, rng: torch.Generator) -> torch.Tensor:
     """``[b, b]`` rows of Dirichlet(2/b, ..., 2/b) weights, drawn reproducibly from ``rng``."""
     seed = int(torch.randint(0, 2**62, (), generator=rng))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # torch's gamma sampler takes no generator; fork keeps the global RNG as it was
+        torch.default_generator.manual_seed(seed)  # torch's gamma sampler takes no generator; fork restores it
         return torch.distributions.Dirichlet(torch.full((b, b), 2.0 / b)).sample()
 
 
 def _mix(vectors: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """Convex combinations over the batch axis (0) of ``vectors [b, ..., E]``, re-normalised."""
+    """Convex combinations ``alphas [b, B]`` of ``vectors [B, ..., E]`` over axis 0, re-normalised."""
     out = torch.einsum("ij,j...->i...", alphas.to(vectors), vectors)
     return out / out.norm(dim=-1, keepdim=True)
 
@@ -174,9 +173,22 @@ class _TextTable:
                                  for i in range(0, len(prompts), 256)]).to(device)
 
 
+def draw_domains(seed: int, step: int, batch: int, n_domains: int, convex: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global batch's training domains ``[batch]`` and Dirichlet weights ``[batch, batch]``.
+
+    Drawn from a generator seeded by (seed, step) alone, so every rank draws the same global batch
+    and takes its own rows: the convex combinations span the whole global batch, exactly as in one
+    process.
+    """
+    rng = torch.Generator().manual_seed(_seed_for(seed, step, -1))
+    picks = torch.randint(0, n_domains, (batch,), generator=rng)
+    return picks, (convex_weights(batch, rng) if convex else None)
+
+
 def _seed_for(seed: int, step: int, rank: int) -> int:
     """A well-mixed 63-bit seed for (seed, step, rank): each step's draws need no saved RNG state."""
-    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB + 1) % 2**64
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + (rank + 2) * 0x94D049BB133111EB + 1) % 2**64
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) % 2**64
     return (x ^ (x >> 32)) % 2**63
@@ -214,10 +226,14 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
                 f"{out_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
                 f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})")
         state = (tensors, meta)
-    elif config is None:
-        config = HyperTrainConfig(**options)
-    elif options:
-        config = replace(config, **options)
+    else:
+        config = HyperTrainConfig(**options) if config is None else replace(config, **options)
+        # for a new run the models passed in define it (and are recorded in its config)
+        if clip is not None:
+            config = replace(config, clip=tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in clip))
+        if input_clip is not None:
+            config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
+                             else str(input_clip))
     out = Path(out_dir) if out_dir is not None else None
     if resume is None and out is not None and (out / HYPER_CHECKPOINT).exists():
         raise HyperdomainError(f"{out}: already holds a run ({HYPER_CHECKPOINT}); resume it (--resume {out}) or pick another --out")
@@ -249,7 +265,10 @@ class _HyperRun:
         self.device = G.device
         self.train_list = _read_list(c.domains, c.source)
         self.test_list = _read_list(c.test_domains, c.source) if c.test_domains else []
+        from .clip import check_models
+
         self.encoders = load_clip(clip if clip is not None else c.clip, device=self.device)
+        check_models(self.encoders, c.clip)
         labels = [e.label for e in self.encoders]
         self.input_encoder = self._input_encoder(input_clip)
         tpl = templates(c.templates)
@@ -258,6 +277,11 @@ class _HyperRun:
             for d in self.train_list:
                 e.check_prompt(d.target, tpl, what=f"{c.domains}: line {d.line}")
         self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, self.device)
+        self.shown = (self.test_list or self.train_list)[: c.sample_prompts]  # rows of the sample grids
+        for d in self.shown:
+            self.input_encoder.check_prompt(d.target, what=f"{c.test_domains or c.domains}: line {d.line}")
+        self.shown_inputs = self.input_encoder.encode_bare_text([d.target for d in self.shown]).to(self.device)
+        self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
         self.trg_idx = torch.tensor([self.table.index[d.target] for d in self.train_list])
         self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
         hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
@@ -281,16 +305,17 @@ class _HyperRun:
         assert not frozen, f"frozen models have trainable parameters: {frozen[:5]}"
 
     def _input_encoder(self, input_clip) -> ClipEncoder:
+        from .clip import ClipSpec, check_models
+
         spec = input_clip if input_clip is not None else self.config.input_clip
         if isinstance(spec, ClipEncoder):
-            return spec.to(self.device)
-        from .clip import ClipSpec
-
-        label = ClipSpec.parse(spec).label
-        for e in self.encoders:  # reuse the loss ensemble's copy when it is the same model
-            if e.label == label:
-                return e
-        return load_clip([spec], device=self.device)[0]
+            enc = spec.to(self.device)
+        else:
+            label = ClipSpec.parse(spec).label
+            same = [e for e in self.encoders if e.label == label]  # reuse the ensemble's copy of that model
+            enc = same[0] if same else load_clip([spec], device=self.device)[0]
+        check_models([enc], [self.config.input_clip], what="--input-clip")
+        return enc
 
     # ------------------------------------------------------------------ state
     def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -332,13 +357,12 @@ class _HyperRun:
         from .images import save_grid
 
         c = self.config
-        shown = (self.test_list or self.train_list)[: c.sample_prompts]
+        shown = self.shown
         rows = [self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)]
         was = self.net.training
         self.net.eval()
         with torch.no_grad():
-            emb = torch.cat([self.input_encoder.encode_bare_text([d.target]) for d in shown]).to(self.device)
-            ds = self.net(emb)
+            ds = self.net(self.shown_inputs)
         self.net.train(was)
         rows += [self.G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed) for d in ds]
         save_grid(torch.cat(rows), self.out_dir / name, nrow=c.sample_n)
@@ -346,17 +370,10 @@ class _HyperRun:
             tmp.write_text("source\n" + "".join(d.target + "\n" for d in shown), encoding="utf-8")
 
     def _prepare_dir(self) -> None:
-        if self.out_dir is None or not self.dist.is_main:
-            return
-        try:
-            (self.out_dir / "samples").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise HyperdomainError(f"{self.out_dir}: cannot create the run folder ({e.strerror or e})") from None
-        with atomic_path(self.out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        from .adaptation import _truncate_log
+        if self.out_dir is not None and self.dist.is_main:
+            from .train_state import prepare_run_dir
 
-        _truncate_log(self.out_dir / "log.jsonl", self.step)
+            prepare_run_dir(self.out_dir, self.config.to_dict(), self.step)
 
     # ------------------------------------------------------------------ loop
     def train(self, callback: Callback | None, progress: bool) -> HyperDomainNet:
@@ -365,30 +382,34 @@ class _HyperRun:
         from .train_state import deferred_interrupt
 
         c, dist = self.config, self.dist
-        self._prepare_dir()
+        self._guarded_write(self._prepare_dir)
+        if any_rank(dist, [self._write_error is not None])[0]:
+            raise HyperdomainError(self._write_error or "rank 0 could not prepare the run folder; see its error")
         bar = tqdm(total=c.iters, initial=self.step, desc="train-hyper", unit="step",
                    disable=(not progress or not dist.is_main) or None, dynamic_ncols=True)
         self._phase = "idle"  # "forward" (state still the step's start) or "update" (may be torn)
         try:
             with deferred_interrupt() as interrupted:
                 while self.step < c.iters:
-                    if any_rank(dist, [interrupted.is_set()])[0]:
+                    stop, failed = any_rank(dist, [interrupted.is_set(), self._write_error is not None])
+                    if failed:
+                        raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; "
+                                               "see its error")
+                    if stop:
                         raise KeyboardInterrupt
                     values = self._one_step()
                     self.step += 1
                     self._phase = "idle"
                     values = mean_over_ranks(dist, values)
-                    if dist.is_main and self.out_dir is not None:
-                        with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                            f.write(json.dumps({"step": self.step, **values}) + "\n")
+                    self._guarded_write(self._append_log, values)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
                     if callback is not None:
                         callback(self.step, values)
-                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
-                        self.save_samples(f"samples/step_{self.step:07d}.png")
                     if c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                        self.save_checkpoint()
+                        self._guarded_write(self.save_checkpoint)
+                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
+                        self._guarded_write(self.save_samples, f"samples/step_{self.step:07d}.png")
         except KeyboardInterrupt:
             if self._phase == "forward":  # a hard interrupt inside a step, before its update
                 self._restore_buffers()
@@ -410,16 +431,39 @@ class _HyperRun:
             self.save_samples("samples.png")
         return self.net.eval()
 
+    def _append_log(self, values: Mapping[str, float]) -> None:
+        if self.out_dir is not None and self.dist.is_main:
+            from .train_state import append_log
+
+            append_log(self.out_dir, self.step, values)
+
+    def _guarded_write(self, fn, *args) -> None:
+        """Run a rank-0 write; a failure is kept and stops every rank together at the next step.
+
+        Raising on rank 0 alone would leave the other ranks waiting in a collective.
+        """
+        if not self.dist.active:
+            fn(*args)
+            return
+        try:
+            fn(*args)
+        except (OSError, HyperdomainError) as e:
+            self._write_error = f"rank 0 could not write to {self.out_dir}: {e}"
+
     def _one_step(self) -> dict[str, float]:
         c, dist = self.config, self.dist
         b = self.local_batch
-        rng = torch.Generator().manual_seed(_seed_for(c.seed, self.step, dist.rank))
-        pick = torch.randint(0, len(self.train_list), (b,), generator=rng)
+        picks, alphas = draw_domains(c.seed, self.step, c.batch, len(self.train_list), c.convex_hull)
+        rows = slice(dist.rank * b, (dist.rank + 1) * b)  # this rank's share of the global batch
+        if alphas is None:
+            picks = picks[rows]
+        else:
+            alphas = alphas[rows].to(self.device)  # [b, B]: mixtures over the whole global batch
+        rng = torch.Generator().manual_seed(_seed_for(c.seed, self.step, dist.rank))  # latents, noise, crops
         batch = _latents(self.G, rng, b, c.mixing, self.device)
-        alphas = convex_weights(b, rng).to(self.device) if c.convex_hull else None
         boxes = (_crop_box(self.G.resolution, c.crop, rng), _crop_box(self.G.resolution, c.crop, rng))
-        trg_i, src_i = self.trg_idx[pick], self.src_idx[pick]
-        emb = self.table.inputs[trg_i]
+        trg_i, src_i = self.trg_idx[picks], self.src_idx[picks]
+        emb = self.table.inputs[trg_i.to(self.table.inputs.device)]
         if alphas is not None:
             emb = _mix(emb, alphas)
         self._buffers = {k: v.clone() for k, v in self.net.named_buffers()}  # BatchNorm statistics before this step
@@ -432,7 +476,8 @@ class _HyperRun:
             self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
-        bad_grad = not all(bool(torch.isfinite(p.grad).all()) for p in self.net.parameters() if p.grad is not None)
+        grads = [p.grad.reshape(-1) for p in self.net.parameters() if p.grad is not None]
+        bad_grad = not bool(torch.isfinite(torch.cat(grads)).all())  # one device sync, not one per tensor
         if any_rank(dist, [bad_grad])[0]:
             self._stop_non_finite("a gradient is not finite")
         self._phase = "update"

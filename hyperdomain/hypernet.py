@@ -226,7 +226,7 @@ class HyperDomainNet(nn.Module):
         if missing:
             for q, e in zip(missing, enc.encode_bare_text(missing)):
                 self._embeddings[q] = e
-        return torch.stack([self._embeddings[q] for q in prompts])
+        return torch.stack([self._embeddings[q].to(enc.device) for q in prompts])
 
     def domains(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> "list[Domain]":
         """One :class:`Domain` per prompt (prompts it never saw included)."""

@@ -19,9 +19,42 @@ import torch
 from .errors import HyperdomainError
 from .fileio import atomic_path
 
-__all__ = ["save_checkpoint", "load_checkpoint", "optimizer_tensors", "load_optimizer_tensors", "deferred_interrupt"]
+__all__ = ["run_config_to_dict", "run_config_from_dict", "normalise_run_config", "save_checkpoint", "load_checkpoint", "optimizer_tensors", "load_optimizer_tensors", "deferred_interrupt",
+           "prepare_run_dir", "append_log"]
 
 _FORMAT_VERSION = 1
+
+
+def normalise_run_config(cfg: Any) -> None:
+    """In a frozen trainer config's ``__post_init__``: tuples for ``clip`` and ``betas``, LossWeights for ``losses``."""
+    from .losses import LossWeights
+
+    object.__setattr__(cfg, "clip", tuple(cfg.clip))
+    object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
+    if isinstance(cfg.losses, Mapping):
+        object.__setattr__(cfg, "losses", LossWeights.from_mapping(cfg.losses))
+
+
+def run_config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A trainer config as plain JSON data (losses by their public names)."""
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["losses"] = cfg.losses.as_dict()
+    d["clip"], d["betas"] = list(cfg.clip), list(cfg.betas)
+    return d
+
+
+def run_config_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
+    """Inverse of :func:`run_config_to_dict`; unknown keys are refused by name."""
+    from dataclasses import fields
+
+    from .losses import LossWeights
+
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise HyperdomainError(f"{what} config: unknown keys {sorted(unknown)}")
+    return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, tensors: Mapping[str, torch.Tensor],
@@ -89,6 +122,37 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, tor
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise HyperdomainError(f"checkpoint optimizer state does not fit this model ({e})") from None
+
+
+def prepare_run_dir(out_dir: Path, config: Mapping[str, Any], step: int) -> None:
+    """Create a run folder (with ``samples/``), write ``config.json``, and cut ``log.jsonl`` back to ``step``.
+
+    On resume the log lines past the checkpoint's step are dropped: those steps are trained again.
+    """
+    try:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HyperdomainError(f"{out_dir}: cannot create the run folder ({e.strerror or e})") from None
+    with atomic_path(out_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(dict(config), indent=2) + "\n", encoding="utf-8")
+    log_path = out_dir / "log.jsonl"
+    if not log_path.exists():
+        return
+    keep = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    with atomic_path(log_path) as tmp:
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def append_log(out_dir: Path, step: int, values: Mapping[str, float]) -> None:
+    """One line of ``log.jsonl``: the step and its losses."""
+    with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
 
 
 @contextmanager

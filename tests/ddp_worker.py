@@ -15,22 +15,39 @@ from conftest import make_tiny_generator  # noqa: E402
 
 from hyperdomain import distributed  # noqa: E402
 from hyperdomain.clip import load_clip  # noqa: E402
+from hyperdomain.errors import HyperdomainError  # noqa: E402
 from hyperdomain.hyper_training import train_hyper  # noqa: E402
 
 
 def main() -> None:
     out, clip_json, domains, iters = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     resume = "--resume" in sys.argv
+    poison = int(sys.argv[sys.argv.index("--poison-rank") + 1]) if "--poison-rank" in sys.argv else None
     torch.set_num_threads(1)
     dist = distributed.setup("cpu")
+    if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
+        import hyperdomain.hyper_training as ht
+
+        real = ht.tt_direction_loss
+        calls = {"n": 0}
+
+        def poisoned(*args):
+            calls["n"] += 1
+            return real(*args) * (float("nan") if calls["n"] == 3 else 1.0)
+
+        ht.tt_direction_loss = poisoned
     try:
         G = make_tiny_generator()
         enc = load_clip([clip_json])
         kwargs = dict(iters=iters) if resume else dict(
             domains=domains, test_domains=None, iters=iters, batch=8, lr=1e-3, width=64, templates="single",
             checkpoint_every=2, sample_every=0)
-        net = train_hyper(G, clip=enc, input_clip=enc[0], out_dir=out, resume=out if resume else None, dist=dist,
-                          progress=False, **kwargs)
+        try:
+            net = train_hyper(G, clip=enc, input_clip=enc[0], out_dir=out, resume=out if resume else None,
+                              dist=dist, progress=False, **kwargs)
+        except HyperdomainError as e:
+            print(f"STOPPED: {e}", flush=True)
+            sys.exit(2)
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"rank{dist.rank}.safetensors"))

@@ -266,3 +266,26 @@ def test_cli_adapt_bad_arguments(tmp_path, tiny_ckpt, tiny_clip_config):
     assert_user_error(cli("adapt", "--resume", out, "--lr", 0.5, "--device", "cpu"), "--lr")
     r = cli("adapt", "--target", "Sketch", "--lr", 0, *base)
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_clip_on_cuda_matches_fp32(tiny_clip_config):
+    """CLIP under fp16 autocast (the CUDA default) gives the same losses as fp32, to fp16 accuracy."""
+    from conftest import make_tiny_clip
+
+    G = make_tiny_generator().cuda()
+    tpl = templates("imagenet")
+    parts = {}
+    for precision in ("fp32", "fp16"):
+        enc = make_tiny_clip(tiny_clip_config).cuda()
+        enc.precision = precision
+        texts = [{"target": enc.text(PIXAR, tpl), "direction": enc.text(PIXAR, tpl) - enc.text("Photo", tpl)}]
+        batch = sample_training_latents(G, torch.Generator().manual_seed(0), 8, 0.9, torch.device("cuda"))
+        d = (0.2 * torch.randn(G.num_domain_params, generator=torch.Generator().manual_seed(1))).cuda().requires_grad_()
+        out = adapt_step(G, [enc], d, batch, texts, LossWeights(direction=1.0, indomain=1.0))
+        out["total"].backward()
+        parts[precision] = ({k: v.item() for k, v in out.items()}, d.grad.clone())
+    (a, ga), (b, gb) = parts["fp32"], parts["fp16"]
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=2e-3, rel=1e-2), k
+    assert torch.nn.functional.cosine_similarity(ga, gb, dim=0) > 0.99

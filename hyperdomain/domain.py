@@ -119,8 +119,11 @@ class Domain:
                 header = f.metadata() or {}
                 keys = list(f.keys())
                 if keys != ["domain"]:
+                    found = keys[:4] + ([f"... {len(keys) - 4} more"] if len(keys) > 4 else [])
+                    kind = (header.get("format") or "").replace("hyperdomain.", "")
                     raise HyperdomainError(
-                        f"{path}: not a domain file (expected one tensor 'domain', found {keys})"
+                        f"{path}: not a domain file (expected one tensor 'domain', found {found})"
+                        + (f"; it is a {kind} file" if kind and kind != "domain" else "")
                     )
                 vector = f.get_tensor("domain")
         except HyperdomainError:

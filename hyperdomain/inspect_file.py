@@ -1,4 +1,5 @@
-"""What a file holds, for `hyperdomain info`: a domain, a generator, or a paper checkpoint."""
+"""What a file holds, for `hyperdomain info`: a domain, a hypernetwork, a run checkpoint, a generator,
+or a paper checkpoint."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,11 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise HyperdomainError(f"{path}: no such file")
     if path.suffix == ".safetensors":
+        fmt = _safetensors_format(path)
+        if fmt == "hyperdomain.hypernet":
+            return _describe_hypernet(path)
+        if fmt in ("hyperdomain.adapt-checkpoint", "hyperdomain.hyper-checkpoint"):
+            return _describe_run_checkpoint(path, fmt.split(".")[1].split("-")[0])
         return _describe_domain(path)
     from .safe_pickle import load_torch_file, sniff
 
@@ -63,4 +69,48 @@ def _describe_paper(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
     sg2 = obj.get("sg2_params", obj.get("sg_2_params"))
     if isinstance(sg2, Mapping):
         out["generator params"] = dict(sg2)
+    return out
+
+
+def _safetensors_format(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception as e:  # safetensors' own error types
+        raise HyperdomainError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _describe_hypernet(path: Path) -> dict[str, Any]:
+    from .hypernet import HyperDomainNet
+
+    net = HyperDomainNet.load(path)
+    c, m = net.config, net.meta
+    out: dict[str, Any] = {"file": str(path), "kind": "HyperDomainNet", "parameters": sum(p.numel() for p in net.parameters()),
+                           "domain numbers": c.num_domain_params, "convs": len(c.domain_dims),
+                           "blocks (backbone / head)": f"{c.backbone_blocks} / {c.head_blocks}", "width": c.width,
+                           "input": f"{c.input_dim}-d, {m.get('input_clip') or m.get('input', '?')}"}
+    prompts = m.get("train_prompts")
+    if prompts:
+        out["training prompts"] = f"{len(prompts)} ({', '.join(prompts[:3])}, ...)"
+    for key in ("generator", "generator_fingerprint", "clip_models", "losses", "iterations", "seed", "batch",
+                "imported_from"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def _describe_run_checkpoint(path: Path, kind: str) -> dict[str, Any]:
+    from .train_state import load_checkpoint
+
+    _, meta = load_checkpoint(path, kind)
+    cfg = meta.get("config", {})
+    out: dict[str, Any] = {"file": str(path), "kind": f"{'adapt' if kind == 'adapt' else 'train-hyper'} run checkpoint",
+                           "step": f"{meta.get('step')} of {cfg.get('iters')}",
+                           "generator": meta.get("generator"), "generator_fingerprint": meta.get("generator_fingerprint")}
+    for key in ("target", "source", "domains", "clip", "losses", "batch", "lr", "seed"):
+        if key in cfg:
+            out[key] = cfg[key]
+    out["resume with"] = f"hyperdomain {'adapt' if kind == 'adapt' else 'train-hyper'} --resume {path.parent}"
     return out

@@ -233,6 +233,8 @@ def test_cli_adapt_end_to_end_and_resume(tmp_path, tiny_ckpt, tiny_clip_config):
     d = hd.Domain.load(out / "domain.safetensors")
     assert d.meta["losses"] == {"direction": 1.0, "indomain": 0.5} and d.meta["iterations"] == 4
     assert (out / "samples.png").is_file() and (out / "samples" / "step_000002.png").is_file()
+    r = cli("info", out / "checkpoint.safetensors")
+    assert r.exit_code == 0 and "adapt run checkpoint" in r.stdout and "4 of 4" in r.stdout, r.output
     # the domain file drives `hyperdomain sample`
     r = cli("sample", "--generator", ckpt, "--domain", out / "domain.safetensors", "-n", 2, "--out", tmp_path / "g.png",
             "--device", "cpu")

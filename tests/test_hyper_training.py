@@ -257,6 +257,12 @@ def test_cli_train_sample_export_evaluate(tmp_path, tiny_ckpt, tiny_clip_config,
     assert "held-out" in r.stdout and "seen" in r.stdout and (tmp_path / "e.csv").is_file()
     rows = json.loads((tmp_path / "e.json").read_text())
     assert [x["split"] for x in rows if x["name"] == "hypernet"] == ["seen", "held-out", "held-out", "held-out"]
+    r = cli("info", hyper)
+    assert r.exit_code == 0 and "HyperDomainNet" in r.stdout and "8 (Anime painting" in r.stdout, r.output
+    r = cli("info", out / "checkpoint.safetensors")
+    assert r.exit_code == 0 and "train-hyper run checkpoint" in r.stdout and "4 of 4" in r.stdout, r.output
+    r = cli("sample", "--generator", ckpt, "--domain", hyper, "--device", "cpu")
+    assert r.exit_code == 2 and "it is a hypernet file" in r.stderr and len(r.stderr) < 400, r.output
     r = cli("train-hyper", "--resume", out, "--lr", 0.1, "--device", "cpu")
     assert r.exit_code == 2 and "drop --lr" in r.stderr, r.output
     # resume extends the run

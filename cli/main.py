@@ -202,13 +202,12 @@ _RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress", "
 @click.option("--clip", "clip", multiple=True, metavar="NAME[:TAG][=FILE]",
               help="CLIP model(s), repeatable [default: ViT-B-32 and ViT-B-16, OpenAI weights]. FILE: local "
                    "weights for offline use; NAME may be an open_clip model config .json.")
-@click.option("--iters", type=click.IntRange(1), help="Training steps [default: 300].")
-@click.option("--batch", type=click.IntRange(1, 4096), default=4, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
+@click.option("--iters", type=click.IntRange(1), help="Training steps [default: the generator's paper recipe, else 300].")
+@click.option("--batch", type=click.IntRange(1, 4096), help="[default: the generator's recipe, else 4]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [default: recipe, else 0.1].")
 @click.option("--loss", "losses", multiple=True, metavar="NAME=WEIGHT",
-              help="Loss weights, repeatable: direction, global, indomain, l2 [default: direction=1].")
-@click.option("--mixing", type=click.FloatRange(0, 1), default=0.9, show_default=True,
-              help="Style-mixing probability of a training batch.")
+              help="Loss weights, repeatable: direction, global, indomain, l2 [default: recipe, else direction=1].")
+@click.option("--mixing", type=click.FloatRange(0, 1), help="Style-mixing probability of a batch [default: 0.9].")
 @click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
               show_default=True, help="Prompt templates the text embeddings average over.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -240,7 +239,8 @@ def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing
     kwargs = {}
     if resume is None:
         out = out or Path("runs") / slug(target)
-        kwargs = dict(target=target, source=source, batch=batch, lr=lr, losses=hd.LossWeights.parse(losses),
+        kwargs = dict(target=target, source=source, batch=batch, lr=lr,
+                      losses=hd.LossWeights.parse(losses) if losses else None,
                       mixing=mixing, seed=seed, templates=templates, sample_every=sample_every,
                       checkpoint_every=checkpoint_every, generator=absolute_path(generator))
     try:

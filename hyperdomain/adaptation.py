@@ -172,8 +172,8 @@ def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, batch: 
 
 # ------------------------------------------------------------------------------------------ the run
 def adapt(G, target: str | None = None, source: str | None = None, *,
-          clip: Sequence[str | ClipEncoder] | None = None, iters: int | None = None, batch: int = 4,
-          lr: float = 0.1, losses: LossWeights | Mapping[str, float] | None = None, mixing: float = 0.9,
+          clip: Sequence[str | ClipEncoder] | None = None, iters: int | None = None, batch: int | None = None,
+          lr: float | None = None, losses: LossWeights | Mapping[str, float] | None = None, mixing: float | None = None,
           seed: int = 0, out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
           callback: Callback | None = None, progress: bool = True, config: AdaptConfig | None = None,
           **options: Any) -> Domain:
@@ -186,6 +186,10 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
     ``templates``, ...) go in ``options``, or pass a whole ``config``.
 
     ``resume=DIR`` continues the run saved in ``DIR`` (its config is used; ``iters`` may extend it).
+
+    Settings left as ``None`` come from the generator's manifest recipe (``G.adapt_defaults``: the
+    paper's settings for that dataset, e.g. LSUN cat: batch 8, lr 0.02, 400 steps, direction +
+    0.5 l2), else from the paper's FFHQ defaults (300 steps, batch 4, lr 0.1, direction).
     """
     if resume is not None:
         return _resume(G, Path(resume), clip, iters, callback, progress)
@@ -193,11 +197,20 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
         if target is None:
             raise HyperdomainError("adapt: give a target prompt (or resume=DIR)")
         clip_specs = tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in (clip or DEFAULT_CLIP))
+        recipe = dict(getattr(G, "adapt_defaults", None) or {})
+
+        def pick(name: str, given, fallback):
+            return given if given is not None else recipe.get(name, fallback)
+
+        losses = pick("losses", losses, None)
         lw = losses if isinstance(losses, LossWeights) else (
             LossWeights.from_mapping(losses) if losses else LossWeights())
+        if "betas" in recipe:
+            options.setdefault("betas", tuple(recipe["betas"]))
         config = AdaptConfig(target=target, source=source or getattr(G, "source_prompt", "Photo"),
-                             clip=clip_specs, iters=300 if iters is None else iters, batch=batch, lr=lr, losses=lw,
-                             mixing=mixing, seed=seed, **options)
+                             clip=clip_specs, iters=pick("iters", iters, 300), batch=pick("batch", batch, 4),
+                             lr=pick("lr", lr, 0.1), losses=lw, mixing=pick("mixing", mixing, 0.9), seed=seed,
+                             **options)
     encoders = _encoders(clip, config, G.device)
     run = _Run(G, encoders, config, Path(out_dir) if out_dir is not None else None)
     if run.out_dir is not None and (run.out_dir / CHECKPOINT).exists():

@@ -61,6 +61,7 @@ class Generator(nn.Module):
         self._fingerprint: str | None = None
         self._warned_fingerprint = False
         self.source_prompt = "Photo"
+        self.adapt_defaults: dict = {}  # the manifest's paper recipe for adapt (iters, batch, lr, ...), if any
 
     # ----------------------------------------------------------------- facts
     @property
@@ -361,6 +362,7 @@ def load_generator(name_or_path: str | os.PathLike, device: str | torch.device =
     if entry is not None:
         _check_entry(G, entry, path)
         G.source_prompt = entry.source_prompt
+        G.adapt_defaults = dict(entry.adapt or {})
     return G.to(device)
 
 

@@ -25,7 +25,8 @@ __all__ = ["ManifestEntry", "load_manifest", "weights_home", "download", "resolv
 
 FORMATS = ("port", "nvidia-pickle")
 CHECKSUMS_FILE = "checksums.json"
-_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description"}
+_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt"}
+_RECIPE_FIELDS = {"iters", "batch", "lr", "betas", "losses", "mixing"}
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
 
@@ -42,6 +43,7 @@ class ManifestEntry:
     resolution: int
     source_prompt: str
     description: str = ""
+    adapt: Mapping[str, Any] | None = None  # the paper's single-domain settings for this generator, if any
 
     @property
     def filename(self) -> str:
@@ -106,7 +108,36 @@ def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise bad("description", "a string")
-    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc)
+    recipe = raw.get("adapt")
+    if recipe is not None:
+        _check_recipe(recipe, bad)
+    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc, recipe)
+
+
+def _check_recipe(recipe: Any, bad) -> None:
+    """An ``adapt`` recipe: a subset of iters, batch, lr, betas, losses, mixing with sane values."""
+    from .losses import LossWeights
+
+    expected = f"an object with some of {sorted(_RECIPE_FIELDS)}"
+    if not isinstance(recipe, dict) or set(recipe) - _RECIPE_FIELDS:
+        raise bad("adapt", expected)
+    ok = all([
+        type(recipe.get("iters", 1)) is int and recipe.get("iters", 1) >= 1,
+        type(recipe.get("batch", 1)) is int and recipe.get("batch", 1) >= 1,
+        isinstance(recipe.get("lr", 1.0), (int, float)) and recipe.get("lr", 1.0) > 0,
+        isinstance(recipe.get("mixing", 0.5), (int, float)) and 0 <= recipe.get("mixing", 0.5) <= 1,
+        isinstance(recipe.get("betas", [0, 0]), list) and len(recipe.get("betas", [0, 0])) == 2
+        and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in recipe.get("betas", [0, 0])),
+        isinstance(recipe.get("losses", {}), dict),
+    ])
+    if not ok:
+        raise bad("adapt", expected + " (iters, batch >= 1; lr > 0; mixing in [0, 1]; two betas in [0, 1))")
+    try:
+        lw = LossWeights.from_mapping(recipe.get("losses", {"direction": 1}))
+    except HyperdomainError as e:
+        raise bad("adapt", f"valid losses ({e})") from None
+    if not (lw.direction or lw.global_):
+        raise bad("adapt", "losses with direction or global > 0 (the target prompt must drive training)")
 
 
 # --------------------------------------------------------------------------- where files live

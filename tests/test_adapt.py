@@ -205,6 +205,17 @@ def test_bad_arguments(tiny_G, tiny_clip, kwargs, fragment):
         run_adapt(tiny_G, tiny_clip, **kwargs)
 
 
+def test_generator_recipe_fills_unset_settings(tiny_clip):
+    G = make_tiny_generator()
+    G.adapt_defaults = {"iters": 3, "batch": 2, "lr": 0.02, "betas": [0.0, 0.999], "losses": {"direction": 1.0, "l2": 0.5}}
+    d = run_adapt(G, tiny_clip)
+    m = d.meta
+    assert (m["iterations"], m["batch"], m["lr"], m["losses"]) == (3, 2, 0.02, {"direction": 1.0, "l2": 0.5})
+    d = run_adapt(G, tiny_clip, iters=2, batch=3, lr=0.05, losses={"direction": 1.0})  # what is given wins
+    m = d.meta
+    assert (m["iterations"], m["batch"], m["lr"], m["losses"]) == (2, 3, 0.05, {"direction": 1.0})
+
+
 def test_config_round_trip():
     c = AdaptConfig(target="Sketch", losses=LossWeights(direction=1.0, indomain=0.5), clip=("ViT-B-32",))
     assert AdaptConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c

@@ -164,6 +164,10 @@ def test_packaged_manifest():
     assert m["ffhq"].urls[0] == "https://huggingface.co/aaronb/StyleGAN2/resolve/main/stylegan2-ffhq-config-f.pt"
     assert {e.format for e in m.values()} == {"port", "nvidia-pickle"}
     assert len({e.filename for e in m.values()}) == len(m)  # no two entries share a download place
+    # the paper's single-domain recipes (configs td_single_*.yaml)
+    assert m["ffhq"].adapt == {"iters": 300, "batch": 4, "lr": 0.1, "betas": [0.9, 0.999], "losses": {"direction": 1.0}}
+    assert m["cat"].adapt["losses"] == {"direction": 1.0, "l2": 0.5} and m["church"].adapt["betas"] == [0.0, 0.999]
+    assert m["car"].adapt["losses"] == {"direction": 1.0, "indomain": 1.5} and m["horse"].adapt is None
 
 
 GOOD = {"urls": ["https://example.org/g.pt"], "sha256": None, "size": 10, "format": "port",
@@ -174,7 +178,8 @@ GOOD = {"urls": ["https://example.org/g.pt"], "sha256": None, "size": 10, "forma
     ("urls", []), ("urls", "https://example.org/g.pt"), ("urls", ["ftp://example.org/g.pt"]),
     ("urls", ["https://example.org/"]), ("sha256", "abc"), ("sha256", "A" * 64), ("size", -1), ("size", True),
     ("size", "10"), ("format", "onnx"), ("resolution", 300), ("resolution", 2), ("source_prompt", ""),
-    ("description", 3), ("checksum", "x"),
+    ("description", 3), ("checksum", "x"), ("adapt", {"epochs": 3}), ("adapt", {"lr": 0}), ("adapt", {"batch": 2.5}),
+    ("adapt", {"betas": [0.9]}), ("adapt", {"losses": {"beauty": 1}}), ("adapt", {"losses": {"l2": 1}}),
 ])
 def test_malformed_entry_names_file_entry_field(tmp_path, field, value):
     path = tmp_path / "manifest.json"

@@ -102,6 +102,7 @@ def test_weights_files_round_trip(tmp_path, tiny_clip_config, tiny_clip):
         assert torch.equal(enc.encode_images(x), ref)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_weights_file_errors(tmp_path, tiny_clip_config):
     with pytest.raises(HyperdomainError, match="no such CLIP weights file"):
         load_clip([f"{tiny_clip_config}={tmp_path / 'none.safetensors'}"])

@@ -18,6 +18,7 @@ from hyperdomain.evaluation import quality_and_diversity
 from hyperdomain.hyper_training import _seed_for, convex_weights, draw_domains, resample_on_cone
 from hyperdomain.hypernet import HyperDomainNet
 from hyperdomain.losses import direction_loss, tt_direction_loss
+from hyperdomain.train_state import load_checkpoint
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, 
         run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "nan")
     monkeypatch.setattr(ht, "tt_direction_loss", real)
     three = run(tiny_G, tiny_clip, train, iters=3)
-    tensors, meta = hd.train_state.load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors", "hyper")
+    tensors, meta = load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 3
     for k, v in three.state_dict().items():
         assert torch.equal(tensors["net." + k], v), k  # BatchNorm statistics included
@@ -313,7 +314,7 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_c
     _torchrun(2, worker, out, tiny_clip_config, train, 4)
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # weights and BN buffers
-    _, meta = hd.train_state.load_checkpoint(out / "checkpoint.safetensors", "hyper")
+    _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 4 and meta["world"] == 2
     # resume the 2-process run on 1 process: it continues from step 4
     _torchrun(1, worker, out, tiny_clip_config, train, 6, "--resume")
@@ -349,7 +350,7 @@ def test_hard_interrupt_inside_a_step_saves_the_steps_start(tmp_path, tiny_G, ti
         run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "hard")
     monkeypatch.setattr(ht._HyperRun, "_losses", real)
     three = run(tiny_G, tiny_clip, train, iters=3)
-    tensors, meta = hd.train_state.load_checkpoint(tmp_path / "hard" / "checkpoint.safetensors", "hyper")
+    tensors, meta = load_checkpoint(tmp_path / "hard" / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 3
     for k, v in three.state_dict().items():
         assert torch.equal(tensors["net." + k], v), k
@@ -364,5 +365,19 @@ def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, 
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stdout.count("STOPPED: step 3: loss is not finite") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    _, meta = hd.train_state.load_checkpoint(out / "checkpoint.safetensors", "hyper")
+    _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 2
+
+
+def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, lists):
+    """The same command, 2 processes: DDP with gloo; rank 0 writes; one line of output."""
+    ckpt, _ = tiny_ckpt
+    train, test = lists
+    out = tmp_path / "tr"
+    proc = _torchrun(2, "-m", "cli.main", "train-hyper", "--generator", ckpt, "--clip", tiny_clip_config,
+                     "--input-clip", tiny_clip_config, "--domains", train, "--test-domains", test, "--iters", 3,
+                     "--templates", "single", "--width", 64, "--out", out, "--device", "cpu", "--no-progress")
+    assert proc.stdout.count("wrote ") == 1, proc.stdout
+    _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
+    assert meta["world"] == 2 and meta["step"] == 3
+    assert hd.HyperDomainNet.load(out / "hypernet.safetensors").meta["iterations"] == 3

@@ -202,15 +202,24 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
         def pick(name: str, given, fallback):
             return given if given is not None else recipe.get(name, fallback)
 
+        given = {"iters": iters, "batch": batch, "lr": lr, "losses": losses, "mixing": mixing,
+                 "betas": options.get("betas")}
+        from_recipe = {k: v for k, v in recipe.items() if given.get(k) is None}  # named in errors
         losses = pick("losses", losses, None)
         lw = losses if isinstance(losses, LossWeights) else (
             LossWeights.from_mapping(losses) if losses else LossWeights())
         if "betas" in recipe:
             options.setdefault("betas", tuple(recipe["betas"]))
-        config = AdaptConfig(target=target, source=source or getattr(G, "source_prompt", "Photo"),
-                             clip=clip_specs, iters=pick("iters", iters, 300), batch=pick("batch", batch, 4),
-                             lr=pick("lr", lr, 0.1), losses=lw, mixing=pick("mixing", mixing, 0.9), seed=seed,
-                             **options)
+        try:
+            config = AdaptConfig(target=target, source=source or getattr(G, "source_prompt", "Photo"),
+                                 clip=clip_specs, iters=pick("iters", iters, 300), batch=pick("batch", batch, 4),
+                                 lr=pick("lr", lr, 0.1), losses=lw, mixing=pick("mixing", mixing, 0.9), seed=seed,
+                                 **options)
+        except HyperdomainError as e:
+            if not from_recipe:
+                raise
+            raise HyperdomainError(f"{e} (generator {G.name!r} brings the paper's recipe {from_recipe}; "
+                                   f"options you give override it)") from None
     encoders = _encoders(clip, config, G.device)
     run = _Run(G, encoders, config, Path(out_dir) if out_dir is not None else None)
     if run.out_dir is not None and (run.out_dir / CHECKPOINT).exists():

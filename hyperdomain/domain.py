@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .errors import HyperdomainError
-from .fileio import atomic_path
+from .fileio import write_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -93,8 +93,6 @@ class Domain:
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (tensor ``domain`` + metadata), atomically."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         meta = {
             "format": "hyperdomain.domain",
@@ -102,8 +100,7 @@ class Domain:
             "dims": json.dumps(list(self.dims)),
             "meta": json.dumps(self.meta, sort_keys=True),
         }
-        with atomic_path(path) as tmp:
-            save_file({"domain": self.vector.contiguous()}, str(tmp), metadata=meta)
+        write_safetensors(path, {"domain": self.vector.contiguous()}, meta)
         return path
 
     @classmethod
@@ -123,7 +120,7 @@ class Domain:
                     kind = (header.get("format") or "").replace("hyperdomain.", "")
                     raise HyperdomainError(
                         f"{path}: not a domain file (expected one tensor 'domain', found {found})"
-                        + (f"; it is a {kind} file" if kind and kind != "domain" else "")
+                        + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
                     )
                 vector = f.get_tensor("domain")
         except HyperdomainError:

@@ -5,7 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from .errors import HyperdomainError
 
@@ -40,3 +40,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mapping[str, str]) -> Path:
+    """Write a safetensors file atomically; any failure (disk full, no permission) is one line naming it.
+
+    safetensors reports I/O errors with its own exception type, not OSError, hence the broad catch.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        except HyperdomainError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors' error types
+            raise HyperdomainError(f"{path}: cannot write ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    return path

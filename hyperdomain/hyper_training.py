@@ -426,9 +426,11 @@ class _HyperRun:
         self.net.meta = self.network_meta()
         self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
         if self.out_dir is not None and dist.is_main:
-            self.save_checkpoint()
-            self.net.save(self.out_dir / HYPERNET_FILE)
-            self.save_samples("samples.png")
+            self._guarded_write(self.save_checkpoint)
+            self._guarded_write(self.net.save, self.out_dir / HYPERNET_FILE)
+            self._guarded_write(self.save_samples, "samples.png")
+        if any_rank(dist, [self._write_error is not None])[0]:  # failures of the last step's or final writes
+            raise HyperdomainError(self._write_error or "rank 0 could not write the run's files; see its error")
         return self.net.eval()
 
     def _append_log(self, values: Mapping[str, float]) -> None:

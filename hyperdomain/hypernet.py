@@ -37,7 +37,7 @@ from torch import nn
 
 from .domain import Domain
 from .errors import HyperdomainError
-from .fileio import atomic_path
+from .fileio import write_safetensors
 from .paper_import import _generator_name, _int_or_none, _jsonable, paper_conv_dims
 from .safe_pickle import load_torch_file_omegaconf
 
@@ -263,8 +263,6 @@ class HyperDomainNet(nn.Module):
 
         ``self.meta`` is updated to what was written.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         merged = {**self.meta, **dict(meta or {})}
         try:
@@ -278,8 +276,7 @@ class HyperDomainNet(nn.Module):
             "meta": meta_json,
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        write_safetensors(path, tensors, header)
         self.meta = merged
         return path
 

@@ -102,9 +102,9 @@ def _describe_hypernet(path: Path) -> dict[str, Any]:
 
 
 def _describe_run_checkpoint(path: Path, kind: str) -> dict[str, Any]:
-    from .train_state import load_checkpoint
+    from .train_state import read_checkpoint_meta
 
-    _, meta = load_checkpoint(path, kind)
+    meta = read_checkpoint_meta(path, kind)
     cfg = meta.get("config", {})
     out: dict[str, Any] = {"file": str(path), "kind": f"{'adapt' if kind == 'adapt' else 'train-hyper'} run checkpoint",
                            "step": f"{meta.get('step')} of {cfg.get('iters')}",

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from .errors import HyperdomainError
-from .fileio import atomic_path
+from .fileio import atomic_path, write_safetensors
 
 __all__ = ["run_config_to_dict", "run_config_from_dict", "normalise_run_config", "save_checkpoint", "load_checkpoint", "optimizer_tensors", "load_optimizer_tensors", "deferred_interrupt",
            "prepare_run_dir", "append_log"]
@@ -60,15 +60,11 @@ def run_config_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
 def save_checkpoint(path: str | os.PathLike, kind: str, tensors: Mapping[str, torch.Tensor],
                     meta: Mapping[str, Any]) -> Path:
     """Write ``tensors`` and JSON-able ``meta`` to ``path`` atomically; ``kind`` names the trainer."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     header = {"format": f"hyperdomain.{kind}-checkpoint", "format_version": str(_FORMAT_VERSION),
               "meta": json.dumps(meta, sort_keys=True)}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=header)
-    return path
+    return write_safetensors(path, flat, header)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -94,6 +90,24 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch
     except (KeyError, ValueError) as e:
         raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
     return tensors, meta
+
+
+def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The metadata of a checkpoint, without reading its tensors (for ``hyperdomain info``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors' own error types
+        raise HyperdomainError(f"{path}: not a readable checkpoint ({e})") from None
+    if header.get("format") != f"hyperdomain.{kind}-checkpoint":
+        raise HyperdomainError(f"{path}: not a {kind} checkpoint")
+    try:
+        return json.loads(header["meta"])
+    except (KeyError, ValueError) as e:
+        raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:

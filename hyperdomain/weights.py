@@ -121,23 +121,26 @@ def _check_recipe(recipe: Any, bad) -> None:
     expected = f"an object with some of {sorted(_RECIPE_FIELDS)}"
     if not isinstance(recipe, dict) or set(recipe) - _RECIPE_FIELDS:
         raise bad("adapt", expected)
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     ok = all([
         type(recipe.get("iters", 1)) is int and recipe.get("iters", 1) >= 1,
         type(recipe.get("batch", 1)) is int and recipe.get("batch", 1) >= 1,
-        isinstance(recipe.get("lr", 1.0), (int, float)) and recipe.get("lr", 1.0) > 0,
-        isinstance(recipe.get("mixing", 0.5), (int, float)) and 0 <= recipe.get("mixing", 0.5) <= 1,
+        number(recipe.get("lr", 1.0)) and recipe.get("lr", 1.0) > 0,
+        number(recipe.get("mixing", 0.5)) and 0 <= recipe.get("mixing", 0.5) <= 1,
         isinstance(recipe.get("betas", [0, 0]), list) and len(recipe.get("betas", [0, 0])) == 2
-        and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in recipe.get("betas", [0, 0])),
+        and all(number(b) and 0 <= b < 1 for b in recipe.get("betas", [0, 0])),
         isinstance(recipe.get("losses", {}), dict),
     ])
     if not ok:
         raise bad("adapt", expected + " (iters, batch >= 1; lr > 0; mixing in [0, 1]; two betas in [0, 1))")
     try:
-        lw = LossWeights.from_mapping(recipe.get("losses", {"direction": 1}))
+        lw = LossWeights.from_mapping(recipe.get("losses") or {"direction": 1})  # {}: the default
     except HyperdomainError as e:
         raise bad("adapt", f"valid losses ({e})") from None
-    if not (lw.direction or lw.global_):
-        raise bad("adapt", "losses with direction or global > 0 (the target prompt must drive training)")
+    if not (lw.direction or lw.global_) or lw.tt_direction:
+        raise bad("adapt", "losses with direction or global > 0 and no tt_direction (a single-domain recipe)")
 
 
 # --------------------------------------------------------------------------- where files live

@@ -2,6 +2,9 @@
 and write every rank's final weights, so the test can compare the ranks.
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR CLIP_JSON DOMAINS ITERS [--resume]
+        [--poison-rank R] [--no-convex-hull] [--checkpoint-every N]
+
+Each rank also writes the training domains it drew at every step (picks_rank{R}.json).
 """
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ def main() -> None:
     out, clip_json, domains, iters = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     resume = "--resume" in sys.argv
     poison = int(sys.argv[sys.argv.index("--poison-rank") + 1]) if "--poison-rank" in sys.argv else None
+    every = int(sys.argv[sys.argv.index("--checkpoint-every") + 1]) if "--checkpoint-every" in sys.argv else 2
     torch.set_num_threads(1)
     dist = distributed.setup("cpu")
     if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
@@ -36,19 +40,33 @@ def main() -> None:
             return real(*args) * (float("nan") if calls["n"] == 3 else 1.0)
 
         ht.tt_direction_loss = poisoned
+    import hyperdomain.hyper_training as ht
+
+    picks = []
+    real_losses = ht._HyperRun._losses
+
+    def recording(self, domains, batch, trg_i, *args):
+        picks.append(trg_i.tolist())
+        return real_losses(self, domains, batch, trg_i, *args)
+
+    ht._HyperRun._losses = recording
     try:
         G = make_tiny_generator()
         enc = load_clip([clip_json])
         kwargs = dict(iters=iters) if resume else dict(
             domains=domains, test_domains=None, iters=iters, batch=8, lr=1e-3, width=64, templates="single",
-            checkpoint_every=2, sample_every=0)
+            checkpoint_every=every, sample_every=0, convex_hull="--no-convex-hull" not in sys.argv)
         try:
             net = train_hyper(G, clip=enc, input_clip=enc[0], out_dir=out, resume=out if resume else None,
                               dist=dist, progress=False, **kwargs)
         except HyperdomainError as e:
             print(f"STOPPED: {e}", flush=True)
             sys.exit(2)
+        import json
+
         from safetensors.torch import save_file
+
+        (out / f"picks_rank{dist.rank}.json").write_text(json.dumps(picks))
 
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"rank{dist.rank}.safetensors"))
     finally:

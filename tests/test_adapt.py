@@ -205,7 +205,7 @@ def test_bad_arguments(tiny_G, tiny_clip, kwargs, fragment):
         run_adapt(tiny_G, tiny_clip, **kwargs)
 
 
-def test_generator_recipe_fills_unset_settings(tiny_clip):
+def test_generator_recipe_fills_unset_settings(tiny_clip, tmp_path):
     G = make_tiny_generator()
     G.adapt_defaults = {"iters": 3, "batch": 2, "lr": 0.02, "betas": [0.0, 0.999], "losses": {"direction": 1.0, "l2": 0.5}}
     d = run_adapt(G, tiny_clip)
@@ -214,6 +214,14 @@ def test_generator_recipe_fills_unset_settings(tiny_clip):
     d = run_adapt(G, tiny_clip, iters=2, batch=3, lr=0.05, losses={"direction": 1.0})  # what is given wins
     m = d.meta
     assert (m["iterations"], m["batch"], m["lr"], m["losses"]) == (2, 3, 0.05, {"direction": 1.0})
+    run_adapt(G, tiny_clip, iters=1, out_dir=tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["betas"] == [0.0, 0.999]
+    run_adapt(G, tiny_clip, iters=1, betas=(0.5, 0.9), out_dir=tmp_path / "r2")
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["betas"] == [0.5, 0.9]
+    # a recipe setting that clashes with an option is named in the error
+    G.adapt_defaults = {"losses": {"direction": 1.0, "indomain": 1.5}}
+    with pytest.raises(HyperdomainError, match=r"batch of at least 2 .*paper's recipe .*indomain"):
+        run_adapt(G, tiny_clip, iters=1, batch=1)
 
 
 def test_config_round_trip():

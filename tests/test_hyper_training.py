@@ -263,7 +263,7 @@ def test_cli_train_sample_export_evaluate(tmp_path, tiny_ckpt, tiny_clip_config,
     r = cli("info", out / "checkpoint.safetensors")
     assert r.exit_code == 0 and "train-hyper run checkpoint" in r.stdout and "4 of 4" in r.stdout, r.output
     r = cli("sample", "--generator", ckpt, "--domain", hyper, "--device", "cpu")
-    assert r.exit_code == 2 and "it is a hypernet file" in r.stderr and len(r.stderr) < 400, r.output
+    assert r.exit_code == 2 and "it holds a hypernet" in r.stderr and len(r.stderr) < 400, r.output
     r = cli("train-hyper", "--resume", out, "--lr", 0.1, "--device", "cpu")
     assert r.exit_code == 2 and "drop --lr" in r.stderr, r.output
     # resume extends the run
@@ -314,6 +314,10 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_c
     _torchrun(2, worker, out, tiny_clip_config, train, 4)
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # weights and BN buffers
+    # with the convex hull each rank mixes over the whole global batch: both see all 8 domains of the step
+    p0, p1 = (json.loads((out / f"picks_rank{r}.json").read_text()) for r in (0, 1))
+    expected = [draw_domains(0, step, 8, len(PROMPTS), convex=True)[0].tolist() for step in range(4)]
+    assert p0 == expected and p1 == expected
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 4 and meta["world"] == 2
     # resume the 2-process run on 1 process: it continues from step 4
@@ -361,12 +365,13 @@ def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, 
     out = tmp_path / "poison"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(out), str(tiny_clip_config), str(train), "6", "--poison-rank", "1"]
+           str(ROOT / "tests" / "ddp_worker.py"), str(out), str(tiny_clip_config), str(train), "6", "--poison-rank", "1",
+           "--checkpoint-every", "0", "--no-convex-hull"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stdout.count("STOPPED: step 3: loss is not finite") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
-    assert meta["step"] == 2
+    assert meta["step"] == 2  # no periodic checkpoints: this is the NaN guard's save of the last good state
 
 
 def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, lists):
@@ -381,3 +386,16 @@ def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, l
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["world"] == 2 and meta["step"] == 3
     assert hd.HyperDomainNet.load(out / "hypernet.safetensors").meta["iterations"] == 3
+
+
+def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_config, lists):
+    """Without the convex hull, rank 0 trains on the first half of the step's domains, rank 1 on the rest."""
+    train, _ = lists
+    out = tmp_path / "share"
+    _torchrun(2, ROOT / "tests" / "ddp_worker.py", out, tiny_clip_config, train, 3, "--no-convex-hull",
+              "--checkpoint-every", "0")
+    p0, p1 = (json.loads((out / f"picks_rank{r}.json").read_text()) for r in (0, 1))
+    for step in range(3):
+        expected = draw_domains(0, step, 8, len(PROMPTS), convex=False)[0].tolist()
+        assert p0[step] == expected[:4] and p1[step] == expected[4:]
+    assert p0 != p1

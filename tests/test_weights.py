@@ -180,6 +180,7 @@ GOOD = {"urls": ["https://example.org/g.pt"], "sha256": None, "size": 10, "forma
     ("size", "10"), ("format", "onnx"), ("resolution", 300), ("resolution", 2), ("source_prompt", ""),
     ("description", 3), ("checksum", "x"), ("adapt", {"epochs": 3}), ("adapt", {"lr": 0}), ("adapt", {"batch": 2.5}),
     ("adapt", {"betas": [0.9]}), ("adapt", {"losses": {"beauty": 1}}), ("adapt", {"losses": {"l2": 1}}),
+    ("adapt", {"lr": True}), ("adapt", {"losses": {"direction": 1, "tt_direction": 0.4}}),
 ])
 def test_malformed_entry_names_file_entry_field(tmp_path, field, value):
     path = tmp_path / "manifest.json"

@@ -179,6 +179,21 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
             "domain_params": G.num_domain_params, "torch_threads": torch.get_num_threads()}
 
 
+def run_in_children(script: str, configs, child_args: list[str], columns: list[str], row) -> None:
+    """Measure each config in a fresh ``script --child CONFIG`` process; print a markdown table row each.
+
+    ``row(config, result)`` gives a row's cells; a failing child's error is shown, not swallowed.
+    """
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for c in configs:
+        out = subprocess.run([sys.executable, script, "--child", c, *child_args], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{Path(script).name} --child {c} failed:\n{out.stderr[-3000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print("| " + " | ".join(str(v) for v in row(c, r)) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["tiny", "256-b32"], choices=sorted(CONFIGS))
@@ -190,15 +205,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.batch, args.repeats, args.device)))
         return
-    print("| config | device | batch | step s | src fwd s | clip src s | adapted fwd+bwd s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for c in args.configs:
-        out = subprocess.run([sys.executable, __file__, "--child", c, "--batch", str(args.batch),
-                              "--repeats", str(args.repeats), "--device", args.device],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {c} | {r['device']} | {r['batch']} | {r['step_s']:.3f} | {r['src_fwd_s']:.3f} | "
-              f"{r['clip_src_s']:.3f} | {r['adapted_fwd_bwd_s']:.3f} | {r['peak_mb']:.0f} |", flush=True)
+    run_in_children(__file__, args.configs, ["--batch", str(args.batch), "--repeats", str(args.repeats),
+                                             "--device", args.device],
+                    ["config", "device", "batch", "step s", "src fwd s", "clip src s", "adapted fwd+bwd s", "peak MB"],
+                    lambda c, r: [c, r["device"], r["batch"], f"{r['step_s']:.3f}", f"{r['src_fwd_s']:.3f}",
+                                  f"{r['clip_src_s']:.3f}", f"{r['adapted_fwd_bwd_s']:.3f}", f"{r['peak_mb']:.0f}"])
 
 
 if __name__ == "__main__":

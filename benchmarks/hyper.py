@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from adapt import CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, _sync, build_clip, build_generator  # noqa: E402
+from adapt import (CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, _sync, build_clip,  # noqa: E402
+                   build_generator, run_in_children)
 
 
 def measure(config: str, batch: int, repeats: int, device_name: str, prompts: int) -> dict:
@@ -87,15 +87,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.batch, args.repeats, args.device, args.prompts)))
         return
-    print("| config | device | batch | step s | peak MB | hypernet params | setup s (text table) |")
-    print("|---|---|---|---|---|---|---|")
-    for c in args.configs:
-        out = subprocess.run([sys.executable, __file__, "--child", c, "--batch", str(args.batch), "--repeats",
-                              str(args.repeats), "--device", args.device, "--prompts", str(args.prompts)],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {c} | {r['device']} | {r['batch']} | {r['step_s']:.3f} | {r['peak_mb']:.0f} | "
-              f"{r['hypernet_params'] / 1e6:.1f}M | {r['setup_s']:.1f} ({r['prompts']} prompts) |", flush=True)
+    run_in_children(__file__, args.configs, ["--batch", str(args.batch), "--repeats", str(args.repeats),
+                                             "--device", args.device, "--prompts", str(args.prompts)],
+                    ["config", "device", "batch", "step s", "peak MB", "hypernet params", "setup s (text table)"],
+                    lambda c, r: [c, r["device"], r["batch"], f"{r['step_s']:.3f}", f"{r['peak_mb']:.0f}",
+                                  f"{r['hypernet_params'] / 1e6:.1f}M", f"{r['setup_s']:.1f} ({r['prompts']} prompts)"])
 
 
 if __name__ == "__main__":

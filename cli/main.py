@@ -320,9 +320,8 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         else:
             weights = hd.LossWeights.parse(losses) if losses else hd.HyperTrainConfig().losses
             config = hd.HyperTrainConfig(
-                domains=domains if domains.startswith("builtin:") else absolute_path(domains),
-                test_domains=None if test_domains == "none" else (
-                    test_domains if test_domains.startswith("builtin:") else absolute_path(test_domains)),
+                domains=absolute_path(domains),
+                test_domains=None if test_domains == "none" else absolute_path(test_domains),
                 clip=tuple(absolute_spec(c) for c in clip) or hd.HyperTrainConfig().clip,
                 input_clip=absolute_spec(input_clip), iters=10_000 if iters is None else iters, batch=batch, lr=lr,
                 losses=weights, convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos,
@@ -422,9 +421,9 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
     net = load_hyper(hyper, G, no_check, hyper_clip) if hyper is not None else None
     all_prompts = list(prompts)
     if prompt_list:
-        from hyperdomain.hyper_training import _read_list
+        from hyperdomain.domain_list import read_domain_list
 
-        all_prompts += [d.target for d in _read_list(prompt_list, G.source_prompt)]
+        all_prompts += [d.target for d in read_domain_list(prompt_list, G.source_prompt)]
     rows = hd.evaluate(G, loaded, hypernet=net, prompts=all_prompts, source=with_source, clip=absolute_spec(clip),
                        n=n, seed=seed, truncation=truncation, template_set=templates, batch_size=batch_size)
     click.echo(format_table(rows))

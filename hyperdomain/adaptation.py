@@ -61,23 +61,9 @@ class AdaptConfig:
     generator: str | None = None  # the name or path the generator was loaded from (for resume)
 
     def __post_init__(self) -> None:
-        from .train_state import normalise_run_config
+        from .train_state import check_run_config
 
-        normalise_run_config(self)
-        checks = [
-            (self.iters >= 1, "iters", "an integer >= 1"),
-            (self.batch >= 1, "batch", "an integer >= 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0"),
-            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"),
-            (0 <= self.mixing <= 1, "mixing", "a probability in [0, 1]"),
-            (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
-            (self.sample_n >= 1, "sample_n", ">= 1"),
-            (self.seed >= 0, "seed", ">= 0"),
-            (bool(self.clip), "clip", "at least one CLIP model"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise HyperdomainError(f"adapt: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")
+        check_run_config(self, "adapt", [(self.batch >= 1, "batch", "an integer >= 1")])
         if self.losses.tt_direction:
             raise HyperdomainError("--loss tt_direction needs several domains per batch (train-hyper); not for adapt")
         if not (self.losses.direction or self.losses.global_):
@@ -85,7 +71,6 @@ class AdaptConfig:
                                    "(e.g. --loss direction=1 --loss indomain=0.5)")
         if self.losses.indomain and self.batch < 2:
             raise HyperdomainError("--loss indomain needs --batch of at least 2")
-        templates(self.templates)  # validates the name
         for what, prompt in (("--target", self.target), ("--source", self.source)):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise HyperdomainError(f"{what}: empty prompt")
@@ -278,34 +263,28 @@ class _Run:
         tpl = templates(config.templates)
         self.texts = []
         for enc in encoders:
-            enc.check_prompt(config.target, tpl, what="--target")
-            enc.check_prompt(config.source, tpl, what="--source")
-            t_trg, t_src = enc.text(config.target, tpl), enc.text(config.source, tpl)
+            t_trg = enc.text(config.target, tpl, what="--target")
+            t_src = enc.text(config.source, tpl, what="--source")
             self.texts.append({"target": t_trg, "direction": t_trg - t_src})
         self.domain = torch.zeros(G.num_domain_params, device=self.device, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.domain], lr=config.lr, betas=config.betas)
         self.rng = torch.Generator().manual_seed(_training_seed(config.seed))
         self.step = 0
+        self._source_row: torch.Tensor | None = None  # the sample grids' first row, made once
         trainable = [n for n, p in list(G.named_parameters()) + [(f"clip.{n}", p) for e in encoders
                      for n, p in e.named_parameters()] if p.requires_grad]
         assert not trainable, f"frozen models have trainable parameters: {trainable[:5]}"
 
     # ------------------------------------------------------------------ state
-    def state_tensors(self, rng_state: torch.Tensor) -> dict[str, torch.Tensor]:
-        from .train_state import optimizer_tensors
-
-        opt, self._groups = optimizer_tensors(self.optimizer)
-        return {"domain": self.domain.detach(), "rng": rng_state, **opt}
-
     def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        from .train_state import load_optimizer_tensors
+        from .train_state import restore_optimizer
 
         if tensors["domain"].shape != self.domain.shape:
             raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
                                    f"{self.domain.numel()}")
         with torch.no_grad():
             self.domain.copy_(tensors["domain"])
-        load_optimizer_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        restore_optimizer(self.optimizer, tensors, meta)
         self.rng.set_state(tensors["rng"])
         self.step = int(meta["step"])
 
@@ -314,10 +293,9 @@ class _Run:
             return None
         from .train_state import save_checkpoint
 
-        tensors = self.state_tensors(rng_state)
-        meta = {"config": self.config.to_dict(), "step": self.step, "optimizer_groups": self._groups,
-                **generator_meta(self.G)}
-        return save_checkpoint(self.out_dir / CHECKPOINT, "adapt", tensors, meta)
+        meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G)}
+        return save_checkpoint(self.out_dir / CHECKPOINT, "adapt", {"domain": self.domain, "rng": rng_state}, meta,
+                               self.optimizer)
 
     def to_domain(self) -> Domain:
         from . import __version__
@@ -336,10 +314,10 @@ class _Run:
         from .images import save_grid
 
         c = self.config
-        n = c.sample_n
-        src = self.G.sample(n, truncation=c.sample_truncation, seed=c.seed)
-        trg = self.G.sample(n, domain=self.domain.detach(), truncation=c.sample_truncation, seed=c.seed)
-        return save_grid(torch.cat([src, trg]), self.out_dir / name, nrow=n)
+        if self._source_row is None:  # the same seeds every time: the source row never changes
+            self._source_row = self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
+        trg = self.G.sample(c.sample_n, domain=self.domain.detach(), truncation=c.sample_truncation, seed=c.seed)
+        return save_grid(torch.cat([self._source_row, trg]), self.out_dir / name, nrow=c.sample_n)
 
     def log_line(self, values: Mapping[str, float]) -> None:
         if self.out_dir is not None:

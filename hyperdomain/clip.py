@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,31 +187,33 @@ class ClipEncoder(nn.Module):
             )
 
     @torch.no_grad()
-    def template_embeddings(self, prompt: str, template_set: Sequence[str]) -> torch.Tensor:
-        """The L2-normalised embedding of ``prompt`` in each template ``[T, E]`` (cached)."""
+    def template_embeddings(self, prompt: str, template_set: Sequence[str], what: str = "prompt") -> torch.Tensor:
+        """The L2-normalised embedding of ``prompt`` in each template ``[T, E]`` (cached).
+
+        A prompt that does not fit is refused in one line that starts with ``what``.
+        """
         key = (prompt, tuple(template_set))
         cached = self._text_cache.get(key)
         if cached is None:
-            self.check_prompt(prompt, template_set)
+            self.check_prompt(prompt, template_set, what=what)
             tokens = self.tokenizer([t.format(prompt) for t in template_set]).to(self.device)
             e = self.model.encode_text(tokens).float()
             cached = e / e.norm(dim=-1, keepdim=True)
             self._text_cache[key] = cached
         return cached.to(self.device)  # the encoder may have moved since
 
-    def text(self, prompt: str, template_set: Sequence[str]) -> torch.Tensor:
+    def text(self, prompt: str, template_set: Sequence[str], what: str = "prompt") -> torch.Tensor:
         """The mean over ``template_set`` of the L2-normalised text embeddings of ``prompt`` ``[E]``."""
-        return self.template_embeddings(prompt, template_set).mean(0)
-
-    def texts(self, prompts: Iterable[str], template_set: Sequence[str]) -> torch.Tensor:
-        """``[N, E]`` for several prompts (each cached)."""
-        return torch.stack([self.text(p, template_set) for p in prompts])
+        return self.template_embeddings(prompt, template_set, what).mean(0)
 
     @torch.no_grad()
-    def encode_bare_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised embeddings ``[N, E]`` of the bare prompts (no templates)."""
-        for p in prompts:
-            self.check_prompt(p)
+    def encode_bare_text(self, prompts: Sequence[str], what: Sequence[str] | None = None) -> torch.Tensor:
+        """L2-normalised embeddings ``[N, E]`` of the bare prompts (no templates).
+
+        ``what[i]`` starts the one-line error for a prompt that does not fit (default "prompt").
+        """
+        for p, w in zip(prompts, what or ["prompt"] * len(prompts)):
+            self.check_prompt(p, what=w)
         e = self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)).float()
         return e / e.norm(dim=-1, keepdim=True)
 

@@ -95,7 +95,12 @@ def parse_domain_list(text: str, default_source: str = "Photo",
 
 
 def read_domain_list(path: str | os.PathLike, default_source: str = "Photo") -> list[DomainPrompt]:
-    """Read and parse a UTF-8 domain list file (a leading byte-order mark is allowed)."""
+    """Read and parse a UTF-8 domain list file (a leading byte-order mark is allowed).
+
+    ``path`` may also name a shipped list: ``builtin:train`` or ``builtin:heldout``.
+    """
+    if str(path).startswith("builtin:"):
+        path = builtin_domain_list(str(path).split(":", 1)[1])
     path = Path(path)
     try:
         data = path.read_bytes()

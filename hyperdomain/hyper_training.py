@@ -36,10 +36,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .adaptation import sample_training_latents
 from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .distributed import DistInfo, any_rank, mean_over_ranks
 from .domain import generator_meta
-from .domain_list import DomainPrompt, builtin_domain_list, read_domain_list
+from .domain_list import read_domain_list
 from .errors import HyperdomainError
 from .fileio import atomic_path
 from .hypernet import HyperConfig, HyperDomainNet
@@ -90,22 +91,14 @@ class HyperTrainConfig:
     generator: str | None = None
 
     def __post_init__(self) -> None:
-        from .train_state import normalise_run_config
+        from .train_state import check_run_config
 
-        normalise_run_config(self)
-        checks = [
-            (self.iters >= 1, "iters", ">= 1"), (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr", "> 0"),
+        check_run_config(self, "train-hyper", [
+            (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
             (self.resample_cos is None or 0 < self.resample_cos < 1, "resample_cos", "in (0, 1), or None for off"),
-            (0 < self.crop <= 1, "crop", "in (0, 1]"), (0 <= self.mixing <= 1, "mixing", "in [0, 1]"),
+            (0 < self.crop <= 1, "crop", "in (0, 1]"),
             (self.backbone_blocks >= 0 and self.head_blocks >= 0, "backbone_blocks/head_blocks", ">= 0"),
-            (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0"),
-            (self.seed >= 0, "seed", ">= 0"), (bool(self.clip), "clip", "at least one CLIP model"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise HyperdomainError(f"train-hyper: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")
-        templates(self.templates)
+        ])
         if not (self.losses.direction or self.losses.global_ or self.losses.tt_direction):
             raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
 
@@ -119,12 +112,6 @@ class HyperTrainConfig:
         from .train_state import run_config_from_dict
 
         return run_config_from_dict(cls, d, "train-hyper")
-
-
-def _read_list(spec: str, source: str) -> list[DomainPrompt]:
-    if spec.startswith("builtin:"):
-        return read_domain_list(builtin_domain_list(spec.split(":", 1)[1]), default_source=source)
-    return read_domain_list(spec, default_source=source)
 
 
 # ----------------------------------------------------------------------------------- augmentations
@@ -164,13 +151,15 @@ def _crop_box(size: int, frac: float, rng: torch.Generator) -> tuple[int, int, i
 class _TextTable:
     """Per-encoder template embeddings ``[P, T, E]`` of every prompt, plus the input embeddings."""
 
-    def __init__(self, prompts: list[str], encoders: Sequence[ClipEncoder], input_encoder: ClipEncoder,
+    def __init__(self, prompts: Mapping[str, str], encoders: Sequence[ClipEncoder], input_encoder: ClipEncoder,
                  template_set: Sequence[str], device):
-        self.index = {p: i for i, p in enumerate(prompts)}
-        self.per_encoder = [torch.stack([e.template_embeddings(p, template_set) for p in prompts]).to(device)
+        """``prompts`` maps each prompt to where it comes from (``"domains.txt: line 4"``), for errors."""
+        order = list(prompts)
+        self.index = {p: i for i, p in enumerate(order)}
+        self.per_encoder = [torch.stack([e.template_embeddings(p, template_set, prompts[p]) for p in order]).to(device)
                             for e in encoders]
-        self.inputs = torch.cat([input_encoder.encode_bare_text(prompts[i:i + 256])
-                                 for i in range(0, len(prompts), 256)]).to(device)
+        self.inputs = torch.cat([input_encoder.encode_bare_text(order[i:i + 256], [prompts[p] for p in order[i:i + 256]])
+                                 for i in range(0, len(order), 256)]).to(device)
 
 
 def draw_domains(seed: int, step: int, batch: int, n_domains: int, convex: bool
@@ -263,8 +252,8 @@ class _HyperRun:
         G.eval().requires_grad_(False)
         self.G, self.config, self.out_dir, self.dist = G, c, out_dir, dist
         self.device = G.device
-        self.train_list = _read_list(c.domains, c.source)
-        self.test_list = _read_list(c.test_domains, c.source) if c.test_domains else []
+        self.train_list = read_domain_list(c.domains, c.source)
+        self.test_list = read_domain_list(c.test_domains, c.source) if c.test_domains else []
         from .clip import check_models
 
         self.encoders = load_clip(clip if clip is not None else c.clip, device=self.device)
@@ -272,16 +261,15 @@ class _HyperRun:
         labels = [e.label for e in self.encoders]
         self.input_encoder = self._input_encoder(input_clip)
         tpl = templates(c.templates)
-        prompts = list(dict.fromkeys([d.target for d in self.train_list] + [d.source for d in self.train_list]))
-        for e in self.encoders:
-            for d in self.train_list:
-                e.check_prompt(d.target, tpl, what=f"{c.domains}: line {d.line}")
+        prompts = {d.target: f"{c.domains}: line {d.line}" for d in self.train_list}  # targets first: index = line order
+        prompts.update({d.source: f"{c.domains}: line {d.line}" for d in self.train_list if d.source not in prompts})
         self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, self.device)
         self.shown = (self.test_list or self.train_list)[: c.sample_prompts]  # rows of the sample grids
-        for d in self.shown:
-            self.input_encoder.check_prompt(d.target, what=f"{c.test_domains or c.domains}: line {d.line}")
-        self.shown_inputs = self.input_encoder.encode_bare_text([d.target for d in self.shown]).to(self.device)
+        shown_from = c.test_domains if self.test_list else c.domains
+        self.shown_inputs = self.input_encoder.encode_bare_text(
+            [d.target for d in self.shown], [f"{shown_from}: line {d.line}" for d in self.shown]).to(self.device)
         self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
+        self._source_row: torch.Tensor | None = None  # the sample grids' first row, made once
         self.trg_idx = torch.tensor([self.table.index[d.target] for d in self.train_list])
         self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
         hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
@@ -319,26 +307,24 @@ class _HyperRun:
 
     # ------------------------------------------------------------------ state
     def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        from .train_state import load_optimizer_tensors
+        from .train_state import restore_optimizer
 
         net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         try:
             self.net.load_state_dict(net_state, strict=True)
         except RuntimeError as e:
             raise HyperdomainError(f"checkpoint network does not fit ({str(e).splitlines()[0]})") from None
-        load_optimizer_tensors(self.optimizer, tensors, meta["optimizer_groups"])
+        restore_optimizer(self.optimizer, tensors, meta)
         self.step = int(meta["step"])
 
     def save_checkpoint(self) -> Path | None:
         if self.out_dir is None or not self.dist.is_main:
             return None
-        from .train_state import optimizer_tensors, save_checkpoint
+        from .train_state import save_checkpoint
 
-        opt, groups = optimizer_tensors(self.optimizer)
-        tensors = {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, **opt}
-        meta = {"config": self.config.to_dict(), "step": self.step, "optimizer_groups": groups,
-                "world": self.dist.world, **generator_meta(self.G)}
-        return save_checkpoint(self.out_dir / HYPER_CHECKPOINT, "hyper", tensors, meta)
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        meta = {"config": self.config.to_dict(), "step": self.step, "world": self.dist.world, **generator_meta(self.G)}
+        return save_checkpoint(self.out_dir / HYPER_CHECKPOINT, "hyper", tensors, meta, self.optimizer)
 
     def network_meta(self) -> dict[str, Any]:
         from . import __version__
@@ -357,8 +343,9 @@ class _HyperRun:
         from .images import save_grid
 
         c = self.config
-        shown = self.shown
-        rows = [self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)]
+        if self._source_row is None:  # the same seeds every time: the source row never changes
+            self._source_row = self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
+        rows = [self._source_row]
         was = self.net.training
         self.net.eval()
         with torch.no_grad():
@@ -366,14 +353,14 @@ class _HyperRun:
         self.net.train(was)
         rows += [self.G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed) for d in ds]
         save_grid(torch.cat(rows), self.out_dir / name, nrow=c.sample_n)
-        with atomic_path(self.out_dir / "samples_rows.txt") as tmp:
-            tmp.write_text("source\n" + "".join(d.target + "\n" for d in shown), encoding="utf-8")
 
     def _prepare_dir(self) -> None:
         if self.out_dir is not None and self.dist.is_main:
             from .train_state import prepare_run_dir
 
             prepare_run_dir(self.out_dir, self.config.to_dict(), self.step)
+            with atomic_path(self.out_dir / "samples_rows.txt") as tmp:  # what the grids' rows show
+                tmp.write_text("source\n" + "".join(d.target + "\n" for d in self.shown), encoding="utf-8")
 
     # ------------------------------------------------------------------ loop
     def train(self, callback: Callback | None, progress: bool) -> HyperDomainNet:
@@ -462,7 +449,7 @@ class _HyperRun:
         else:
             alphas = alphas[rows].to(self.device)  # [b, B]: mixtures over the whole global batch
         rng = torch.Generator().manual_seed(_seed_for(c.seed, self.step, dist.rank))  # latents, noise, crops
-        batch = _latents(self.G, rng, b, c.mixing, self.device)
+        batch = sample_training_latents(self.G, rng, b, c.mixing, self.device)
         boxes = (_crop_box(self.G.resolution, c.crop, rng), _crop_box(self.G.resolution, c.crop, rng))
         trg_i, src_i = self.trg_idx[picks], self.src_idx[picks]
         emb = self.table.inputs[trg_i.to(self.table.inputs.device)]
@@ -478,8 +465,8 @@ class _HyperRun:
             self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
-        grads = [p.grad.reshape(-1) for p in self.net.parameters() if p.grad is not None]
-        bad_grad = not bool(torch.isfinite(torch.cat(grads)).all())  # one device sync, not one per tensor
+        finite = [torch.isfinite(p.grad).all() for p in self.net.parameters() if p.grad is not None]
+        bad_grad = not bool(torch.stack(finite).all())  # one device sync, no copy of the gradients
         if any_rank(dist, [bad_grad])[0]:
             self._stop_non_finite("a gradient is not finite")
         self._phase = "update"
@@ -534,12 +521,6 @@ class _HyperRun:
             self.save_checkpoint()
             where = f"; the last good state (step {self.step}) is in {self.out_dir}"
         raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
-
-
-def _latents(G, rng, b, mixing, device):
-    from .adaptation import sample_training_latents
-
-    return sample_training_latents(G, rng, b, mixing, device)
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -233,11 +233,9 @@ class HyperDomainNet(nn.Module):
         if isinstance(prompts, str):
             raise HyperdomainError("domains() takes a list of prompts; use domain() for one")
         emb = self.embed(list(prompts), clip)
-        source = self.meta.get("source_prompt", "Photo")
-        return [self.domain_from_embedding(e, prompt=q, source_prompt=source,
-                                           hypernet_file=self.meta.get("file"),
-                                           clip_models=[self.text_encoder().label])
-                for q, e in zip(prompts, emb)]
+        meta = {"source_prompt": self.meta.get("source_prompt", "Photo"), "hypernet_file": self.meta.get("file"),
+                "clip_models": [self.text_encoder().label]}
+        return [self.domain_from_embedding(e, prompt=q, **meta) for q, e in zip(prompts, emb)]
 
     def domain(self, prompt: str, clip: "str | ClipEncoder | None" = None) -> Domain:
         """The :class:`Domain` this network predicts for ``prompt``."""

@@ -7,6 +7,7 @@ save never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -19,20 +20,41 @@ import torch
 from .errors import HyperdomainError
 from .fileio import atomic_path, write_safetensors
 
-__all__ = ["run_config_to_dict", "run_config_from_dict", "normalise_run_config", "save_checkpoint", "load_checkpoint", "optimizer_tensors", "load_optimizer_tensors", "deferred_interrupt",
+__all__ = ["run_config_to_dict", "run_config_from_dict", "check_run_config", "save_checkpoint", "restore_optimizer",
+           "load_checkpoint", "read_checkpoint_meta", "deferred_interrupt",
            "prepare_run_dir", "append_log"]
 
 _FORMAT_VERSION = 1
 
 
-def normalise_run_config(cfg: Any) -> None:
-    """In a frozen trainer config's ``__post_init__``: tuples for ``clip`` and ``betas``, LossWeights for ``losses``."""
+def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -> None:
+    """A frozen trainer config's ``__post_init__``: normalise the shared fields and check them all.
+
+    ``clip`` and ``betas`` become tuples and ``losses`` a LossWeights; the fields both trainers have
+    and the trainer's own ``checks`` (``(ok, field, expected)``) are checked in one place, so a bad
+    value is one line: ``{what}: {field} must be {expected}, got {value}``.
+    """
+    from .clip import templates
     from .losses import LossWeights
 
     object.__setattr__(cfg, "clip", tuple(cfg.clip))
     object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
     if isinstance(cfg.losses, Mapping):
         object.__setattr__(cfg, "losses", LossWeights.from_mapping(cfg.losses))
+    shared = [
+        (cfg.iters >= 1, "iters", "an integer >= 1"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "a finite number > 0"),
+        (len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)"),
+        (0 <= cfg.mixing <= 1, "mixing", "a probability in [0, 1]"),
+        (cfg.sample_every >= 0 and cfg.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
+        (cfg.sample_n >= 1, "sample_n", ">= 1"),
+        (cfg.seed >= 0, "seed", ">= 0"),
+        (bool(cfg.clip), "clip", "at least one CLIP model"),
+    ]
+    for ok, name, expected in shared + checks:
+        if not ok:
+            raise HyperdomainError(f"{what}: {name} must be {expected}, got {getattr(cfg, name.split('/')[0])!r}")
+    templates(cfg.templates)  # refuses an unknown template set by name
 
 
 def run_config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -58,9 +80,15 @@ def run_config_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, tensors: Mapping[str, torch.Tensor],
-                    meta: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` and JSON-able ``meta`` to ``path`` atomically; ``kind`` names the trainer."""
+                    meta: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write ``tensors``, ``optimizer``'s state and JSON-able ``meta`` to ``path`` atomically.
+
+    ``kind`` names the trainer; :func:`restore_optimizer` reads the optimizer back.
+    """
     path = Path(path)
+    if optimizer is not None:
+        opt, groups = _optimizer_tensors(optimizer)
+        tensors, meta = {**tensors, **opt}, {**meta, "optimizer_groups": groups}
     header = {"format": f"hyperdomain.{kind}-checkpoint", "format_version": str(_FORMAT_VERSION),
               "meta": json.dumps(meta, sort_keys=True)}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -110,7 +138,7 @@ def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:
     """The optimizer's per-parameter state as named tensors, and its param groups as plain data."""
     sd = opt.state_dict()
     tensors = {}
@@ -122,9 +150,10 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tupl
     return tensors, groups
 
 
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], groups: list,
-                           prefix: str = "optim") -> None:
-    """Inverse of :func:`optimizer_tensors` (the optimizer must hold the same parameters)."""
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                      prefix: str = "optim") -> None:
+    """Load the optimizer state a :func:`save_checkpoint` wrote (the optimizer must hold the same parameters)."""
+    groups = meta["optimizer_groups"]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         if not name.startswith(prefix + "."):

@@ -22,6 +22,18 @@ def make_tiny_generator(seed: int = 0, config: GeneratorConfig = TINY) -> Genera
     return G.eval()
 
 
+def nan_on_call(fn, n: int):
+    """``fn`` whose ``n``-th call (1-based) returns NaN times its value: a loss that blows up at one step."""
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = fn(*args, **kwargs)
+        return value * float("nan") if calls["n"] == n else value
+
+    return poisoned
+
+
 @pytest.fixture
 def tiny_G() -> Generator:
     return make_tiny_generator()

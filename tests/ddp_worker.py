@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import make_tiny_generator  # noqa: E402
+from conftest import make_tiny_generator, nan_on_call  # noqa: E402
 
 from hyperdomain import distributed  # noqa: E402
 from hyperdomain.clip import load_clip  # noqa: E402
@@ -29,18 +29,10 @@ def main() -> None:
     every = int(sys.argv[sys.argv.index("--checkpoint-every") + 1]) if "--checkpoint-every" in sys.argv else 2
     torch.set_num_threads(1)
     dist = distributed.setup("cpu")
-    if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
-        import hyperdomain.hyper_training as ht
-
-        real = ht.tt_direction_loss
-        calls = {"n": 0}
-
-        def poisoned(*args):
-            calls["n"] += 1
-            return real(*args) * (float("nan") if calls["n"] == 3 else 1.0)
-
-        ht.tt_direction_loss = poisoned
     import hyperdomain.hyper_training as ht
+
+    if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
+        ht.tt_direction_loss = nan_on_call(ht.tt_direction_loss, 3)
 
     picks = []
     real_losses = ht._HyperRun._losses

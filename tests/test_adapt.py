@@ -14,7 +14,7 @@ from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.losses import LossWeights, direction_loss
 
-from conftest import make_tiny_generator
+from conftest import make_tiny_generator, nan_on_call
 
 PIXAR = "3D render in the style of Pixar"
 
@@ -168,15 +168,8 @@ def test_resume_refuses_another_generator(tmp_path, tiny_G, tiny_clip):
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, monkeypatch):
     import hyperdomain.adaptation as adapt_module
 
-    calls = {"n": 0}
     real = adapt_module.direction_loss
-
-    def poisoned(*args):
-        calls["n"] += 1
-        value = real(*args)
-        return value * float("nan") if calls["n"] == 5 else value
-
-    monkeypatch.setattr(adapt_module, "direction_loss", poisoned)
+    monkeypatch.setattr(adapt_module, "direction_loss", nan_on_call(real, 5))
     with pytest.raises(HyperdomainError, match=r"step 5: loss is nan .*last good state \(step 4\)") as e:
         run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "nan", seed=2)
     assert "\n" not in str(e.value)

@@ -20,6 +20,8 @@ from hyperdomain.hypernet import HyperDomainNet
 from hyperdomain.losses import direction_loss, tt_direction_loss
 from hyperdomain.train_state import load_checkpoint
 
+from conftest import nan_on_call
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Anime painting", "Pixar render", "Marble statue", "Pencil sketch", "Zombie", "Oil painting",
@@ -154,15 +156,8 @@ def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, 
     import hyperdomain.hyper_training as ht
 
     train, _ = lists
-    calls = {"n": 0}
     real = ht.tt_direction_loss
-
-    def poisoned(*args):
-        calls["n"] += 1
-        v = real(*args)
-        return v * float("nan") if calls["n"] == 4 else v
-
-    monkeypatch.setattr(ht, "tt_direction_loss", poisoned)
+    monkeypatch.setattr(ht, "tt_direction_loss", nan_on_call(real, 4))
     with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite .*last good state \(step 3\)"):
         run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "nan")
     monkeypatch.setattr(ht, "tt_direction_loss", real)

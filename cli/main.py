@@ -311,32 +311,31 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
     dist = distributed.setup(device)
     try:
         options = {}
+        config = None
         if resume is not None:
             generator = resumed_generator(ctx, hd.read_hyper_config(resume), generator)
             out = resume
             if iters is not None:
                 options["iters"] = iters
-            config = None
-        else:
-            weights = hd.LossWeights.parse(losses) if losses else hd.HyperTrainConfig().losses
+            if clip:  # e.g. the run's CLIP files moved: checked against the run's models
+                options["clip"] = [absolute_spec(c) for c in clip]
+            if ctx.get_parameter_source("input_clip") is not click.core.ParameterSource.DEFAULT:
+                options["input_clip"] = absolute_spec(input_clip)
+        G = hd.load_generator(generator, device=dist.device)
+        if resume is None:
+            given = {"losses": hd.LossWeights.parse(losses)} if losses else {}
+            if clip:
+                given["clip"] = tuple(absolute_spec(c) for c in clip)
             config = hd.HyperTrainConfig(
                 domains=absolute_path(domains),
                 test_domains=None if test_domains == "none" else absolute_path(test_domains),
-                clip=tuple(absolute_spec(c) for c in clip) or hd.HyperTrainConfig().clip,
                 input_clip=absolute_spec(input_clip), iters=10_000 if iters is None else iters, batch=batch, lr=lr,
-                losses=weights, convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos,
-                crop=crop, mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
-                checkpoint_every=checkpoint_every, generator=absolute_path(generator))
-        G = hd.load_generator(generator, device=dist.device)
-        if config is not None:
-            config = _with_source(config, G)
+                convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos, crop=crop,
+                mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
+                checkpoint_every=checkpoint_every, source=G.source_prompt, generator=absolute_path(generator),
+                **given)
         try:
-            given_clip = [absolute_spec(c) for c in clip] or None
-            given_input = (absolute_spec(input_clip) if ctx.get_parameter_source("input_clip")
-                           is not click.core.ParameterSource.DEFAULT else None)
-            net = hd.train_hyper(G, config, clip=given_clip if resume is not None else None,
-                                 input_clip=given_input if resume is not None else None,
-                                 out_dir=out, resume=resume, dist=dist, progress=progress, **options)
+            net = hd.train_hyper(G, config, out_dir=out, resume=resume, dist=dist, progress=progress, **options)
         except KeyboardInterrupt:
             if dist.is_main:
                 interrupted(ctx, out, "train-hyper")
@@ -346,12 +345,6 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                        f"{len(net.meta['train_prompts'])} training prompts) and {out / 'samples.png'}")
     finally:
         distributed.teardown(dist)
-
-
-def _with_source(config, G):
-    from dataclasses import replace
-
-    return replace(config, source=G.source_prompt)
 
 
 @main.command()

@@ -2,7 +2,7 @@
 and write every rank's final weights, so the test can compare the ranks.
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR CLIP_JSON DOMAINS ITERS [--resume]
-        [--poison-rank R] [--no-convex-hull] [--checkpoint-every N]
+        [--poison-rank R] [--no-convex-hull] [--checkpoint-every N] [--fail-write]
 
 Each rank also writes the training domains it drew at every step (picks_rank{R}.json).
 """
@@ -33,6 +33,15 @@ def main() -> None:
 
     if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
         ht.tt_direction_loss = nan_on_call(ht.tt_direction_loss, 3)
+    if "--fail-write" in sys.argv:  # rank 0 cannot write its log from step 2 on (e.g. the disk is full)
+        real_log = ht._HyperRun._append_log
+
+        def failing_log(self, values):
+            if self.step >= 2:
+                raise OSError(28, "No space left on device")
+            real_log(self, values)
+
+        ht._HyperRun._append_log = failing_log
 
     picks = []
     real_losses = ht._HyperRun._losses

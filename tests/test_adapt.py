@@ -303,3 +303,22 @@ def test_fp16_clip_on_cuda_matches_fp32(tiny_clip_config):
     for k in a:
         assert b[k] == pytest.approx(a[k], abs=2e-3, rel=1e-2), k
     assert torch.nn.functional.cosine_similarity(ga, gb, dim=0) > 0.99
+
+
+def test_cli_ctrl_c_says_where_the_run_is(tmp_path, tiny_ckpt, tiny_clip_config, monkeypatch):
+    """Ctrl-C: exit 130; the resume command only when a checkpoint was saved."""
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hd, "adapt", interrupted)
+    args = ["adapt", "--target", "Sketch", "--generator", ckpt, "--clip", tiny_clip_config, "--out", out,
+            "--device", "cpu"]
+    r = cli(*args)
+    assert r.exit_code == 130 and "nothing was saved" in r.stderr and "--resume" not in r.stderr, r.output
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"")
+    r = cli(*args)
+    assert r.exit_code == 130 and f"hyperdomain adapt --resume {out}" in r.stderr, r.output

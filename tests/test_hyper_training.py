@@ -394,3 +394,16 @@ def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_
         expected = draw_domains(0, step, 8, len(PROMPTS), convex=False)[0].tolist()
         assert p0[step] == expected[:4] and p1[step] == expected[4:]
     assert p0 != p1
+
+
+def test_ddp_write_failure_on_rank_0_stops_every_rank(tmp_path, tiny_clip_config, lists):
+    """A failed write on rank 0 must not leave rank 1 waiting in a collective: both stop, one line each."""
+    train, _ = lists
+    out = tmp_path / "full"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(out), str(tiny_clip_config), str(train), "5", "--fail-write"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stdout.count("STOPPED: rank 0 could not write") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "No space left on device" in proc.stdout

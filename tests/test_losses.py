@@ -22,8 +22,8 @@ def test_cosine_known_angles_and_zero():
 
 def test_direction_loss_hand_values():
     # image deltas at 0, 90 and 180 degrees (and 60) from the text direction (scaled: cosine ignores length)
-    src = torch.zeros(4, 2, dtype=torch.float64)
-    trg = torch.tensor([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=torch.float64)
+    src = torch.tensor([[0.3, -0.7], [1.0, 2.0], [-0.5, 0.1], [2.0, 0.0]], dtype=torch.float64)
+    trg = src + torch.tensor([[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=torch.float64)
     text = torch.tensor([7.0, 0.0], dtype=torch.float64)
     # 1 - cos: 0, 1, 2, 0.5 -> mean 0.875
     assert direction_loss(src, trg, text).item() == pytest.approx(0.875)

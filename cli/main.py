@@ -57,7 +57,7 @@ def resolve_device(device: str):
 def absolute_path(name_or_path) -> str:
     """A file argument as an absolute path (runs are resumed from other folders); names stay names."""
     p = Path(str(name_or_path))
-    return str(p.resolve()) if p.exists() else str(name_or_path)
+    return str(p.resolve()) if str(name_or_path) and p.exists() else str(name_or_path)
 
 
 def absolute_spec(spec: str) -> str:

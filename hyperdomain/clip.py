@@ -285,7 +285,8 @@ def _build(spec: ClipSpec):
     # OpenAI's weights were trained with QuickGELU; open_clip's plain configs build GELU
     quick_gelu = bool((open_clip.get_pretrained_cfg(spec.name, spec.tag or "openai") or {}).get("quick_gelu"))
     if spec.weights:
-        model = open_clip.create_model(spec.name, pretrained=None, load_weights=False, force_quick_gelu=quick_gelu)
+        with _quiet_root_warning("No pretrained weights loaded"):  # true, and the file's weights come next
+            model = open_clip.create_model(spec.name, pretrained=None, load_weights=False, force_quick_gelu=quick_gelu)
         _set_openai_preprocess(model, spec)
         _load_weights(model, spec.weights)
         return model, tokenizer
@@ -297,6 +298,22 @@ def _build(spec: ClipSpec):
             f"pass a local file: --clip {spec.name}=/path/open_clip_model.safetensors"
         ) from None
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_root_warning(prefix: str):
+    """Drop open_clip's root-logger records that start with ``prefix`` for the duration (and only those)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _set_openai_preprocess(model, spec: ClipSpec) -> None:

@@ -110,7 +110,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch
         raise HyperdomainError(f"{path}: not a readable checkpoint ({e})") from None
     expected = f"hyperdomain.{kind}-checkpoint"
     if header.get("format") != expected:
-        raise HyperdomainError(f"{path}: not a {kind} checkpoint (format {header.get('format')!r}, expected {expected!r})")
+        raise HyperdomainError(f"{path}: not the checkpoint this resumes (it is {header.get('format')!r}, "
+                               f"expected {expected!r})")
     if int(header.get("format_version", "0")) > _FORMAT_VERSION:
         raise HyperdomainError(f"{path}: checkpoint format is newer than this hyperdomain reads")
     try:
@@ -131,7 +132,7 @@ def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     except Exception as e:  # safetensors' own error types
         raise HyperdomainError(f"{path}: not a readable checkpoint ({e})") from None
     if header.get("format") != f"hyperdomain.{kind}-checkpoint":
-        raise HyperdomainError(f"{path}: not a {kind} checkpoint")
+        raise HyperdomainError(f"{path}: not a {kind}-run checkpoint (format {header.get('format')!r})")
     try:
         return json.loads(header["meta"])
     except (KeyError, ValueError) as e:

@@ -273,6 +273,8 @@ def test_cli_adapt_bad_arguments(tmp_path, tiny_ckpt, tiny_clip_config):
     assert_user_error(cli("adapt", "--target", "Sketch", "--loss", "tt_direction=1", *base), "train-hyper")
     assert_user_error(cli("adapt", "--target", "Sketch", "--generator", ckpt, "--clip", "ViT-Q-1", "--device", "cpu"),
                       "unknown model")
+    assert_user_error(cli("adapt", "--target", "Sketch", "--generator", ckpt, "--clip", "ViT-B-32=", "--device", "cpu"),
+                      "nothing after '='")
     assert_user_error(cli("adapt", "--resume", tmp_path / "nothing", "--device", "cpu"), "no such checkpoint")
     out = tmp_path / "r"
     assert cli("adapt", "--target", "Sketch", "--out", out, *base).exit_code == 0

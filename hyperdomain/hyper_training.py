@@ -38,7 +38,7 @@ import torch
 
 from .adaptation import sample_training_latents
 from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
-from .distributed import DistInfo, any_rank, mean_over_ranks
+from .distributed import DistInfo, any_rank, broadcast_buffers, mean_over_ranks
 from .domain import generator_meta
 from .domain_list import read_domain_list
 from .errors import HyperdomainError
@@ -370,8 +370,7 @@ class _HyperRun:
 
         c, dist = self.config, self.dist
         self._guarded_write(self._prepare_dir)
-        if any_rank(dist, [self._write_error is not None])[0]:
-            raise HyperdomainError(self._write_error or "rank 0 could not prepare the run folder; see its error")
+        self._raise_if_a_write_failed(any_rank(dist, [self._write_error is not None])[0])
         bar = tqdm(total=c.iters, initial=self.step, desc="train-hyper", unit="step",
                    disable=(not progress or not dist.is_main) or None, dynamic_ncols=True)
         self._phase = "idle"  # "forward" (state still the step's start) or "update" (may be torn)
@@ -379,9 +378,7 @@ class _HyperRun:
             with deferred_interrupt() as interrupted:
                 while self.step < c.iters:
                     stop, failed = any_rank(dist, [interrupted.is_set(), self._write_error is not None])
-                    if failed:
-                        raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; "
-                                               "see its error")
+                    self._raise_if_a_write_failed(failed)
                     if stop:
                         raise KeyboardInterrupt
                     values = self._one_step()
@@ -407,8 +404,6 @@ class _HyperRun:
             raise
         finally:
             bar.close()
-        from .distributed import broadcast_buffers
-
         broadcast_buffers(dist, self.net)  # every rank returns the same network
         self.net.meta = self.network_meta()
         self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
@@ -416,8 +411,7 @@ class _HyperRun:
             self._guarded_write(self.save_checkpoint)
             self._guarded_write(self.net.save, self.out_dir / HYPERNET_FILE)
             self._guarded_write(self.save_samples, "samples.png")
-        if any_rank(dist, [self._write_error is not None])[0]:  # failures of the last step's or final writes
-            raise HyperdomainError(self._write_error or "rank 0 could not write the run's files; see its error")
+        self._raise_if_a_write_failed(any_rank(dist, [self._write_error is not None])[0])  # last step's, final writes
         return self.net.eval()
 
     def _append_log(self, values: Mapping[str, float]) -> None:
@@ -425,6 +419,11 @@ class _HyperRun:
             from .train_state import append_log
 
             append_log(self.out_dir, self.step, values)
+
+    def _raise_if_a_write_failed(self, failed: bool) -> None:
+        """Every rank raises together once the ranks agree (``failed``) that rank 0 could not write."""
+        if failed:
+            raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; see its error")
 
     def _guarded_write(self, fn, *args) -> None:
         """Run a rank-0 write; a failure is kept and stops every rank together at the next step.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .errors import HyperdomainError
-from .fileio import write_safetensors
+from .fileio import read_safetensors, write_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -106,27 +106,16 @@ class Domain:
     @classmethod
     def load(cls, path: str | os.PathLike, generator: "Generator | None" = None, check: bool = True) -> "Domain":
         """Read a domain file; with ``generator``, check it fits (dims, and fingerprint if ``check``)."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise HyperdomainError(f"{path}: no such domain file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                keys = list(f.keys())
-                if keys != ["domain"]:
-                    found = keys[:4] + ([f"... {len(keys) - 4} more"] if len(keys) > 4 else [])
-                    kind = (header.get("format") or "").replace("hyperdomain.", "")
-                    raise HyperdomainError(
-                        f"{path}: not a domain file (expected one tensor 'domain', found {found})"
-                        + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
-                    )
-                vector = f.get_tensor("domain")
-        except HyperdomainError:
-            raise
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise HyperdomainError(f"{path}: not a readable safetensors domain file ({e})") from None
+        header, keys = read_safetensors(path, "domain file", load=False)  # names first: no big reads by mistake
+        if keys != ["domain"]:
+            found = keys[:4] + ([f"... {len(keys) - 4} more"] if len(keys) > 4 else [])
+            kind = (header.get("format") or "").replace("hyperdomain.", "")
+            raise HyperdomainError(
+                f"{path}: not a domain file (expected one tensor 'domain', found {found})"
+                + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
+            )
+        vector = read_safetensors(path, "domain file")[1]["domain"]
         if header.get("format") != "hyperdomain.domain":
             raise HyperdomainError(f"{path}: not a hyperdomain domain file (metadata 'format' missing)")
         version = int(header.get("format_version", "0"))

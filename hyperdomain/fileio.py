@@ -58,3 +58,23 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mappi
         except Exception as e:  # noqa: BLE001 - safetensors' error types
             raise HyperdomainError(f"{path}: cannot write ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     return path
+
+
+def read_safetensors(path: str | os.PathLike, what: str, load: bool = True) -> tuple[dict, dict | list]:
+    """A safetensors file's metadata and its tensors (``load``) or just their names, with one-line errors.
+
+    ``what`` names the file in errors ("domain file", "checkpoint"): ``{path}: no such {what}`` and
+    ``{path}: not a readable safetensors {what} (...)`` for a corrupt one.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise HyperdomainError(f"{path}: no such {what}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            return header, ({k: f.get_tensor(k) for k in f.keys()} if load else list(f.keys()))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types for corrupt files
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise HyperdomainError(f"{path}: not a readable safetensors {what} ({detail})") from None

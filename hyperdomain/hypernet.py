@@ -37,7 +37,7 @@ from torch import nn
 
 from .domain import Domain
 from .errors import HyperdomainError
-from .fileio import write_safetensors
+from .fileio import read_safetensors, write_safetensors
 from .paper_import import _generator_name, _int_or_none, _jsonable, paper_conv_dims
 from .safe_pickle import load_torch_file_omegaconf
 
@@ -281,18 +281,8 @@ class HyperDomainNet(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HyperDomainNet":
         """Rebuild a saved hypernetwork from its config and load its weights strictly (eval mode, CPU)."""
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise HyperdomainError(f"{path}: no such hypernetwork file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HyperdomainError(f"{path}: not a readable safetensors hypernetwork file ({detail[:200]})") from None
+        header, tensors = read_safetensors(path, "hypernetwork file")
         if header.get("format") != FORMAT:
             found = header.get("format", "none")
             raise HyperdomainError(f"{path}: not a hyperdomain hypernetwork file (metadata format {found!r})")

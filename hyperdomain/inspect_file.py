@@ -73,13 +73,9 @@ def _describe_paper(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _safetensors_format(path: Path) -> str | None:
-    from safetensors import safe_open
+    from .fileio import read_safetensors
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format")
-    except Exception as e:  # safetensors' own error types
-        raise HyperdomainError(f"{path}: not a readable safetensors file ({e})") from None
+    return read_safetensors(path, "file", load=False)[0].get("format")
 
 
 def _describe_hypernet(path: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from .errors import HyperdomainError
-from .fileio import atomic_path, write_safetensors
+from .fileio import atomic_path, read_safetensors, write_safetensors
 
 __all__ = ["run_config_to_dict", "run_config_from_dict", "check_run_config", "save_checkpoint", "restore_optimizer",
            "load_checkpoint", "read_checkpoint_meta", "deferred_interrupt",
@@ -97,17 +97,8 @@ def save_checkpoint(path: str | os.PathLike, kind: str, tensors: Mapping[str, to
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint` for trainer ``kind``."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise HyperdomainError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own error types for corrupt files
-        raise HyperdomainError(f"{path}: not a readable checkpoint ({e})") from None
+    header, tensors = read_safetensors(path, "checkpoint")
     expected = f"hyperdomain.{kind}-checkpoint"
     if header.get("format") != expected:
         raise HyperdomainError(f"{path}: not the checkpoint this resumes (it is {header.get('format')!r}, "
@@ -123,14 +114,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch
 
 def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """The metadata of a checkpoint, without reading its tensors (for ``hyperdomain info``)."""
-    from safetensors import safe_open
-
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # safetensors' own error types
-        raise HyperdomainError(f"{path}: not a readable checkpoint ({e})") from None
+    header, _ = read_safetensors(path, "checkpoint", load=False)
     if header.get("format") != f"hyperdomain.{kind}-checkpoint":
         raise HyperdomainError(f"{path}: not a {kind}-run checkpoint (format {header.get('format')!r})")
     try:

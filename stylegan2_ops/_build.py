@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "bias_act.cu", "upfirdn2d.cu", "modulation.cu")
 HEADERS = ("ops.h", "common.cuh")
+EMULATION_FILES = ("host_emulation.cpp", "host_emulation.h")  # the CPU test build only
 FUNCTIONS = ("bias_act_fwd", "bias_act_grad", "upfirdn2d", "modulate", "rowdot",
              "demod_wsq", "demod_fwd", "demod_grad_styles", "demod_grad_weight")
 STRICT_ENV = "HYPERDOMAIN_OPS_STRICT"
@@ -114,12 +115,12 @@ def _toolkit_args(cuda_home: Path | None) -> tuple[list[str], list[str]]:
     return includes, ldflags
 
 
-def build_hash(arch_list: Sequence[str], extra_flags: Sequence[str] = ()) -> str:
+def build_hash(arch_list: Sequence[str], extra_files: Sequence[str] = ()) -> str:
     h = hashlib.sha256()
-    for name in sorted(SOURCES + HEADERS):
+    for name in sorted(SOURCES + HEADERS + tuple(extra_files)):
         h.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
     for part in (torch.__version__, str(torch.version.cuda), sys.implementation.cache_tag,
-                 sys.platform, ",".join(arch_list), " ".join(_CFLAGS + _CUDA_CFLAGS), " ".join(extra_flags)):
+                 sys.platform, ",".join(arch_list), " ".join(_CFLAGS + _CUDA_CFLAGS)):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
 
@@ -157,19 +158,74 @@ def build_extension(arch_list: Sequence[str] | None = None, build_dir: str | os.
     digest = build_hash(arch_list)
     name = f"hyperdomain_ops_{digest}"
     root = Path(build_dir) if build_dir is not None else default_cache_root()
-    final = root / digest
-    so_path = final / f"{name}.so"
-    info = BuildInfo(name=name, path=str(so_path), build_dir=str(final), arch_list=list(arch_list),
-                     extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode, cuda_home=str(cuda_home),
+    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), build_dir=str(root / digest),
+                     arch_list=list(arch_list), extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode, cuda_home=str(cuda_home),
                      torch=torch.__version__, torch_cuda=torch.version.cuda)
 
+    def compile_into(tmp: Path):
+        # torch compares nvcc's CUDA version with torch.version.cuda here and raises on a
+        # major mismatch; the arch flags contain "arch", so torch adds none of its own.
+        return cpp_extension.load(
+            name=name,
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=list(_CFLAGS),
+            extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode,
+            extra_include_paths=includes,
+            extra_ldflags=ldflags,
+            build_directory=str(tmp),
+            verbose=verbose,
+            with_cuda=True,
+        )
+
+    return _cached_build(root, digest, name, compile_into, info)
+
+
+def build_host_emulation(build_dir: str | os.PathLike | None = None,
+                         verbose: bool = False) -> tuple[ModuleType, BuildInfo]:
+    """Compile (or reuse) the test build: the same kernels and bindings for the CPU.
+
+    ``csrc/host_emulation.cpp`` compiles the .cu files with a C++ compiler, with
+    ``host_emulation.h`` running each launch's threads as fibers (barriers and warp shuffles
+    keep CUDA's semantics), and ops.cpp taking CPU tensors. The module has the functions of
+    the real one plus ``set_max_blocks``. Needs the CUDA headers (for the fp16/bf16 types),
+    not a GPU, nvcc or the CUDA runtime.
+    """
+    from torch.utils import cpp_extension
+
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("the host emulation needs the CUDA toolkit's headers (cuda_fp16.h); none found")
+    digest = build_hash(("host-emulation",), EMULATION_FILES)
+    name = f"hyperdomain_ops_emu_{digest}"
+    root = Path(build_dir) if build_dir is not None else default_cache_root()
+    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), build_dir=str(root / digest),
+                     emulation=True, cuda_home=str(cuda_home), torch=torch.__version__)
+
+    def compile_into(tmp: Path):
+        return cpp_extension.load(
+            name=name,
+            sources=[str(CSRC / "host_emulation.cpp")],
+            extra_cflags=["-O2"],
+            extra_include_paths=[str(cuda_home / "include")],
+            build_directory=str(tmp),
+            verbose=verbose,
+            with_cuda=False,
+        )
+
+    return _cached_build(root, digest, name, compile_into, info)
+
+
+def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Path], ModuleType],
+                  info: BuildInfo) -> tuple[ModuleType, BuildInfo]:
+    """Import ``root/digest/name.so`` if present, else compile into a temp dir and rename it
+    into place, under a file lock so concurrent processes (torchrun ranks) build once."""
+    final = root / digest
+    so_path = final / f"{name}.so"
     if so_path.exists():
-        module = _import_so(name, so_path)
         info.update(source="cache", build_seconds=0.0)
-        return module, info
+        return _import_so(name, so_path), info
 
     root.mkdir(parents=True, exist_ok=True)
-    # one build per machine: under torchrun every rank would otherwise compile at once
     with open(root / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if so_path.exists():  # another process built it while we waited
@@ -180,19 +236,7 @@ def build_extension(arch_list: Sequence[str] | None = None, build_dir: str | os.
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
         start = time.perf_counter()
         try:
-            # torch compares nvcc's CUDA version with torch.version.cuda here and raises on a
-            # major mismatch; the arch flags contain "arch", so torch adds none of its own.
-            module = cpp_extension.load(
-                name=name,
-                sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=list(_CFLAGS),
-                extra_cuda_cflags=list(_CUDA_CFLAGS) + gencode,
-                extra_include_paths=includes,
-                extra_ldflags=ldflags,
-                build_directory=str(tmp),
-                verbose=verbose,
-                with_cuda=True,
-            )
+            module = compile_into(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

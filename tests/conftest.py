@@ -85,3 +85,41 @@ def make_tiny_clip(config_path, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_clip_config):
     return make_tiny_clip(tiny_clip_config)
+
+
+# ---- the compiled kernels: on a GPU, or their host emulation on the CPU ----------------------
+
+@pytest.fixture(scope="session")
+def emulated_ops(tmp_path_factory):
+    """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
+    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores."""
+    from stylegan2_ops import _build
+
+    if _build.find_cuda_home() is None:
+        pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")
+    module, _ = _build.build_host_emulation(build_dir=tmp_path_factory.mktemp("ops_emulation"))
+    return module
+
+
+# Emulated launches get at most this many blocks: small tests keep the launch as asked, large
+# ones (over 64 * 256 items) run the kernels' grid-stride loops, and no test waits on millions
+# of emulated threads.
+EMULATED_MAX_BLOCKS = 64
+
+
+@pytest.fixture(params=["cuda", "emulated"])
+def kernel_device(request, monkeypatch):
+    """The device for tests of the compiled kernels (``impl="cuda"``): "cuda" with the real
+    extension where a GPU is present, and "cpu" with the host-emulated extension standing in."""
+    from stylegan2_ops import _build
+
+    torch.manual_seed(0)
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        return "cuda"
+    module = request.getfixturevalue("emulated_ops")
+    module.set_max_blocks(EMULATED_MAX_BLOCKS)
+    monkeypatch.setattr(_build, "LOADER", _build.ExtensionLoader(lambda: (module, {"source": "host emulation"})))
+    monkeypatch.setattr(_build, "is_cuda", lambda t: True)
+    return "cpu"

@@ -8,7 +8,6 @@ import stylegan2_ops as ops
 from stylegan2_ops._emulation import emulated_kernels
 from stylegan2_ops.bias_act import _bias_act_ref
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def plain(x, b, dim, act, alpha, gain, clamp):
@@ -117,35 +116,39 @@ def test_gradient_at_kinks_matches_torch_conventions():
     torch.testing.assert_close(grads[1], grads[0])
 
 
-# ---- CUDA kernel vs reference (run on a GPU) -------------------------------------------------
+# ---- compiled kernels vs reference (on a GPU, or host-emulated on the CPU) ----------------
 
-@needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10), (torch.float16, 1e-2),
                                        (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("shape,dim,act,alpha,gain,clamp", SETTINGS + [((8, 512, 33, 17), 1, "lrelu", None, None, 256)])
-def test_cuda_matches_ref(shape, dim, act, alpha, gain, clamp, dtype, tol):
-    x0 = torch.randn(shape, device="cuda", dtype=torch.float64) * 2
-    b0 = torch.randn(shape[dim], device="cuda", dtype=torch.float64)
-    dy = torch.randn(shape, device="cuda", dtype=torch.float64).to(dtype)
+def test_cuda_matches_ref(shape, dim, act, alpha, gain, clamp, dtype, tol, kernel_device):
+    """The kernels in ``dtype`` against the reference in float64 on the same (rounded) inputs:
+    the kernels accumulate in float, so only the final rounding separates them."""
+    x0 = (torch.randn(shape, device=kernel_device, dtype=torch.float64) * 2).to(dtype)
+    b0 = torch.randn(shape[dim], device=kernel_device, dtype=torch.float64).to(dtype)
+    dy = torch.randn(shape, device=kernel_device, dtype=torch.float64)
+    # In low precision x == -b happens (114 times in the large fp16 case). There the slope is a
+    # convention (test_gradient_at_kinks_matches_torch_conventions), and the reference, which
+    # folds the gain in first, lands on +-rounding noise instead of 0: leave those out.
+    bshape = [-1 if i == dim % len(shape) else 1 for i in range(len(shape))]
+    dy = dy.masked_fill((x0.double() + b0.double().reshape(bshape)) == 0, 0).to(dtype)
     out = []
-    for impl in ("ref", "cuda"):
-        x, b = x0.to(dtype).requires_grad_(True), b0.to(dtype).requires_grad_(True)
+    for impl, t in (("ref", torch.float64), ("cuda", dtype)):
+        x, b = x0.to(t).requires_grad_(True), b0.to(t).requires_grad_(True)
         y = ops.bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp, impl=impl)
-        out.append((y, *torch.autograd.grad(y, (x, b), dy)))
+        out.append((y, *torch.autograd.grad(y, (x, b), dy.to(t))))
     for r, c in zip(*out):
         assert c.dtype == dtype
-        torch.testing.assert_close(c.double(), r.double(), atol=tol * max(1.0, r.abs().max().item() ** 0.5),
-                                   rtol=tol)
+        torch.testing.assert_close(c.double(), r, atol=tol * max(1.0, r.abs().max().item() ** 0.5), rtol=tol)
 
 
-@needs_cuda
-def test_cuda_second_order_matches_ref():
-    x = torch.randn(4, 8, 5, 5, device="cuda", dtype=torch.float64, requires_grad=True)
-    b = torch.randn(8, device="cuda", dtype=torch.float64, requires_grad=True)
+def test_cuda_second_order_matches_ref(kernel_device):
+    x = torch.randn(4, 8, 5, 5, device=kernel_device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, device=kernel_device, dtype=torch.float64, requires_grad=True)
     outs = []
     for impl in ("ref", "cuda"):
         y = ops.bias_act(x, b, act="lrelu", clamp=1.5, impl=impl)
-        gx, gb = torch.autograd.grad((y * y.detach()).sum(), (x, b), create_graph=True)
+        gx, gb = torch.autograd.grad(y.square().sum(), (x, b), create_graph=True)  # gx depends on x via dy
         outs.append(torch.autograd.grad(gx.square().sum() + gb.square().sum(), (x, b)))
     for r, c in zip(*outs):
         torch.testing.assert_close(c, r)

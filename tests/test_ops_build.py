@@ -156,3 +156,24 @@ def test_bound_signatures_match_python_callers(built):
 def test_find_cuda_home(built):
     home = _build.find_cuda_home()
     assert home is not None and (home / "include" / "cuda_runtime.h").exists()
+
+
+# ---- the host-emulated test build (runs the kernels on the CPU) -----------------------------
+
+def test_host_emulation_covers_everything_with_one_block(emulated_ops):
+    """With every launch cut to one block, the grid-stride loops alone must cover all items
+    (rowdot: rows, demod: (b, o) warps), and still match the plain definitions."""
+    x, s = torch.randn(3, 700, 5, 2), torch.randn(3, 700) + 1
+    w = torch.randn(9, 700, 3, 3)
+    try:
+        for cap in (0, 1):
+            emulated_ops.set_max_blocks(cap)
+            torch.testing.assert_close(emulated_ops.bias_act_fwd(x, None, 1, 1, 0.2, 2.0, -1.0),
+                                       torch.nn.functional.leaky_relu(x, 0.2) * 2.0)
+            torch.testing.assert_close(emulated_ops.rowdot(x, x), x.square().sum(dim=(2, 3)))
+            q = emulated_ops.demod_fwd(emulated_ops.demod_wsq(w), s, 1e-8)
+            torch.testing.assert_close(q, ((w[None] * s[:, None, :, None, None]).square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt())
+        with pytest.raises(RuntimeError, match="max_blocks must be >= 0"):
+            emulated_ops.set_max_blocks(-1)
+    finally:
+        emulated_ops.set_max_blocks(0)

@@ -8,7 +8,6 @@ import stylegan2_ops as ops
 from stylegan2_ops._emulation import emulated_kernels
 from stylegan2_ops.upfirdn2d import _upfirdn2d_ref
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def naive(x, f, up, down, pad, flip_filter=False, gain=1.0):
@@ -222,7 +221,7 @@ def test_kernel_index_math_port(up, down, pad, fshape):
     torch.testing.assert_close(c_port_upfirdn2d(x, f, _pairs(up), _pairs(down), pad, 0.5), want)
 
 
-# ---- CUDA kernel vs reference (run on a GPU) -------------------------------------------------
+# ---- compiled kernels vs reference (on a GPU, or host-emulated on the CPU) ----------------
 
 PARITY = list(itertools.product(
     [(1, 1, [0, 0, 0, 0]), (2, 1, [2, 1, 2, 1]), (1, 2, [1, 1, 1, 1]), (4, 1, [3, 2, 1, 4]),
@@ -231,33 +230,32 @@ PARITY = list(itertools.product(
 ))
 
 
-@needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10), (torch.float16, 2e-2),
                                        (torch.bfloat16, 1e-1)])
 @pytest.mark.parametrize("case,fshape", PARITY)
-def test_cuda_matches_ref(case, fshape, dtype, tol):
+def test_cuda_matches_ref(case, fshape, dtype, tol, kernel_device):
+    """The kernel in ``dtype`` against the reference in float64 on the same (rounded) inputs."""
     up, down, pad = case
-    x = torch.randn(3, 5, 17, 13, device="cuda", dtype=torch.float64)
-    f = torch.randn(fshape, device="cuda")
-    dy_shape = None
+    x = torch.randn(3, 5, 17, 13, device=kernel_device, dtype=torch.float64).to(dtype)
+    f = torch.randn(fshape, device=kernel_device)
+    dy = None
     results = []
-    for impl in ("ref", "cuda"):
-        xi = x.to(dtype).requires_grad_(True)
+    for impl, t in (("ref", torch.float64), ("cuda", dtype)):
+        xi = x.to(t).requires_grad_(True)
         y = ops.upfirdn2d(xi, f, up=up, down=down, padding=pad, gain=1.3, impl=impl)
-        if dy_shape is None:
-            dy_shape = y.shape
-            dy = torch.randn(dy_shape, device="cuda").to(dtype)
-        (dx,) = torch.autograd.grad(y, xi, dy)
+        assert y.dtype == t
+        if dy is None:
+            dy = torch.randn(y.shape, device=kernel_device, dtype=torch.float64).to(dtype)
+        (dx,) = torch.autograd.grad(y, xi, dy.to(t))
         results.append((y.double(), dx.double()))
     (y_ref, dx_ref), (y_cuda, dx_cuda) = results
     torch.testing.assert_close(y_cuda, y_ref, atol=tol, rtol=tol)
     torch.testing.assert_close(dx_cuda, dx_ref, atol=tol, rtol=tol)
 
 
-@needs_cuda
-def test_cuda_second_order_matches_ref():
-    x = torch.randn(2, 3, 8, 8, device="cuda", dtype=torch.float64, requires_grad=True)
-    f = ops.setup_filter([1, 3, 3, 1], device="cuda")
+def test_cuda_second_order_matches_ref(kernel_device):
+    x = torch.randn(2, 3, 8, 8, device=kernel_device, dtype=torch.float64, requires_grad=True)
+    f = ops.setup_filter([1, 3, 3, 1], device=kernel_device)
     outs = []
     for impl in ("ref", "cuda"):
         y = ops.upfirdn2d(x, f, up=2, padding=[2, 1, 2, 1], gain=4, impl=impl)

@@ -46,7 +46,7 @@ cudaError_t launch_bias_act_fwd(const BiasActParams& p, DType t, cudaStream_t s)
   if (p.numel == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    bias_act_fwd_kernel<T><<<grid_for(p.numel), kThreads, 0, s>>>(p);
+    HD_LAUNCH(bias_act_fwd_kernel<T>, grid_for(p.numel), kThreads, 0, s, p);
   });
 }
 
@@ -54,7 +54,7 @@ cudaError_t launch_bias_act_grad(const BiasActParams& p, DType t, cudaStream_t s
   if (p.numel == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    bias_act_grad_kernel<T><<<grid_for(p.numel), kThreads, 0, s>>>(p);
+    HD_LAUNCH(bias_act_grad_kernel<T>, grid_for(p.numel), kThreads, 0, s, p);
   });
 }
 

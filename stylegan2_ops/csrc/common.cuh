@@ -2,9 +2,16 @@
 // accumulator, a grid-stride launch shape, and a dtype switch.
 #pragma once
 
+#ifdef HDOPS_HOST_EMULATION
+#include "host_emulation.h"  // tests without a GPU: the kernels run on the CPU
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+// A launch as nvcc spells it; host_emulation.h gives the CPU version.
+#define HD_LAUNCH(kernel, grid, block, shared, stream, ...) kernel<<<(grid), (block), (shared), (stream)>>>(__VA_ARGS__)
+#define HD_LAST_ERROR() cudaGetLastError()
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -55,7 +62,7 @@ cudaError_t dispatch(DType t, Fn&& fn) {
     case DType::BF16: fn(__nv_bfloat16{}); break;
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+  return HD_LAST_ERROR();
 }
 
 }  // namespace hdops

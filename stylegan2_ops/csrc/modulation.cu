@@ -114,7 +114,7 @@ cudaError_t launch_modulate(const ModulateParams& p, DType t, cudaStream_t s) {
   const int64_t total = p.rows * p.hw;
   if (total == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
-    modulate_kernel<decltype(tag)><<<grid_for(total), kThreads, 0, s>>>(p);
+    HD_LAUNCH(modulate_kernel<decltype(tag)>, grid_for(total), kThreads, 0, s, p);
   });
 }
 
@@ -122,35 +122,35 @@ cudaError_t launch_rowdot(const RowDotParams& p, DType t, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;  // hw == 0 still writes zeros
   const unsigned int blocks = static_cast<unsigned int>(std::min<int64_t>(p.rows, 65535LL * 16));
   return dispatch(t, [&](auto tag) {
-    rowdot_kernel<decltype(tag)><<<blocks, kThreads, 0, s>>>(p);
+    HD_LAUNCH(rowdot_kernel<decltype(tag)>, blocks, kThreads, 0, s, p);
   });
 }
 
 cudaError_t launch_demod_wsq(const DemodParams& p, DType t, cudaStream_t s) {
   if (p.O * p.I == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
-    demod_wsq_kernel<decltype(tag)><<<grid_for(p.O * p.I), kThreads, 0, s>>>(p);
+    HD_LAUNCH(demod_wsq_kernel<decltype(tag)>, grid_for(p.O * p.I), kThreads, 0, s, p);
   });
 }
 
 cudaError_t launch_demod_fwd(const DemodParams& p, DType t, cudaStream_t s) {
   if (p.B * p.O == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
-    demod_fwd_kernel<decltype(tag)><<<grid_for(p.B * p.O * 32), kThreads, 0, s>>>(p);
+    HD_LAUNCH(demod_fwd_kernel<decltype(tag)>, grid_for(p.B * p.O * 32), kThreads, 0, s, p);
   });
 }
 
 cudaError_t launch_demod_grad_styles(const DemodParams& p, DType t, cudaStream_t s) {
   if (p.B * p.I == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
-    demod_grad_styles_kernel<decltype(tag)><<<grid_for(p.B * p.I), kThreads, 0, s>>>(p);
+    HD_LAUNCH(demod_grad_styles_kernel<decltype(tag)>, grid_for(p.B * p.I), kThreads, 0, s, p);
   });
 }
 
 cudaError_t launch_demod_grad_weight(const DemodParams& p, DType t, cudaStream_t s) {
   if (p.O * p.I == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
-    demod_grad_weight_kernel<decltype(tag)><<<grid_for(p.O * p.I), kThreads, 0, s>>>(p);
+    HD_LAUNCH(demod_grad_weight_kernel<decltype(tag)>, grid_for(p.O * p.I), kThreads, 0, s, p);
   });
 }
 

@@ -2,13 +2,43 @@
 // the current stream. The math lives in the .cu files (see ops.h for each kernel's contract).
 #include <torch/extension.h>
 
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <optional>
 
 #include "ops.h"
+
+#ifdef HDOPS_HOST_EMULATION
+// The test build (host_emulation.cpp): CPU tensors stand for device tensors and the kernels run
+// on the host, so everything below except the stream and the device guard is exercised.
+namespace {
+bool on_device(const torch::Tensor& t) { return t.is_cpu(); }
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+// The largest grid a launch gets (0: as asked), so tests can run the grid-stride loops' later turns.
+void set_max_blocks(int64_t n) {
+  TORCH_CHECK(n >= 0, "stylegan2_ops: max_blocks must be >= 0, got ", n);
+  ::hdemu::max_blocks() = static_cast<unsigned>(n);
+}
+}  // namespace
+#define HD_CHECK_LAUNCH(call)                                                                      \
+  do {                                                                                             \
+    const cudaError_t e_ = (call);                                                                 \
+    TORCH_CHECK(e_ == cudaSuccess, "stylegan2_ops: kernel failed (host emulation): ", ::hdemu::last_message()); \
+  } while (0)
+#define HD_DEVICE "CPU (host emulation)"
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+namespace {
+bool on_device(const torch::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+}  // namespace
+#define HD_CHECK_LAUNCH(call) C10_CUDA_CHECK(call)
+#define HD_DEVICE "CUDA"
+#endif
 
 namespace {
 
@@ -28,7 +58,7 @@ hdops::DType dtype_code(const Tensor& t) {
 at::ScalarType acc_dtype(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_input(const Tensor& t, const Tensor& like, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "stylegan2_ops: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(on_device(t), "stylegan2_ops: ", name, " must be a " HD_DEVICE " tensor");
   TORCH_CHECK(t.device() == like.device(), "stylegan2_ops: ", name, " is on ", t.device(), ", expected ", like.device());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "stylegan2_ops: ", name, " has dtype ", t.scalar_type(),
               ", expected ", like.scalar_type());
@@ -39,8 +69,6 @@ void check_acc(const Tensor& t, const Tensor& like, const char* name) {
   TORCH_CHECK(t.scalar_type() == acc_dtype(like), "stylegan2_ops: ", name, " has dtype ", t.scalar_type(),
               ", expected ", acc_dtype(like));
 }
-
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 hdops::BiasActParams bias_act_params(const Tensor& x, const std::optional<Tensor>& b, int64_t inner, int64_t act,
                                      double alpha, double gain, double clamp) {
@@ -67,24 +95,24 @@ hdops::BiasActParams bias_act_params(const Tensor& x, const std::optional<Tensor
 
 Tensor bias_act_fwd(Tensor x, std::optional<Tensor> b, int64_t inner, int64_t act, double alpha, double gain,
                     double clamp) {
-  TORCH_CHECK(x.is_cuda(), "stylegan2_ops: x must be a CUDA tensor");
-  c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(on_device(x), "stylegan2_ops: x must be a " HD_DEVICE " tensor");
+  DeviceGuard guard(x.device());
   x = x.contiguous();
   if (b.has_value()) b = b->contiguous();
   Tensor y = at::empty(x.sizes(), x.options());
   if (x.numel() == 0) return y;
   hdops::BiasActParams p = bias_act_params(x, b, inner, act, alpha, gain, clamp);
   p.out = y.data_ptr();
-  C10_CUDA_CHECK(hdops::launch_bias_act_fwd(p, dtype_code(x), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_bias_act_fwd(p, dtype_code(x), current_stream()));
   return y;
 }
 
 Tensor bias_act_grad(Tensor dy, Tensor x, std::optional<Tensor> b, int64_t inner, int64_t act, double alpha,
                      double gain, double clamp) {
-  TORCH_CHECK(x.is_cuda(), "stylegan2_ops: x must be a CUDA tensor");
+  TORCH_CHECK(on_device(x), "stylegan2_ops: x must be a " HD_DEVICE " tensor");
   check_input(dy, x, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes(), "stylegan2_ops: dy has shape ", dy.sizes(), ", expected ", x.sizes());
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   x = x.contiguous();
   dy = dy.contiguous();
   if (b.has_value()) b = b->contiguous();
@@ -93,16 +121,16 @@ Tensor bias_act_grad(Tensor dy, Tensor x, std::optional<Tensor> b, int64_t inner
   hdops::BiasActParams p = bias_act_params(x, b, inner, act, alpha, gain, clamp);
   p.dy = dy.data_ptr();
   p.out = dx.data_ptr();
-  C10_CUDA_CHECK(hdops::launch_bias_act_grad(p, dtype_code(x), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_bias_act_grad(p, dtype_code(x), current_stream()));
   return dx;
 }
 
 Tensor upfirdn2d(Tensor x, Tensor w, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y, int64_t pad_x0,
                  int64_t pad_x1, int64_t pad_y0, int64_t pad_y1, double gain) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 4, "stylegan2_ops: x must be a 4-D CUDA tensor, got ", x.sizes());
+  TORCH_CHECK(on_device(x) && x.dim() == 4, "stylegan2_ops: x must be a 4-D " HD_DEVICE " tensor, got ", x.sizes());
   TORCH_CHECK(w.dim() == 2 && w.size(0) >= 1 && w.size(1) >= 1, "stylegan2_ops: w must be 2-D, got ", w.sizes());
   TORCH_CHECK(up_x >= 1 && up_y >= 1 && down_x >= 1 && down_y >= 1, "stylegan2_ops: up/down must be >= 1");
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   x = x.contiguous();
   w = w.to(x.device(), acc_dtype(x)).contiguous();
   const int64_t in_h = x.size(2), in_w = x.size(3), fh = w.size(0), fw = w.size(1);
@@ -129,16 +157,16 @@ Tensor upfirdn2d(Tensor x, Tensor w, int64_t up_x, int64_t up_y, int64_t down_x,
   p.x = x.data_ptr();
   p.w = w.data_ptr();
   p.y = y.data_ptr();
-  C10_CUDA_CHECK(hdops::launch_upfirdn2d(p, dtype_code(x), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_upfirdn2d(p, dtype_code(x), current_stream()));
   return y;
 }
 
 Tensor modulate(Tensor x, Tensor s, std::optional<Tensor> d) {
-  TORCH_CHECK(x.is_cuda() && x.dim() >= 2, "stylegan2_ops: x must be a CUDA tensor [B, I, ...], got ", x.sizes());
+  TORCH_CHECK(on_device(x) && x.dim() >= 2, "stylegan2_ops: x must be a " HD_DEVICE " tensor [B, I, ...], got ", x.sizes());
   check_input(s, x, "styles");
   TORCH_CHECK(s.dim() == 2 && s.size(0) == x.size(0) && s.size(1) == x.size(1), "stylegan2_ops: styles has shape ",
               s.sizes(), ", expected [", x.size(0), ", ", x.size(1), "]");
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   x = x.contiguous();
   s = s.contiguous();
   hdops::ModulateParams p;
@@ -154,15 +182,15 @@ Tensor modulate(Tensor x, Tensor s, std::optional<Tensor> d) {
   p.y = y.data_ptr();
   p.rows = s.numel();
   p.hw = p.rows == 0 ? 0 : x.numel() / p.rows;
-  C10_CUDA_CHECK(hdops::launch_modulate(p, dtype_code(x), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_modulate(p, dtype_code(x), current_stream()));
   return y;
 }
 
 Tensor rowdot(Tensor a, Tensor c) {
-  TORCH_CHECK(a.is_cuda() && a.dim() >= 2, "stylegan2_ops: a must be a CUDA tensor [B, I, ...], got ", a.sizes());
+  TORCH_CHECK(on_device(a) && a.dim() >= 2, "stylegan2_ops: a must be a " HD_DEVICE " tensor [B, I, ...], got ", a.sizes());
   check_input(c, a, "c");
   TORCH_CHECK(c.sizes() == a.sizes(), "stylegan2_ops: c has shape ", c.sizes(), ", expected ", a.sizes());
-  c10::cuda::CUDAGuard guard(a.device());
+  DeviceGuard guard(a.device());
   a = a.contiguous();
   c = c.contiguous();
   Tensor out = at::empty({a.size(0), a.size(1)}, a.options());
@@ -172,13 +200,13 @@ Tensor rowdot(Tensor a, Tensor c) {
   p.out = out.data_ptr();
   p.rows = out.numel();
   p.hw = p.rows == 0 ? 0 : a.numel() / p.rows;
-  C10_CUDA_CHECK(hdops::launch_rowdot(p, dtype_code(a), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_rowdot(p, dtype_code(a), current_stream()));
   return out;
 }
 
 Tensor demod_wsq(Tensor w) {
-  TORCH_CHECK(w.is_cuda() && w.dim() == 4, "stylegan2_ops: weight must be a 4-D CUDA tensor, got ", w.sizes());
-  c10::cuda::CUDAGuard guard(w.device());
+  TORCH_CHECK(on_device(w) && w.dim() == 4, "stylegan2_ops: weight must be a 4-D " HD_DEVICE " tensor, got ", w.sizes());
+  DeviceGuard guard(w.device());
   w = w.contiguous();
   Tensor wsq = at::empty({w.size(0), w.size(1)}, w.options().dtype(acc_dtype(w)));
   hdops::DemodParams p;
@@ -187,16 +215,16 @@ Tensor demod_wsq(Tensor w) {
   p.O = w.size(0);
   p.I = w.size(1);
   p.K = w.size(2) * w.size(3);
-  C10_CUDA_CHECK(hdops::launch_demod_wsq(p, dtype_code(w), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_demod_wsq(p, dtype_code(w), current_stream()));
   return wsq;
 }
 
 Tensor demod_fwd(Tensor wsq, Tensor s, double eps) {
-  TORCH_CHECK(s.is_cuda() && s.dim() == 2, "stylegan2_ops: styles must be a 2-D CUDA tensor, got ", s.sizes());
+  TORCH_CHECK(on_device(s) && s.dim() == 2, "stylegan2_ops: styles must be a 2-D " HD_DEVICE " tensor, got ", s.sizes());
   check_acc(wsq, s, "wsq");
   TORCH_CHECK(wsq.dim() == 2 && wsq.size(1) == s.size(1), "stylegan2_ops: wsq has shape ", wsq.sizes(),
               ", expected [O, ", s.size(1), "]");
-  c10::cuda::CUDAGuard guard(s.device());
+  DeviceGuard guard(s.device());
   s = s.contiguous();
   wsq = wsq.contiguous();
   Tensor out = at::empty({s.size(0), wsq.size(0)}, s.options());
@@ -208,18 +236,18 @@ Tensor demod_fwd(Tensor wsq, Tensor s, double eps) {
   p.O = wsq.size(0);
   p.I = s.size(1);
   p.eps = eps;
-  C10_CUDA_CHECK(hdops::launch_demod_fwd(p, dtype_code(s), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_demod_fwd(p, dtype_code(s), current_stream()));
   return out;
 }
 
 Tensor demod_grad_styles(Tensor dq, Tensor wsq, Tensor s) {
-  TORCH_CHECK(s.is_cuda() && s.dim() == 2, "stylegan2_ops: styles must be a 2-D CUDA tensor, got ", s.sizes());
+  TORCH_CHECK(on_device(s) && s.dim() == 2, "stylegan2_ops: styles must be a 2-D " HD_DEVICE " tensor, got ", s.sizes());
   check_acc(wsq, s, "wsq");
   check_acc(dq, s, "dq");
   TORCH_CHECK(wsq.dim() == 2 && wsq.size(1) == s.size(1), "stylegan2_ops: wsq has shape ", wsq.sizes());
   TORCH_CHECK(dq.dim() == 2 && dq.size(0) == s.size(0) && dq.size(1) == wsq.size(0),
               "stylegan2_ops: dq has shape ", dq.sizes(), ", expected [", s.size(0), ", ", wsq.size(0), "]");
-  c10::cuda::CUDAGuard guard(s.device());
+  DeviceGuard guard(s.device());
   s = s.contiguous();
   wsq = wsq.contiguous();
   dq = dq.contiguous();
@@ -232,19 +260,19 @@ Tensor demod_grad_styles(Tensor dq, Tensor wsq, Tensor s) {
   p.B = s.size(0);
   p.O = wsq.size(0);
   p.I = s.size(1);
-  C10_CUDA_CHECK(hdops::launch_demod_grad_styles(p, dtype_code(s), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_demod_grad_styles(p, dtype_code(s), current_stream()));
   return ds;
 }
 
 Tensor demod_grad_weight(Tensor dq, Tensor s, Tensor w) {
-  TORCH_CHECK(w.is_cuda() && w.dim() == 4, "stylegan2_ops: weight must be a 4-D CUDA tensor, got ", w.sizes());
+  TORCH_CHECK(on_device(w) && w.dim() == 4, "stylegan2_ops: weight must be a 4-D " HD_DEVICE " tensor, got ", w.sizes());
   check_input(s, w, "styles");
   check_acc(dq, w, "dq");
   TORCH_CHECK(s.dim() == 2 && s.size(1) == w.size(1), "stylegan2_ops: styles has shape ", s.sizes(),
               ", expected [B, ", w.size(1), "]");
   TORCH_CHECK(dq.dim() == 2 && dq.size(0) == s.size(0) && dq.size(1) == w.size(0),
               "stylegan2_ops: dq has shape ", dq.sizes(), ", expected [", s.size(0), ", ", w.size(0), "]");
-  c10::cuda::CUDAGuard guard(w.device());
+  DeviceGuard guard(w.device());
   w = w.contiguous();
   s = s.contiguous();
   dq = dq.contiguous();
@@ -258,7 +286,7 @@ Tensor demod_grad_weight(Tensor dq, Tensor s, Tensor w) {
   p.O = w.size(0);
   p.I = w.size(1);
   p.K = w.size(2) * w.size(3);
-  C10_CUDA_CHECK(hdops::launch_demod_grad_weight(p, dtype_code(w), current_stream()));
+  HD_CHECK_LAUNCH(hdops::launch_demod_grad_weight(p, dtype_code(w), current_stream()));
   return dw;
 }
 
@@ -275,4 +303,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("demod_fwd", &demod_fwd, "rsqrt(s^2 @ wsq^T + eps) -> [B, O]");
   m.def("demod_grad_styles", &demod_grad_styles, "2 s (dq @ wsq)");
   m.def("demod_grad_weight", &demod_grad_weight, "2 w (dq^T @ s^2)");
+#ifdef HDOPS_HOST_EMULATION
+  m.def("set_max_blocks", &set_max_blocks, "host emulation only: cap every launch's grid (0: no cap)");
+#endif
 }

@@ -57,7 +57,7 @@ cudaError_t launch_upfirdn2d(const Upfirdn2dParams& p, DType t, cudaStream_t s) 
   if (total == 0) return cudaSuccess;
   return dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    upfirdn2d_kernel<T><<<grid_for(total), kThreads, 0, s>>>(p);
+    HD_LAUNCH(upfirdn2d_kernel<T>, grid_for(total), kThreads, 0, s, p);
   });
 }
 

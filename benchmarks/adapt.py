@@ -18,12 +18,16 @@ subprocess; peak memory is the peak RSS growth of that process over the step (CP
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# As the CLI does (cli/__init__.py): CPU tensors on transparent huge pages, for both paths alike.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

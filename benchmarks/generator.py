@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+# As the CLI does (cli/__init__.py): CPU tensors on transparent huge pages, for both paths alike.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -96,7 +99,10 @@ def measure_one(size: int, path: str, batch: int, repeats: int, device_name: str
             src = G.synthesis(w)
         (G.synthesis(w, domain=d) - src).square().mean().backward()
 
-    out = {"size": size, "path": path, "batch": batch, "device": device_name}
+    from stylegan2_ops import winograd
+
+    out = {"size": size, "path": path, "batch": batch, "device": device_name,
+           "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"), "winograd": winograd.enabled()}
     # peak memory first, in this fresh process: nothing before the step has touched that much memory
     base = _current_bytes(device)
     step()

@@ -15,12 +15,16 @@ growth (GPU). Times are medians over --repeats steps after one warm-up step.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# As the CLI does (cli/__init__.py): CPU tensors on transparent huge pages, for both paths alike.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

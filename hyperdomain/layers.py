@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stylegan2_ops as ops
+from stylegan2_ops import winograd
 
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 
@@ -147,7 +148,7 @@ class _ModulatedConv(torch.autograd.Function):
                 gxm = F.conv2d(ctx.blur.adjoint(gy), weight.transpose(0, 1), stride=2)
             else:  # adjoint of a stride-1 conv: the transposed, flipped kernel
                 k = weight.shape[-1]
-                gxm = F.conv2d(gy, weight.transpose(0, 1).flip([2, 3]), padding=k - 1 - ctx.padding)
+                gxm = _conv(gy, weight.transpose(0, 1).flip([2, 3]), None, k - 1 - ctx.padding)
             if need_x:
                 gx = ops.modulated_input(gxm, styles, domain)
             if need_s or need_d:
@@ -165,6 +166,8 @@ class _ModulatedConv(torch.autograd.Function):
 def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: int) -> torch.Tensor:
     if blur is not None:
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+    if padding == 1 and winograd.applies(x, weight):  # large float32 CPU convs
+        return winograd.conv3x3(x, weight)
     return F.conv2d(x, weight, padding=padding)
 
 

@@ -6,7 +6,7 @@ the adapted forward, and the input gradient in the backward (itself a 3x3 conv, 
 transposed, flipped weight). F(4x4, 3x3) turns each 6x6 input tile into 36 products per
 channel pair where the direct conv needs 144 multiply-adds for the same 4x4 outputs, and
 the 36 products are 36 batched matrix multiplies at the full GEMM rate. On the 2-core CI
-machine this is 1.4-2.3x faster than ``F.conv2d`` (oneDNN, direct) at 32-256 px and batch 4
+machine this is 1.3-2.5x faster than ``F.conv2d`` (oneDNN, direct) at 16-256 px and batch 4
 (benchmarks/README.md). GPUs already pick Winograd inside cuDNN, so this is CPU only.
 
 Numerics: the interpolation points (0, 1, -1, 1/2, -2, inf) give about 1.5e-6 relative L2
@@ -30,10 +30,10 @@ R = 3  # filter size
 ALPHA = M + R - 1  # input tile side
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2))  # and infinity
 
-# Below this many output pixels per image batch (N * H * W) the per-call weight transform
-# (36 x 9 multiply-adds per weight pair) costs more than the conv saves: at batch 4 that is
-# 32 x 32, measured (16 x 16 breaks even; 8 x 8 loses).
-MIN_PIXELS = 4096
+# Below this many output pixels per batch (N * H * W) the per-call weight transform (36 x 9
+# multiply-adds per weight pair) costs more than the conv saves. benchmarks/winograd.py, batch 4,
+# 512 channels: 0.5x at 8 x 8, 1.26x at 16 x 16, 1.9x at 32 x 32.
+MIN_PIXELS = 1024
 DISABLE_ENV = "HYPERDOMAIN_WINOGRAD"
 
 

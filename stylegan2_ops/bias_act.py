@@ -96,7 +96,8 @@ class _BiasActCuda(torch.autograd.Function):
         dx = _BiasActGradCuda.apply(dy, x, b, ctx.spec)
         db = None
         if b is not None and ctx.needs_input_grad[1]:
-            db = dx.sum(dim=[d for d in range(dx.ndim) if d != ctx.dim])
+            dims = [d for d in range(dx.ndim) if d != ctx.dim]
+            db = dx.sum(dim=dims) if dims else dx  # sum(dim=[]) would sum over everything
         return dx, db, None, None
 
 

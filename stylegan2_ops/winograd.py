@@ -115,7 +115,10 @@ def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
     bufs = _workspace.__dict__.setdefault("bufs", {})
     b = bufs.get(name)
     if b is None or b.numel() < numel or b.dtype != dtype:
-        b = bufs[name] = torch.empty(numel, dtype=dtype)
+        # a normal tensor even when first made under torch.inference_mode(): an inference
+        # tensor could not be written to by later calls outside it
+        with torch.inference_mode(False):
+            b = bufs[name] = torch.empty(numel, dtype=dtype)
     return b[:numel]
 
 

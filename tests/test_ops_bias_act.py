@@ -142,6 +142,21 @@ def test_cuda_matches_ref(shape, dim, act, alpha, gain, clamp, dtype, tol, kerne
         torch.testing.assert_close(c.double(), r, atol=tol * max(1.0, r.abs().max().item() ** 0.5), rtol=tol)
 
 
+def test_cuda_gradient_at_kinks_matches_torch_conventions(kernel_device):
+    """The compiled kernels' conventions: slope alpha at x + b == 0, no gradient at |y| == clamp."""
+    gain = 2.0
+    x = torch.tensor([0.0, 0.5, -2.5, 1.0, -0.3, 0.75], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -0.75], dtype=torch.float64)
+    xs, bs = (t.to(kernel_device).requires_grad_(True) for t in (x, b))
+    y = ops.bias_act(xs, bs, act="lrelu", alpha=0.2, gain=gain, clamp=1.0, dim=0, impl="cuda")
+    got = torch.autograd.grad(y.sum(), (xs, bs))
+    v = x.clone().requires_grad_(True)
+    want = torch.autograd.grad((F.leaky_relu(v + b, 0.2) * gain).clamp(-1.0, 1.0).sum(), v)[0]
+    assert want[0] == 0.4 and want[5] == 0.4 and want[3] == 0
+    torch.testing.assert_close(got[0].cpu(), want)
+    torch.testing.assert_close(got[1].cpu(), want)
+
+
 def test_cuda_second_order_matches_ref(kernel_device):
     x = torch.randn(4, 8, 5, 5, device=kernel_device, dtype=torch.float64, requires_grad=True)
     b = torch.randn(8, device=kernel_device, dtype=torch.float64, requires_grad=True)

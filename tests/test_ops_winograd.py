@@ -46,6 +46,20 @@ def test_float32_error_is_close_to_the_direct_convs():
     assert ours < 5e-6 and ours < 4 * direct, (ours, direct)
 
 
+def test_inference_mode_first_does_not_break_later_calls():
+    """The scratch buffers outlive the call: made under inference_mode they must still be
+    writable outside it (and the other way round)."""
+    winograd.clear_workspace()
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(4, 4, 3, 3, generator=gen) / 6
+    with torch.inference_mode():
+        first = winograd.conv3x3(x, w)
+    for mode in (torch.no_grad(), torch.enable_grad(), torch.inference_mode()):
+        with mode:
+            torch.testing.assert_close(winograd.conv3x3(x, w), first)
+    torch.testing.assert_close(first, F.conv2d(x, w, padding=1), rtol=1e-5, atol=2e-5)
+
+
 def test_applies_only_where_it_pays_and_can(monkeypatch):
     big, w = torch.zeros(4, 8, 32, 32), torch.zeros(8, 8, 3, 3)
     assert winograd.applies(big, w) and winograd.applies(big.double(), w.double())

@@ -4,16 +4,25 @@
 // A launch runs its blocks one after another; inside a block every CUDA thread is a fiber
 // (ucontext) on the calling OS thread. A fiber runs until it finishes or reaches a barrier:
 // __syncthreads waits for every thread of the block, a warp shuffle for every lane of its warp.
-// So kernels that communicate through shared memory or shuffles run with CUDA's semantics, and
-// a barrier that some threads never reach is reported as a launch failure instead of hanging.
-// What this cannot show: timing, memory coalescing, races between blocks, and the device's own
-// floating-point intrinsics (rsqrtf here is exact to float rounding; CUDA's is within 2 ulp).
+// So kernels that communicate through shared memory or shuffles run with CUDA's semantics.
+// Reported as a launch failure instead of hanging or passing: threads that wait at barriers the
+// others never reach, shuffles with exited or missing lanes, invalid launch shapes. Fibers run
+// in ascending order in half the blocks and descending in the other (alternating by block and
+// by launch), so a missing barrier between threads that read each other's shared memory shows
+// in one order or the other.
+// What this cannot show: timing, memory coalescing, races between blocks, reads of
+// uninitialised shared memory (a block's __shared__ array is a static that keeps its values),
+// barriers skipped by exited threads (they count as arrived, as on hardware), and the device's
+// floating-point details: rsqrtf is exact here (2 ulp on the device) and nvcc contracts
+// multiply-adds into FMAs where g++ does not, so results differ in the last bits.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -40,18 +49,39 @@ struct Fiber {
   State state = State::Run;
 };
 
+// A fiber stack with an inaccessible page below it: an overflow faults at once instead of
+// silently corrupting the neighbouring stack.
+class Stack {
+ public:
+  Stack() {
+    page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    base_ = mmap(nullptr, page_ + kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base_ == MAP_FAILED) throw std::bad_alloc();
+    mprotect(base_, page_, PROT_NONE);
+  }
+  ~Stack() { munmap(base_, page_ + kStackBytes); }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  void* top_region() const { return static_cast<char*>(base_) + page_; }
+  static constexpr size_t kStackBytes = 64 * 1024;
+
+ private:
+  void* base_ = nullptr;
+  size_t page_ = 0;
+};
+
 struct Launch {
   dim3 grid, block, block_idx;
   std::function<void()> body;
   std::vector<Fiber> fibers;
-  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<std::unique_ptr<Stack>> stacks;
   std::vector<double> slots;  // one per thread: the values exchanged by shuffles
   ucontext_t scheduler;
   Fiber* current = nullptr;
+  unsigned order = 0;  // flips the fiber order: launch count + block index, mod 2
   std::string error;
 };
 
-constexpr size_t kStackBytes = 64 * 1024;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 inline Launch*& active() {
@@ -97,19 +127,19 @@ inline void wait(State s) {
 
 inline void sync_threads() { wait(State::WaitBlock); }
 
-inline int warp_of(int linear) { return linear / 32; }
-
 template <typename T>
 T shfl_xor(unsigned mask, T v, int lane_mask) {
   Launch* l = active();
-  if (mask != kFullMask) fail("emulation supports only full-warp shuffles (mask 0xffffffff)");
   const int me = l->current->linear;
-  const int other = (me & ~31) | ((me & 31) ^ (lane_mask & 31));
-  l->slots[me] = static_cast<double>(v);  // exact for float and double
-  wait(State::WaitWarp);                  // every lane has written
-  if (other >= static_cast<int>(l->fibers.size())) fail("shuffle reads a lane past the end of the block");
-  const T r = static_cast<T>(l->slots[std::min<int>(other, static_cast<int>(l->fibers.size()) - 1)]);
-  wait(State::WaitWarp);                  // every lane has read before any writes again
+  const int warp0 = me & ~31;
+  const int lanes = std::min<int>(32, static_cast<int>(l->fibers.size()) - warp0);
+  if (mask != kFullMask) fail("emulation supports only full-warp shuffles (mask 0xffffffff)");
+  if (lanes < 32) fail("a full-mask shuffle in a partial warp (the block size is not a multiple of 32)");
+  const int src = (me & 31) ^ lane_mask;  // as shfl.bfly: a source lane outside the warp reads its own value
+  l->slots[me] = static_cast<double>(v);   // exact for float and double
+  wait(State::WaitWarp);                   // every lane has written
+  const T r = (src >= 0 && src < lanes) ? static_cast<T>(l->slots[warp0 + src]) : v;
+  wait(State::WaitWarp);                   // every lane has read before any writes again
   return r;
 }
 
@@ -137,7 +167,7 @@ inline bool release(Launch& l) {
       all_warp &= l.fibers[i].state == State::WaitWarp;
       any_warp |= l.fibers[i].state == State::WaitWarp;
     }
-    if (all_warp) {
+    if (all_warp) {  // (a partial warp's shuffle has already failed)
       for (int i = w0; i < w1; ++i) l.fibers[i].state = State::Run;
       released = true;
     } else if (any_warp) {
@@ -156,14 +186,16 @@ inline void run_block(Launch& l) {
     f.tid = make_uint3(i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y));
     f.state = State::Run;
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = l.stacks[i].get();
-    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_stack.ss_sp = l.stacks[i]->top_region();
+    f.ctx.uc_stack.ss_size = Stack::kStackBytes;
     f.ctx.uc_link = &l.scheduler;
     makecontext(&f.ctx, entry, 0);
   }
+  const bool descending = (l.order + l.block_idx.x + l.block_idx.y + l.block_idx.z) % 2 == 1;
   while (l.error.empty()) {
     bool ran = false;
-    for (Fiber& f : l.fibers) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = l.fibers[descending ? n - 1 - k : k];
       if (f.state != State::Run) continue;
       l.current = &f;
       swapcontext(&l.scheduler, &f.ctx);
@@ -185,13 +217,15 @@ inline cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, std::funct
     return last_error() = cudaErrorInvalidConfiguration;
   }
   if (max_blocks() != 0) grid.x = std::min(grid.x, max_blocks());
+  static unsigned launches = 0;
   Launch l;
+  l.order = launches++;
   l.grid = grid;
   l.block = block;
   l.body = std::move(body);
   l.fibers.resize(threads);
   l.slots.assign(threads, 0.0);
-  for (uint64_t i = 0; i < threads; ++i) l.stacks.emplace_back(new char[kStackBytes]);
+  for (uint64_t i = 0; i < threads; ++i) l.stacks.emplace_back(new Stack());
   Launch* saved = active();
   active() = &l;
   for (unsigned z = 0; z < grid.z && l.error.empty(); ++z)

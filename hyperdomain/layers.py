@@ -167,7 +167,7 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: i
     if blur is not None:
         # a contiguous [I, O, k, k] copy (a few MB): oneDNN runs 15-25% faster on it than on the view
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2))
-    if padding == 1 and winograd.applies(x, weight):  # large float32 CPU convs
+    if padding == 1 and winograd.applies(x, weight):  # large CPU convs (float32/float64)
         return winograd.conv3x3(x, weight)
     return F.conv2d(x, weight, padding=padding)
 

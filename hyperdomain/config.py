@@ -61,17 +61,34 @@ class GeneratorConfig:
         return tuple(dims)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
+        return config_to_dict(self, "channels")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
-        known = {"resolution", "style_dim", "n_mlp", "channels", "lr_mlp", "conv_clamp"}
-        unknown = set(d) - known
-        if unknown:
-            raise HyperdomainError(f"unknown generator config keys {sorted(unknown)}")
-        return cls(**{**d, "channels": tuple(d["channels"])})
+        return config_from_dict(cls, d, "generator", "channels")
+
+
+def config_to_dict(config: Any, tuple_field: str) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict (its one tuple field as a list)."""
+    d = asdict(config)
+    d[tuple_field] = list(d[tuple_field])
+    return d
+
+
+def check_config_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
+    """Refuses keys that are not fields of the config dataclass ``cls``, by name."""
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise HyperdomainError(f"unknown {what} config keys {sorted(unknown)}")
+
+
+def config_from_dict(cls: type, d: Mapping[str, Any], what: str, tuple_field: str) -> Any:
+    """The inverse of ``config_to_dict``; unknown keys or a missing ``tuple_field`` are errors
+    that name the ``what`` config."""
+    check_config_keys(cls, d, what)
+    if tuple_field not in d:
+        raise HyperdomainError(f"{what} config lacks {tuple_field!r}")
+    return cls(**{**d, tuple_field: tuple(d[tuple_field])})
 
 
 def port_channels(resolution: int, channel_multiplier: int = 2) -> tuple[int, ...]:

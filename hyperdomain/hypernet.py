@@ -28,13 +28,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
+from .config import config_from_dict, config_to_dict
 from .domain import Domain
 from .errors import HyperdomainError
 from .fileio import read_safetensors, write_safetensors
@@ -82,19 +83,11 @@ class HyperConfig:
         return sum(self.domain_dims)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["domain_dims"] = list(self.domain_dims)
-        return d
+        return config_to_dict(self, "domain_dims")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HyperConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise HyperdomainError(f"unknown hypernetwork config keys {sorted(unknown)}")
-        if "domain_dims" not in d:
-            raise HyperdomainError("hypernetwork config lacks 'domain_dims'")
-        return cls(**{**d, "domain_dims": tuple(d["domain_dims"])})
+        return config_from_dict(cls, d, "hypernetwork", "domain_dims")
 
 
 # --------------------------------------------------------------------------- layers

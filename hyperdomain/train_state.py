@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from .config import check_config_keys
 from .errors import HyperdomainError
 from .fileio import atomic_path, read_safetensors, write_safetensors
 
@@ -69,13 +70,9 @@ def run_config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def run_config_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
     """Inverse of :func:`run_config_to_dict`; unknown keys are refused by name."""
-    from dataclasses import fields
-
     from .losses import LossWeights
 
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
-        raise HyperdomainError(f"{what} config: unknown keys {sorted(unknown)}")
+    check_config_keys(cls, d, what)
     return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})
 
 

@@ -98,6 +98,16 @@ def G64():
     return make_tiny_generator(seed=1).double()
 
 
+def test_generator_config_round_trip_and_validation():
+    cfg = GeneratorConfig(resolution=64, style_dim=16, n_mlp=2, channels=port_channels(64), conv_clamp=256.0)
+    assert cfg.to_dict()["channels"] == list(cfg.channels)
+    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(HyperdomainError, match="unknown generator config keys"):
+        GeneratorConfig.from_dict({**cfg.to_dict(), "depth": 3})
+    with pytest.raises(HyperdomainError, match="generator config lacks 'channels'"):
+        GeneratorConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "channels"})
+
+
 def test_config_f_domain_vector_has_6048_numbers():
     cfg = GeneratorConfig(resolution=1024, style_dim=512, n_mlp=8, channels=port_channels(1024))
     assert cfg.num_ws == 18 and cfg.num_convs == 17

@@ -51,6 +51,8 @@ def test_config_round_trip_and_validation():
     assert TINY.to_dict()["domain_dims"] == [6, 6, 5, 3] and TINY.num_domain_params == 20
     with pytest.raises(HyperdomainError, match="unknown hypernetwork config keys"):
         HyperConfig.from_dict({**TINY.to_dict(), "depth": 3})
+    with pytest.raises(HyperdomainError, match="hypernetwork config lacks 'domain_dims'"):
+        HyperConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "domain_dims"})
     with pytest.raises(HyperdomainError, match="activation 'gelu'"):
         HyperConfig(domain_dims=(4,), activation="gelu")
     with pytest.raises(HyperdomainError):

@@ -125,7 +125,6 @@ def test_build_compiles_links_and_imports(built):
 
 def test_build_is_reused_from_cache(built):
     _, info, root, _ = built
-    start = time.perf_counter()
     module, again = _build.build_extension(arch_list=("9.0",), build_dir=root)
     assert again["source"] == "cache" and again["path"] == info["path"]
     assert all(callable(getattr(module, f)) for f in _build.FUNCTIONS)

@@ -162,11 +162,12 @@ def test_find_cuda_home(built):
 def test_host_emulation_covers_everything_with_one_block(emulated_ops):
     """With every launch cut to one block, the grid-stride loops alone must cover all items
     (rowdot: rows, demod: (b, o) warps), and still match the plain definitions."""
-    x, s = torch.randn(3, 700, 5, 2), torch.randn(3, 700) + 1
+    x0, s = torch.randn(3, 700, 5, 2), torch.randn(3, 700) + 1
     w = torch.randn(9, 700, 3, 3)
     try:
         for cap in (0, 1):
             emulated_ops.set_max_blocks(cap)
+            x = x0 * (cap + 2)  # other values each round: a reused output buffer cannot hide skipped items
             torch.testing.assert_close(emulated_ops.bias_act_fwd(x, None, 1, 1, 0.2, 2.0, -1.0),
                                        torch.nn.functional.leaky_relu(x, 0.2) * 2.0)
             torch.testing.assert_close(emulated_ops.rowdot(x, x), x.square().sum(dim=(2, 3)))

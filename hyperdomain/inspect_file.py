@@ -21,10 +21,10 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         if fmt in ("hyperdomain.adapt-checkpoint", "hyperdomain.hyper-checkpoint"):
             return _describe_run_checkpoint(path, fmt.split(".")[1].split("-")[0])
         return _describe_domain(path)
-    from .safe_pickle import load_torch_file, sniff
+    from .safe_pickle import load_torch_file_omegaconf, sniff
 
     if sniff(path) != "pickle":
-        obj = load_torch_file(path)
+        obj = load_torch_file_omegaconf(path)  # the paper's hypernetworks pickle OmegaConf configs
         if isinstance(obj, Mapping) and "model_type" in obj:
             return _describe_paper(path, obj)
     return _describe_generator(path)

@@ -31,7 +31,7 @@ import torch
 
 from .domain import Domain
 from .errors import HyperdomainError
-from .safe_pickle import load_torch_file
+from .safe_pickle import load_torch_file_omegaconf
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ def paper_conv_dims(img_size: int, channel_multiplier: int = 2) -> tuple[int, ..
 
 def paper_model_type(path: str | os.PathLike) -> str | None:
     """The ``model_type`` of one of the paper's checkpoints ("parameterization", "mapper", ...), read safely."""
-    from .safe_pickle import load_torch_file_omegaconf
-
     ckpt = load_torch_file_omegaconf(Path(path))
     return str(ckpt.get("model_type")) if isinstance(ckpt, Mapping) and "model_type" in ckpt else None
 
@@ -71,7 +69,7 @@ def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,
     pickled code.
     """
     path = Path(path)
-    ckpt = load_torch_file(path)
+    ckpt = load_torch_file_omegaconf(path)  # so a hypernetwork file gets the message below, not a refusal
     if not isinstance(ckpt, Mapping) or "model_type" not in ckpt:
         found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise HyperdomainError(f"{path}: not a HyperDomainNet checkpoint (no 'model_type'; found {found})")
@@ -79,7 +77,8 @@ def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,
     if model_type == "mapper":
         raise HyperdomainError(
             f"{path}: a HyperDomainNet hypernetwork (model_type 'mapper'), not a single domain; "
-            f"hypernetwork import is a separate function"
+            f"hypernetwork import is a separate function, hyperdomain.import_hypernet (`hyperdomain import` "
+            f"picks it by itself)"
         )
     if model_type not in _SINGLE_DOMAIN_TYPES:
         raise HyperdomainError(

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from hyperdomain.domain import Domain
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.hypernet import HyperConfig, HyperDomainNet, import_hypernet
-from hyperdomain.paper_import import paper_conv_dims
+from hyperdomain.inspect_file import describe
+from hyperdomain.paper_import import import_checkpoint, paper_conv_dims
 from hyperdomain.safe_pickle import load_torch_file, load_torch_file_omegaconf
 
 TINY = HyperConfig(domain_dims=(6, 6, 5, 3), input_dim=12, width=10, block_width=8, backbone_blocks=2, head_blocks=1)
@@ -322,6 +323,10 @@ def test_import_matches_the_papers_forward(tmp_path, fake_omegaconf):
     with pytest.raises(HyperdomainError, match="refused to load 'omegaconf"):
         load_torch_file(path)  # the plain reader does not know OmegaConf
     assert load_torch_file_omegaconf(path)["mapper_config"] == _mapper_config(10, 5)
+    # the other readers of the paper's files see the mapper too, instead of refusing its config
+    assert describe(path)["model_type"] == "mapper"
+    with pytest.raises(HyperdomainError, match="import_hypernet"):
+        import_checkpoint(path)
 
     net = import_hypernet(path)
     assert not net.training

@@ -78,12 +78,6 @@ def resumed_generator(ctx, config, generator: str) -> str:
     return generator
 
 
-def slug_of(prompt: str) -> str:
-    from hyperdomain.adaptation import slug
-
-    return slug(prompt)
-
-
 def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
     """A hypernetwork file, checked against the generator, with its prompt encoder chosen."""
     import hyperdomain as hd
@@ -103,7 +97,9 @@ def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
 
 def interrupted(ctx, out: Path, command: str) -> None:
     """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
-    if (out / "checkpoint.safetensors").is_file():
+    from hyperdomain.train_state import CHECKPOINT
+
+    if (out / CHECKPOINT).is_file():
         click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
                    err=True)
     else:
@@ -166,7 +162,9 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     if hyper is not None:
         net = load_hyper(hyper, G, no_check, hyper_clip)
         loaded += net.domains(list(prompts))
-        domains = list(domains) + [Path(slug_of(q)) for q in prompts]
+        from hyperdomain.adaptation import slug
+
+        domains = list(domains) + [Path(slug(q)) for q in prompts]
     if with_source or not loaded:
         rows.append(("source", None))
     rows += [(p.stem, d) for p, d in zip(domains, loaded)]
@@ -341,7 +339,9 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                 interrupted(ctx, out, "train-hyper")
             ctx.exit(130)
         if dist.is_main:
-            click.echo(f"wrote {out / 'hypernet.safetensors'} ({net.meta['iterations']} steps, "
+            from hyperdomain.hyper_training import HYPERNET_FILE
+
+            click.echo(f"wrote {out / HYPERNET_FILE} ({net.meta['iterations']} steps, "
                        f"{len(net.meta['train_prompts'])} training prompts) and {out / 'samples.png'}")
     finally:
         distributed.teardown(dist)

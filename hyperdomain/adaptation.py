@@ -27,12 +27,12 @@ from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .domain import Domain, generator_meta
 from .errors import HyperdomainError
 from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss
+from .train_state import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AdaptConfig", "adapt", "read_adapt_config", "adapt_step", "sample_training_latents", "CHECKPOINT", "DOMAIN_FILE"]
 
-CHECKPOINT = "checkpoint.safetensors"
 DOMAIN_FILE = "domain.safetensors"
 Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
 
@@ -225,10 +225,9 @@ def _encoders(clip, config: AdaptConfig, device) -> list[ClipEncoder]:
 
 def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
     """The config of the run saved in ``run_dir`` (its checkpoint)."""
-    from .train_state import load_checkpoint
+    from .train_state import read_checkpoint_meta
 
-    _, meta = load_checkpoint(Path(run_dir) / CHECKPOINT, "adapt")
-    return AdaptConfig.from_dict(meta["config"])
+    return AdaptConfig.from_dict(read_checkpoint_meta(Path(run_dir) / CHECKPOINT, "adapt")["config"])
 
 
 def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
@@ -245,8 +244,6 @@ def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
             f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
             f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
         )
-    if clip is None:
-        clip = config.clip
     encoders = _encoders(clip, config, G.device)
     run = _Run(G, encoders, config, run_dir)
     run.restore(tensors, meta)
@@ -270,6 +267,7 @@ class _Run:
         self.optimizer = torch.optim.Adam([self.domain], lr=config.lr, betas=config.betas)
         self.rng = torch.Generator().manual_seed(_training_seed(config.seed))
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
         self._source_row: torch.Tensor | None = None  # the sample grids' first row, made once
         trainable = [n for n, p in list(G.named_parameters()) + [(f"clip.{n}", p) for e in encoders
                      for n, p in e.named_parameters()] if p.requires_grad]
@@ -294,8 +292,10 @@ class _Run:
         from .train_state import save_checkpoint
 
         meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G)}
-        return save_checkpoint(self.out_dir / CHECKPOINT, "adapt", {"domain": self.domain, "rng": rng_state}, meta,
+        path = save_checkpoint(self.out_dir / CHECKPOINT, "adapt", {"domain": self.domain, "rng": rng_state}, meta,
                                self.optimizer)
+        self.saved_step = self.step
+        return path
 
     def to_domain(self) -> Domain:
         from . import __version__
@@ -374,7 +374,8 @@ class _Run:
             bar.close()
         domain = self.to_domain()
         if self.out_dir is not None:
-            self.save_checkpoint(self.rng.get_state())
+            if self.saved_step != self.step:  # not already written by the loop's last step
+                self.save_checkpoint(self.rng.get_state())
             domain.save(self.out_dir / DOMAIN_FILE)
             self.save_samples("samples.png")
         return domain

@@ -177,8 +177,7 @@ class ClipEncoder(nn.Module):
         """One-line error for an empty prompt or one that does not fit CLIP's context in every template."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise HyperdomainError(f"{what}: empty prompt")
-        longest = max(template_set, key=lambda t: self.count_tokens(t.format(prompt)))
-        n = self.count_tokens(longest.format(prompt))
+        n = max(self.count_tokens(t.format(prompt)) for t in template_set)
         if n > self.context_length:
             bare = self.count_tokens(prompt) - 2
             raise HyperdomainError(
@@ -303,8 +302,6 @@ def _build(spec: ClipSpec):
 @contextlib.contextmanager
 def _quiet_root_warning(prefix: str):
     """Drop open_clip's root-logger records that start with ``prefix`` for the duration (and only those)."""
-    import logging
-
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(prefix)
 

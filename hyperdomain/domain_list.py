@@ -37,7 +37,7 @@ class DomainPrompt:
     line: int
 
 
-def _key(prompt: str) -> str:
+def prompt_key(prompt: str) -> str:
     """Case- and whitespace-insensitive identity of a prompt (what CLIP's tokenizer sees)."""
     return " ".join(prompt.split()).casefold()
 
@@ -73,16 +73,16 @@ def parse_domain_list(text: str, default_source: str = "Photo",
         if not source:
             problems.append(f"line {lineno}: empty source after ' - ' in {_short(content)}")
             continue
-        if _key(target) == _key(source):
+        if prompt_key(target) == prompt_key(source):
             # The direction loss needs T_trg - T_src != 0.
             problems.append(f"line {lineno}: target is the same as its source ({_short(target)})")
             continue
-        earlier = first_seen.get(_key(target))
+        earlier = first_seen.get(prompt_key(target))
         if earlier is not None:
             problems.append(f"line {lineno}: duplicate of line {earlier.line} ({_short(earlier.target)})")
             continue
         prompt = DomainPrompt(target=target, source=source, line=lineno)
-        first_seen[_key(target)] = prompt
+        first_seen[prompt_key(target)] = prompt
         prompts.append(prompt)
     if problems:
         listed = "; ".join(problems[:_MAX_LISTED])

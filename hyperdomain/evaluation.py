@@ -23,6 +23,7 @@ import torch
 
 from .clip import ClipEncoder, load_clip, templates
 from .domain import Domain
+from .domain_list import prompt_key
 from .errors import HyperdomainError
 from .fileio import atomic_path
 
@@ -103,9 +104,9 @@ def evaluate(G, domains: Sequence[Domain] = (), hypernet: "HyperDomainNet | None
         d.check_compatible(G, fingerprint=False)
         jobs.append((Path(d.meta.get("file", "domain")).stem, prompt, "-", d))
     if hypernet is not None:
-        seen = {_key(p) for p in hypernet.meta.get("train_prompts", [])}
+        seen = {prompt_key(p) for p in hypernet.meta.get("train_prompts", [])}
         for p, d in zip(prompts, hypernet.domains(list(prompts))):
-            jobs.append(("hypernet", p, "seen" if _key(p) in seen else "held-out", d))
+            jobs.append(("hypernet", p, "seen" if prompt_key(p) in seen else "held-out", d))
     if source:
         targets = list(dict.fromkeys([j[1] for j in jobs] + [source_prompt or G.source_prompt]))
         src_emb = _embed_samples(G, encoder, None, n, seed, truncation, batch_size)
@@ -119,11 +120,6 @@ def evaluate(G, domains: Sequence[Domain] = (), hypernet: "HyperDomainNet | None
             q, div = quality_and_diversity(src_emb, encoder.text(prompt, tpl).cpu())
             rows.append(EvalRow("source", prompt, "-", q, div, n, encoder.label, template_set, truncation, seed))
     return rows
-
-
-def _key(prompt: str) -> str:
-    """Prompts compare as the domain lists do: case and runs of whitespace ignored."""
-    return " ".join(prompt.casefold().split())
 
 
 def format_table(rows: Iterable[EvalRow]) -> str:

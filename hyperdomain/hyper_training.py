@@ -45,13 +45,13 @@ from .errors import HyperdomainError
 from .fileio import atomic_path
 from .hypernet import HyperConfig, HyperDomainNet
 from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss, tt_direction_loss
+from .train_state import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_cone", "convex_weights",
-           "HYPER_CHECKPOINT", "HYPERNET_FILE"]
+           "HYPERNET_FILE"]
 
-HYPER_CHECKPOINT = "checkpoint.safetensors"
 HYPERNET_FILE = "hypernet.safetensors"
 Callback = Callable[[int, Mapping[str, float]], Any]
 
@@ -201,7 +201,7 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
         from .train_state import load_checkpoint
 
         out_dir = Path(resume)
-        tensors, meta = load_checkpoint(out_dir / HYPER_CHECKPOINT, "hyper")
+        tensors, meta = load_checkpoint(out_dir / CHECKPOINT, "hyper")
         config = HyperTrainConfig.from_dict(meta["config"])
         extra = set(options) - {"iters"}
         if extra:
@@ -224,8 +224,8 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
             config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
                              else str(input_clip))
     out = Path(out_dir) if out_dir is not None else None
-    if resume is None and out is not None and (out / HYPER_CHECKPOINT).exists():
-        raise HyperdomainError(f"{out}: already holds a run ({HYPER_CHECKPOINT}); resume it (--resume {out}) or pick another --out")
+    if resume is None and out is not None and (out / CHECKPOINT).exists():
+        raise HyperdomainError(f"{out}: already holds a run ({CHECKPOINT}); resume it (--resume {out}) or pick another --out")
     run = _HyperRun(G, config, clip, input_clip, out, dist)
     if state is not None:
         run.restore(*state)
@@ -234,10 +234,9 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
 
 def read_hyper_config(run_dir: str | os.PathLike) -> HyperTrainConfig:
     """The config of the hypernetwork run saved in ``run_dir``."""
-    from .train_state import load_checkpoint
+    from .train_state import read_checkpoint_meta
 
-    _, meta = load_checkpoint(Path(run_dir) / HYPER_CHECKPOINT, "hyper")
-    return HyperTrainConfig.from_dict(meta["config"])
+    return HyperTrainConfig.from_dict(read_checkpoint_meta(Path(run_dir) / CHECKPOINT, "hyper")["config"])
 
 
 class _HyperRun:
@@ -287,6 +286,7 @@ class _HyperRun:
             self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
         self.clip_labels = labels
         frozen = [n for n, p in G.named_parameters() if p.requires_grad]
         frozen += [n for e in self.encoders + [self.input_encoder] for n, p in e.named_parameters() if p.requires_grad]
@@ -324,7 +324,9 @@ class _HyperRun:
 
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         meta = {"config": self.config.to_dict(), "step": self.step, "world": self.dist.world, **generator_meta(self.G)}
-        return save_checkpoint(self.out_dir / HYPER_CHECKPOINT, "hyper", tensors, meta, self.optimizer)
+        path = save_checkpoint(self.out_dir / CHECKPOINT, "hyper", tensors, meta, self.optimizer)
+        self.saved_step = self.step
+        return path
 
     def network_meta(self) -> dict[str, Any]:
         from . import __version__
@@ -408,7 +410,8 @@ class _HyperRun:
         self.net.meta = self.network_meta()
         self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
         if self.out_dir is not None and dist.is_main:
-            self._guarded_write(self.save_checkpoint)
+            if self.saved_step != self.step:  # not already written by the loop's last step
+                self._guarded_write(self.save_checkpoint)
             self._guarded_write(self.net.save, self.out_dir / HYPERNET_FILE)
             self._guarded_write(self.save_samples, "samples.png")
         self._raise_if_a_write_failed(any_rank(dist, [self._write_error is not None])[0])  # last step's, final writes

@@ -21,9 +21,11 @@ from .config import check_config_keys
 from .errors import HyperdomainError
 from .fileio import atomic_path, read_safetensors, write_safetensors
 
-__all__ = ["run_config_to_dict", "run_config_from_dict", "check_run_config", "save_checkpoint", "restore_optimizer",
+__all__ = ["CHECKPOINT", "run_config_to_dict", "run_config_from_dict", "check_run_config", "save_checkpoint", "restore_optimizer",
            "load_checkpoint", "read_checkpoint_meta", "deferred_interrupt",
            "prepare_run_dir", "append_log"]
+
+CHECKPOINT = "checkpoint.safetensors"  # the name of every trainer's checkpoint in its run folder
 
 _FORMAT_VERSION = 1
 
@@ -92,10 +94,12 @@ def save_checkpoint(path: str | os.PathLike, kind: str, tensors: Mapping[str, to
     return write_safetensors(path, flat, header)
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` for trainer ``kind``."""
+def load_checkpoint(path: str | os.PathLike, kind: str,
+                    load: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` for trainer ``kind``; with
+    ``load=False`` only its header is read (the tensors come back empty)."""
     path = Path(path)
-    header, tensors = read_safetensors(path, "checkpoint")
+    header, tensors = read_safetensors(path, "checkpoint", load=load)
     expected = f"hyperdomain.{kind}-checkpoint"
     if header.get("format") != expected:
         raise HyperdomainError(f"{path}: not the checkpoint this resumes (it is {header.get('format')!r}, "
@@ -106,19 +110,12 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch
         meta = json.loads(header["meta"])
     except (KeyError, ValueError) as e:
         raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
-    return tensors, meta
+    return (tensors if load else {}), meta
 
 
 def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """The metadata of a checkpoint, without reading its tensors (for ``hyperdomain info``)."""
-    path = Path(path)
-    header, _ = read_safetensors(path, "checkpoint", load=False)
-    if header.get("format") != f"hyperdomain.{kind}-checkpoint":
-        raise HyperdomainError(f"{path}: not a {kind}-run checkpoint (format {header.get('format')!r})")
-    try:
-        return json.loads(header["meta"])
-    except (KeyError, ValueError) as e:
-        raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
+    """The metadata of a checkpoint, without reading its tensors (``hyperdomain info``, resume options)."""
+    return load_checkpoint(path, kind, load=False)[1]
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:

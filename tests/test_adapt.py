@@ -324,3 +324,15 @@ def test_cli_ctrl_c_says_where_the_run_is(tmp_path, tiny_ckpt, tiny_clip_config,
     (out / "checkpoint.safetensors").write_bytes(b"")
     r = cli(*args)
     assert r.exit_code == 130 and f"hyperdomain adapt --resume {out}" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("every,written", [(2, [2, 4, 6]), (4, [4, 6])])
+def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, monkeypatch, every, written):
+    """The end of a run writes the checkpoint only if the last step's periodic save did not."""
+    import hyperdomain.train_state as train_state
+
+    steps, real = [], train_state.save_checkpoint
+    monkeypatch.setattr(train_state, "save_checkpoint",
+                        lambda path, kind, tensors, meta, *a: steps.append(meta["step"]) or real(path, kind, tensors, meta, *a))
+    run_adapt(tiny_G, tiny_clip, iters=6, out_dir=tmp_path / "run", checkpoint_every=every)
+    assert steps == written

@@ -407,3 +407,15 @@ def test_ddp_write_failure_on_rank_0_stops_every_rank(tmp_path, tiny_clip_config
     assert proc.returncode != 0
     assert proc.stdout.count("STOPPED: rank 0 could not write") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "No space left on device" in proc.stdout
+
+
+@pytest.mark.parametrize("every,written", [(2, [2, 4]), (3, [3, 4])])
+def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, lists, monkeypatch, every, written):
+    """The end of a run writes the checkpoint only if the last step's periodic save did not."""
+    import hyperdomain.train_state as train_state
+
+    steps, real = [], train_state.save_checkpoint
+    monkeypatch.setattr(train_state, "save_checkpoint",
+                        lambda path, kind, tensors, meta, *a: steps.append(meta["step"]) or real(path, kind, tensors, meta, *a))
+    run(tiny_G, tiny_clip, lists[0], iters=4, batch=2, out_dir=tmp_path / "run", checkpoint_every=every)
+    assert steps == written

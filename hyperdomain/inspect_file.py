@@ -24,10 +24,15 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     from .safe_pickle import load_torch_file_omegaconf, sniff
 
     if sniff(path) != "pickle":
+        from .checkpoints import _from_port
+
         obj = load_torch_file_omegaconf(path)  # the paper's hypernetworks pickle OmegaConf configs
         if isinstance(obj, Mapping) and "model_type" in obj:
             return _describe_paper(path, obj)
-    return _describe_generator(path)
+        return _describe_generator(path, _from_port(obj, path))  # read once: these files are large
+    from .checkpoints import read_generator_file
+
+    return _describe_generator(path, read_generator_file(path))
 
 
 def _describe_domain(path: Path) -> dict[str, Any]:
@@ -42,11 +47,10 @@ def _describe_domain(path: Path) -> dict[str, Any]:
     return out
 
 
-def _describe_generator(path: Path) -> dict[str, Any]:
-    from .checkpoints import read_generator_file
+def _describe_generator(path: Path, ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """``ckpt``: the file in ``checkpoints``' normal form."""
     from .generator import generator_from_state
 
-    ckpt = read_generator_file(path)
     G = generator_from_state(ckpt["g_ema"], ckpt.get("latent_avg"), name=path.stem, where=str(path),
                              conv_clamp=ckpt.get("conv_clamp"))
     c = G.config

@@ -94,10 +94,9 @@ class LossWeights:
         return tuple(f.name.rstrip("_") for f in fields(cls))
 
     @classmethod
-    def from_mapping(cls, weights: Mapping[str, float], base: "LossWeights | None" = None) -> "LossWeights":
-        """From ``{"direction": 1, "indomain": 0.5}``; names not given keep ``base``'s (default: all 0)."""
-        base = base if base is not None else cls(direction=0.0)
-        values = {n: getattr(base, n + ("_" if n == "global" else "")) for n in cls.names()}
+    def from_mapping(cls, weights: Mapping[str, float]) -> "LossWeights":
+        """From ``{"direction": 1, "indomain": 0.5}``; names not given are 0."""
+        values = dict.fromkeys(cls.names(), 0.0)
         for name, w in weights.items():
             if name not in values:
                 raise HyperdomainError(f"--loss: unknown loss {name!r}; expected one of {', '.join(cls.names())}")
@@ -108,7 +107,7 @@ class LossWeights:
             if not (w >= 0 and w < float("inf")):
                 raise HyperdomainError(f"--loss {name}: weight must be a finite number >= 0, got {w}")
             values[name] = w
-        out = cls(**{n + ("_" if n == "global" else ""): v for n, v in values.items()})
+        out = cls(**{_field(n): v for n, v in values.items()})
         if not any(out.as_dict().values()):
             raise HyperdomainError("--loss: every loss weight is 0; nothing to train")
         return out
@@ -126,4 +125,9 @@ class LossWeights:
 
     def as_dict(self) -> dict[str, float]:
         """Only the active losses, by their public names."""
-        return {n: w for n in self.names() if (w := getattr(self, n + ("_" if n == "global" else ""))) > 0}
+        return {n: w for n in self.names() if (w := getattr(self, _field(n))) > 0}
+
+
+def _field(name: str) -> str:
+    """The dataclass field of a loss name (``global`` is a keyword, so its field is ``global_``)."""
+    return name + "_" if name == "global" else name

@@ -118,27 +118,29 @@ def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     return load_checkpoint(path, kind, load=False)[1]
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:
+_OPTIM = "optim"  # the optimizer state's tensor-name prefix in checkpoints
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     """The optimizer's per-parameter state as named tensors, and its param groups as plain data."""
     sd = opt.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
             t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            tensors[f"{prefix}.{idx}.{key}"] = t
+            tensors[f"{_OPTIM}.{idx}.{key}"] = t
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                      prefix: str = "optim") -> None:
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Load the optimizer state a :func:`save_checkpoint` wrote (the optimizer must hold the same parameters)."""
     groups = meta["optimizer_groups"]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
-        if not name.startswith(prefix + "."):
+        if not name.startswith(_OPTIM + "."):
             continue
-        idx, key = name[len(prefix) + 1:].split(".", 1)
+        idx, key = name[len(_OPTIM) + 1:].split(".", 1)
         state.setdefault(int(idx), {})[key] = t
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
     try:

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,7 +27,7 @@ from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .domain import Domain, generator_meta
 from .errors import HyperdomainError
 from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss
-from .train_state import CHECKPOINT
+from .train_state import CHECKPOINT, open_resume, refuse_existing_run
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,7 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
                                    f"options you give override it)") from None
     encoders = _encoders(clip, config, G.device)
     run = _Run(G, encoders, config, Path(out_dir) if out_dir is not None else None)
-    if run.out_dir is not None and (run.out_dir / CHECKPOINT).exists():
-        raise HyperdomainError(
-            f"{run.out_dir}: already holds a run ({CHECKPOINT}); resume it (--resume {run.out_dir}) or pick another --out"
-        )
+    refuse_existing_run(run.out_dir)
     return run.train(callback, progress)
 
 
@@ -231,19 +228,7 @@ def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
 
 
 def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
-    from .train_state import load_checkpoint
-
-    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, "adapt")
-    config = AdaptConfig.from_dict(meta["config"])
-    if iters is not None:
-        if iters < meta["step"]:
-            raise HyperdomainError(f"--iters {iters}: the run in {run_dir} is already at step {meta['step']}")
-        config = replace(config, iters=iters)
-    if meta["generator_fingerprint"] != G.fingerprint:
-        raise HyperdomainError(
-            f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
-            f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
-        )
+    tensors, meta, config = open_resume(run_dir, "adapt", AdaptConfig, G, iters)
     encoders = _encoders(clip, config, G.device)
     run = _Run(G, encoders, config, run_dir)
     run.restore(tensors, meta)

@@ -45,7 +45,7 @@ from .errors import HyperdomainError
 from .fileio import atomic_path
 from .hypernet import HyperConfig, HyperDomainNet
 from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss, tt_direction_loss
-from .train_state import CHECKPOINT
+from .train_state import CHECKPOINT, open_resume, refuse_existing_run
 
 log = logging.getLogger(__name__)
 
@@ -198,22 +198,11 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
     dist = dist or DistInfo(device=G.device)
     state = None
     if resume is not None:
-        from .train_state import load_checkpoint
-
-        out_dir = Path(resume)
-        tensors, meta = load_checkpoint(out_dir / CHECKPOINT, "hyper")
-        config = HyperTrainConfig.from_dict(meta["config"])
         extra = set(options) - {"iters"}
         if extra:
             raise HyperdomainError(f"resume keeps the run's settings; drop {sorted(extra)}")
-        if "iters" in options:
-            if options["iters"] < meta["step"]:
-                raise HyperdomainError(f"--iters {options['iters']}: the run in {out_dir} is at step {meta['step']}")
-            config = replace(config, iters=options["iters"])
-        if meta["generator_fingerprint"] != G.fingerprint:
-            raise HyperdomainError(
-                f"{out_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
-                f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})")
+        out_dir = Path(resume)
+        tensors, meta, config = open_resume(out_dir, "hyper", HyperTrainConfig, G, options.get("iters"))
         state = (tensors, meta)
     else:
         config = HyperTrainConfig(**options) if config is None else replace(config, **options)
@@ -224,8 +213,8 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
             config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
                              else str(input_clip))
     out = Path(out_dir) if out_dir is not None else None
-    if resume is None and out is not None and (out / CHECKPOINT).exists():
-        raise HyperdomainError(f"{out}: already holds a run ({CHECKPOINT}); resume it (--resume {out}) or pick another --out")
+    if resume is None:
+        refuse_existing_run(out)
     run = _HyperRun(G, config, clip, input_clip, out, dist)
     if state is not None:
         run.restore(*state)

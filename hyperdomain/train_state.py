@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,7 +23,7 @@ from .errors import HyperdomainError
 from .fileio import atomic_path, read_safetensors, write_safetensors
 
 __all__ = ["CHECKPOINT", "run_config_to_dict", "run_config_from_dict", "check_run_config", "save_checkpoint", "restore_optimizer",
-           "load_checkpoint", "read_checkpoint_meta", "deferred_interrupt",
+           "load_checkpoint", "read_checkpoint_meta", "open_resume", "refuse_existing_run", "deferred_interrupt",
            "prepare_run_dir", "append_log"]
 
 CHECKPOINT = "checkpoint.safetensors"  # the name of every trainer's checkpoint in its run folder
@@ -119,6 +120,32 @@ def read_checkpoint_meta(path: str | os.PathLike, kind: str) -> dict[str, Any]:
 
 
 _OPTIM = "optim"  # the optimizer state's tensor-name prefix in checkpoints
+
+
+def open_resume(run_dir: Path, kind: str, config_cls: type, G: Any,
+                iters: int | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+    """The checkpoint of the ``kind`` run in ``run_dir`` as (tensors, meta, config), with ``iters``
+    (if given) replacing the run's; refuses fewer iterations than done and another generator."""
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, kind)
+    config = config_cls.from_dict(meta["config"])
+    if iters is not None:
+        if iters < meta["step"]:
+            raise HyperdomainError(f"--iters {iters}: the run in {run_dir} is already at step {meta['step']}")
+        config = replace(config, iters=iters)
+    if meta["generator_fingerprint"] != G.fingerprint:
+        raise HyperdomainError(
+            f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
+            f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
+        )
+    return tensors, meta, config
+
+
+def refuse_existing_run(out_dir: Path | None) -> None:
+    """A new run never overwrites a folder that holds one."""
+    if out_dir is not None and (out_dir / CHECKPOINT).exists():
+        raise HyperdomainError(
+            f"{out_dir}: already holds a run ({CHECKPOINT}); resume it (--resume {out_dir}) or pick another --out"
+        )
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:

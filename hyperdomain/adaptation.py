@@ -26,7 +26,7 @@ import torch
 from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
 from .domain import Domain, generator_meta
 from .errors import HyperdomainError
-from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss
+from .losses import LossWeights, clip_losses
 from .train_state import CHECKPOINT, open_resume, refuse_existing_run
 
 log = logging.getLogger(__name__)
@@ -135,24 +135,9 @@ def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, batch: 
         src_img = G.synthesis(batch.ws_src, noise=batch.noise_src)
         src_emb = [enc.encode_images(src_img) for enc in encoders]
     trg_img = G.synthesis(batch.ws_trg, domain=domain, noise=batch.noise_trg)
-    active = weights.as_dict()
-    parts: dict[str, torch.Tensor] = {}
-
-    def add(name: str, value: torch.Tensor) -> None:
-        parts[name] = parts[name] + value if name in parts else value
-
-    for enc, se, t in zip(encoders, src_emb, texts):
-        te = enc.encode_images(trg_img)
-        if "direction" in active:
-            add("direction", direction_loss(se, te, t["direction"]))
-        if "global" in active:
-            add("global", global_loss(te, t["target"]))
-        if "indomain" in active:
-            add("indomain", indomain_loss(se, te))
-    if "l2" in active:
-        parts["l2"] = l2_loss(domain, G.domain_dims)
-    parts["total"] = sum(active[name] * value for name, value in parts.items())
-    return parts
+    per_encoder = ((se, enc.encode_images(trg_img), t["direction"], t["target"])
+                   for enc, se, t in zip(encoders, src_emb, texts))
+    return clip_losses(weights.as_dict(), per_encoder, domain, G.domain_dims)
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -44,7 +44,7 @@ from .domain_list import read_domain_list
 from .errors import HyperdomainError
 from .fileio import atomic_path
 from .hypernet import HyperConfig, HyperDomainNet
-from .losses import LossWeights, direction_loss, global_loss, indomain_loss, l2_loss, tt_direction_loss
+from .losses import LossWeights, clip_losses
 from .train_state import CHECKPOINT, open_resume, refuse_existing_run
 
 log = logging.getLogger(__name__)
@@ -470,34 +470,18 @@ class _HyperRun:
         with torch.no_grad():
             src_img = self.G.synthesis(batch.ws_src, noise=batch.noise_src)[..., t0:t0 + s0, l0:l0 + s0]
         trg_img = self.G.synthesis(batch.ws_trg, domain=domains, noise=batch.noise_trg)[..., t1:t1 + s1, l1:l1 + s1]
-        active = c.losses.as_dict()
-        parts: dict[str, torch.Tensor] = {}
+        def per_encoder():
+            for enc, table in zip(self.encoders, self.table.per_encoder):
+                t_trg, t_src = table[trg_i.to(table.device)], table[src_i.to(table.device)]  # [b, T, E]
+                if alphas is not None:
+                    t_trg, t_src = _mix(t_trg, alphas), _mix(t_src, alphas)
+                if c.resample_cos is not None:
+                    t_trg = resample_on_cone(t_trg, c.resample_cos, rng)
+                with torch.no_grad():
+                    se = enc.encode_images(src_img)
+                yield se, enc.encode_images(trg_img), (t_trg - t_src).mean(1), t_trg.mean(1)  # texts [b, E]
 
-        def add(name, value):
-            parts[name] = parts[name] + value if name in parts else value
-
-        for enc, table in zip(self.encoders, self.table.per_encoder):
-            t_trg, t_src = table[trg_i.to(table.device)], table[src_i.to(table.device)]  # [b, T, E]
-            if alphas is not None:
-                t_trg, t_src = _mix(t_trg, alphas), _mix(t_src, alphas)
-            if c.resample_cos is not None:
-                t_trg = resample_on_cone(t_trg, c.resample_cos, rng)
-            direction, target = (t_trg - t_src).mean(1), t_trg.mean(1)  # [b, E]
-            with torch.no_grad():
-                se = enc.encode_images(src_img)
-            te = enc.encode_images(trg_img)
-            if "direction" in active:
-                add("direction", direction_loss(se, te, direction))
-            if "tt_direction" in active:
-                add("tt_direction", tt_direction_loss(te, target))
-            if "global" in active:
-                add("global", global_loss(te, target))
-            if "indomain" in active:
-                add("indomain", indomain_loss(se, te))
-        if "l2" in active:
-            parts["l2"] = l2_loss(domains, self.G.domain_dims)
-        parts["total"] = sum(active[n] * v for n, v in parts.items())
-        return parts
+        return clip_losses(c.losses.as_dict(), per_encoder(), domains, self.G.domain_dims)
 
     def _restore_buffers(self) -> None:
         with torch.no_grad():

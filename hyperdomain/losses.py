@@ -14,7 +14,7 @@ import torch
 from .errors import HyperdomainError
 
 __all__ = [
-    "LossWeights", "cosine", "direction_loss", "global_loss", "indomain_loss", "tt_direction_loss", "l2_loss",
+    "LossWeights", "clip_losses", "cosine", "direction_loss", "global_loss", "indomain_loss", "tt_direction_loss", "l2_loss",
 ]
 
 _EPS = 1e-8
@@ -77,6 +77,36 @@ def l2_loss(domain: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Sum over convs of the mean of ``d_k^2`` (mean over the batch too for ``[B, D]``)."""
     d = domain if domain.ndim == 2 else domain[None]
     return sum((blk**2).mean() for blk in torch.split(d, list(dims), dim=1))
+
+
+def clip_losses(active: Mapping[str, float],
+                per_encoder: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                domain: torch.Tensor, domain_dims: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Each active loss summed over the CLIP encoders, ``l2`` of the domain vector(s), and
+    ``"total"``, the sum weighted by ``active`` (``LossWeights.as_dict()``).
+
+    ``per_encoder`` yields, per encoder: source image embeddings, target image embeddings, the
+    direction text embedding(s) and the target text embedding(s) (``[E]``, or ``[B, E]`` for one
+    domain per sample).
+    """
+    parts: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        parts[name] = parts[name] + value if name in parts else value
+
+    for src, trg, direction, target in per_encoder:
+        if "direction" in active:
+            add("direction", direction_loss(src, trg, direction))
+        if "tt_direction" in active:
+            add("tt_direction", tt_direction_loss(trg, target))
+        if "global" in active:
+            add("global", global_loss(trg, target))
+        if "indomain" in active:
+            add("indomain", indomain_loss(src, trg))
+    if "l2" in active:
+        parts["l2"] = l2_loss(domain, domain_dims)
+    parts["total"] = sum(active[name] * value for name, value in parts.items())
+    return parts
 
 
 @dataclass(frozen=True)

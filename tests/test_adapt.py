@@ -166,14 +166,14 @@ def test_resume_refuses_another_generator(tmp_path, tiny_G, tiny_clip):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, monkeypatch):
-    import hyperdomain.adaptation as adapt_module
+    import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it
 
-    real = adapt_module.direction_loss
-    monkeypatch.setattr(adapt_module, "direction_loss", nan_on_call(real, 5))
+    real = losses_module.direction_loss
+    monkeypatch.setattr(losses_module, "direction_loss", nan_on_call(real, 5))
     with pytest.raises(HyperdomainError, match=r"step 5: loss is nan .*last good state \(step 4\)") as e:
         run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "nan", seed=2)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(adapt_module, "direction_loss", real)
+    monkeypatch.setattr(losses_module, "direction_loss", real)
     four = run_adapt(tiny_G, tiny_clip, iters=4, seed=2)
     kept = hd.Domain.load(tmp_path / "nan" / "domain.safetensors")
     assert torch.equal(kept.vector, four.vector) and kept.meta["iterations"] == 4

@@ -153,14 +153,14 @@ def test_files_round_trip(tmp_path, tiny_G, tiny_clip, lists):
 
 
 def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, lists, monkeypatch):
-    import hyperdomain.hyper_training as ht
+    import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it
 
     train, _ = lists
-    real = ht.tt_direction_loss
-    monkeypatch.setattr(ht, "tt_direction_loss", nan_on_call(real, 4))
+    real = losses_module.tt_direction_loss
+    monkeypatch.setattr(losses_module, "tt_direction_loss", nan_on_call(real, 4))
     with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite .*last good state \(step 3\)"):
         run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "nan")
-    monkeypatch.setattr(ht, "tt_direction_loss", real)
+    monkeypatch.setattr(losses_module, "tt_direction_loss", real)
     three = run(tiny_G, tiny_clip, train, iters=3)
     tensors, meta = load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 3

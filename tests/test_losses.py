@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from hyperdomain import losses
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.losses import (LossWeights, cosine, direction_loss, global_loss, indomain_loss, l2_loss,
                                 tt_direction_loss)
@@ -120,3 +121,29 @@ def test_loss_weights_parse_and_errors():
                           (["direction=-1"], ">= 0"), (["direction=nan"], ">= 0"), (["direction=0"], "every loss")):
         with pytest.raises(HyperdomainError, match=fragment):
             LossWeights.parse(bad)
+
+
+def test_clip_losses_sums_over_encoders_and_weights_the_total():
+    gen = torch.Generator().manual_seed(0)
+
+    def unit(*shape):
+        v = torch.randn(*shape, generator=gen)
+        return v / v.norm(dim=-1, keepdim=True)
+
+    encs = [(unit(4, 8), unit(4, 8), unit(4, 8), unit(4, 8)) for _ in range(2)]  # per-sample texts [B, E]
+    domain, dims = torch.randn(4, 6, generator=gen), (2, 4)
+    active = {"direction": 1.0, "tt_direction": 0.4, "global": 0.5, "indomain": 2.0, "l2": 0.1}
+    parts = losses.clip_losses(active, iter(encs), domain, dims)
+    want = {
+        "direction": sum(losses.direction_loss(s, t, d) for s, t, d, _ in encs),
+        "tt_direction": sum(losses.tt_direction_loss(t, g) for _, t, _, g in encs),
+        "global": sum(losses.global_loss(t, g) for _, t, _, g in encs),
+        "indomain": sum(losses.indomain_loss(s, t) for s, t, _, _ in encs),
+        "l2": losses.l2_loss(domain, dims),
+    }
+    assert set(parts) == set(want) | {"total"}
+    for name, value in want.items():
+        torch.testing.assert_close(parts[name], value)
+    torch.testing.assert_close(parts["total"], sum(active[n] * v for n, v in want.items()))
+    only = losses.clip_losses({"indomain": 1.0}, iter(encs), domain, dims)
+    assert set(only) == {"indomain", "total"}

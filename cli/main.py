@@ -322,12 +322,14 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         G = hd.load_generator(generator, device=dist.device)
         if resume is None:
             given = {"losses": hd.LossWeights.parse(losses)} if losses else {}
+            if iters is not None:  # else the config's default
+                given["iters"] = iters
             if clip:
                 given["clip"] = tuple(absolute_spec(c) for c in clip)
             config = hd.HyperTrainConfig(
                 domains=absolute_path(domains),
                 test_domains=None if test_domains == "none" else absolute_path(test_domains),
-                input_clip=absolute_spec(input_clip), iters=10_000 if iters is None else iters, batch=batch, lr=lr,
+                input_clip=absolute_spec(input_clip), batch=batch, lr=lr,
                 convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos, crop=crop,
                 mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
                 checkpoint_every=checkpoint_every, source=G.source_prompt, generator=absolute_path(generator),

@@ -246,7 +246,6 @@ class _HyperRun:
 
         self.encoders = load_clip(clip if clip is not None else c.clip, device=self.device)
         check_models(self.encoders, c.clip)
-        labels = [e.label for e in self.encoders]
         self.input_encoder = self._input_encoder(input_clip)
         tpl = templates(c.templates)
         prompts = {d.target: f"{c.domains}: line {d.line}" for d in self.train_list}  # targets first: index = line order
@@ -276,7 +275,6 @@ class _HyperRun:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self.step = 0
         self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
-        self.clip_labels = labels
         frozen = [n for n, p in G.named_parameters() if p.requires_grad]
         frozen += [n for e in self.encoders + [self.input_encoder] for n, p in e.named_parameters() if p.requires_grad]
         assert not frozen, f"frozen models have trainable parameters: {frozen[:5]}"
@@ -321,7 +319,7 @@ class _HyperRun:
         from . import __version__
 
         c = self.config
-        return {**generator_meta(self.G), "input_clip": self.input_encoder.label, "clip_models": self.clip_labels,
+        return {**generator_meta(self.G), "input_clip": self.input_encoder.label, "clip_models": [e.label for e in self.encoders],
                 "losses": c.losses.as_dict(), "iterations": self.step, "seed": c.seed, "batch": c.batch,
                 "lr": c.lr, "convex_hull": c.convex_hull, "resample_cos": c.resample_cos, "crop": c.crop,
                 "templates": c.templates, "source_prompt": c.source,

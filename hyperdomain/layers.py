@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stylegan2_ops as ops
-from stylegan2_ops import winograd
+from stylegan2_ops import winograd, winograd_native
 
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 
@@ -133,9 +133,13 @@ class _ModulatedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, styles, domain, weight, blur: "Blur | None", padding: int):
-        xm = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
         ctx.save_for_backward(x, styles, domain, weight)
         ctx.blur, ctx.padding = blur, padding
+        if blur is None and padding == 1 and winograd_native.applies(x, weight):
+            # the CPU Winograd conv applies s * (1 + d) as it reads x
+            scale = styles if domain is None else styles * (1 + domain)
+            return winograd_native.conv3x3(x, weight, scale.expand(x.shape[0], -1))
+        xm = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
         return _conv(xm, weight, blur, padding)
 
     @staticmethod
@@ -144,7 +148,9 @@ class _ModulatedConv(torch.autograd.Function):
         need_x, need_s, need_d, need_w = ctx.needs_input_grad[:4]
         gx = gs = gd = gw = None
         if need_x or need_s or need_d:
-            if ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
+            if ctx.blur is None and ctx.padding == 1 and winograd_native.applies(x, weight):
+                gxm = winograd_native.conv3x3(gy, weight.transpose(0, 1).flip([2, 3]))
+            elif ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
                 gxm = F.conv2d(ctx.blur.adjoint(gy), weight.transpose(0, 1).contiguous(), stride=2)
             else:  # adjoint of a stride-1 conv: the transposed, flipped kernel
                 k = weight.shape[-1]

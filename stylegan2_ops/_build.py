@@ -15,6 +15,7 @@ crashed or concurrent build never leaves a half-written cache entry behind.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import importlib.machinery
@@ -215,22 +216,73 @@ def build_host_emulation(build_dir: str | os.PathLike | None = None,
     return _cached_build(root, digest, name, compile_into, info)
 
 
+CPU_SOURCE = "winograd_cpu.cpp"
+CXX_ENV = "CXX"
+_CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on, so a cache shared between machines never serves a
+    library built for other instructions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("flags", "model name", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+        return platform.processor() + platform.machine()
+
+
+def build_cpu_winograd(build_dir: str | os.PathLike | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
+    """Compile (or reuse) ``csrc/winograd_cpu.cpp``, the CPU Winograd transforms, as a plain
+    shared library for ctypes: no torch headers, so it builds in about a second with any C++17
+    compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails."""
+    import subprocess
+
+    cxx = os.environ.get(CXX_ENV) or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as e:
+        raise RuntimeError(f"C++ compiler {cxx!r} does not run: {e}") from None
+    h = hashlib.sha256()
+    for part in ((CSRC / CPU_SOURCE).read_bytes(), cxx.encode(), version.encode(), " ".join(_CPU_FLAGS).encode(),
+                 _cpu_signature().encode(), sys.platform.encode()):
+        h.update(part + b"\0")
+    digest = "cpu-" + h.hexdigest()[:20]
+    name = "hyperdomain_winograd_cpu"
+    root = Path(build_dir) if build_dir is not None else default_cache_root()
+    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(_CPU_FLAGS))
+
+    def compile_into(tmp: Path):
+        out = tmp / f"{name}.so"
+        proc = subprocess.run([cxx, *_CPU_FLAGS, str(CSRC / CPU_SOURCE), "-o", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or ["(no output)"])
+            raise RuntimeError(f"{Path(cxx).name} failed on {CPU_SOURCE}: {err[0]}")
+        return ctypes.CDLL(str(out))
+
+    return _cached_build(root, digest, name, compile_into, info, load=lambda _n, p: ctypes.CDLL(str(p)))
+
+
 def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Path], ModuleType],
-                  info: BuildInfo) -> tuple[ModuleType, BuildInfo]:
-    """Import ``root/digest/name.so`` if present, else compile into a temp dir and rename it
+                  info: BuildInfo, load: Callable[[str, Path], ModuleType] = _import_so) -> tuple[ModuleType, BuildInfo]:
+    """Load ``root/digest/name.so`` if present, else compile into a temp dir and rename it
     into place, under a file lock so concurrent processes (torchrun ranks) build once."""
     final = root / digest
     so_path = final / f"{name}.so"
     if so_path.exists():
         info.update(source="cache", build_seconds=0.0)
-        return _import_so(name, so_path), info
+        return load(name, so_path), info
 
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if so_path.exists():  # another process built it while we waited
             info.update(source="cache", build_seconds=0.0)
-            return _import_so(name, so_path), info
+            return load(name, so_path), info
         if final.exists():  # a stale entry without its .so would block the rename forever
             shutil.rmtree(final, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))

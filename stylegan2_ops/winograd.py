@@ -97,12 +97,16 @@ def _data_matrices(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torc
     return bt, bt.expand(ALPHA, ALPHA, ALPHA), at, at.expand(ALPHA, M, ALPHA)
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[O, I, 3, 3] -> [36, O, I]: (G w G^T) for every channel pair, as one matrix multiply."""
+def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[O, I, 3, 3] -> [36, O, I]: (G w G^T) for every channel pair, as one matrix multiply
+    (into ``out``, a contiguous [36, O, I], if given)."""
     g = torch.tensor([[float(v) for v in row] for row in matrices()[1]], dtype=torch.float64)
     k = torch.kron(g, g).to(weight.dtype)  # [36, 9]
     o, i = weight.shape[:2]
-    return (k @ weight.reshape(o * i, R * R).t()).reshape(ALPHA * ALPHA, o, i)
+    if out is None:
+        return (k @ weight.reshape(o * i, R * R).t()).reshape(ALPHA * ALPHA, o, i)
+    torch.mm(k, weight.reshape(o * i, R * R).t(), out=out.view(ALPHA * ALPHA, o * i))
+    return out
 
 
 # ---- the convolution ------------------------------------------------------------------------
@@ -127,6 +131,16 @@ def clear_workspace() -> None:
     _workspace.__dict__.pop("bufs", None)
 
 
+def chunks(n: int, th: int, tw: int, tiles_per_chunk: int) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, t0, t1): images [n0, n1), tile rows [t0, t1), about ``tiles_per_chunk`` tiles each
+    (whole images while they fit, else bands of tile rows of one image)."""
+    rows = max(1, tiles_per_chunk // tw)  # tile rows per chunk
+    if rows >= th:
+        per = max(1, rows // th)
+        return [(n0, min(n, n0 + per), 0, th) for n0 in range(0, n, per)]
+    return [(b, b + 1, t0, min(th, t0 + rows)) for b in range(n) for t0 in range(0, th, rows)]
+
+
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, tiles_per_chunk: int = 256) -> torch.Tensor:
     """``F.conv2d(x, weight, padding=1)`` for x [N, C, H, W] on the CPU (any H, W).
 
@@ -147,14 +161,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, tiles_per_chunk: int = 256) -
     y = x.new_empty(n, o, h, w)
     exact = h == th * M and w == tw * M
 
-    rows = max(1, tiles_per_chunk // tw)  # tile rows per chunk
-    if rows >= th:
-        per = max(1, rows // th)
-        chunks = [(n0, min(n, n0 + per), 0, th) for n0 in range(0, n, per)]
-    else:
-        chunks = [(b, b + 1, t0, min(th, t0 + rows)) for b in range(n) for t0 in range(0, th, rows)]
-
-    for n0, n1, t0, t1 in chunks:
+    for n0, n1, t0, t1 in chunks(n, th, tw, tiles_per_chunk):
         nb, nt = n1 - n0, t1 - t0
         tiles, hc = nb * nt * tw, nt * M + 2
         # 1. the chunk's rows with a zero border: xc[b, c, r, q] = x[n0 + b, c, t0*M - 1 + r, q - 1]

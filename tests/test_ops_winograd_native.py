@@ -1,0 +1,117 @@
+"""The C++ CPU Winograd transforms (csrc/winograd_cpu.cpp) against independent formulations."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stylegan2_ops import _build, winograd, winograd_native
+
+pytestmark = pytest.mark.skipif(not winograd_native.available(), reason="no C++ compiler for the CPU library")
+
+
+def test_compiled_matrices_are_the_exact_ones():
+    bt, at = winograd_native.compiled_matrices()
+    exact_at, _, exact_bt = winograd.matrices()
+    assert torch.equal(bt, torch.tensor([[float(v) for v in row] for row in exact_bt]))
+    assert torch.equal(at, torch.tensor([[float(v) for v in row] for row in exact_at]))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 13), (1, 3, 4, 4, 4), (3, 8, 6, 17, 8), (1, 2, 3, 1, 1),
+                                   (2, 4, 4, 5, 3), (1, 16, 9, 32, 32), (2, 3, 2, 36, 7)])
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_matches_conv2d_of_the_scaled_input(shape, chunk):
+    """Every chunking (single tiles rows, bands, whole batches) and ragged edges, with the
+    per-(image, channel) input scale, against float64 conv2d of the scaled input."""
+    n, c, o, h, w = shape
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, c, h, w, generator=gen)
+    weight = torch.randn(o, c, 3, 3, generator=gen)
+    scale = torch.rand(n, c, generator=gen) + 0.5
+    exact = F.conv2d(x.double() * scale.double()[:, :, None, None], weight.double(), padding=1)
+    for s, ref in ((scale, exact), (None, F.conv2d(x.double(), weight.double(), padding=1))):
+        y = winograd_native.conv3x3(x, weight, s, tiles_per_chunk=chunk)
+        assert y.dtype == torch.float32 and y.shape == ref.shape
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err < 3e-6, err
+
+
+def test_equals_the_tensor_op_winograd():
+    """Same algorithm, same matrices: the two implementations agree to float rounding."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 64, 20, 24, generator=gen)
+    weight = torch.randn(32, 64, 3, 3, generator=gen) / 24
+    torch.testing.assert_close(winograd_native.conv3x3(x, weight), winograd.conv3x3(x, weight),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_threads_do_not_change_the_result():
+    gen = torch.Generator().manual_seed(3)
+    x, weight = torch.randn(2, 16, 21, 18, generator=gen), torch.randn(8, 16, 3, 3, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = winograd_native.conv3x3(x, weight)
+        torch.set_num_threads(2)
+        two = winograd_native.conv3x3(x, weight)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each output element is computed by one thread, the same way
+
+
+def test_bad_arguments_are_refused():
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="float32"):
+        winograd_native.conv3x3(x.double(), torch.zeros(4, 4, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"not \[O, 4, 3, 3\]"):
+        winograd_native.conv3x3(x, torch.zeros(4, 5, 3, 3))
+    with pytest.raises(ValueError, match="scale"):
+        winograd_native.conv3x3(x, torch.zeros(4, 4, 3, 3), torch.ones(2, 4))
+
+
+def test_the_library_is_cached_and_rebuilt_for_changed_sources(tmp_path, monkeypatch):
+    lib, info = _build.build_cpu_winograd(tmp_path)
+    assert info["source"] == "built" and lib.hd_wino_input is not None
+    assert _build.build_cpu_winograd(tmp_path)[1]["source"] == "cache"
+    monkeypatch.setattr(_build, "_cpu_signature", lambda: "another machine")
+    assert _build.build_cpu_winograd(tmp_path)[1]["source"] == "built"  # -march=native: per CPU
+
+
+def test_a_missing_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(_build.CXX_ENV, str(tmp_path / "no-such-c++"))
+    with pytest.raises(RuntimeError, match="no-such-c"):
+        _build.build_cpu_winograd(tmp_path)
+
+
+def test_the_generator_on_the_library_matches_direct_convs(monkeypatch):
+    """Images and domain gradients of the float32 generator with its stride-1 convs native
+    (forward, and input gradient in the backward) against the same generator on plain conv2d
+    (Winograd off); and without the library the tensor-op Winograd path takes over."""
+    from conftest import make_tiny_generator
+
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 0)
+    G = make_tiny_generator(seed=1)
+    torch.manual_seed(4)
+    z = torch.randn(2, G.z_dim)
+    domain = (0.3 * torch.randn(G.num_domain_params)).requires_grad_(True)
+    target = torch.randn(2, 3, 32, 32)
+
+    def run():
+        img = G(z, domain=domain)
+        (grad,) = torch.autograd.grad((img * target).sum(), domain)
+        return img.detach(), grad
+
+    calls = []
+    real = winograd_native.conv3x3
+    monkeypatch.setattr(winograd_native, "conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
+    native = run()
+    n_convs = sum(1 for m in G.modules() if getattr(m, "kernel_size", 0) == 3 and not getattr(m, "upsample", True))
+    assert len(calls) == 2 * n_convs  # each stride-1 3x3 conv once forward, once backward
+    monkeypatch.setenv(winograd.DISABLE_ENV, "0")
+    direct = run()
+    monkeypatch.delenv(winograd.DISABLE_ENV)
+    monkeypatch.setattr(winograd_native, "available", lambda: False)
+    calls.clear()
+    ops_path = run()
+    assert not calls
+    for ours in (native, ops_path):
+        torch.testing.assert_close(ours[0], direct[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours[1], direct[1], rtol=1e-3, atol=1e-3)

@@ -148,9 +148,7 @@ class _ModulatedConv(torch.autograd.Function):
         need_x, need_s, need_d, need_w = ctx.needs_input_grad[:4]
         gx = gs = gd = gw = None
         if need_x or need_s or need_d:
-            if ctx.blur is None and ctx.padding == 1 and winograd_native.applies(x, weight):
-                gxm = winograd_native.conv3x3(gy, weight.transpose(0, 1).flip([2, 3]))
-            elif ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
+            if ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
                 gxm = F.conv2d(ctx.blur.adjoint(gy), weight.transpose(0, 1).contiguous(), stride=2)
             else:  # adjoint of a stride-1 conv: the transposed, flipped kernel
                 k = weight.shape[-1]
@@ -173,7 +171,9 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: i
     if blur is not None:
         # a contiguous [I, O, k, k] copy (a few MB): oneDNN runs 15-25% faster on it than on the view
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2))
-    if padding == 1 and winograd.applies(x, weight):  # large CPU convs (float32/float64)
+    if padding == 1 and winograd_native.applies(x, weight):  # large float32 CPU convs
+        return winograd_native.conv3x3(x, weight)
+    if padding == 1 and winograd.applies(x, weight):  # float64, or float32 without the C++ library
         return winograd.conv3x3(x, weight)
     return F.conv2d(x, weight, padding=padding)
 

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -237,8 +238,6 @@ def build_cpu_winograd(build_dir: str | os.PathLike | None = None) -> tuple["cty
     """Compile (or reuse) ``csrc/winograd_cpu.cpp``, the CPU Winograd transforms, as a plain
     shared library for ctypes: no torch headers, so it builds in about a second with any C++17
     compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails."""
-    import subprocess
-
     cxx = os.environ.get(CXX_ENV) or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise RuntimeError("no C++ compiler found (set $CXX)")
@@ -309,10 +308,18 @@ Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]
 
 
 class ExtensionLoader:
-    """Tries the build once per process and remembers the outcome (module or error)."""
+    """Tries the build once per process and remembers the outcome (module or error).
 
-    def __init__(self, builder: Builder | None = None):
+    ``functions`` must all be attributes of what the builder returns. ``what`` names it in
+    messages. A ``quiet`` loader is for an optional speed-up with a fallback that is just as
+    right: its failure is logged, never warned about nor raised, strict mode or not (unless
+    ``required``).
+    """
+
+    def __init__(self, builder: Builder | None = None, functions: Sequence[str] = FUNCTIONS,
+                 what: str = "CUDA extension", quiet: bool = False):
         self._builder = builder or build_extension
+        self._functions, self._what, self._quiet = tuple(functions), what, quiet
         self._lock = threading.Lock()
         self._attempted = False
         self._module: ModuleType | None = None
@@ -332,7 +339,7 @@ class ExtensionLoader:
             if not self._attempted:
                 try:
                     self._module, info = self._builder()
-                    missing = [f for f in FUNCTIONS if not hasattr(self._module, f)]
+                    missing = [f for f in self._functions if not hasattr(self._module, f)]
                     if missing:
                         raise RuntimeError(f"extension lacks {missing}")
                     self._status = {"state": "ok", **info}
@@ -340,16 +347,17 @@ class ExtensionLoader:
                     self._module, self._error = None, e
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     self._status = {"state": "failed", "error": f"{type(e).__name__}: {first}"}
+                    logger.info("stylegan2_ops: %s unavailable (%s)", self._what, self._status["error"])
                 # set only now: a Ctrl-C during the first build leaves the next call to retry
                 self._attempted = True
             if self._module is not None:
                 return self._module
-            if required or strict():
-                raise RuntimeError(f"stylegan2_ops: CUDA extension unavailable ({self._status['error']})"
+            if required or (strict() and not self._quiet):
+                raise RuntimeError(f"stylegan2_ops: {self._what} unavailable ({self._status['error']})"
                                    + ("" if required else f" and {STRICT_ENV}=1")) from self._error
-            if not self._warned:
+            if not self._warned and not self._quiet:
                 self._warned = True
-                warnings.warn(f"stylegan2_ops: CUDA extension unavailable ({self._status['error']}); "
+                warnings.warn(f"stylegan2_ops: {self._what} unavailable ({self._status['error']}); "
                               f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
                               RuntimeWarning, stacklevel=4)
             return None

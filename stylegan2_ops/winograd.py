@@ -97,15 +97,19 @@ def _data_matrices(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torc
     return bt, bt.expand(ALPHA, ALPHA, ALPHA), at, at.expand(ALPHA, M, ALPHA)
 
 
+@lru_cache(maxsize=None)
+def _weight_matrix(dtype: torch.dtype) -> torch.Tensor:
+    g = torch.tensor([[float(v) for v in row] for row in matrices()[1]], dtype=torch.float64)
+    return torch.kron(g, g).to(dtype)  # [36, 9]: G w G^T for a flattened 3x3 w
+
+
 def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """[O, I, 3, 3] -> [36, O, I]: (G w G^T) for every channel pair, as one matrix multiply
     (into ``out``, a contiguous [36, O, I], if given)."""
-    g = torch.tensor([[float(v) for v in row] for row in matrices()[1]], dtype=torch.float64)
-    k = torch.kron(g, g).to(weight.dtype)  # [36, 9]
     o, i = weight.shape[:2]
     if out is None:
-        return (k @ weight.reshape(o * i, R * R).t()).reshape(ALPHA * ALPHA, o, i)
-    torch.mm(k, weight.reshape(o * i, R * R).t(), out=out.view(ALPHA * ALPHA, o * i))
+        out = weight.new_empty(ALPHA * ALPHA, o, i)
+    torch.mm(_weight_matrix(weight.dtype), weight.reshape(o * i, R * R).t(), out=out.view(ALPHA * ALPHA, o * i))
     return out
 
 
@@ -114,7 +118,7 @@ def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> t
 _workspace = threading.local()
 
 
-def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+def scratch(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """A reused scratch buffer (per thread): the intermediates are large and short-lived."""
     bufs = _workspace.__dict__.setdefault("bufs", {})
     b = bufs.get(name)
@@ -165,7 +169,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, tiles_per_chunk: int = 256) -
         nb, nt = n1 - n0, t1 - t0
         tiles, hc = nb * nt * tw, nt * M + 2
         # 1. the chunk's rows with a zero border: xc[b, c, r, q] = x[n0 + b, c, t0*M - 1 + r, q - 1]
-        xc = _buffer("xc", nb * c * hc * wp, dt).view(nb, c, hc, wp)
+        xc = scratch("xc", nb * c * hc * wp, dt).view(nb, c, hc, wp)
         r0 = t0 * M - 1
         s0, s1 = max(r0, 0), min(r0 + hc, h)
         xc[:, :, s0 - r0:s1 - r0, 1:w + 1].copy_(x[n0:n1, :, s0:s1])
@@ -175,7 +179,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, tiles_per_chunk: int = 256) -
         xc[:, :, :, w + 1:].zero_()
         # Two scratch buffers, each intermediate written over the one before last.
         size = a2 * max(c, o) * tiles
-        buf_a, buf_b = _buffer("a", size, dt), _buffer("b", size, dt)
+        buf_a, buf_b = scratch("a", size, dt), scratch("b", size, dt)
         # 2. the overlapping 6x6 tiles d[i, j, c, b, ty, tx] (one strided copy per tile row)
         src = xc.as_strided((ALPHA, ALPHA, c, nb, nt, tw), (wp, 1, hc * wp, c * hc * wp, M * wp, M))
         d = buf_a[:a2 * c * tiles].view(src.shape)

@@ -14,49 +14,27 @@ on the way in: the activation-side modulation ``x * s * (1 + d)`` at no cost.
 from __future__ import annotations
 
 import ctypes
-import logging
-import threading
 
 import torch
 
 from . import _build, winograd
 
-logger = logging.getLogger(__name__)
-
 TILES_PER_CHUNK = 256  # GEMM columns per chunk: [36, O, C] @ [36, C, 256]; the scratch is 2 x 19 MB at 512 channels
 
 
-class _Library:
-    """Builds (or loads) the library once per process and remembers the outcome."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._lib = None
-        self._status: dict = {"state": "not_attempted"}
-
-    def get(self):
-        with self._lock:
-            if self._status["state"] == "not_attempted":
-                try:
-                    lib, info = _build.build_cpu_winograd()
-                    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-                    lib.hd_wino_input.restype = lib.hd_wino_output.restype = i32
-                    lib.hd_wino_input.argtypes = [ptr, ptr] + [i64] * 8 + [ptr, i32]
-                    lib.hd_wino_output.argtypes = [ptr, ptr] + [i64] * 8 + [i32]
-                    lib.hd_wino_matrices.restype = None
-                    lib.hd_wino_matrices.argtypes = [ptr, ptr]
-                    self._lib, self._status = lib, {"state": "ok", **info}
-                except Exception as e:  # no compiler, or it failed: the tensor-op path remains
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    self._status = {"state": "failed", "error": f"{type(e).__name__}: {first}"}
-                    logger.info("stylegan2_ops: CPU Winograd library unavailable (%s)", first)
-            return self._lib
-
-    def status(self) -> dict:
-        return dict(self._status)
+def _load():
+    lib, info = _build.build_cpu_winograd()
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.hd_wino_input.restype = lib.hd_wino_output.restype = i32
+    lib.hd_wino_input.argtypes = [ptr, ptr] + [i64] * 8 + [ptr, i32]
+    lib.hd_wino_output.argtypes = [ptr, ptr] + [i64] * 8 + [i32]
+    lib.hd_wino_matrices.restype = None
+    lib.hd_wino_matrices.argtypes = [ptr, ptr]
+    return lib, info
 
 
-LIBRARY = _Library()
+LIBRARY = _build.ExtensionLoader(_load, functions=("hd_wino_input", "hd_wino_output", "hd_wino_matrices"),
+                                 what="CPU Winograd library", quiet=True)
 
 
 def available() -> bool:
@@ -70,17 +48,10 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def compiled_matrices() -> tuple[torch.Tensor, torch.Tensor]:
     """B^T [6, 6] and A^T [4, 6] as compiled into the library (for tests)."""
-    lib = _library()
+    lib = LIBRARY.get(required=True)
     bt, at = torch.empty(6, 6), torch.empty(4, 6)
     lib.hd_wino_matrices(bt.data_ptr(), at.data_ptr())
     return bt, at
-
-
-def _library():
-    lib = LIBRARY.get()
-    if lib is None:
-        raise RuntimeError(f"stylegan2_ops: the CPU Winograd library is unavailable ({LIBRARY.status()['error']})")
-    return lib
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
@@ -91,7 +62,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     ``tiles_per_chunk`` tiles (whole images, or bands of tile rows) so the scratch buffers stay
     small while the GEMMs keep enough columns.
     """
-    lib = _library()
+    lib = LIBRARY.get(required=True)
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or x.ndim != 4:
         raise ValueError(f"winograd_native.conv3x3: needs float32 CPU tensors x [N, C, H, W] and weight, got x "
                          f"{x.dtype} {list(x.shape)} on {x.device} and weight {weight.dtype}")
@@ -106,7 +77,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     o = weight.shape[0]
     a2 = winograd.ALPHA * winograd.ALPHA
     # the transformed weight [36, O, C] in scratch memory: fresh memory would page-fault each call
-    wt = winograd._buffer("native_w", a2 * o * c, x.dtype).view(a2, o, c)
+    wt = winograd.scratch("native_w", a2 * o * c, x.dtype).view(a2, o, c)
     winograd.transform_weight(weight, out=wt)
     th, tw = -(-h // winograd.M), -(-w // winograd.M)
     y = x.new_empty(n, o, h, w)
@@ -114,7 +85,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
 
     chunks = winograd.chunks(n, th, tw, tiles_per_chunk)
     most = a2 * max((n1 - n0) * (t1 - t0) * tw for n0, n1, t0, t1 in chunks)
-    buf_v, buf_m = winograd._buffer("native_v", c * most, x.dtype), winograd._buffer("native_m", o * most, x.dtype)
+    buf_v, buf_m = winograd.scratch("native_v", c * most, x.dtype), winograd.scratch("native_m", o * most, x.dtype)
     sp = scale.data_ptr() if scale is not None else None
     for n0, n1, t0, t1 in chunks:
         tiles = (n1 - n0) * (t1 - t0) * tw

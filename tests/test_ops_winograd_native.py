@@ -67,7 +67,7 @@ def test_bad_arguments_are_refused():
         winograd_native.conv3x3(x, torch.zeros(4, 4, 3, 3), torch.ones(2, 4))
 
 
-def test_the_library_is_cached_and_rebuilt_for_changed_sources(tmp_path, monkeypatch):
+def test_the_library_is_cached_and_rebuilt_for_another_cpu(tmp_path, monkeypatch):
     lib, info = _build.build_cpu_winograd(tmp_path)
     assert info["source"] == "built" and lib.hd_wino_input is not None
     assert _build.build_cpu_winograd(tmp_path)[1]["source"] == "cache"
@@ -115,3 +115,32 @@ def test_the_generator_on_the_library_matches_direct_convs(monkeypatch):
     for ours in (native, ops_path):
         torch.testing.assert_close(ours[0], direct[0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ours[1], direct[1], rtol=1e-3, atol=1e-3)
+
+
+def test_without_the_library_convs_stay_silent_and_right(monkeypatch):
+    """A failed build (no compiler) falls back without a warning, even in strict mode (that is
+    for the CUDA build), is tried once, shows in status(), and the generator's convs still run."""
+    import warnings
+
+    import stylegan2_ops
+    from hyperdomain import layers
+
+    calls = []
+
+    def builder():
+        calls.append(1)
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+
+    monkeypatch.setattr(winograd_native, "LIBRARY", _build.ExtensionLoader(
+        builder, functions=(), what="CPU Winograd library", quiet=True))
+    monkeypatch.setenv(_build.STRICT_ENV, "1")
+    x, w = torch.randn(4, 8, 16, 16), torch.randn(8, 8, 3, 3) / 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not winograd_native.applies(x, w)
+        y = layers._conv(x, w, None, 1)
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    assert calls == [1]
+    assert "no C++ compiler" in stylegan2_ops.status()["cpu_winograd"]["error"]
+    with pytest.raises(RuntimeError, match="CPU Winograd library unavailable"):
+        winograd_native.conv3x3(x, w)

@@ -40,14 +40,14 @@ template <> struct Mat<6> {  // F(4x4, 3x3), points 0, 1, -1, 1/2, -2, inf
         {1, 1, 1, 1, 1, 0}, {0, 1, -1, 0.5f, -2, 0}, {0, 1, 1, 0.25f, 4, 0}, {0, 1, -1, 0.125f, -8, 1}};
 };
 
-// out[i][j] = sum_r c[i][r] in[r][j] for i < NOUT, r < A, j < n (rows n apart): a tile column's
-// transform, over consecutive positions j.
+// out[i][j] = sum_r c[i][r] in[r][j] for i < NOUT, r < A, j < n (input rows in_stride apart,
+// output rows n apart): one of the transforms' 1-D steps, over n consecutive positions j.
 template <int A, int NOUT, class Coef>
-void combine_rows(const Coef& c, const float* __restrict in, float* __restrict out, int64_t n) {
+void combine_rows(const Coef& c, const float* __restrict in, int64_t in_stride, float* __restrict out, int64_t n) {
     for (int64_t j = 0; j < n; ++j) {
         float d[A];
 #pragma GCC unroll 8
-        for (int r = 0; r < A; ++r) d[r] = in[r * n + j];
+        for (int r = 0; r < A; ++r) d[r] = in[r * in_stride + j];
 #pragma GCC unroll 8
         for (int i = 0; i < NOUT; ++i) {
             float acc = 0.0f;
@@ -116,25 +116,6 @@ void along_tiles(const float* __restrict row, int64_t L, float* __restrict v, in
     }
 }
 
-// u[q][t] = sum_k A^T[q][k] mm[k * kstride + t]: the output transform along a tile row,
-// deinterleaved (parts tw apart).
-template <int A>
-void from_tiles(const float* __restrict mm, int64_t kstride, float* __restrict u, int64_t tw) {
-    constexpr int m = A - 2;
-    for (int64_t t = 0; t < tw; ++t) {
-        float d[A];
-#pragma GCC unroll 8
-        for (int k = 0; k < A; ++k) d[k] = mm[k * kstride + t];
-#pragma GCC unroll 8
-        for (int q = 0; q < m; ++q) {
-            float acc = 0.0f;
-#pragma GCC unroll 8
-            for (int k = 0; k < A; ++k) acc += Mat<A>::at[q][k] * d[k];
-            u[q * tw + t] = acc;
-        }
-    }
-}
-
 // The transforms work on tile rows stored "deinterleaved", buf[q][t] = row[t * m + q], so that
 // every inner loop runs over consecutive tiles t with unit stride and vectorizes; each loop
 // body reads A values and writes A results, the A x A products unrolled against constants.
@@ -175,7 +156,7 @@ void input_transform(const float* x, float* v, int64_t C, int64_t H, int64_t W, 
                 deinterleave<m>(line, dst, L);
             }
             // 2. down the columns: cols[i] = sum_r B^T[i][r] rows[r]
-            combine_rows<A, A>(Mat<A>::bt, rows, cols, RL);
+            combine_rows<A, A>(Mat<A>::bt, rows, RL, cols, RL);
             // 3. along each tile's row: V[i * A + k][ci][tile] = sum_s B^T[k][s] cols[i][s % m][t + s / m]
             const int64_t tile0 = (bi * nt + ty) * tw;
             for (int i = 0; i < A; ++i)
@@ -201,13 +182,13 @@ void output_transform(const float* mm, float* y, int64_t O, int64_t H, int64_t W
             const int64_t n = n0 + bi, tile0 = (bi * nt + ty) * tw;
             // 1. along each tile's row, deinterleaved: u[i][q][t] = sum_k A^T[q][k] M[i * A + k][co][tile0 + t]
             for (int i = 0; i < A; ++i)
-                from_tiles<A>(mm + (int64_t)(i * A) * ps + o * T + tile0, ps, u + i * m * tw, tw);
+                combine_rows<A, m>(Mat<A>::at, mm + (int64_t)(i * A) * ps + o * T + tile0, ps, u + i * m * tw, tw);
             // 2. down the columns, then interleaved into y
             float* plane = y + (n * O + o) * H * W;
             for (int p = 0; p < m; ++p) {
                 const int64_t lr = (t0 + ty) * m + p;
                 if (lr >= H) break;
-                combine_rows<A, 1>(Mat<A>::at + p, u, row, m * tw);
+                combine_rows<A, 1>(Mat<A>::at + p, u, m * tw, row, m * tw);
                 interleave<m>(row, line, tw);
                 std::memcpy(plane + lr * W, line, W * sizeof(float));
             }

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stylegan2_ops as ops
-from stylegan2_ops import winograd, winograd_native
+from stylegan2_ops import demod_act, winograd, winograd_native
 
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 
@@ -92,17 +92,22 @@ class ModulatedConv2d(nn.Module):
                 add: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, I, H, W], w [B, style_dim], domain [B, I] or None; ``add`` (the scaled noise,
         broadcastable to the output) is added to the output in the same pass as the demodulation."""
+        if self.weight_side:
+            x = self._forward_weight_side(x, self.weight[0] * self.scale, self.modulation(w), domain)
+            return x if add is None else x + add
+        return _demodulated(*self.undemodulated(x, w, domain), add)
+
+    def undemodulated(self, x: torch.Tensor, w: torch.Tensor,
+                      domain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The activation-side conv before demodulation, and the demodulation coefficients
+        [B, O, 1, 1] (None without demodulation): ``forward`` is their product (plus ``add``)."""
         styles = self.modulation(w)  # [B, I]
         weight = self.weight[0] * self.scale  # [O, I, k, k]
-        if self.weight_side:
-            x = self._forward_weight_side(x, weight, styles, domain)
-            return x if add is None else x + add
         blur = self.blur if self.upsample else None
         x = _ModulatedConv.apply(x, styles, domain, weight, blur, self.padding)
-        if self.demodulate:
-            dcoefs = ops.demod_coefficients(weight, styles)[:, :, None, None]  # [B, O, 1, 1]
-            return x * dcoefs if add is None else torch.addcmul(add, x, dcoefs)
-        return x if add is None else x + add
+        if not self.demodulate:
+            return x, None
+        return x, ops.demod_coefficients(weight, styles)[:, :, None, None]
 
     def _forward_weight_side(self, x, weight, styles, domain):
         b, i, h, w_ = x.shape
@@ -135,10 +140,12 @@ class _ModulatedConv(torch.autograd.Function):
     def forward(ctx, x, styles, domain, weight, blur: "Blur | None", padding: int):
         ctx.save_for_backward(x, styles, domain, weight)
         ctx.blur, ctx.padding = blur, padding
-        if blur is None and padding == 1 and winograd_native.applies(x, weight):
-            # the CPU Winograd conv applies s * (1 + d) as it reads x
-            scale = styles if domain is None else styles * (1 + domain)
-            return winograd_native.conv3x3(x, weight, scale.expand(x.shape[0], -1))
+        if padding == 1 and winograd_native.applies(x, weight, stride=1 if blur is None else 2):
+            # the CPU Winograd convs apply s * (1 + d) as they read x
+            scale = (styles if domain is None else styles * (1 + domain)).expand(x.shape[0], -1)
+            if blur is None:
+                return winograd_native.conv3x3(x, weight, scale)
+            return blur(winograd_native.conv_transpose3x3(x, weight, scale))
         xm = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
         return _conv(xm, weight, blur, padding)
 
@@ -149,7 +156,7 @@ class _ModulatedConv(torch.autograd.Function):
         gx = gs = gd = gw = None
         if need_x or need_s or need_d:
             if ctx.blur is not None:  # adjoints of the blur, then of the stride-2 transposed conv
-                gxm = F.conv2d(ctx.blur.adjoint(gy), weight.transpose(0, 1).contiguous(), stride=2)
+                gxm = _conv_stride2(ctx.blur.adjoint(gy), weight, x)
             else:  # adjoint of a stride-1 conv: the transposed, flipped kernel
                 k = weight.shape[-1]
                 gxm = _conv(gy, weight.transpose(0, 1).flip([2, 3]), None, k - 1 - ctx.padding)
@@ -167,8 +174,16 @@ class _ModulatedConv(torch.autograd.Function):
         return gx, (gs if need_s else None), gd, gw, None, None
 
 
+def _demodulated(x: torch.Tensor, dcoefs: torch.Tensor | None, add: torch.Tensor | None) -> torch.Tensor:
+    if dcoefs is None:
+        return x if add is None else x + add
+    return x * dcoefs if add is None else torch.addcmul(add, x, dcoefs)
+
+
 def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: int) -> torch.Tensor:
     if blur is not None:
+        if padding == 1 and winograd_native.applies(x, weight, stride=2):
+            return blur(winograd_native.conv_transpose3x3(x, weight))
         # a contiguous [I, O, k, k] copy (a few MB): oneDNN runs 15-25% faster on it than on the view
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2))
     if padding == 1 and winograd_native.applies(x, weight):  # large float32 CPU convs
@@ -176,6 +191,13 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: i
     if padding == 1 and winograd.applies(x, weight):  # float64, or float32 without the C++ library
         return winograd.conv3x3(x, weight)
     return F.conv2d(x, weight, padding=padding)
+
+
+def _conv_stride2(g: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The adjoint of the stride-2 transposed conv of ``x``: ``conv2d(g, weight^T, stride=2)``."""
+    if winograd_native.applies(x, weight, stride=2):
+        return winograd_native.conv3x3_stride2(g, weight)
+    return F.conv2d(g, weight.transpose(0, 1).contiguous(), stride=2)
 
 
 class NoiseInjection(nn.Module):
@@ -206,7 +228,13 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_ch, clamp)  # NVIDIA clamps the output, after the lrelu gain
 
     def forward(self, x, w, noise=None, domain=None):
-        return self.activate(self.conv(x, w, domain, add=self.noise.scaled(noise)))
+        add = self.noise.scaled(noise)
+        if self.conv.weight_side:
+            return self.activate(self.conv(x, w, domain, add=add))
+        y, dcoefs = self.conv.undemodulated(x, w, domain)
+        if self.activate.clamp is None and demod_act.applies(y, dcoefs, add, self.activate.bias):
+            return demod_act.demod_bias_lrelu(y, dcoefs, add, self.activate.bias)  # float32 CPU: one pass
+        return self.activate(_demodulated(y, dcoefs, add))
 
 
 class ToRGB(nn.Module):

@@ -22,10 +22,10 @@ def status() -> dict:
     """What was built, where and with which flags, or why not (a JSON-able dict).
 
     ``state`` is "not_attempted" (no CUDA tensor has reached an op yet), "ok" or "failed"
-    (``error`` says why); ``strict`` reflects ``HYPERDOMAIN_OPS_STRICT``. ``cpu_winograd`` is
-    the same for the CPU convs' C++ library (``winograd_native``).
+    (``error`` says why); ``strict`` reflects ``HYPERDOMAIN_OPS_STRICT``. ``cpu_library`` is
+    the same for the C++ CPU kernels (``cpu_library``).
     """
-    from . import winograd_native
+    from . import cpu_library
 
     return {**_build.LOADER.status(), "cuda_available": torch.cuda.is_available(),
-            "cache_root": str(_build.default_cache_root()), "cpu_winograd": winograd_native.LIBRARY.status()}
+            "cache_root": str(_build.default_cache_root()), "cpu_library": cpu_library.LIBRARY.status()}

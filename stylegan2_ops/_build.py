@@ -217,7 +217,8 @@ def build_host_emulation(build_dir: str | os.PathLike | None = None,
     return _cached_build(root, digest, name, compile_into, info)
 
 
-CPU_SOURCE = "winograd_cpu.cpp"
+CPU_SOURCES = ("winograd_cpu.cpp", "fir_cpu.cpp", "act_cpu.cpp")
+CPU_HEADERS = ("cpu_parallel.h",)
 CXX_ENV = "CXX"
 _CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 
@@ -234,9 +235,9 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def build_cpu_winograd(build_dir: str | os.PathLike | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
-    """Compile (or reuse) ``csrc/winograd_cpu.cpp``, the CPU Winograd transforms, as a plain
-    shared library for ctypes: no torch headers, so it builds in about a second with any C++17
+def build_cpu_library(build_dir: str | os.PathLike | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
+    """Compile (or reuse) the CPU kernels (``csrc/*_cpu.cpp``, see ``CPU_SOURCES``) as one
+    plain shared library for ctypes: no torch headers, so it builds in seconds with any C++17
     compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails."""
     cxx = os.environ.get(CXX_ENV) or shutil.which("c++") or shutil.which("g++")
     if not cxx:
@@ -246,21 +247,21 @@ def build_cpu_winograd(build_dir: str | os.PathLike | None = None) -> tuple["cty
     except OSError as e:
         raise RuntimeError(f"C++ compiler {cxx!r} does not run: {e}") from None
     h = hashlib.sha256()
-    for part in ((CSRC / CPU_SOURCE).read_bytes(), cxx.encode(), version.encode(), " ".join(_CPU_FLAGS).encode(),
+    for part in (*((CSRC / f).read_bytes() for f in CPU_SOURCES + CPU_HEADERS), cxx.encode(), version.encode(), " ".join(_CPU_FLAGS).encode(),
                  _cpu_signature().encode(), sys.platform.encode()):
         h.update(part + b"\0")
     digest = "cpu-" + h.hexdigest()[:20]
-    name = "hyperdomain_winograd_cpu"
+    name = "hyperdomain_cpu_kernels"
     root = Path(build_dir) if build_dir is not None else default_cache_root()
     info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(_CPU_FLAGS))
 
     def compile_into(tmp: Path):
         out = tmp / f"{name}.so"
-        proc = subprocess.run([cxx, *_CPU_FLAGS, str(CSRC / CPU_SOURCE), "-o", str(out)],
+        proc = subprocess.run([cxx, *_CPU_FLAGS, *(str(CSRC / f) for f in CPU_SOURCES), "-o", str(out)],
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ["(no output)"])
-            raise RuntimeError(f"{Path(cxx).name} failed on {CPU_SOURCE}: {err[0]}")
+            raise RuntimeError(f"{Path(cxx).name} failed on {', '.join(CPU_SOURCES)}: {err[0]}")
         return ctypes.CDLL(str(out))
 
     return _cached_build(root, digest, name, compile_into, info, load=lambda _n, p: ctypes.CDLL(str(p)))

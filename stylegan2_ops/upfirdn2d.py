@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _build
+from . import _build, cpu_library
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -53,6 +53,10 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
               gain: float = 1, impl: str = "auto") -> torch.Tensor:
     """Upsample by zero insertion, pad, convolve with ``f``, multiply by ``gain``, downsample.
 
+    ``impl="auto"`` runs CUDA tensors on the CUDA kernel and float32 CPU tensors with
+    up = down = 1 and a separable filter on the C++ CPU filter; everything else (and "ref") on
+    the reference path.
+
     x: [N, C, H, W]. f: [fh, fw] (2-D), [fw] (separable: applied along x then y, gain**0.5 each),
     or None (identity). up, down: int or (x, y). padding: int, [px, py] or [px0, px1, py0, py1];
     negative values crop. The filter is flipped (true convolution) unless ``flip_filter``.
@@ -61,6 +65,9 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, 
     f, up, down, pad = _parse(x, f, up, down, padding)
     ext = _build.kernels("upfirdn2d", impl, x)
     if ext is None:
+        taps = _cpu_taps(x, f, up, down, flip_filter, gain) if impl == "auto" else None
+        if taps is not None:
+            return _Upfirdn2dCpu.apply(x, *taps, pad)
         return _upfirdn2d_ref(x, f, up, down, pad, flip_filter, gain)
     f = f.detach()  # the CUDA path does not differentiate w.r.t. the filter
     if f.ndim == 1:
@@ -124,6 +131,58 @@ class _Upfirdn2dCuda(torch.autograd.Function):
             dx = _Upfirdn2dCuda.apply(dy, f, down, up, _grad_padding(x_shape, y_shape, f.shape, up, down, pad),
                                       not flip_filter, gain)
         return dx, None, None, None, None, None, None
+
+
+def _cpu_taps(x, f, up, down, flip_filter: bool, gain) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(fy, fx): the correlation taps along y and x for the C++ CPU filter (``csrc/fir_cpu.cpp``),
+    or None where it does not apply: it takes float32 CPU tensors, up = down = 1, and separable
+    filters (1-D, or 2-D of rank one, like every StyleGAN2 filter), and does not differentiate
+    with respect to the filter."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or up != (1, 1) or down != (1, 1)
+            or f.device.type != "cpu" or (f.requires_grad and torch.is_grad_enabled()) or not cpu_library.available()):
+        return None
+    f = f.detach().to(torch.float64)
+    if f.ndim == 1:
+        g = abs(float(gain)) ** 0.5
+        fy, fx = f * g, f * math.copysign(g, float(gain))
+    else:
+        i, j = divmod(int(f.abs().argmax()), f.shape[1])
+        if f[i, j] == 0:
+            return None
+        fy, fx = f[:, j] * float(gain), f[i] / f[i, j]  # f = outer(fy, fx) if it is of rank one
+        if not torch.allclose(torch.outer(fy, fx), f * float(gain), rtol=1e-6, atol=1e-7 * float(f.abs().max())):
+            return None
+    if not flip_filter:  # a true convolution: the kernel correlates with the taps reversed
+        fy, fx = fy.flip(0), fx.flip(0)
+    return fy.float().contiguous(), fx.float().contiguous()
+
+
+class _Upfirdn2dCpu(torch.autograd.Function):
+    """The separable filter on the CPU; its gradient is the same filter with the taps reversed
+    and the complementary padding, so it is differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, x, fy, fx, pad):
+        lib = cpu_library.LIBRARY.get(required=True)
+        x = x.contiguous()
+        n, c, h, w = x.shape
+        y = x.new_empty(n, c, h + pad[2] + pad[3] - len(fy) + 1, w + pad[0] + pad[1] - len(fx) + 1)
+        if lib.hd_fir_separable(x.data_ptr(), y.data_ptr(), n * c, h, w, fy.data_ptr(), len(fy), fx.data_ptr(),
+                                len(fx), *pad, torch.get_num_threads()):
+            raise RuntimeError(f"hd_fir_separable rejected x {list(x.shape)}, {len(fy)}x{len(fx)} taps, padding {pad}")
+        ctx.save_for_backward(fy, fx)
+        ctx.shapes = (x.shape, y.shape, pad)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        fy, fx = ctx.saved_tensors
+        x_shape, y_shape, pad = ctx.shapes
+        dx = None
+        if ctx.needs_input_grad[0]:
+            q = _grad_padding(x_shape, y_shape, (len(fy), len(fx)), (1, 1), (1, 1), pad)
+            dx = _Upfirdn2dCpu.apply(dy, fy.flip(0), fx.flip(0), q)
+        return dx, None, None, None
 
 
 def _grad_padding(x_shape, y_shape, f_shape, up, down, pad) -> tuple[int, int, int, int]:

@@ -29,6 +29,9 @@ M = 4  # outputs per tile side
 R = 3  # filter size
 ALPHA = M + R - 1  # input tile side
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2))  # and infinity
+# F(4, 2), for the stride-2 convs in winograd_native: every choice of four small points gave
+# about 4e-7 relative error in float32 (2-tap tiles are short); these keep A^T and B^T integer.
+POINTS_2 = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2))
 
 # Below this many output pixels per batch (N * H * W) the per-call weight transform (36 x 9
 # multiply-adds per weight pair) costs more than the conv saves. benchmarks/winograd.py, batch 4,
@@ -70,10 +73,12 @@ def _solve(rows: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:
 
 
 @lru_cache(maxsize=None)
-def matrices() -> tuple[list, list, list]:
-    """Exact A^T [M, ALPHA], G [ALPHA, R], B^T [ALPHA, ALPHA] with y = A^T[(G g) * (B^T d)]
-    for the 1-D correlation y_i = sum_k g_k d_{i+k} (Toom-Cook at POINTS and infinity)."""
-    p, n = POINTS, len(POINTS)
+def matrices(r: int = R) -> tuple[list, list, list]:
+    """Exact A^T [M, a], G [a, r], B^T [a, a] (a = M + r - 1) with y = A^T[(G g) * (B^T d)]
+    for the 1-D correlation y_i = sum_k g_k d_{i+k}, i < M, k < r: Toom-Cook at POINTS
+    (r = 3) or POINTS_2 (r = 2), and infinity."""
+    p = {R: POINTS, 2: POINTS_2}[r]
+    n, a = len(p), M + r - 1
     at = [[p[j] ** i for j in range(n)] + [Fraction(int(i == M - 1))] for i in range(M)]
     g = []
     for j in range(n):
@@ -81,12 +86,12 @@ def matrices() -> tuple[list, list, list]:
         for l in range(n):
             if l != j:
                 denom *= p[j] - p[l]
-        g.append([p[j] ** k / denom for k in range(R)])
-    g.append([Fraction(int(k == R - 1)) for k in range(R)])
+        g.append([p[j] ** k / denom for k in range(r)])
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
     # B^T column s: sum_j at[i][j] g[j][k] bt[j][s] = [s == i + k] for every output i, tap k
-    coef = [[at[i][j] * g[j][k] for j in range(ALPHA)] for i in range(M) for k in range(R)]
-    cols = [_solve(coef, [Fraction(int(s == i + k)) for i in range(M) for k in range(R)]) for s in range(ALPHA)]
-    bt = [[cols[s][j] for s in range(ALPHA)] for j in range(ALPHA)]
+    coef = [[at[i][j] * g[j][k] for j in range(a)] for i in range(M) for k in range(r)]
+    cols = [_solve(coef, [Fraction(int(s == i + k)) for i in range(M) for k in range(r)]) for s in range(a)]
+    bt = [[cols[s][j] for s in range(a)] for j in range(a)]
     return at, g, bt
 
 
@@ -98,9 +103,10 @@ def _data_matrices(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 @lru_cache(maxsize=None)
-def _weight_matrix(dtype: torch.dtype) -> torch.Tensor:
-    g = torch.tensor([[float(v) for v in row] for row in matrices()[1]], dtype=torch.float64)
-    return torch.kron(g, g).to(dtype)  # [36, 9]: G w G^T for a flattened 3x3 w
+def weight_matrix(dtype: torch.dtype, r: int = R) -> torch.Tensor:
+    """[a*a, r*r]: G w G^T for a flattened r x r w, as one matrix (kron(G, G))."""
+    g = torch.tensor([[float(v) for v in row] for row in matrices(r)[1]], dtype=torch.float64)
+    return torch.kron(g, g).to(dtype)
 
 
 def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,7 +115,7 @@ def transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> t
     o, i = weight.shape[:2]
     if out is None:
         out = weight.new_empty(ALPHA * ALPHA, o, i)
-    torch.mm(_weight_matrix(weight.dtype), weight.reshape(o * i, R * R).t(), out=out.view(ALPHA * ALPHA, o * i))
+    torch.mm(weight_matrix(weight.dtype), weight.reshape(o * i, R * R).t(), out=out.view(ALPHA * ALPHA, o * i))
     return out
 
 

@@ -263,3 +263,97 @@ def test_cuda_second_order_matches_ref(kernel_device):
         (gg,) = torch.autograd.grad(g.square().sum(), x)
         outs.append(gg)
     torch.testing.assert_close(outs[1], outs[0])
+
+
+# ---- the C++ CPU filter (csrc/fir_cpu.cpp): float32, up = down = 1, separable filters ----------
+
+from stylegan2_ops import cpu_library  # noqa: E402
+
+needs_cpu_library = pytest.mark.skipif(not cpu_library.available(), reason="no C++ compiler for the CPU library")
+FIR_CASES = [  # filter, padding [px0, px1, py0, py1], flip, gain
+    ([1.0, 3.0, 3.0, 1.0], [1, 1, 1, 1], False, 4.0),  # the blur after an upsampling conv
+    ([1.0, 3.0, 3.0, 1.0], [2, 2, 2, 2], True, 4.0),  # its adjoint
+    ([1.0, 2.0, 5.0], [2, -1, 0, 3], False, -2.0),  # asymmetric taps, negative padding (crop), negative gain
+    ("outer", [0, 1, 2, 0], False, 1.5),  # a 2-D filter of rank one
+    ([0.5], [-1, -2, 1, 0], True, 1.0),
+]
+
+
+def _fir_filter(spec):
+    if spec == "outer":
+        return torch.outer(torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0, 4.0]))
+    return torch.tensor(spec)
+
+
+@needs_cpu_library
+@pytest.mark.parametrize("spec,pad,flip,gain", FIR_CASES)
+def test_cpu_filter_matches_float64_reference(spec, pad, flip, gain, monkeypatch):
+    """Values, gradients and second-order gradients of the C++ path against the float64 reference,
+    with the C++ path checked to be the one that ran."""
+    import importlib
+
+    mod = importlib.import_module("stylegan2_ops.upfirdn2d")
+    runs = []
+    real = mod._Upfirdn2dCpu.forward
+    monkeypatch.setattr(mod._Upfirdn2dCpu, "forward", staticmethod(lambda *a: runs.append(1) or real(*a)))
+    f = _fir_filter(spec)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 9, 11, generator=g).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    y = ops.upfirdn2d(x, f, padding=pad, flip_filter=flip, gain=gain)
+    ref = ops.upfirdn2d(x64, f.double(), padding=pad, flip_filter=flip, gain=gain, impl="ref")
+    assert runs and y.dtype == torch.float32 and y.shape == ref.shape
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    dy = torch.randn(y.shape, generator=g).requires_grad_(True)
+    dy64 = dy.detach().double().requires_grad_(True)
+    (gx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    (gr,) = torch.autograd.grad(ref, x64, dy64, create_graph=True)
+    torch.testing.assert_close(gx.double(), gr, rtol=1e-5, atol=1e-5)
+    # second order: the gradient is itself the C++ filter (taps reversed), differentiable in dy
+    ddx = torch.randn(x.shape, generator=g)
+    (g2,) = torch.autograd.grad((gx * ddx).sum(), dy)
+    (g2r,) = torch.autograd.grad((gr * ddx.double()).sum(), dy64)
+    torch.testing.assert_close(g2.double(), g2r, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_library
+def test_cpu_filter_threads_and_large_planes():
+    """Many planes split over threads, rows long enough for the vector loops: same as float64."""
+    f = ops.setup_filter([1, 3, 3, 1], gain=4)
+    x = torch.randn(2, 16, 67, 131)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.upfirdn2d(x, f, padding=(2, 1, 1, 2))
+        torch.set_num_threads(2)
+        two = ops.upfirdn2d(x, f, padding=(2, 1, 1, 2))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    ref = ops.upfirdn2d(x.double(), f.double(), padding=(2, 1, 1, 2), impl="ref")
+    torch.testing.assert_close(one.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_library
+def test_cpu_filter_only_where_it_applies(monkeypatch):
+    """Non-separable filters, a filter that needs its own gradient, up/down sampling, float64 and
+    impl='ref' stay on the reference path (and stay right)."""
+    import importlib
+
+    mod = importlib.import_module("stylegan2_ops.upfirdn2d")
+    x = torch.randn(2, 3, 8, 8)
+    sep = ops.setup_filter([1, 3, 3, 1])
+    assert mod._cpu_taps(x, sep, (1, 1), (1, 1), False, 1) is not None
+    assert mod._cpu_taps(x, torch.tensor([[1.0, 2.0], [3.0, 1.0]]), (1, 1), (1, 1), False, 1) is None  # rank 2
+    assert mod._cpu_taps(x, sep.clone().requires_grad_(True), (1, 1), (1, 1), False, 1) is None
+    assert mod._cpu_taps(x, sep, (2, 2), (1, 1), False, 1) is None
+    assert mod._cpu_taps(x.double(), sep.double(), (1, 1), (1, 1), False, 1) is None
+    monkeypatch.setattr(mod, "_Upfirdn2dCpu", None)  # any use of the C++ path would now fail
+    full = torch.tensor([[1.0, 2.0, 0.0], [3.0, 1.0, -1.0], [0.5, 0.0, 2.0]])
+    torch.testing.assert_close(ops.upfirdn2d(x, full, padding=1),
+                               ops.upfirdn2d(x.double(), full.double(), padding=1).float())
+    fg = sep.clone().requires_grad_(True)
+    y = ops.upfirdn2d(x, fg, padding=1)
+    (gf,) = torch.autograd.grad(y.sum(), fg)
+    assert gf.abs().sum() > 0
+    ops.upfirdn2d(x, sep, padding=1, impl="ref")

@@ -27,9 +27,10 @@ from . import cpu_library, winograd
 
 TILES_PER_CHUNK = 256  # GEMM columns per chunk: [A*A, O, C] @ [A*A, C, 256]; the scratch is 2 x 19 MB at 512 channels
 TILE = winograd.M
-# Below this many input pixels (N * H * W) oneDNN's direct stride-2 convs are as fast: the 25 x 4
-# transformed weight values per channel pair cost more to make than the GEMMs save.
-MIN_PIXELS_STRIDE2 = 4 * 32 * 32
+# Below this many input pixels (N * H * W) oneDNN's direct stride-2 convs are as fast (at 32 x 32
+# and batch 4, 512 channels: equal), and the 25 x 4 transformed weight values per channel pair
+# would take 105 MB of scratch memory.
+MIN_PIXELS_STRIDE2 = 4 * 64 * 64
 
 def available() -> bool:
     return cpu_library.available()

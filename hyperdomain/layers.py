@@ -140,14 +140,7 @@ class _ModulatedConv(torch.autograd.Function):
     def forward(ctx, x, styles, domain, weight, blur: "Blur | None", padding: int):
         ctx.save_for_backward(x, styles, domain, weight)
         ctx.blur, ctx.padding = blur, padding
-        if padding == 1 and winograd_native.applies(x, weight, stride=1 if blur is None else 2):
-            # the CPU Winograd convs apply s * (1 + d) as they read x
-            scale = (styles if domain is None else styles * (1 + domain)).expand(x.shape[0], -1)
-            if blur is None:
-                return winograd_native.conv3x3(x, weight, scale)
-            return blur(winograd_native.conv_transpose3x3(x, weight, scale))
-        xm = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
-        return _conv(xm, weight, blur, padding)
+        return _conv(x, weight, blur, padding, styles, domain)
 
     @staticmethod
     def backward(ctx, gy):
@@ -169,7 +162,8 @@ class _ModulatedConv(torch.autograd.Function):
         if need_w:
             with torch.enable_grad():
                 w_ = weight.detach().requires_grad_(True)
-                y = _conv(ops.modulated_input(x, styles, domain).detach(), w_, ctx.blur, ctx.padding)
+                y = _conv(x.detach(), w_, ctx.blur, ctx.padding, styles.detach(),
+                          None if domain is None else domain.detach())
                 (gw,) = torch.autograd.grad(y, w_, gy)
         return gx, (gs if need_s else None), gd, gw, None, None
 
@@ -180,14 +174,21 @@ def _demodulated(x: torch.Tensor, dcoefs: torch.Tensor | None, add: torch.Tensor
     return x * dcoefs if add is None else torch.addcmul(add, x, dcoefs)
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: int) -> torch.Tensor:
+def _conv(x: torch.Tensor, weight: torch.Tensor, blur: "Blur | None", padding: int,
+          styles: torch.Tensor | None = None, domain: torch.Tensor | None = None) -> torch.Tensor:
+    """The conv of ``x * s * (1 + d)`` (of ``x`` without ``styles``); with ``blur``, a stride-2
+    transposed conv and then the blur."""
+    if padding == 1 and winograd_native.applies(x, weight, stride=1 if blur is None else 2):
+        # the C++ CPU convs apply s * (1 + d) as they read x
+        scale = None if styles is None else (styles if domain is None else styles * (1 + domain)).expand(x.shape[0], -1)
+        if blur is None:
+            return winograd_native.conv3x3(x, weight, scale)
+        return blur(winograd_native.conv_transpose3x3(x, weight, scale))
+    if styles is not None:
+        x = ops.modulated_input(x, styles, domain)  # [B, I, H, W]
     if blur is not None:
-        if padding == 1 and winograd_native.applies(x, weight, stride=2):
-            return blur(winograd_native.conv_transpose3x3(x, weight))
         # a contiguous [I, O, k, k] copy (a few MB): oneDNN runs 15-25% faster on it than on the view
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2))
-    if padding == 1 and winograd_native.applies(x, weight):  # large float32 CPU convs
-        return winograd_native.conv3x3(x, weight)
     if padding == 1 and winograd.applies(x, weight):  # float64, or float32 without the C++ library
         return winograd.conv3x3(x, weight)
     return F.conv2d(x, weight, padding=padding)

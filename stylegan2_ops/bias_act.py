@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from . import _build
 
 ACTS = ("linear", "lrelu")
+LRELU_ALPHA, LRELU_GAIN = 0.2, math.sqrt(2)  # the lrelu defaults
 
 
 def _resolve(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha, gain, clamp):
@@ -25,8 +26,8 @@ def _resolve(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha,
         raise ValueError(f"bias_act: b has shape {list(b.shape)}, expected [{x.shape[dim]}] "
                          f"to match x {list(x.shape)} along dim {dim}")
     if act == "lrelu":
-        alpha = 0.2 if alpha is None else float(alpha)
-        gain = math.sqrt(2) if gain is None else float(gain)
+        alpha = LRELU_ALPHA if alpha is None else float(alpha)
+        gain = LRELU_GAIN if gain is None else float(gain)
     else:
         alpha = 0.0  # unused by linear
         gain = 1.0 if gain is None else float(gain)

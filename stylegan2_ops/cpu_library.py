@@ -41,3 +41,10 @@ LIBRARY = _build.ExtensionLoader(_load, functions=FUNCTIONS, what="CPU kernel li
 
 def available() -> bool:
     return LIBRARY.get() is not None
+
+
+def call(name: str, *args, about: str = "") -> None:
+    """Calls library function ``name``; its nonzero return (arguments outside what our Python
+    side ever passes) becomes a RuntimeError naming the function and ``about``."""
+    if getattr(LIBRARY.get(required=True), name)(*args):
+        raise RuntimeError(f"{name} rejected {about}")

@@ -9,14 +9,10 @@ instead of three, and one instead of three in the backward. It overwrites ``x`` 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import cpu_library
-
-ALPHA = 0.2
-GAIN = math.sqrt(2)
+from .bias_act import LRELU_ALPHA, LRELU_GAIN
 
 
 def applies(x: torch.Tensor, dcoefs: torch.Tensor, add: torch.Tensor | None, bias: torch.Tensor) -> bool:
@@ -47,7 +43,6 @@ def demod_bias_lrelu(x: torch.Tensor, dcoefs: torch.Tensor, add: torch.Tensor | 
 class _DemodBiasLrelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dcoefs, add, bias):
-        lib = cpu_library.LIBRARY.get(required=True)
         if x.is_contiguous() and x._base is None:  # in place (autograd forbids it on views)
             ctx.mark_dirty(x)
             y = x
@@ -57,10 +52,9 @@ class _DemodBiasLrelu(torch.autograd.Function):
         n, o, h, w = x.shape
         dc = dcoefs.reshape(n, o).contiguous()
         a = None if add is None else add.contiguous()
-        if lib.hd_demod_bias_lrelu(x.data_ptr(), dc.data_ptr(), None if a is None else a.data_ptr(),
-                                   0 if a is None or a.shape[0] == 1 else h * w, bias.contiguous().data_ptr(),
-                                   y.data_ptr(), n, o, h * w, ALPHA, GAIN, torch.get_num_threads()):
-            raise RuntimeError(f"hd_demod_bias_lrelu rejected x {list(x.shape)}")
+        cpu_library.call("hd_demod_bias_lrelu", x.data_ptr(), dc.data_ptr(), None if a is None else a.data_ptr(),
+                         0 if a is None or a.shape[0] == 1 else h * w, bias.contiguous().data_ptr(), y.data_ptr(),
+                         n, o, h * w, LRELU_ALPHA, LRELU_GAIN, torch.get_num_threads(), about=f"x {list(x.shape)}")
         ctx.save_for_backward(y, dc)
         return y
 
@@ -77,13 +71,11 @@ class _DemodBiasLreluGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gy, y, dc):
-        lib = cpu_library.LIBRARY.get(required=True)
         gy = gy.contiguous()
         gx = torch.empty_like(gy)
         n, o = dc.shape
-        if lib.hd_demod_bias_lrelu_grad(gy.data_ptr(), y.data_ptr(), dc.data_ptr(), gx.data_ptr(), n, o,
-                                        gy[0, 0].numel(), ALPHA, GAIN, torch.get_num_threads()):
-            raise RuntimeError(f"hd_demod_bias_lrelu_grad rejected gy {list(gy.shape)}")
+        cpu_library.call("hd_demod_bias_lrelu_grad", gy.data_ptr(), y.data_ptr(), dc.data_ptr(), gx.data_ptr(), n, o,
+                         gy[0, 0].numel(), LRELU_ALPHA, LRELU_GAIN, torch.get_num_threads(), about=f"gy {list(gy.shape)}")
         ctx.save_for_backward(y, dc)
         return gx
 

@@ -163,13 +163,12 @@ class _Upfirdn2dCpu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fy, fx, pad):
-        lib = cpu_library.LIBRARY.get(required=True)
         x = x.contiguous()
         n, c, h, w = x.shape
         y = x.new_empty(n, c, h + pad[2] + pad[3] - len(fy) + 1, w + pad[0] + pad[1] - len(fx) + 1)
-        if lib.hd_fir_separable(x.data_ptr(), y.data_ptr(), n * c, h, w, fy.data_ptr(), len(fy), fx.data_ptr(),
-                                len(fx), *pad, torch.get_num_threads()):
-            raise RuntimeError(f"hd_fir_separable rejected x {list(x.shape)}, {len(fy)}x{len(fx)} taps, padding {pad}")
+        cpu_library.call("hd_fir_separable", x.data_ptr(), y.data_ptr(), n * c, h, w, fy.data_ptr(), len(fy),
+                         fx.data_ptr(), len(fx), *pad, torch.get_num_threads(),
+                         about=f"x {list(x.shape)}, {len(fy)}x{len(fx)} taps, padding {pad}")
         ctx.save_for_backward(fy, fx)
         ctx.shapes = (x.shape, y.shape, pad)
         return y

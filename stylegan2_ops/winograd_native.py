@@ -32,6 +32,7 @@ TILE = winograd.M
 # would take 105 MB of scratch memory.
 MIN_PIXELS_STRIDE2 = 4 * 64 * 64
 
+
 def available() -> bool:
     return cpu_library.available()
 
@@ -46,10 +47,9 @@ def applies(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> bool:
 
 def compiled_matrices(r: int = winograd.R) -> tuple[torch.Tensor, torch.Tensor]:
     """B^T [a, a] and A^T [4, a] (a = 4 + r - 1) as compiled into the library (for tests)."""
-    lib = cpu_library.LIBRARY.get(required=True)
     a = TILE + r - 1
     bt, at = torch.empty(a, a), torch.empty(TILE, a)
-    if lib.hd_wino_matrices(a, bt.data_ptr(), at.data_ptr()):
+    if cpu_library.LIBRARY.get(required=True).hd_wino_matrices(a, bt.data_ptr(), at.data_ptr()):
         raise ValueError(f"compiled_matrices: no matrices for r={r}")
     return bt, at
 
@@ -83,9 +83,12 @@ def conv_transpose3x3(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     # the tiles fill rows and columns [0, 2H) x [0, 2W) (the phases of logical H x W grids); the
     # last row and column take the third kernel row (column) alone, from the last input row (column)
     _run(x, wt, y, (h, w), r=2, stride_in=1, offset=-1, stride_out=2, scale=scale, tiles_per_chunk=tiles_per_chunk)
-    xs = x if scale is None else x * scale[:, :, None, None].to(x.dtype)  # only the edges are read
-    y[:, :, 2 * h] = F.conv_transpose1d(xs[:, :, h - 1], weight[:, :, 2].transpose(0, 1), stride=2)
-    y[:, :, :, 2 * w] = F.conv_transpose1d(xs[:, :, :, w - 1], weight[:, :, :, 2].transpose(0, 1), stride=2)
+    last_row, last_col = x[:, :, h - 1], x[:, :, :, w - 1]  # [N, C, W], [N, C, H]
+    if scale is not None:
+        s = scale[:, :, None].to(x.dtype)
+        last_row, last_col = last_row * s, last_col * s
+    y[:, :, 2 * h] = F.conv_transpose1d(last_row, weight[:, :, 2].transpose(0, 1), stride=2)
+    y[:, :, :, 2 * w] = F.conv_transpose1d(last_col, weight[:, :, :, 2].transpose(0, 1), stride=2)
     return y
 
 
@@ -122,13 +125,12 @@ def _phase_weight(weight: torch.Tensor, adjoint: bool) -> torch.Tensor:
     transposed conv with ``weight`` [O, C, 3, 3] (phase p = 2a + b correlates inputs
     (m - 1 + i, n - 1 + j) into output (2m + a, 2n + b)): [25, O * 4, C], or for the adjoint
     (taps reversed) [25, C, O * 4]."""
-    lib = cpu_library.LIBRARY.get(required=True)
     o, c = weight.shape[:2]
     u = _scratch_weight(25, c, 4 * o) if adjoint else _scratch_weight(25, 4 * o, c)
     w = weight.detach().contiguous()
     k = winograd.weight_matrix(torch.float32, 2)  # [25, 4]
-    if lib.hd_wino_phase_weight(w.data_ptr(), k.data_ptr(), u.data_ptr(), o, c, int(adjoint), torch.get_num_threads()):
-        raise RuntimeError(f"hd_wino_phase_weight rejected a weight of shape {list(weight.shape)}")
+    cpu_library.call("hd_wino_phase_weight", w.data_ptr(), k.data_ptr(), u.data_ptr(), o, c, int(adjoint),
+                     torch.get_num_threads(), about=f"a weight of shape {list(weight.shape)}")
     return u
 
 
@@ -147,7 +149,6 @@ def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, in
     logical rows from 4 ty + offset. y is written with ``stride_out`` (phase p of channel o from
     row o * stride_out^2 + p of M).
     """
-    lib = cpu_library.LIBRARY.get(required=True)
     a = TILE + r - 1
     a2 = a * a
     n, cx, hx, wx = x.shape
@@ -167,10 +168,8 @@ def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, in
     for n0, n1, t0, t1 in chunks:
         tiles = (n1 - n0) * (t1 - t0) * tw
         v, mm = buf_v[:a2 * vch * tiles].view(a2, vch, tiles), buf_m[:a2 * mch * tiles].view(a2, mch, tiles)
-        if lib.hd_wino_input(x.data_ptr(), v.data_ptr(), cx, hx, wx, oh, ow, n0, n1, t0, t1, tw,
-                             stride_in, offset, a, sp, threads):
-            raise RuntimeError(f"hd_wino_input rejected chunk {(n0, n1, t0, t1)} of x {list(x.shape)}")
+        cpu_library.call("hd_wino_input", x.data_ptr(), v.data_ptr(), cx, hx, wx, oh, ow, n0, n1, t0, t1, tw,
+                         stride_in, offset, a, sp, threads, about=f"chunk {(n0, n1, t0, t1)} of x {list(x.shape)}")
         torch.bmm(wt, v, out=mm)
-        if lib.hd_wino_output(mm.data_ptr(), y.data_ptr(), oy, hy, wy, oh, ow, n0, n1, t0, t1, tw,
-                              stride_out, a, threads):
-            raise RuntimeError(f"hd_wino_output rejected chunk {(n0, n1, t0, t1)} of y {list(y.shape)}")
+        cpu_library.call("hd_wino_output", mm.data_ptr(), y.data_ptr(), oy, hy, wy, oh, ow, n0, n1, t0, t1, tw,
+                         stride_out, a, threads, about=f"chunk {(n0, n1, t0, t1)} of y {list(y.shape)}")

@@ -43,12 +43,12 @@ def test_writes_over_a_fresh_input_but_never_over_a_view():
     fresh = x.clone()
     y = demod_act.demod_bias_lrelu(fresh, dcoefs, None, bias)
     assert y.data_ptr() == fresh.data_ptr()
-    base = torch.randn(2, 3, 4, 8)
-    view = base[..., :4]
-    before = base.clone()
-    y = demod_act.demod_bias_lrelu(view, dcoefs, None, bias)
-    assert torch.equal(base, before)
-    torch.testing.assert_close(y, reference(before[..., :4], dcoefs, None, bias))
+    strided, batch = torch.randn(2, 3, 4, 8), torch.randn(3, 3, 4, 4)
+    for base, view in ((strided, strided[..., :4]), (batch, batch[:2])):  # the second is contiguous
+        before = base.clone()
+        y = demod_act.demod_bias_lrelu(view, dcoefs, None, bias)
+        assert torch.equal(base, before)
+        torch.testing.assert_close(y, reference(view, dcoefs, None, bias))
 
 
 def test_applies_only_where_it_is_right():
@@ -59,6 +59,7 @@ def test_applies_only_where_it_is_right():
     assert not demod_act.applies(x, dc.clone().requires_grad_(True), add, bias)  # only x is differentiated
     assert not demod_act.applies(x, dc, add, bias.clone().requires_grad_(True))
     assert not demod_act.applies(x, dc, torch.zeros(2, 3, 4, 4), bias)  # noise is one plane per image
+    assert not demod_act.applies(x, dc, torch.zeros(3, 1, 4, 4), bias)  # one plane for all, or one per image
     assert not demod_act.applies(x, dc[:1], add, bias)
     with torch.no_grad():
         assert demod_act.applies(x, dc.clone().requires_grad_(True), add, bias)

@@ -27,10 +27,14 @@ from . import cpu_library, winograd
 
 TILES_PER_CHUNK = 256  # GEMM columns per chunk: [A*A, O, C] @ [A*A, C, 256]; the scratch is 2 x 19 MB at 512 channels
 TILE = winograd.M
-# Below this many input pixels (N * H * W) oneDNN's direct stride-2 convs are as fast (at 32 x 32
-# and batch 4, 512 channels: equal), and the 25 x 4 transformed weight values per channel pair
-# would take 105 MB of scratch memory.
-MIN_PIXELS_STRIDE2 = 4 * 64 * 64
+# Below this many input pixels (N * H * W) oneDNN's direct stride-2 convs are faster (at 16 x 16
+# and batch 4, 512 channels: 40 ms against 57 forward; at 32 x 32, 185 ms against 249).
+MIN_PIXELS_STRIDE2 = 4 * 32 * 32
+# Scratch buffers (transformed weights, transformed tiles) up to this many bytes stay in reused
+# memory: fresh memory page-faults on every call. Larger ones (the transformed weights of the
+# 512-channel layers, 38-105 MB) are freed after the call, so they never add to the memory
+# peak, which comes later, in the backward of the large-resolution layers.
+MAX_POOLED_BYTES = 32 * 2**20
 
 
 def available() -> bool:
@@ -135,8 +139,14 @@ def _phase_weight(weight: torch.Tensor, adjoint: bool) -> torch.Tensor:
 
 
 def _scratch_weight(points: int, rows: int, cols: int) -> torch.Tensor:
-    # the transformed weight in reused memory: fresh memory would page-fault on every call
-    return winograd.scratch("native_w", points * rows * cols, torch.float32).view(points, rows, cols)
+    return _scratch("native_w", points * rows * cols).view(points, rows, cols)
+
+
+def _scratch(name: str, numel: int) -> torch.Tensor:
+    """A float32 buffer, reused from call to call up to MAX_POOLED_BYTES."""
+    if numel * 4 > MAX_POOLED_BYTES:
+        return torch.empty(numel)
+    return winograd.scratch(name, numel, torch.float32)
 
 
 def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, int], r: int, stride_in: int,
@@ -164,7 +174,7 @@ def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, in
     threads = torch.get_num_threads()
     chunks = winograd.chunks(n, th, tw, tiles_per_chunk)
     most = a2 * max((n1 - n0) * (t1 - t0) * tw for n0, n1, t0, t1 in chunks)
-    buf_v, buf_m = winograd.scratch("native_v", vch * most, x.dtype), winograd.scratch("native_m", mch * most, x.dtype)
+    buf_v, buf_m = _scratch("native_v", vch * most), _scratch("native_m", mch * most)
     for n0, n1, t0, t1 in chunks:
         tiles = (n1 - n0) * (t1 - t0) * tw
         v, mm = buf_v[:a2 * vch * tiles].view(a2, vch, tiles), buf_m[:a2 * mch * tiles].view(a2, mch, tiles)

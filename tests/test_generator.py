@@ -309,6 +309,46 @@ def test_modulated_conv_function_gradcheck(up, with_domain):
     assert torch.autograd.gradcheck(lambda *a: _ModulatedConv.apply(*a, blur, 1), (x, s, d, w))
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("grads", ["all", "x", "x_w"])
+def test_modulated_conv_function_second_order(k, grads):
+    """The 1x1 conv (ToRGB) has its own paths (one batched matmul forward; the input gradient
+    with the scale folded in when neither styles nor domain need one), and the input gradient is
+    scaled in place except when a double backward records it: gradcheck and gradgradcheck with
+    each combination of inputs needing gradients."""
+    from hyperdomain.layers import _ModulatedConv
+
+    torch.manual_seed(7)
+    dt = torch.float64
+    x = torch.randn(2, 3, 4, 5, dtype=dt, requires_grad=True)
+    s = torch.randn(2, 3, dtype=dt, requires_grad=grads == "all")
+    d = (0.3 * torch.randn(2, 3, dtype=dt)).requires_grad_(grads == "all")
+    w = torch.randn(4, 3, k, k, dtype=dt, requires_grad=grads != "x")
+    inputs = tuple(t for t in (x, s, d, w) if t.requires_grad)
+
+    def f(*a):
+        given = iter(a)
+        return _ModulatedConv.apply(*(next(given) if t.requires_grad else t for t in (x, s, d, w)), None, k // 2)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_pointwise_matches_conv2d_of_the_scaled_input():
+    from hyperdomain.layers import _pointwise
+
+    torch.manual_seed(8)
+    dt = torch.float64
+    x, w = torch.randn(3, 5, 4, 6, dtype=dt), torch.randn(2, 5, 1, 1, dtype=dt)
+    s_in, s_out = torch.randn(3, 5, dtype=dt), torch.randn(3, 2, dtype=dt)
+    torch.testing.assert_close(_pointwise(x, w), torch.nn.functional.conv2d(x, w))
+    torch.testing.assert_close(_pointwise(x, w, in_scale=s_in, out_scale=s_out),
+                               torch.nn.functional.conv2d(x * s_in[:, :, None, None], w) * s_out[:, :, None, None])
+    # one scale row for the whole batch broadcasts
+    torch.testing.assert_close(_pointwise(x, w, in_scale=s_in[:1]),
+                               torch.nn.functional.conv2d(x * s_in[:1, :, None, None], w))
+
+
 def test_domain_gradient_matches_weight_side(G64):
     torch.manual_seed(6)
     z = torch.randn(3, 32, dtype=torch.float64)

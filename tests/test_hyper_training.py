@@ -93,7 +93,9 @@ def _eval_losses(G, clip, net, prompts):
 
 def test_short_run_lowers_the_losses(tiny_G, tiny_clip, lists):
     train, _ = lists
-    net = run(tiny_G, tiny_clip, train, iters=60, convex_hull=False, resample_cos=None)
+    # 120 steps: after 60 the drop (0.03-0.16) moved with float rounding alone (thread count,
+    # op order); after 120 it is 0.09-0.18 on direction and 0.14-0.20 on tt over seeds 0-3
+    net = run(tiny_G, tiny_clip, train, iters=120, convex_hull=False, resample_cos=None)
     torch.manual_seed(0)  # the trainer's initialisation for seed 0
     fresh = HyperDomainNet(net.config, meta=net.meta)
     fresh.text_encoder(tiny_clip)

@@ -59,6 +59,26 @@ def test_equals_the_tensor_op_winograd():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_scratch_over_the_cap_is_fresh_memory_and_gives_the_same_convs(monkeypatch):
+    """Buffers up to MAX_POOLED_BYTES are reused between calls; larger ones are fresh each call
+    (freed afterwards, off the memory peak), and the convs do not depend on which they got."""
+    small = winograd_native.MAX_POOLED_BYTES // 4
+    a, b = winograd_native._scratch("test_cap", small), winograd_native._scratch("test_cap", small)
+    assert a.data_ptr() == b.data_ptr()
+    big = winograd_native._scratch("test_cap_big", small + 1)
+    assert big.data_ptr() != winograd_native._scratch("test_cap_big", small + 1).data_ptr()
+    gen = torch.Generator().manual_seed(6)
+    x, weight = torch.randn(2, 6, 9, 11, generator=gen), torch.randn(5, 6, 3, 3, generator=gen)
+    scale = torch.rand(2, 6, generator=gen) + 0.5
+    pooled = (winograd_native.conv3x3(x, weight, scale), winograd_native.conv_transpose3x3(x, weight, scale))
+    monkeypatch.setattr(winograd_native, "MAX_POOLED_BYTES", 0)
+    winograd.clear_workspace()
+    fresh = (winograd_native.conv3x3(x, weight, scale), winograd_native.conv_transpose3x3(x, weight, scale))
+    assert not getattr(winograd._workspace, "bufs", None)  # nothing was pooled
+    for p, f in zip(pooled, fresh):
+        assert torch.equal(p, f)
+
+
 def test_threads_do_not_change_the_result():
     gen = torch.Generator().manual_seed(3)
     x, weight = torch.randn(2, 16, 21, 18, generator=gen), torch.randn(8, 16, 3, 3, generator=gen)

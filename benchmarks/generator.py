@@ -7,9 +7,14 @@ Measures, for random-weight generators at batch 4:
              forward, backward to the domain vector
 Each (config, path) runs in a fresh subprocess so peak memory is its own: peak RSS growth over
 the process after setup on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Times are medians.
+With ``--rounds K`` the two paths' subprocesses alternate K times (A W, W A, A W, ...): on a
+shared machine whose speed drifts over minutes, the ratio of each round's pair is far steadier
+than the ratio of two runs minutes apart. The table gives the median over rounds, and the summary
+the range of the per-round ratios.
 
     python benchmarks/generator.py                       # 256 px (ch. mult. 2) and 1024 px on CPU
     python benchmarks/generator.py --sizes 256 --repeats 7 --device cuda
+    python benchmarks/generator.py --sizes 256 --repeats 3 --rounds 3   # noisy CPU: paired rounds
 """
 from __future__ import annotations
 
@@ -149,11 +154,31 @@ def matmul_rate(device_name: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def _run_child(size: int, path: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(size), path, "--batch", str(args.batch),
+           "--repeats", str(args.repeats), "--device", args.device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"benchmark child failed for {size} px {path}")
+    return json.loads(line[0][7:])
+
+
+def _median_result(runs: list[dict]) -> dict:
+    """One row from several rounds of the same (size, path): the median of each measured figure."""
+    out = dict(runs[0])
+    for key in ("forward_s", "fwd_bwd_s", "step_s", "step_peak_mb"):
+        out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1, help="Alternate the two paths' subprocesses this many times.")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PATH"), help=argparse.SUPPRESS)
@@ -168,18 +193,14 @@ def main() -> None:
 
     rate = matmul_rate(args.device)
     print(f"device {args.device}, torch {torch.__version__}, {os.cpu_count()} cpus, "
-          f"fp32 matmul {rate:.0f} GFLOP/s, batch {args.batch}, median of {args.repeats}")
-    results = []
+          f"fp32 matmul {rate:.0f} GFLOP/s, batch {args.batch}, median of {args.repeats}"
+          + (f" per run, {args.rounds} paired rounds" if args.rounds > 1 else ""))
+    rounds: dict[tuple[int, str], list[dict]] = {}
     for size in args.sizes:
-        for path in PATHS:
-            cmd = [sys.executable, __file__, "--child", str(size), path, "--batch", str(args.batch),
-                   "--repeats", str(args.repeats), "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                print(proc.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"benchmark child failed for {size} px {path}")
-            results.append(json.loads(line[0][7:]))
+        for k in range(args.rounds):
+            for path in PATHS if k % 2 == 0 else PATHS[::-1]:
+                rounds.setdefault((size, path), []).append(_run_child(size, path, args))
+    results = [_median_result(rs) for rs in rounds.values()]
     print("| size | path | forward s | fwd+bwd s | step s | step peak MB | step GFLOP | step at matmul rate |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -188,10 +209,15 @@ def main() -> None:
               f"{r['step_peak_mb']:.0f} | {gf:.1f} | {gf / rate / r['step_s'] * 100:.0f}% |")
     for size in args.sizes:
         a, w = (next(r for r in results if r["size"] == size and r["path"] == p) for p in PATHS)
-        print(f"{size} px: step {w['step_s'] / a['step_s']:.2f}x faster, "
-              f"peak memory {a['step_peak_mb'] / max(w['step_peak_mb'], 1e-9):.2f}x of the weight-side form")
+        pairs = list(zip(rounds[(size, "activation")], rounds[(size, "weight")]))
+        speed = sorted(wr["step_s"] / ar["step_s"] for ar, wr in pairs)
+        memory = sorted(ar["step_peak_mb"] / max(wr["step_peak_mb"], 1e-9) for ar, wr in pairs)
+        spread = f" (rounds: {speed[0]:.2f}-{speed[-1]:.2f}x, memory {memory[0]:.2f}-{memory[-1]:.2f}x)" if len(pairs) > 1 else ""
+        print(f"{size} px: step {statistics.median(speed):.2f}x faster, peak memory "
+              f"{statistics.median(memory):.2f}x of the weight-side form{spread}")
     if args.json:
-        args.json.write_text(json.dumps({"matmul_gflops": rate, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"matmul_gflops": rate, "results": results,
+                                         "rounds": [r for rs in rounds.values() for r in rs]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1 or args.repeats < 1:
+        print(f"generator.py: --rounds and --repeats must be at least 1, got {args.rounds} and {args.repeats}",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     if args.child:
         res = measure_one(int(args.child[0]), args.child[1], args.batch, args.repeats, args.device)
@@ -208,7 +212,6 @@ def main() -> None:
         print(f"| {r['size']} | {r['path']} | {r['forward_s']:.3f} | {r['fwd_bwd_s']:.3f} | {r['step_s']:.3f} | "
               f"{r['step_peak_mb']:.0f} | {gf:.1f} | {gf / rate / r['step_s'] * 100:.0f}% |")
     for size in args.sizes:
-        a, w = (next(r for r in results if r["size"] == size and r["path"] == p) for p in PATHS)
         pairs = list(zip(rounds[(size, "activation")], rounds[(size, "weight")]))
         speed = sorted(wr["step_s"] / ar["step_s"] for ar, wr in pairs)
         memory = sorted(ar["step_peak_mb"] / max(wr["step_peak_mb"], 1e-9) for ar, wr in pairs)

@@ -50,10 +50,14 @@ def build(size: int, device, seed: int = 0):
     return G.eval()
 
 
-def set_path(G, path: str) -> None:
-    for m in G.modules():
-        if hasattr(m, "weight_side"):
-            m.weight_side = path == "weight"
+def path_context(path: str):
+    """The weight side: every modulated conv on ``stylegan2_ops.modulated_conv2d``'s reference path,
+    the paper's form (per-sample weights, grouped convolutions, plain PyTorch blur and activation)."""
+    import contextlib
+
+    import stylegan2_ops
+
+    return stylegan2_ops.pin_modulated_conv2d("ref") if path == "weight" else contextlib.nullcontext()
 
 
 def _sync(device):
@@ -87,7 +91,6 @@ def measure_one(size: int, path: str, batch: int, repeats: int, device_name: str
 
     device = torch.device(device_name)
     G = build(size, device)
-    set_path(G, path)
     z = torch.randn(batch, G.z_dim, device=device)
     d = (0.1 * torch.randn(G.num_domain_params, device=device)).requires_grad_(True)
     w = G.mapping(z)
@@ -189,7 +192,8 @@ def main() -> None:
         raise SystemExit(2)
 
     if args.child:
-        res = measure_one(int(args.child[0]), args.child[1], args.batch, args.repeats, args.device)
+        with path_context(args.child[1]):
+            res = measure_one(int(args.child[0]), args.child[1], args.batch, args.repeats, args.device)
         print("RESULT " + json.dumps(res))
         return
 

@@ -1,9 +1,10 @@
-"""Low-level StyleGAN2 ops: fused bias + activation, upfirdn2d, style/domain modulation.
+"""Low-level StyleGAN2 ops: the modulated conv with the domain multiplier, fused bias +
+activation, upfirdn2d, and the modulation's building blocks.
 
-Each op has a CUDA kernel (``csrc/``, compiled on first use with CUDA tensors, see ``_build``)
-and a plain-PyTorch reference path. ``impl="auto"`` uses the kernel for CUDA tensors when the
-extension is available, else the reference; ``"ref"`` forces the reference; ``"cuda"`` requires
-the kernel. ``import stylegan2_ops`` needs neither nvcc nor ninja.
+Each op has a plain-PyTorch reference path and fast paths: CUDA kernels (``csrc/``, compiled on
+first use with CUDA tensors, see ``_build``) and, for float32 CPU tensors, the C++ CPU library.
+``impl="auto"`` picks the fastest path for the tensors given; ``"ref"`` forces the reference;
+``"cuda"`` requires the kernels. ``import stylegan2_ops`` needs neither nvcc nor ninja.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import torch
 
 from . import _build
 from .bias_act import bias_act
+from .modulated_conv import modulated_conv2d, pin_modulated_conv2d
 from .modulation import demod_coefficients, modulated_input
 from .upfirdn2d import setup_filter, upfirdn2d
 
-__all__ = ["bias_act", "upfirdn2d", "setup_filter", "modulated_input", "demod_coefficients", "status"]
+__all__ = ["modulated_conv2d", "pin_modulated_conv2d", "bias_act", "upfirdn2d", "setup_filter", "modulated_input",
+           "demod_coefficients", "status"]
 
 
 def status() -> dict:

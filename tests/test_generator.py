@@ -156,15 +156,16 @@ def test_compiled_kernels_match_the_weight_side_reference(kernel_device):
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-9)
 
 
-def test_weight_side_switch_matches(G64):
+def test_generator_on_the_pinned_reference_op_matches(G64):
+    """The whole generator with every modulated conv on the op's weight-side reference path."""
+    import stylegan2_ops
+
     torch.manual_seed(3)
     z = torch.randn(2, 32, dtype=torch.float64)
     d = 0.3 * torch.randn(2, G64.num_domain_params, dtype=torch.float64)
     fast = G64(z, domain=d)
-    for m in G64.modules():
-        if hasattr(m, "weight_side"):
-            m.weight_side = True
-    torch.testing.assert_close(G64(z, domain=d), fast, rtol=1e-10, atol=1e-10)
+    with stylegan2_ops.pin_modulated_conv2d("ref"):
+        torch.testing.assert_close(G64(z, domain=d), fast, rtol=1e-10, atol=1e-10)
 
 
 def test_zero_domain_reproduces_source_exactly(tiny_G):
@@ -292,78 +293,22 @@ def test_config_refuses_non_power_of_two():
         GeneratorConfig(resolution=48, style_dim=8, n_mlp=1, channels=(8, 8, 8))
 
 
-@pytest.mark.parametrize("up", [False, True])
-@pytest.mark.parametrize("with_domain", [False, True])
-def test_modulated_conv_function_gradcheck(up, with_domain):
-    from hyperdomain.layers import Blur, _ModulatedConv
-
-    torch.manual_seed(5)
-    dt = torch.float64
-    x = torch.randn(2, 3, 5, 5, dtype=dt, requires_grad=True)
-    s = torch.randn(2, 3, dtype=dt, requires_grad=True)
-    d = (0.3 * torch.randn(2, 3, dtype=dt)).requires_grad_(True) if with_domain else None
-    w = torch.randn(4, 3, 3, 3, dtype=dt, requires_grad=True)
-    blur = Blur((1, 1), factor=2).double() if up else None
-    if up:  # an asymmetric filter, so a wrong flip in the blur's adjoint shows
-        blur.kernel = torch.rand(4, 4, dtype=dt)
-    assert torch.autograd.gradcheck(lambda *a: _ModulatedConv.apply(*a, blur, 1), (x, s, d, w))
-
-
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("grads", ["all", "x", "x_w"])
-def test_modulated_conv_function_second_order(k, grads):
-    """The 1x1 conv (ToRGB) has its own paths (one batched matmul forward; the input gradient
-    with the scale folded in when neither styles nor domain need one), and the input gradient is
-    scaled in place except when a double backward records it: gradcheck and gradgradcheck with
-    each combination of inputs needing gradients."""
-    from hyperdomain.layers import _ModulatedConv
-
-    torch.manual_seed(7)
-    dt = torch.float64
-    x = torch.randn(2, 3, 4, 5, dtype=dt, requires_grad=True)
-    s = torch.randn(2, 3, dtype=dt, requires_grad=grads == "all")
-    d = (0.3 * torch.randn(2, 3, dtype=dt)).requires_grad_(grads == "all")
-    w = torch.randn(4, 3, k, k, dtype=dt, requires_grad=grads != "x")
-    inputs = tuple(t for t in (x, s, d, w) if t.requires_grad)
-
-    def f(*a):
-        given = iter(a)
-        return _ModulatedConv.apply(*(next(given) if t.requires_grad else t for t in (x, s, d, w)), None, k // 2)
-
-    assert torch.autograd.gradcheck(f, inputs)
-    assert torch.autograd.gradgradcheck(f, inputs)
-
-
-def test_pointwise_matches_conv2d_of_the_scaled_input():
-    from hyperdomain.layers import _pointwise
-
-    torch.manual_seed(8)
-    dt = torch.float64
-    x, w = torch.randn(3, 5, 4, 6, dtype=dt), torch.randn(2, 5, 1, 1, dtype=dt)
-    s_in, s_out = torch.randn(3, 5, dtype=dt), torch.randn(3, 2, dtype=dt)
-    torch.testing.assert_close(_pointwise(x, w), torch.nn.functional.conv2d(x, w))
-    torch.testing.assert_close(_pointwise(x, w, in_scale=s_in, out_scale=s_out),
-                               torch.nn.functional.conv2d(x * s_in[:, :, None, None], w) * s_out[:, :, None, None])
-    # one scale row for the whole batch broadcasts
-    torch.testing.assert_close(_pointwise(x, w, in_scale=s_in[:1]),
-                               torch.nn.functional.conv2d(x * s_in[:1, :, None, None], w))
-
-
 def test_domain_gradient_matches_weight_side(G64):
+    import stylegan2_ops
+
     torch.manual_seed(6)
     z = torch.randn(3, 32, dtype=torch.float64)
     target = torch.randn(3, 3, 32, 32, dtype=torch.float64)
 
-    def grad(weight_side):
-        for m in G64.modules():
-            if hasattr(m, "weight_side"):
-                m.weight_side = weight_side
+    def grad():
         d = (0.2 * torch.randn(3, G64.num_domain_params, dtype=torch.float64,
                                generator=torch.Generator().manual_seed(1))).requires_grad_(True)
         (G64(z, domain=d) - target).square().mean().backward()
         return d.grad
 
-    torch.testing.assert_close(grad(False), grad(True), rtol=1e-9, atol=1e-12)
+    fast = grad()
+    with stylegan2_ops.pin_modulated_conv2d("ref"):
+        torch.testing.assert_close(fast, grad(), rtol=1e-9, atol=1e-12)
 
 
 def test_conv_clamp_limits_each_layer_output_like_nvidia():

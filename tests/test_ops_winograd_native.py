@@ -230,7 +230,7 @@ def test_without_the_library_convs_stay_silent_and_right(monkeypatch):
     import warnings
 
     import stylegan2_ops
-    from hyperdomain import layers
+    from stylegan2_ops import modulated_conv
 
     calls = []
 
@@ -245,7 +245,7 @@ def test_without_the_library_convs_stay_silent_and_right(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not winograd_native.applies(x, w)
-        y = layers._conv(x, w, None, 1)
+        y = modulated_conv._conv(x, w, None, 1, "auto")
     torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
     assert calls == [1]
     assert "no C++ compiler" in stylegan2_ops.status()["cpu_library"]["error"]

@@ -125,7 +125,8 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
     """Runs in the child process."""
     import torch
 
-    from hyperdomain.adaptation import AdaptConfig, _Run, sample_training_latents
+    from hyperdomain.training.adapt import AdaptConfig, _AdaptRun
+    from hyperdomain.training.latents import sample_training_latents
     from hyperdomain.losses import direction_loss
 
     device = torch.device(device_name)
@@ -134,7 +135,7 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
     encoders = [build_clip(c, device) for c in clips]
     cfg = AdaptConfig(target="3D render in the style of Pixar", clip=tuple(e.label for e in encoders),
                       batch=batch, sample_every=0, checkpoint_every=0)
-    run = _Run(G, encoders, cfg, None)
+    run = _AdaptRun(G, encoders, cfg, None)
 
     def timed(fn, n):
         out = []
@@ -169,7 +170,7 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
         loss.backward()
 
     def step():
-        run._one_step(run.rng.get_state())
+        run._one_step()
 
     step()  # warm-up (allocations, kernel build on CUDA)
     t_step = timed(step, repeats)

@@ -38,7 +38,7 @@ def measure(config: str, batch: int, repeats: int, device_name: str, prompts: in
     import torch
 
     from hyperdomain.domain_list import builtin_domain_list, read_domain_list
-    from hyperdomain.hyper_training import HyperTrainConfig, _HyperRun
+    from hyperdomain.training.hyper import HyperTrainConfig, _HyperRun
 
     device = torch.device(device_name)
     size, clips = CONFIGS[config]
@@ -61,7 +61,6 @@ def measure(config: str, batch: int, repeats: int, device_name: str, prompts: in
         _sync(device)
         t = time.perf_counter()
         run._one_step()
-        run.step += 1
         _sync(device)
         times.append(time.perf_counter() - t)
     base = _mem_now(device) if device.type == "cuda" else _rss(device)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from .options import (LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, noise_modes,
+                      sample_method, template_sets)
+
 EXAMPLES_SAMPLE = """
 \b
 Examples:
@@ -82,14 +85,7 @@ def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
     """A hypernetwork file, checked against the generator, with its prompt encoder chosen."""
     import hyperdomain as hd
 
-    net = hd.HyperDomainNet.load(path).to(G.device)
-    if tuple(net.domain_dims) != tuple(G.domain_dims):
-        raise UserError(f"{path}: the hypernetwork makes domains of {sum(net.domain_dims)} numbers, generator "
-                        f"{G.name!r} needs {G.num_domain_params}")
-    fp = net.meta.get("generator_fingerprint")
-    if fp and fp != G.fingerprint and not no_check:
-        raise UserError(f"{path}: trained for generator {net.meta.get('generator')!r} (fingerprint {fp}), not for "
-                        f"{G.name!r} (fingerprint {G.fingerprint}); pass --no-check to use it anyway")
+    net = hd.HyperDomainNet.load(path, generator=G, check=not no_check).to(G.device)
     if clip_spec:
         net.text_encoder(absolute_spec(clip_spec))
     return net
@@ -97,7 +93,7 @@ def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
 
 def interrupted(ctx, out: Path, command: str) -> None:
     """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
-    from hyperdomain.train_state import CHECKPOINT
+    from hyperdomain.files.run_checkpoints import CHECKPOINT
 
     if (out / CHECKPOINT).is_file():
         click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
@@ -129,10 +125,10 @@ def main(verbose: int) -> None:
 @click.option("--with-source", is_flag=True, help="Add the source generator as the first row.")
 @click.option("-n", "--num", "n", type=click.IntRange(1, 10_000), default=16, show_default=True,
               help="Images per domain.")
-@click.option("--truncation", type=click.FloatRange(0.0, 2.0), default=0.7, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--truncation", cls=LibraryDefault, owner=sample_method, type=click.FloatRange(0.0, 2.0))
+@click.option("--seed", cls=LibraryDefault, owner=sample_method, type=click.IntRange(0))
+@click.option("--noise-mode", cls=LibraryDefault, owner=sample_method, type=LibraryChoice(noise_modes))
+@click.option("--batch-size", cls=LibraryDefault, owner=sample_method, type=click.IntRange(1, 1024))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("grid.png"),
               show_default=True, help="Grid image to write (.png, .jpg, .webp).")
 @click.option("--separate", type=click.Path(file_okay=False, path_type=Path),
@@ -162,7 +158,7 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     if hyper is not None:
         net = load_hyper(hyper, G, no_check, hyper_clip)
         loaded += net.domains(list(prompts))
-        from hyperdomain.adaptation import slug
+        from hyperdomain.training.adapt import slug
 
         domains = list(domains) + [Path(slug(q)) for q in prompts]
     if with_source or not loaded:
@@ -197,23 +193,27 @@ _RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress", "
 @click.option("--target", "-t", help="The target domain, in words (e.g. \"3D render in the style of Pixar\").")
 @click.option("--source", "-s", help="The source domain (default: the generator's, e.g. \"Photo\").")
 @generator_option
-@click.option("--clip", "clip", multiple=True, metavar="NAME[:TAG][=FILE]",
-              help="CLIP model(s), repeatable [default: ViT-B-32 and ViT-B-16, OpenAI weights]. FILE: local "
+@click.option("--clip", "clip", cls=LibraryDefault, owner=adapt_config, fallback=True, fallback_help="",
+              multiple=True, metavar="NAME[:TAG][=FILE]",
+              help="CLIP model(s), repeatable (TAG: open_clip's pretrained tag, openai by default). FILE: local "
                    "weights for offline use; NAME may be an open_clip model config .json.")
-@click.option("--iters", type=click.IntRange(1), help="Training steps [default: the generator's paper recipe, else 300].")
-@click.option("--batch", type=click.IntRange(1, 4096), help="[default: the generator's recipe, else 4]")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [default: recipe, else 0.1].")
-@click.option("--loss", "losses", multiple=True, metavar="NAME=WEIGHT",
-              help="Loss weights, repeatable: direction, global, indomain, l2 [default: recipe, else direction=1].")
-@click.option("--mixing", type=click.FloatRange(0, 1), help="Style-mixing probability of a batch [default: 0.9].")
-@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
-              show_default=True, help="Prompt templates the text embeddings average over.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--iters", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.IntRange(1),
+              help="Training steps.")
+@click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.IntRange(1, 4096))
+@click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate.")
+@click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True, multiple=True,
+              metavar="NAME=WEIGHT", help="Loss weights, repeatable: direction, global, indomain, l2.")
+@click.option("--mixing", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.FloatRange(0, 1),
+              help="Style-mixing probability of a batch.")
+@click.option("--templates", cls=LibraryDefault, owner=adapt_config, type=LibraryChoice(template_sets),
+              help="Prompt templates the text embeddings average over.")
+@click.option("--seed", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Run folder [default: runs/<target>].")
-@click.option("--sample-every", type=click.IntRange(0), default=50, show_default=True,
+@click.option("--sample-every", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0),
               help="Write a source/target sample grid every N steps (0: only at the end).")
-@click.option("--checkpoint-every", type=click.IntRange(0), default=50, show_default=True,
+@click.option("--checkpoint-every", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0),
               help="Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder (its settings are kept; --iters may extend it).")
@@ -225,7 +225,7 @@ def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing
           sample_every, checkpoint_every, resume, progress, device):
     """Adapt a generator to a domain described in words: trains one domain vector against CLIP."""
     import hyperdomain as hd
-    from hyperdomain.adaptation import DOMAIN_FILE, slug
+    from hyperdomain.training.adapt import DOMAIN_FILE, slug
 
     if resume is not None:
         generator = resumed_generator(ctx, hd.read_adapt_config(resume), generator)
@@ -261,36 +261,37 @@ Examples:
 
 
 @main.command(name="train-hyper", epilog=EXAMPLES_HYPER)
-@click.option("--domains", default="builtin:train", show_default=True,
+@click.option("--domains", cls=LibraryDefault, owner=hyper_config,
               help="Domain list: one 'Target - Source' per line (source optional), or builtin:train.")
-@click.option("--test-domains", default="builtin:heldout", show_default=True,
+@click.option("--test-domains", cls=LibraryDefault, owner=hyper_config,
               help="Held-out prompts shown in the sample grids; 'none' for none.")
 @generator_option
-@click.option("--clip", "clip", multiple=True, metavar="NAME[:TAG][=FILE]",
-              help="CLIP model(s) of the losses, repeatable [default: ViT-B-32 and ViT-B-16].")
-@click.option("--input-clip", default="ViT-B-32", show_default=True, metavar="NAME[:TAG][=FILE]",
+@click.option("--clip", "clip", cls=LibraryDefault, owner=hyper_config, fallback=True, fallback_help="",
+              multiple=True, metavar="NAME[:TAG][=FILE]", help="CLIP model(s) of the losses, repeatable.")
+@click.option("--input-clip", cls=LibraryDefault, owner=hyper_config, metavar="NAME[:TAG][=FILE]",
               help="The CLIP model whose bare-prompt embedding is the network's input.")
-@click.option("--iters", type=click.IntRange(1), help="Training steps [default: 10000].")
-@click.option("--batch", type=click.IntRange(2), default=8, show_default=True, help="Global batch (all processes).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-5, show_default=True)
-@click.option("--loss", "losses", multiple=True, metavar="NAME=WEIGHT",
-              help="Loss weights, repeatable [default: direction=1, tt_direction=0.4].")
-@click.option("--convex-hull/--no-convex-hull", default=True, show_default=True,
+@click.option("--iters", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Training steps.")
+@click.option("--batch", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(2),
+              help="Global batch (all processes).")
+@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, min_open=True))
+@click.option("--loss", "losses", cls=LibraryDefault, owner=hyper_config, fallback=True, fallback_help="",
+              multiple=True, metavar="NAME=WEIGHT", help="Loss weights, repeatable.")
+@click.option("--convex-hull/--no-convex-hull", cls=LibraryDefault, owner=hyper_config,
               help="Train on Dirichlet mixtures of the batch's prompts.")
-@click.option("--resample-cos", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
-              show_default=True, help="Resample target text embeddings at cosine >= this.")
+@click.option("--resample-cos", cls=LibraryDefault, owner=hyper_config,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Resample target text embeddings at cosine >= this.")
 @click.option("--no-resample", is_flag=True, help="Switch the resampling off.")
-@click.option("--crop", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+@click.option("--crop", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, 1, min_open=True),
               help="Side fraction of the random crop before CLIP (1: none).")
-@click.option("--mixing", type=click.FloatRange(0, 1), default=0.9, show_default=True)
-@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
-              show_default=True)
-@click.option("--width", type=click.IntRange(1), default=512, show_default=True, help="Hidden width.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--mixing", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, 1))
+@click.option("--templates", cls=LibraryDefault, owner=hyper_config, type=LibraryChoice(template_sets))
+@click.option("--width", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Hidden width.")
+@click.option("--seed", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/hyper"),
               show_default=True)
-@click.option("--sample-every", type=click.IntRange(0), default=500, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
+@click.option("--sample-every", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
+@click.option("--checkpoint-every", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder (its settings are kept; --iters may extend it).")
 @click.option("--progress/--no-progress", default=True)
@@ -313,7 +314,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         if resume is not None:
             generator = resumed_generator(ctx, hd.read_hyper_config(resume), generator)
             out = resume
-            if iters is not None:
+            if ctx.get_parameter_source("iters") is not click.core.ParameterSource.DEFAULT:
                 options["iters"] = iters
             if clip:  # e.g. the run's CLIP files moved: checked against the run's models
                 options["clip"] = [absolute_spec(c) for c in clip]
@@ -322,14 +323,12 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         G = hd.load_generator(generator, device=dist.device)
         if resume is None:
             given = {"losses": hd.LossWeights.parse(losses)} if losses else {}
-            if iters is not None:  # else the config's default
-                given["iters"] = iters
             if clip:
                 given["clip"] = tuple(absolute_spec(c) for c in clip)
             config = hd.HyperTrainConfig(
                 domains=absolute_path(domains),
                 test_domains=None if test_domains == "none" else absolute_path(test_domains),
-                input_clip=absolute_spec(input_clip), batch=batch, lr=lr,
+                input_clip=absolute_spec(input_clip), iters=iters, batch=batch, lr=lr,
                 convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos, crop=crop,
                 mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
                 checkpoint_every=checkpoint_every, source=G.source_prompt, generator=absolute_path(generator),
@@ -341,7 +340,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                 interrupted(ctx, out, "train-hyper")
             ctx.exit(130)
         if dist.is_main:
-            from hyperdomain.hyper_training import HYPERNET_FILE
+            from hyperdomain.training.hyper import HYPERNET_FILE
 
             click.echo(f"wrote {out / HYPERNET_FILE} ({net.meta['iterations']} steps, "
                        f"{len(net.meta['train_prompts'])} training prompts) and {out / 'samples.png'}")
@@ -381,15 +380,15 @@ def export(hyper, prompt, out, hyper_clip):
 @click.option("--prompt", "-p", "prompts", multiple=True, help="A prompt for --hyper; repeatable.")
 @click.option("--prompts", "prompt_list", help="A domain list of prompts for --hyper (e.g. builtin:heldout).")
 @click.option("--source", "with_source", is_flag=True, help="Also score the unadapted generator (the baseline).")
-@click.option("--clip", default="ViT-B-16", show_default=True, metavar="NAME[:TAG][=FILE]",
+@click.option("--clip", cls=LibraryDefault, owner=evaluate_function, metavar="NAME[:TAG][=FILE]",
               help="The judging CLIP model; prefer one not used in training.")
 @click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder [default: its own].")
-@click.option("-n", "--num", "n", type=click.IntRange(2), default=500, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--truncation", type=click.FloatRange(0.0, 2.0), default=1.0, show_default=True)
-@click.option("--templates", type=click.Choice(["imagenet", "openai", "single", "none"]), default="imagenet",
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("-n", "--num", "n", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(2))
+@click.option("--seed", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(0))
+@click.option("--truncation", cls=LibraryDefault, owner=evaluate_function, type=click.FloatRange(0.0, 2.0))
+@click.option("--templates", cls=LibraryDefault, owner=evaluate_function, field="template_set",
+              type=LibraryChoice(template_sets))
+@click.option("--batch-size", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(1, 1024))
 @click.option("--out", "-o", "outs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the rows to .json and/or .csv; repeatable.")
 @click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")
@@ -432,7 +431,7 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
 @user_errors
 def info(file):
     """Print what a generator checkpoint, domain file or foreign checkpoint holds."""
-    from hyperdomain.inspect_file import describe
+    from hyperdomain.files.describe import describe
 
     for key, value in describe(file).items():
         click.echo(f"{key:>22}: {value}")
@@ -454,7 +453,7 @@ def import_(checkpoint, out, prompt, source_prompt):
       hyperdomain import mapper_large_resample_td.pt --out hdn.safetensors
     """
     import hyperdomain as hd
-    from hyperdomain.paper_import import paper_model_type
+    from hyperdomain.files.paper_files import paper_model_type
 
     if paper_model_type(checkpoint) == "mapper":  # a HyperDomainNet: written as a hypernetwork file
         net = hd.import_hypernet(checkpoint)
@@ -481,7 +480,7 @@ def download(names, list_):
       hyperdomain download ffhq
       hyperdomain download --list
     """
-    from hyperdomain.weights import download as fetch, load_manifest, weights_home
+    from hyperdomain.files.pretrained import download as fetch, load_manifest, weights_home
 
     manifest = load_manifest()
     if list_ or not names:

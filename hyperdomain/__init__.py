@@ -8,21 +8,20 @@ Public API::
     images = G.sample(8, domain=pixar, truncation=0.7, seed=0)
     hd.save_grid(images, "pixar.png")
 """
-from .adaptation import AdaptConfig, adapt, read_adapt_config
+from ._version import __version__
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
 from .domain import Domain, mix
 from .errors import HyperdomainError
 from .evaluation import evaluate
-from .hyper_training import HyperTrainConfig, read_hyper_config, train_hyper
-from .hypernet import HyperConfig, HyperDomainNet, import_hypernet
+from .files.paper_files import import_checkpoint, import_hypernet
+from .files.pretrained import download, load_manifest, weights_home
 from .generator import Generator, load_generator
-from .losses import LossWeights
+from .hypernet import HyperConfig, HyperDomainNet
 from .images import make_grid, save_grid, save_images
-from .paper_import import import_checkpoint
-from .weights import download, load_manifest, weights_home
-
-__version__ = "0.1.0"
+from .losses import LossWeights
+from .training.adapt import AdaptConfig, adapt, read_adapt_config
+from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 
 __all__ = [
     "AdaptConfig",

@@ -14,6 +14,9 @@ A model is named by a spec string ``NAME[:TAG][=FILE]``:
 Text embeddings follow the paper's code: each prompt is put into the templates, every template's
 embedding is L2-normalised, and the *mean* over templates is kept (not re-normalised), so a text
 direction ``T_trg - T_src`` is the mean of the per-template differences.
+
+open_clip is imported where it is used: importing it takes seconds, and ``import hyperdomain``
+should not pay for it before a CLIP model is needed.
 """
 from __future__ import annotations
 
@@ -21,15 +24,18 @@ import contextlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import HyperdomainError
+from .files.restricted_unpickler import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -342,14 +348,10 @@ def _read_model_config(path: str) -> dict:
 
 def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """A local weights file, read without running pickled code."""
-    from .safe_pickle import load_torch_file
-
     p = Path(path)
     if not p.is_file():
         raise HyperdomainError(f"{p}: no such CLIP weights file")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             sd = load_file(str(p))
         except Exception as e:  # safetensors' own error types
@@ -377,8 +379,6 @@ def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def _is_torchscript(p: Path) -> bool:
-    import zipfile
-
     if not zipfile.is_zipfile(p):
         return False
     with zipfile.ZipFile(p) as z:

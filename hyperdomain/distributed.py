@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .errors import HyperdomainError
 
@@ -50,8 +51,6 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     if dev.type == "cuda" and dev.index != local:
         raise HyperdomainError(f"--device {device}: under torchrun each process takes cuda:LOCAL_RANK; "
                                f"use --device cuda or auto (and CUDA_VISIBLE_DEVICES to choose GPUs)")
-    import torch.distributed as dist
-
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
@@ -65,8 +64,6 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
 
 def teardown(info: DistInfo) -> None:
     if info.active:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -75,8 +72,6 @@ def any_rank(info: DistInfo, flags: list[bool]) -> list[bool]:
     """Element-wise OR of boolean flags over all ranks (one small all-reduce)."""
     if not info.active:
         return list(flags)
-    import torch.distributed as dist
-
     t = torch.tensor([float(f) for f in flags], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
@@ -86,8 +81,6 @@ def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float
     """The mean of each value over all ranks (for logging)."""
     if not info.active or not values:
         return dict(values)
-    import torch.distributed as dist
-
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], device=info.device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -98,7 +91,5 @@ def broadcast_buffers(info: DistInfo, module: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank, as DDP does before each forward."""
     if not info.active:
         return
-    import torch.distributed as dist
-
     for b in module.buffers():
         dist.broadcast(b, src=0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .errors import HyperdomainError
-from .fileio import read_safetensors, write_safetensors
+from .files.safetensors_files import DOMAIN, check_format, read_safetensors, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -87,21 +87,14 @@ class Domain:
         if fingerprint and fp and fp != G.fingerprint:
             raise HyperdomainError(
                 f"domain{_origin(self)} was trained for generator {name!r} (fingerprint {fp}), not for "
-                f"{G.name!r} (fingerprint {G.fingerprint}); pass check=False to use it anyway"
+                f"{G.name!r} (fingerprint {G.fingerprint}); skip this check to use it anyway (check=False, --no-check)"
             )
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (tensor ``domain`` + metadata), atomically."""
-        path = Path(path)
-        meta = {
-            "format": "hyperdomain.domain",
-            "format_version": str(FORMAT_VERSION),
-            "dims": json.dumps(list(self.dims)),
-            "meta": json.dumps(self.meta, sort_keys=True),
-        }
-        write_safetensors(path, {"domain": self.vector.contiguous()}, meta)
-        return path
+        meta = {"dims": json.dumps(list(self.dims)), "meta": json.dumps(self.meta, sort_keys=True)}
+        return write_own_file(Path(path), DOMAIN, FORMAT_VERSION, {"domain": self.vector.contiguous()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, generator: "Generator | None" = None, check: bool = True) -> "Domain":
@@ -115,14 +108,8 @@ class Domain:
                 f"{path}: not a domain file (expected one tensor 'domain', found {found})"
                 + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
             )
+        check_format(path, header, DOMAIN, FORMAT_VERSION, "domain file")
         vector = read_safetensors(path, "domain file")[1]["domain"]
-        if header.get("format") != "hyperdomain.domain":
-            raise HyperdomainError(f"{path}: not a hyperdomain domain file (metadata 'format' missing)")
-        version = int(header.get("format_version", "0"))
-        if version > FORMAT_VERSION:
-            raise HyperdomainError(
-                f"{path}: domain format version {version} is newer than this hyperdomain reads ({FORMAT_VERSION})"
-            )
         try:
             dims = tuple(json.loads(header["dims"]))
             meta = json.loads(header.get("meta", "{}"))

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
+from tqdm import tqdm
 
 from .clip import ClipEncoder, load_clip, templates
 from .domain import Domain
 from .domain_list import prompt_key
 from .errors import HyperdomainError
-from .fileio import atomic_path
+from .files.atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hypernet import HyperDomainNet
@@ -84,8 +85,6 @@ def evaluate(G, domains: Sequence[Domain] = (), hypernet: "HyperDomainNet | None
     undadapted generator gets a row per target prompt (the baseline each domain should beat)
     and one against ``source_prompt``.
     """
-    from tqdm import tqdm
-
     if n < 2:
         raise HyperdomainError(f"evaluate: n must be >= 2 (diversity needs pairs), got {n}")
     if hypernet is None and prompts:

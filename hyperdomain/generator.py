@@ -5,7 +5,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Union
+from typing import Mapping, Union
 
 import torch
 from torch import nn
@@ -13,10 +13,9 @@ from torch import nn
 from .config import GeneratorConfig
 from .domain import Domain
 from .errors import HyperdomainError
+from .files.generator_files import read_generator_file
+from .files.pretrained import ManifestEntry, resolve
 from .layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .weights import ManifestEntry
 
 log = logging.getLogger(__name__)
 
@@ -351,9 +350,6 @@ def load_generator(name_or_path: str | os.PathLike, device: str | torch.device =
     checkpoints too) and NVIDIA's StyleGAN2-ADA/StyleGAN3 network pickles, both without running
     pickled code. Names are downloaded on first use (see :func:`hyperdomain.download`).
     """
-    from .checkpoints import read_generator_file
-    from .weights import resolve
-
     path, entry = resolve(name_or_path, download=download)
     ckpt = read_generator_file(path)
     name = entry.name if entry is not None else Path(path).stem
@@ -366,7 +362,7 @@ def load_generator(name_or_path: str | os.PathLike, device: str | torch.device =
     return G.to(device)
 
 
-def _check_entry(G: Generator, entry: "ManifestEntry", path) -> None:
+def _check_entry(G: Generator, entry: ManifestEntry, path) -> None:
     if entry.resolution and entry.resolution != G.resolution:
         raise HyperdomainError(
             f"{path}: manifest entry {entry.name!r} says {entry.resolution} px but the file holds a "

@@ -25,9 +25,7 @@ itself does not normalise.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -35,23 +33,19 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
+from .clip import ClipEncoder, load_clip
 from .config import config_from_dict, config_to_dict
 from .domain import Domain
 from .errors import HyperdomainError
-from .fileio import read_safetensors, write_safetensors
-from .paper_import import _generator_name, _int_or_none, _jsonable, paper_conv_dims
-from .safe_pickle import load_torch_file_omegaconf
+from .files.safetensors_files import HYPERNET, read_own_file, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .clip import ClipEncoder
+    from .generator import Generator
 
-log = logging.getLogger(__name__)
+__all__ = ["HyperConfig", "HyperDomainNet", "ACTIVATIONS", "check_state"]
 
-__all__ = ["HyperConfig", "HyperDomainNet", "import_hypernet"]
-
-FORMAT = "hyperdomain.hypernet"
 FORMAT_VERSION = 1
-_ACTIVATIONS = ("relu", "lrelu")  # the paper's 'lrelu' has slope 0.2
+ACTIVATIONS = ("relu", "lrelu")  # the paper's 'lrelu' has slope 0.2
 
 
 @dataclass(frozen=True)
@@ -75,8 +69,8 @@ class HyperConfig:
             raise HyperdomainError(f"invalid hypernetwork config {self}")
         if self.backbone_blocks < 0 or self.head_blocks < 0:
             raise HyperdomainError(f"hypernetwork block counts must be >= 0, got {self}")
-        if self.activation not in _ACTIVATIONS:
-            raise HyperdomainError(f"hypernetwork activation {self.activation!r} is not one of {_ACTIVATIONS}")
+        if self.activation not in ACTIVATIONS:
+            raise HyperdomainError(f"hypernetwork activation {self.activation!r} is not one of {ACTIVATIONS}")
 
     @property
     def num_domain_params(self) -> int:
@@ -193,8 +187,6 @@ class HyperDomainNet(nn.Module):
         with a local weights file (``"ViT-B-32=/models/b32.safetensors"``) or a loaded encoder to
         choose it, e.g. offline.
         """
-        from .clip import ClipEncoder, load_clip
-
         if clip is not None:
             enc = clip if isinstance(clip, ClipEncoder) else load_clip([clip])[0]
             trained = self.meta.get("input_clip")  # None for networks imported without one recorded
@@ -248,6 +240,25 @@ class HyperDomainNet(nn.Module):
         keep = {k: v for k, v in self.meta.items() if k.startswith("generator") or k in ("resolution", "clip_model")}
         return Domain(d.float().cpu(), self.config.domain_dims, {**keep, "hypernet": True, **meta})
 
+    # ----------------------------------------------------------------- checks
+    def check_compatible(self, G: "Generator", fingerprint: bool = True) -> None:
+        """Raise a one-line error when this network's domains do not fit ``G``.
+
+        The layout (per-conv widths) must always match; with ``fingerprint`` the generator weights
+        recorded in the network (when recorded) must be ``G``'s too.
+        """
+        fp = self.meta.get("generator_fingerprint")
+        if tuple(self.domain_dims) != tuple(G.domain_dims):
+            raise HyperdomainError(
+                f"hypernetwork{_origin(self)} makes domains of {self.config.num_domain_params} numbers in "
+                f"{len(self.domain_dims)} convs, but generator {G.name!r} needs {G.num_domain_params} in "
+                f"{len(G.domain_dims)} convs; it was made for generator {self.meta.get('generator', '?')!r}")
+        if fingerprint and fp and fp != G.fingerprint:
+            raise HyperdomainError(
+                f"hypernetwork{_origin(self)} was trained for generator {self.meta.get('generator')!r} (fingerprint "
+                f"{fp}), not for {G.name!r} (fingerprint {G.fingerprint}); skip this check to use it anyway "
+                f"(check=False, --no-check)")
+
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
         """Write safetensors weights with the config and ``{**self.meta, **meta}`` as JSON metadata, atomically.
@@ -260,33 +271,19 @@ class HyperDomainNet(nn.Module):
             meta_json = json.dumps(merged, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise HyperdomainError(f"{path}: hypernetwork metadata is not plain JSON data ({e})") from None
-        header = {
-            "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
-            "config": json.dumps(self.config.to_dict()),
-            "meta": meta_json,
-        }
+        header = {"config": json.dumps(self.config.to_dict()), "meta": meta_json}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_safetensors(path, tensors, header)
+        write_own_file(path, HYPERNET, FORMAT_VERSION, tensors, header)
         self.meta = merged
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HyperDomainNet":
-        """Rebuild a saved hypernetwork from its config and load its weights strictly (eval mode, CPU)."""
+    def load(cls, path: str | os.PathLike, generator: "Generator | None" = None,
+             check: bool = True) -> "HyperDomainNet":
+        """Rebuild a saved hypernetwork from its config and load its weights strictly (eval mode, CPU);
+        with ``generator``, check that its domains fit it (layout, and fingerprint if ``check``)."""
         path = Path(path)
-        header, tensors = read_safetensors(path, "hypernetwork file")
-        if header.get("format") != FORMAT:
-            found = header.get("format", "none")
-            raise HyperdomainError(f"{path}: not a hyperdomain hypernetwork file (metadata format {found!r})")
-        try:
-            version = int(header.get("format_version", "0"))
-        except ValueError:
-            version = -1
-        if not 1 <= version <= FORMAT_VERSION:
-            raise HyperdomainError(
-                f"{path}: hypernetwork format version {header.get('format_version')!r} is not one this "
-                f"hyperdomain reads (1..{FORMAT_VERSION})")
+        header, tensors = read_own_file(path, HYPERNET, FORMAT_VERSION, "hypernetwork file")
         try:
             config = HyperConfig.from_dict(json.loads(header["config"]))
             meta = json.loads(header.get("meta", "{}"))
@@ -297,12 +294,14 @@ class HyperDomainNet(nn.Module):
         net = cls(config, {**meta, "file": str(path)})
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
         net.to(dtype)
-        _check_state(net, tensors, path)
+        check_state(net, tensors, path)
         net.load_state_dict(tensors, strict=True)
+        if generator is not None:
+            net.check_compatible(generator, fingerprint=check)
         return net.eval()
 
 
-def _check_state(net: nn.Module, sd: Mapping[str, Any], path: Path) -> None:
+def check_state(net: nn.Module, sd: Mapping[str, Any], path: Path) -> None:
     """One-line errors for a state dict whose keys or shapes are not ``net``'s."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in sd]
@@ -317,140 +316,6 @@ def _check_state(net: nn.Module, sd: Mapping[str, Any], path: Path) -> None:
         if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(t.shape):
             shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise HyperdomainError(f"{path}: {k} has shape {shape}, expected {list(t.shape)}")
-
-
-# --------------------------------------------------------------------------- paper import
-_BACKBONE_KEY = re.compile(r"backbone\.backbone\.(\d+)\.")
-_HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.(in|out)\.(\d+)\.")
-_SUPPORTED_MAPPER = "residual_channelin"
-
-
-def import_hypernet(path: str | os.PathLike) -> HyperDomainNet:
-    """Read the authors' released hypernetwork (``model_type: "mapper"``, e.g. ``mapper_20_td.pt``).
-
-    The file's ``mapper_config`` (a pickled OmegaConf config, read as plain data without OmegaConf)
-    names the mapper type; only ``residual_channelin`` with the ``cin_mult`` patch (the paper's
-    HyperDomainNet) is supported. Depths and widths are read from the state-dict shapes and must
-    agree with the config where it gives them. Returns the network in eval mode on the CPU.
-    """
-    path = Path(path)
-    ckpt = load_torch_file_omegaconf(path)
-    if not isinstance(ckpt, Mapping) or "model_type" not in ckpt:
-        found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise HyperdomainError(f"{path}: not a HyperDomainNet checkpoint (no 'model_type'; found {found})")
-    model_type = ckpt["model_type"]
-    if model_type != "mapper":
-        single = model_type in ("parameterization", "parametrization")
-        hint = " (a single domain: use import_checkpoint)" if single else ""
-        raise HyperdomainError(f"{path}: model_type {model_type!r} is not a hypernetwork ('mapper'){hint}")
-    patch_key = ckpt.get("patch_key", "cin_mult")
-    if patch_key != "cin_mult":
-        raise HyperdomainError(
-            f"{path}: patch_key {patch_key!r} is not supported; only 'cin_mult' (the paper's domain modulation)")
-    mc = ckpt.get("mapper_config")
-    mc = dict(mc) if isinstance(mc, Mapping) else {}
-    mapper_type = mc.get("mapper_type", _SUPPORTED_MAPPER)
-    if mapper_type != _SUPPORTED_MAPPER:
-        raise HyperdomainError(
-            f"{path}: mapper type {mapper_type!r} is not supported; only {_SUPPORTED_MAPPER!r} (HyperDomainNet)")
-    backbone_type = mc.get("backbone_type", "shared")
-    if backbone_type != "shared":
-        raise HyperdomainError(f"{path}: mapper backbone_type {backbone_type!r} is not supported; only 'shared'")
-    activation = mc.get("activation", "relu")
-    if activation not in _ACTIVATIONS:
-        raise HyperdomainError(f"{path}: mapper activation {activation!r} is not supported; only {_ACTIVATIONS}")
-
-    sd = ckpt.get("state_dict")
-    if not isinstance(sd, Mapping) or not sd:
-        raise HyperdomainError(f"{path}: 'state_dict' is missing or empty")
-    config = _infer_config(sd, activation, path)
-    for key, ours in (("backbone_depth", config.backbone_blocks + 1), ("head_depth", config.head_blocks + 1),
-                      ("width", config.width), ("input_dimension", config.input_dim)):
-        theirs = _int_or_none(mc.get(key))
-        if theirs is not None and theirs != ours:
-            raise HyperdomainError(f"{path}: mapper_config {key}={theirs} but the weights have {ours}")
-
-    sg2 = ckpt.get("sg2_params", ckpt.get("sg_2_params"))
-    sg2 = dict(sg2) if isinstance(sg2, Mapping) else {}
-    img_size = _int_or_none(sg2.get("img_size"))
-    if img_size in [2**i for i in range(3, 11)]:
-        expected = paper_conv_dims(img_size, _int_or_none(sg2.get("channel_multiplier")) or 2)
-        if config.domain_dims != expected:
-            raise HyperdomainError(
-                f"{path}: head widths {list(config.domain_dims)} do not match the {img_size} px generator "
-                f"named in sg2_params ({list(expected)})")
-    gen_name, gen_source_prompt = _generator_name(sg2.get("checkpoint_path") or sg2.get("ckpt_path"))
-    da_type = ckpt.get("da_type")
-    meta: dict[str, Any] = {
-        "source": "paper-checkpoint",
-        "imported_from": path.name,
-        "generator": gen_name,
-        "source_prompt": gen_source_prompt or "Photo",
-        "clip_model": "ViT-B/32",
-        "input_clip": None if da_type == "im2im" else "ViT-B-32:openai",
-        # the paper feeds unit-normalised ViT-B/32 embeddings: of the bare prompt, or of the style image (im2im)
-        "input": "image" if da_type == "im2im" else "text",
-        "paper_model_type": "mapper",
-        "paper_mapper_type": _SUPPORTED_MAPPER,
-        "paper_patch_key": "cin_mult",
-        "paper_da_type": None if da_type is None else str(da_type),
-    }
-    if img_size is not None:
-        meta["resolution"] = img_size
-    if mc:
-        meta["paper_mapper_config"] = {str(k): _jsonable(v) for k, v in mc.items()}
-    if da_type == "im2im":
-        log.warning("%s: an im2im hypernetwork; its input is a CLIP image embedding, not a text one", path)
-
-    net = HyperDomainNet(config, meta)
-    sd = {str(k): v for k, v in sd.items()}
-    _check_state(net, sd, path)
-    net.load_state_dict(sd, strict=True)
-    return net.eval()
-
-
-def _infer_config(sd: Mapping[str, Any], activation: str, path: Path) -> HyperConfig:
-    """Depths and widths of a paper mapper from its state-dict keys and shapes."""
-    backbone_idx: set[int] = set()
-    head_idx: dict[int, set[int]] = {}
-    for key in sd:
-        key = str(key)
-        if m := _BACKBONE_KEY.match(key):
-            backbone_idx.add(int(m.group(1)))
-        elif m := _HEAD_KEY.match(key):
-            if m.group(2) == "out":  # in+out heads: the channelwise_sep mappers
-                raise HyperdomainError(
-                    f"{path}: has output-channel heads ({key}); only the {_SUPPORTED_MAPPER!r} mapper is supported")
-            head_idx.setdefault(int(m.group(1)), set()).add(int(m.group(3)))
-        else:
-            raise HyperdomainError(f"{path}: unexpected state_dict key {key!r} for a {_SUPPORTED_MAPPER} mapper")
-    if 0 not in backbone_idx or not head_idx:
-        raise HyperdomainError(f"{path}: state_dict lacks the mapper's backbone or heads")
-    ks = sorted(head_idx)
-    if ks != list(range(len(ks))):
-        missing = sorted(set(range(max(ks) + 1)) - set(ks))[0]
-        raise HyperdomainError(f"{path}: state_dict lacks heads.conv_{missing} (convs must be 0..{max(ks)})")
-    depths = {max(v) for v in head_idx.values()}
-    if len(depths) != 1:
-        raise HyperdomainError(f"{path}: the heads have different depths {sorted(depths)}")
-    head_blocks = depths.pop()
-
-    def weight(key: str) -> torch.Tensor:
-        t = sd.get(key)
-        if not isinstance(t, torch.Tensor) or t.ndim != 2:
-            raise HyperdomainError(f"{path}: state_dict lacks the 2-D weight {key!r}")
-        return t
-
-    width, input_dim = weight("backbone.backbone.0.lin.weight").shape
-    if len(backbone_idx) > 1:
-        block_width = weight("backbone.backbone.1.input_block.0.weight").shape[0]
-    elif head_blocks:
-        block_width = weight("heads.conv_0.in.0.input_block.0.weight").shape[0]
-    else:
-        block_width = 512  # no residual block anywhere: the paper's fixed inner width, unused
-    dims = tuple(weight(f"heads.conv_{k}.in.{head_blocks}.weight").shape[0] for k in ks)
-    return HyperConfig(domain_dims=dims, input_dim=int(input_dim), width=int(width), block_width=int(block_width),
-                       backbone_blocks=max(backbone_idx), head_blocks=head_blocks, activation=activation)
 
 
 def _origin(net: HyperDomainNet) -> str:

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .errors import HyperdomainError
-from .fileio import atomic_path
+from .files.atomic import atomic_path
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -38,8 +39,6 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
 
 
 def _save_pil(array: torch.Tensor, path: Path) -> Path:
-    from PIL import Image
-
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise HyperdomainError(f"{path}: unknown image type {path.suffix!r}; use one of {sorted(_FORMATS)}")

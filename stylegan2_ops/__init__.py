@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _build
+from . import _build, cpu_library
 from .bias_act import bias_act
 from .modulated_conv import modulated_conv2d, pin_modulated_conv2d
 from .modulation import demod_coefficients, modulated_input
@@ -28,7 +28,5 @@ def status() -> dict:
     (``error`` says why); ``strict`` reflects ``HYPERDOMAIN_OPS_STRICT``. ``cpu_library`` is
     the same for the C++ CPU kernels (``cpu_library``).
     """
-    from . import cpu_library
-
     return {**_build.LOADER.status(), "cuda_available": torch.cuda.is_available(),
             "cache_root": str(_build.default_cache_root()), "cpu_library": cpu_library.LIBRARY.status()}

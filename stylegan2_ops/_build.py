@@ -22,6 +22,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -231,7 +232,6 @@ def _cpu_signature() -> str:
             lines = [l for l in f if l.startswith(("flags", "model name", "Features", "CPU part"))]
         return "".join(sorted(set(lines)))
     except OSError:
-        import platform
         return platform.processor() + platform.machine()
 
 

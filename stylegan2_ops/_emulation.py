@@ -11,6 +11,8 @@ import contextlib
 
 import torch
 
+from . import _build
+
 
 def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -102,8 +104,6 @@ class EmulatedKernels:
 def emulated_kernels():
     """Within the block, ops on CPU tensors take the CUDA path (impl="cuda"/"auto") with
     ``EmulatedKernels`` standing in for the compiled module. For tests only."""
-    from . import _build
-
     saved = _build.LOADER, _build.is_cuda
     _build.LOADER = _build.ExtensionLoader(lambda: (EmulatedKernels(), {"source": "emulated"}))
     _build.is_cuda = lambda t: True

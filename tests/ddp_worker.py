@@ -19,7 +19,7 @@ from conftest import make_tiny_generator, nan_on_call  # noqa: E402
 from hyperdomain import distributed  # noqa: E402
 from hyperdomain.clip import load_clip  # noqa: E402
 from hyperdomain.errors import HyperdomainError  # noqa: E402
-from hyperdomain.hyper_training import train_hyper  # noqa: E402
+from hyperdomain.training.hyper import train_hyper  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     every = int(sys.argv[sys.argv.index("--checkpoint-every") + 1]) if "--checkpoint-every" in sys.argv else 2
     torch.set_num_threads(1)
     dist = distributed.setup("cpu")
-    import hyperdomain.hyper_training as ht
+    import hyperdomain.training.hyper as ht
 
     if poison is not None and dist.rank == poison:  # a NaN loss on this rank only, at step 3
         import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 import hyperdomain as hd
 from cli.main import main
-from hyperdomain.adaptation import AdaptConfig, adapt_step, sample_training_latents
+from hyperdomain.training.adapt import AdaptConfig, adapt_step
+from hyperdomain.training.latents import sample_training_latents
 from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.losses import LossWeights, direction_loss
@@ -170,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_G, t
 
     real = losses_module.direction_loss
     monkeypatch.setattr(losses_module, "direction_loss", nan_on_call(real, 5))
-    with pytest.raises(HyperdomainError, match=r"step 5: loss is nan .*last good state \(step 4\)") as e:
+    with pytest.raises(HyperdomainError, match=r"step 5: loss is not finite .*last good state \(step 4\)") as e:
         run_adapt(tiny_G, tiny_clip, iters=10, out_dir=tmp_path / "nan", seed=2)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(losses_module, "direction_loss", real)
@@ -329,7 +330,7 @@ def test_cli_ctrl_c_says_where_the_run_is(tmp_path, tiny_ckpt, tiny_clip_config,
 @pytest.mark.parametrize("every,written", [(2, [2, 4, 6]), (4, [4, 6])])
 def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, monkeypatch, every, written):
     """The end of a run writes the checkpoint only if the last step's periodic save did not."""
-    import hyperdomain.train_state as train_state
+    import hyperdomain.training.loop as train_state  # where the loop finds it
 
     steps, real = [], train_state.save_checkpoint
     monkeypatch.setattr(train_state, "save_checkpoint",

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from hyperdomain.checkpoints import nvidia_to_port, read_generator_file
+from hyperdomain.files.generator_files import nvidia_to_port, read_generator_file
 from hyperdomain.layers import blur_kernel
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.safe_pickle import load_nvidia_pickle, load_torch_file
+from hyperdomain.files.restricted_unpickler import load_nvidia_pickle, load_torch_file
 
 from conftest import make_tiny_generator
 
@@ -239,7 +239,7 @@ def test_conditional_and_stylegan3_refused(nvidia, tmp_path):
 def test_leftover_and_mismatched_tensors_reported(nvidia):
     import io
 
-    from hyperdomain import safe_pickle
+    from hyperdomain.files import restricted_unpickler as safe_pickle
 
     _, sd, latent_avg = _tiny_state()
 

@@ -6,7 +6,7 @@ import torch
 from hyperdomain.config import GeneratorConfig
 from hyperdomain.domain import Domain, mix
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.fileio import _umask
+from hyperdomain.files.atomic import _umask
 
 from conftest import make_tiny_generator
 

@@ -15,10 +15,10 @@ from cli.main import main
 from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.evaluation import quality_and_diversity
-from hyperdomain.hyper_training import _seed_for, convex_weights, draw_domains, resample_on_cone
+from hyperdomain.training.hyper import _seed_for, convex_weights, draw_domains, resample_on_cone
 from hyperdomain.hypernet import HyperDomainNet
 from hyperdomain.losses import direction_loss, tt_direction_loss
-from hyperdomain.train_state import load_checkpoint
+from hyperdomain.files.run_checkpoints import load_checkpoint
 
 from conftest import nan_on_call
 
@@ -139,7 +139,7 @@ def test_files_round_trip(tmp_path, tiny_G, tiny_clip, lists):
     train, test = lists
     net = run(tiny_G, tiny_clip, train, iters=4, out_dir=tmp_path / "r", test_domains=str(test), sample_every=2)
     out = tmp_path / "r"
-    assert (out / "samples.png").is_file() and (out / "samples" / "step_0000002.png").is_file()
+    assert (out / "samples.png").is_file() and (out / "samples" / "step_000002.png").is_file()
     assert (out / "samples_rows.txt").read_text().splitlines() == ["source"] + HELD_OUT
     loaded = hd.HyperDomainNet.load(out / "hypernet.safetensors")
     assert loaded.meta["input_clip"] == "tiny0" and loaded.meta["generator_fingerprint"] == tiny_G.fingerprint
@@ -336,7 +336,7 @@ def test_global_batch_draws_are_shared_and_ranks_draw_their_own_latents():
 
 def test_hard_interrupt_inside_a_step_saves_the_steps_start(tmp_path, tiny_G, tiny_clip, lists, monkeypatch):
     """A second Ctrl-C lands after the forward of step 4 (BatchNorm already updated): step 3 is saved."""
-    import hyperdomain.hyper_training as ht
+    import hyperdomain.training.hyper as ht
 
     train, _ = lists
     real = ht._HyperRun._losses
@@ -414,7 +414,7 @@ def test_ddp_write_failure_on_rank_0_stops_every_rank(tmp_path, tiny_clip_config
 @pytest.mark.parametrize("every,written", [(2, [2, 4]), (3, [3, 4])])
 def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, lists, monkeypatch, every, written):
     """The end of a run writes the checkpoint only if the last step's periodic save did not."""
-    import hyperdomain.train_state as train_state
+    import hyperdomain.training.loop as train_state  # where the loop finds it
 
     steps, real = [], train_state.save_checkpoint
     monkeypatch.setattr(train_state, "save_checkpoint",

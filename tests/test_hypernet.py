@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from hyperdomain.domain import Domain
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.hypernet import HyperConfig, HyperDomainNet, import_hypernet
-from hyperdomain.inspect_file import describe
-from hyperdomain.paper_import import import_checkpoint, paper_conv_dims
-from hyperdomain.safe_pickle import load_torch_file, load_torch_file_omegaconf
+from hyperdomain.files.paper_files import import_hypernet
+from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+from hyperdomain.files.describe import describe
+from hyperdomain.files.paper_files import import_checkpoint, paper_conv_dims
+from hyperdomain.files.restricted_unpickler import load_torch_file, load_torch_file_omegaconf
 
 TINY = HyperConfig(domain_dims=(6, 6, 5, 3), input_dim=12, width=10, block_width=8, backbone_blocks=2, head_blocks=1)
 
@@ -172,7 +173,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
         HyperDomainNet.load(cut)
     _one_line(e)
     dom = Domain(torch.zeros(4), (4,)).save(tmp_path / "domain.safetensors")
-    with pytest.raises(HyperdomainError, match="not a hyperdomain hypernetwork file") as e:
+    with pytest.raises(HyperdomainError, match=r"domain\.safetensors: not a hypernetwork file \(it holds .hyperdomain\.domain.") as e:
         HyperDomainNet.load(dom)
     _one_line(e)
     with pytest.raises(HyperdomainError, match="metadata is not plain JSON"):

@@ -7,7 +7,7 @@ import torch
 
 from hyperdomain.domain import Domain
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.paper_import import import_checkpoint, paper_conv_dims
+from hyperdomain.files.paper_files import import_checkpoint, paper_conv_dims
 
 
 def _paper_state(dims, seed=0):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hyperdomain import weights
+from hyperdomain.files import pretrained as weights
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.weights import ManifestEntry, download, load_manifest, resolve, weights_home
+from hyperdomain.files.pretrained import ManifestEntry, download, load_manifest, resolve, weights_home
 
 DATA = random.Random(0).randbytes(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -128,7 +128,7 @@ def test_mirrors_tried_in_order(server, tmp_path):
 
 def test_trust_on_first_use(server, tmp_path, caplog):
     m = _manifest([server.url + "/w/tiny.pt"], sha=None, size=None)
-    with caplog.at_level(logging.WARNING, logger="hyperdomain.weights"):
+    with caplog.at_level(logging.WARNING, logger="hyperdomain.files.pretrained"):
         path = download("tiny", home=tmp_path, progress=False, manifest=m)
     assert "trust on first use" in caplog.text and SHA in caplog.text
     assert json.loads((tmp_path / "checksums.json").read_text())["tiny.pt"]["sha256"] == SHA
@@ -208,9 +208,9 @@ def test_weights_home(monkeypatch, tmp_path):
     monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path / "w"))
     assert weights_home() == tmp_path / "w"
     monkeypatch.delenv("HYPERDOMAIN_HOME")
-    repo = Path(weights.__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parent.parent
     assert weights_home() == repo / "pretrained"  # this is a source checkout (setup.cfg beside it)
-    monkeypatch.setattr(weights, "__file__", str(tmp_path / "site" / "hyperdomain" / "weights.py"))
+    monkeypatch.setattr(weights, "__file__", str(tmp_path / "site" / "hyperdomain" / "files" / "pretrained.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert weights_home() == tmp_path / "cache" / "hyperdomain"
 

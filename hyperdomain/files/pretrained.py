@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import HyperdomainError
-from .fileio import atomic_path
+from tqdm.auto import tqdm
+
+from ..errors import HyperdomainError
+from ..losses import LossWeights
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,6 @@ def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
 
 def _check_recipe(recipe: Any, bad) -> None:
     """An ``adapt`` recipe: a subset of iters, batch, lr, betas, losses, mixing with sane values."""
-    from .losses import LossWeights
-
     expected = f"an object with some of {sorted(_RECIPE_FIELDS)}"
     if not isinstance(recipe, dict) or set(recipe) - _RECIPE_FIELDS:
         raise bad("adapt", expected)
@@ -149,7 +150,7 @@ def weights_home() -> Path:
     env = os.environ.get("HYPERDOMAIN_HOME")
     if env:
         return Path(env).expanduser()
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "setup.cfg").is_file() and (repo / "pretrained").is_dir() and os.access(repo / "pretrained", os.W_OK):
         return repo / "pretrained"
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
@@ -273,8 +274,6 @@ def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str) -> 
     if not enabled:
         yield None
         return
-    from tqdm.auto import tqdm
-
     with tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
         yield bar
 

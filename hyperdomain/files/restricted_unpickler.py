@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import HyperdomainError
+from ..errors import HyperdomainError
 
 __all__ = ["load_torch_file", "load_nvidia_pickle", "sniff", "PERSISTENT_CLASS_KEY"]
 

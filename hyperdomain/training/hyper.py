@@ -27,33 +27,34 @@ resumed run equals an uninterrupted one.
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .adaptation import sample_training_latents
-from .clip import DEFAULT_CLIP, ClipEncoder, load_clip, templates
-from .distributed import DistInfo, any_rank, broadcast_buffers, mean_over_ranks
-from .domain import generator_meta
-from .domain_list import read_domain_list
-from .errors import HyperdomainError
-from .fileio import atomic_path
-from .hypernet import HyperConfig, HyperDomainNet
-from .losses import LossWeights, clip_losses
-from .train_state import CHECKPOINT, open_resume, refuse_existing_run
-
-log = logging.getLogger(__name__)
+from .._version import __version__
+from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, templates
+from ..distributed import DistInfo, broadcast_buffers
+from ..domain import generator_meta
+from ..domain_list import read_domain_list
+from ..errors import HyperdomainError
+from ..files.atomic import write_text
+from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
+from ..hypernet import HyperConfig, HyperDomainNet
+from ..images import save_grid
+from ..losses import LossWeights, clip_losses
+from .latents import sample_training_latents
+from .loop import Callback, TrainingRun, open_resume
+from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
+from .run_dir import refuse_existing_run
 
 __all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_cone", "convex_weights",
            "HYPERNET_FILE"]
 
 HYPERNET_FILE = "hypernet.safetensors"
-Callback = Callable[[int, Mapping[str, float]], Any]
 
 
 def _default_losses() -> LossWeights:
@@ -91,8 +92,6 @@ class HyperTrainConfig:
     generator: str | None = None
 
     def __post_init__(self) -> None:
-        from .train_state import check_run_config
-
         check_run_config(self, "train-hyper", [
             (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
             (self.resample_cos is None or 0 < self.resample_cos < 1, "resample_cos", "in (0, 1), or None for off"),
@@ -103,14 +102,10 @@ class HyperTrainConfig:
             raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
 
     def to_dict(self) -> dict[str, Any]:
-        from .train_state import run_config_to_dict
-
         return run_config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HyperTrainConfig":
-        from .train_state import run_config_from_dict
-
         return run_config_from_dict(cls, d, "train-hyper")
 
 
@@ -223,12 +218,15 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
 
 def read_hyper_config(run_dir: str | os.PathLike) -> HyperTrainConfig:
     """The config of the hypernetwork run saved in ``run_dir``."""
-    from .train_state import read_checkpoint_meta
-
     return HyperTrainConfig.from_dict(read_checkpoint_meta(Path(run_dir) / CHECKPOINT, "hyper")["config"])
 
 
-class _HyperRun:
+class _HyperRun(TrainingRun):
+    """A hypernetwork run: the network (DDP under torchrun), Adam, draws seeded by (seed, step, rank)."""
+
+    kind = "hyper"
+    desc = "train-hyper"
+
     def __init__(self, G, config: HyperTrainConfig, clip, input_clip, out_dir: Path | None, dist: DistInfo):
         c = config
         if c.batch % dist.world:
@@ -238,86 +236,82 @@ class _HyperRun:
             raise HyperdomainError(f"--batch {c.batch} over {dist.world} processes leaves {self.local_batch} per "
                                    f"process; BatchNorm and the pairwise losses need at least 2")
         G.eval().requires_grad_(False)
-        self.G, self.config, self.out_dir, self.dist = G, c, out_dir, dist
-        self.device = G.device
+        super().__init__(G, config, out_dir, dist)
         self.train_list = read_domain_list(c.domains, c.source)
         self.test_list = read_domain_list(c.test_domains, c.source) if c.test_domains else []
-        from .clip import check_models
-
-        self.encoders = load_clip(clip if clip is not None else c.clip, device=self.device)
+        self.encoders = load_clip(clip if clip is not None else c.clip, device=G.device)
         check_models(self.encoders, c.clip)
         self.input_encoder = self._input_encoder(input_clip)
         tpl = templates(c.templates)
         prompts = {d.target: f"{c.domains}: line {d.line}" for d in self.train_list}  # targets first: index = line order
         prompts.update({d.source: f"{c.domains}: line {d.line}" for d in self.train_list if d.source not in prompts})
-        self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, self.device)
+        self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, G.device)
         self.shown = (self.test_list or self.train_list)[: c.sample_prompts]  # rows of the sample grids
         shown_from = c.test_domains if self.test_list else c.domains
         self.shown_inputs = self.input_encoder.encode_bare_text(
-            [d.target for d in self.shown], [f"{shown_from}: line {d.line}" for d in self.shown]).to(self.device)
-        self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
+            [d.target for d in self.shown], [f"{shown_from}: line {d.line}" for d in self.shown]).to(G.device)
         self._source_row: torch.Tensor | None = None  # the sample grids' first row, made once
         self.trg_idx = torch.tensor([self.table.index[d.target] for d in self.train_list])
         self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
         hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
                          backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
-        torch.manual_seed(c.seed)  # the network's initialisation; identical on every rank
-        self.net = HyperDomainNet(hc).to(self.device).train()
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+            torch.manual_seed(c.seed)  # the network's initialisation; identical on every rank
+            self.net = HyperDomainNet(hc).to(G.device).train()
         self.model = self.net
         if dist.active:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            if self.device.type == "cuda":
+            if G.device.type == "cuda":
                 # BatchNorm over the global batch, as one process would see it (SyncBatchNorm is GPU-only;
                 # on CPU each rank normalises its own share and rank 0's statistics are kept)
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-            self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = DDP(self.net, device_ids=[G.device.index] if G.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
-        self.step = 0
-        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
+        self._buffers: dict[str, torch.Tensor] = {}  # BatchNorm statistics at the current step's start
         frozen = [n for n, p in G.named_parameters() if p.requires_grad]
         frozen += [n for e in self.encoders + [self.input_encoder] for n, p in e.named_parameters() if p.requires_grad]
         assert not frozen, f"frozen models have trainable parameters: {frozen[:5]}"
 
     def _input_encoder(self, input_clip) -> ClipEncoder:
-        from .clip import ClipSpec, check_models
-
         spec = input_clip if input_clip is not None else self.config.input_clip
         if isinstance(spec, ClipEncoder):
-            enc = spec.to(self.device)
+            enc = spec.to(self.G.device)
         else:
             label = ClipSpec.parse(spec).label
             same = [e for e in self.encoders if e.label == label]  # reuse the ensemble's copy of that model
-            enc = same[0] if same else load_clip([spec], device=self.device)[0]
+            enc = same[0] if same else load_clip([spec], device=self.G.device)[0]
         check_models([enc], [self.config.input_clip], what="--input-clip")
         return enc
 
     # ------------------------------------------------------------------ state
-    def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        from .train_state import restore_optimizer
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
 
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         try:
             self.net.load_state_dict(net_state, strict=True)
         except RuntimeError as e:
             raise HyperdomainError(f"checkpoint network does not fit ({str(e).splitlines()[0]})") from None
-        restore_optimizer(self.optimizer, tensors, meta)
-        self.step = int(meta["step"])
 
-    def save_checkpoint(self) -> Path | None:
-        if self.out_dir is None or not self.dist.is_main:
-            return None
-        from .train_state import save_checkpoint
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"world": self.dist.world}
 
-        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        meta = {"config": self.config.to_dict(), "step": self.step, "world": self.dist.world, **generator_meta(self.G)}
-        path = save_checkpoint(self.out_dir / CHECKPOINT, "hyper", tensors, meta, self.optimizer)
-        self.saved_step = self.step
-        return path
+    def rewind(self) -> None:
+        with torch.no_grad():
+            for k, v in self.net.named_buffers():
+                v.copy_(self._buffers[k])
+
+    # ------------------------------------------------------------------ outputs
+    def result(self) -> HyperDomainNet:
+        broadcast_buffers(self.dist, self.net)  # every rank returns the same network
+        self.net.meta = self.network_meta()
+        self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
+        return self.net.eval()
+
+    def write_outputs(self, result: HyperDomainNet) -> None:
+        result.save(self.out_dir / HYPERNET_FILE)
 
     def network_meta(self) -> dict[str, Any]:
-        from . import __version__
-
         c = self.config
         return {**generator_meta(self.G), "input_clip": self.input_encoder.label, "clip_models": [e.label for e in self.encoders],
                 "losses": c.losses.as_dict(), "iterations": self.step, "seed": c.seed, "batch": c.batch,
@@ -326,11 +320,7 @@ class _HyperRun:
                 "train_prompts": [d.target for d in self.train_list], "trainer": "train-hyper",
                 "hyperdomain_version": __version__}
 
-    def save_samples(self, name: str) -> None:
-        if self.out_dir is None or not self.dist.is_main:
-            return
-        from .images import save_grid
-
+    def save_samples(self, path: Path) -> None:
         c = self.config
         if self._source_row is None:  # the same seeds every time: the source row never changes
             self._source_row = self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
@@ -341,94 +331,13 @@ class _HyperRun:
             ds = self.net(self.shown_inputs)
         self.net.train(was)
         rows += [self.G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed) for d in ds]
-        save_grid(torch.cat(rows), self.out_dir / name, nrow=c.sample_n)
+        save_grid(torch.cat(rows), path, nrow=c.sample_n)
 
-    def _prepare_dir(self) -> None:
-        if self.out_dir is not None and self.dist.is_main:
-            from .train_state import prepare_run_dir
+    def prepare_files(self) -> None:
+        write_text(self.out_dir / "samples_rows.txt", "source\n" + "".join(d.target + "\n" for d in self.shown))
 
-            prepare_run_dir(self.out_dir, self.config.to_dict(), self.step)
-            with atomic_path(self.out_dir / "samples_rows.txt") as tmp:  # what the grids' rows show
-                tmp.write_text("source\n" + "".join(d.target + "\n" for d in self.shown), encoding="utf-8")
-
-    # ------------------------------------------------------------------ loop
-    def train(self, callback: Callback | None, progress: bool) -> HyperDomainNet:
-        from tqdm import tqdm
-
-        from .train_state import deferred_interrupt
-
-        c, dist = self.config, self.dist
-        self._guarded_write(self._prepare_dir)
-        self._raise_if_a_write_failed(any_rank(dist, [self._write_error is not None])[0])
-        bar = tqdm(total=c.iters, initial=self.step, desc="train-hyper", unit="step",
-                   disable=(not progress or not dist.is_main) or None, dynamic_ncols=True)
-        self._phase = "idle"  # "forward" (state still the step's start) or "update" (may be torn)
-        try:
-            with deferred_interrupt() as interrupted:
-                while self.step < c.iters:
-                    stop, failed = any_rank(dist, [interrupted.is_set(), self._write_error is not None])
-                    self._raise_if_a_write_failed(failed)
-                    if stop:
-                        raise KeyboardInterrupt
-                    values = self._one_step()
-                    self.step += 1
-                    self._phase = "idle"
-                    values = mean_over_ranks(dist, values)
-                    self._guarded_write(self._append_log, values)
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
-                    if callback is not None:
-                        callback(self.step, values)
-                    if c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                        self._guarded_write(self.save_checkpoint)
-                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
-                        self._guarded_write(self.save_samples, f"samples/step_{self.step:07d}.png")
-        except KeyboardInterrupt:
-            if self._phase == "forward":  # a hard interrupt inside a step, before its update
-                self._restore_buffers()
-            if self._phase != "update":
-                path = self.save_checkpoint()
-                if path is not None:
-                    log.warning("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
-            raise
-        finally:
-            bar.close()
-        broadcast_buffers(dist, self.net)  # every rank returns the same network
-        self.net.meta = self.network_meta()
-        self.net.text_encoder(self.input_encoder)  # hdn.domain("...") works at once, with the same CLIP
-        if self.out_dir is not None and dist.is_main:
-            if self.saved_step != self.step:  # not already written by the loop's last step
-                self._guarded_write(self.save_checkpoint)
-            self._guarded_write(self.net.save, self.out_dir / HYPERNET_FILE)
-            self._guarded_write(self.save_samples, "samples.png")
-        self._raise_if_a_write_failed(any_rank(dist, [self._write_error is not None])[0])  # last step's, final writes
-        return self.net.eval()
-
-    def _append_log(self, values: Mapping[str, float]) -> None:
-        if self.out_dir is not None and self.dist.is_main:
-            from .train_state import append_log
-
-            append_log(self.out_dir, self.step, values)
-
-    def _raise_if_a_write_failed(self, failed: bool) -> None:
-        """Every rank raises together once the ranks agree (``failed``) that rank 0 could not write."""
-        if failed:
-            raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; see its error")
-
-    def _guarded_write(self, fn, *args) -> None:
-        """Run a rank-0 write; a failure is kept and stops every rank together at the next step.
-
-        Raising on rank 0 alone would leave the other ranks waiting in a collective.
-        """
-        if not self.dist.active:
-            fn(*args)
-            return
-        try:
-            fn(*args)
-        except (OSError, HyperdomainError) as e:
-            self._write_error = f"rank 0 could not write to {self.out_dir}: {e}"
-
-    def _one_step(self) -> dict[str, float]:
+    # ------------------------------------------------------------------ a step
+    def losses(self) -> dict[str, torch.Tensor]:
         c, dist = self.config, self.dist
         b = self.local_batch
         picks, alphas = draw_domains(c.seed, self.step, c.batch, len(self.train_list), c.convex_hull)
@@ -436,31 +345,17 @@ class _HyperRun:
         if alphas is None:
             picks = picks[rows]
         else:
-            alphas = alphas[rows].to(self.device)  # [b, B]: mixtures over the whole global batch
+            alphas = alphas[rows].to(self.G.device)  # [b, B]: mixtures over the whole global batch
         rng = torch.Generator().manual_seed(_seed_for(c.seed, self.step, dist.rank))  # latents, noise, crops
-        batch = sample_training_latents(self.G, rng, b, c.mixing, self.device)
+        batch = sample_training_latents(self.G, rng, b, c.mixing, self.G.device)
         boxes = (_crop_box(self.G.resolution, c.crop, rng), _crop_box(self.G.resolution, c.crop, rng))
         trg_i, src_i = self.trg_idx[picks], self.src_idx[picks]
         emb = self.table.inputs[trg_i.to(self.table.inputs.device)]
         if alphas is not None:
             emb = _mix(emb, alphas)
         self._buffers = {k: v.clone() for k, v in self.net.named_buffers()}  # BatchNorm statistics before this step
-        self._phase = "forward"
         domains = self.model(emb)  # [b, D]
-        parts = self._losses(domains, batch, trg_i, src_i, alphas, boxes, rng)
-        values = {k: float(v.detach()) for k, v in parts.items()}
-        bad_loss = not math.isfinite(values["total"])
-        if any_rank(dist, [bad_loss])[0]:
-            self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
-        self.optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        finite = [torch.isfinite(p.grad).all() for p in self.net.parameters() if p.grad is not None]
-        bad_grad = not bool(torch.stack(finite).all())  # one device sync, no copy of the gradients
-        if any_rank(dist, [bad_grad])[0]:
-            self._stop_non_finite("a gradient is not finite")
-        self._phase = "update"
-        self.optimizer.step()
-        return values
+        return self._losses(domains, batch, trg_i, src_i, alphas, boxes, rng)
 
     def _losses(self, domains, batch, trg_i, src_i, alphas, boxes, rng) -> dict[str, torch.Tensor]:
         c = self.config
@@ -480,21 +375,3 @@ class _HyperRun:
                 yield se, enc.encode_images(trg_img), (t_trg - t_src).mean(1), t_trg.mean(1)  # texts [b, E]
 
         return clip_losses(c.losses.as_dict(), per_encoder(), domains, self.G.domain_dims)
-
-    def _restore_buffers(self) -> None:
-        with torch.no_grad():
-            for k, v in self.net.named_buffers():
-                v.copy_(self._buffers[k])
-
-    def _stop_non_finite(self, why: str) -> None:
-        self._restore_buffers()  # the network as it was before this step
-        self._phase = "idle"
-        where = ""
-        if self.out_dir is not None:
-            self.save_checkpoint()
-            where = f"; the last good state (step {self.step}) is in {self.out_dir}"
-        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
-
-
-def _fmt(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())

@@ -7,7 +7,7 @@ where ``state_dict`` uses the common PyTorch port's keys (``style.1.weight``, ``
 Supported: the port's checkpoints (``{"g_ema": ..., "latent_avg"?}``; full training checkpoints
 with ``g``/``d``/``g_ema``; bare port state dicts) and NVIDIA's StyleGAN2-ADA / StyleGAN3-code-base
 network pickles of StyleGAN2 generators (``G_ema`` is used). Nothing is unpickled beyond tensors and
-plain data (see :mod:`hyperdomain.safe_pickle`).
+plain data (see :mod:`hyperdomain.files.restricted_unpickler`).
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import HyperdomainError
-from .layers import blur_kernel
-from .safe_pickle import PERSISTENT_CLASS_KEY, load_nvidia_pickle, load_torch_file, sniff
+from ..errors import HyperdomainError
+from ..layers import blur_kernel
+from .restricted_unpickler import PERSISTENT_CLASS_KEY, load_nvidia_pickle, load_torch_file, sniff
 
-__all__ = ["read_generator_file", "nvidia_to_port", "flatten_nvidia_state"]
+__all__ = ["read_generator_file", "from_port", "nvidia_to_port", "flatten_nvidia_state"]
 
 # Keys every port generator state dict has; used to recognise one.
 _PORT_MARKERS = ("input.input", "conv1.conv.weight", "style.1.weight")
@@ -34,11 +34,12 @@ def read_generator_file(path: str | os.PathLike) -> dict[str, Any]:
     kind = sniff(path)
     if kind == "pickle":
         return _from_nvidia(load_nvidia_pickle(path), path)
-    return _from_port(load_torch_file(path), path)
+    return from_port(load_torch_file(path), path)
 
 
 # --------------------------------------------------------------------------- port checkpoints
-def _from_port(obj: Any, path: Path) -> dict[str, Any]:
+def from_port(obj: Any, path: Path) -> dict[str, Any]:
+    """An unpickled port checkpoint (``{"g_ema": ..., "latent_avg"?}`` or a bare state dict) in the normal form."""
     if isinstance(obj, Mapping) and "g_ema" in obj:
         sd, latent_avg = obj["g_ema"], obj.get("latent_avg")
     elif isinstance(obj, Mapping) and all(k in obj for k in _PORT_MARKERS):

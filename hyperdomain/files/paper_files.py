@@ -1,4 +1,5 @@
-"""Import the HyperDomainNet authors' released single-domain checkpoints as :class:`Domain` files.
+"""The HyperDomainNet authors' released checkpoints: single domains (:func:`import_checkpoint`, a
+:class:`Domain`) and hypernetworks (:func:`import_hypernet`, a :class:`HyperDomainNet`).
 
 Their format (github.com/MACderRu/HyperDomainNet, ``core/utils/common.py::get_trainable_model_state``
 and ``trainers.py::save_models``): ``torch.save`` of a plain dict
@@ -29,13 +30,15 @@ from typing import Any, Mapping
 
 import torch
 
-from .domain import Domain
-from .errors import HyperdomainError
-from .safe_pickle import load_torch_file_omegaconf
+from ..domain import Domain
+from ..errors import HyperdomainError
+from ..hypernet import ACTIVATIONS, HyperConfig, HyperDomainNet, check_state
+from .pretrained import load_manifest
+from .restricted_unpickler import load_torch_file_omegaconf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["import_checkpoint", "paper_conv_dims", "paper_model_type"]
+__all__ = ["import_checkpoint", "import_hypernet", "paper_conv_dims", "paper_model_type"]
 
 _SINGLE_DOMAIN_TYPES = ("parameterization", "parametrization")
 _HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.params_in")
@@ -153,8 +156,6 @@ def _generator_name(gen_file: Any) -> tuple[str | None, str | None]:
         return None, None
     base = PureWindowsPath(gen_file).name if "\\" in gen_file else PurePosixPath(gen_file).name
     try:
-        from .weights import load_manifest
-
         for name, entry in load_manifest().items():
             if entry.filename == base:
                 return name, entry.source_prompt
@@ -175,3 +176,137 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
     return str(v)
+
+
+# --------------------------------------------------------------------------- hypernetworks
+_MAPPER_BACKBONE_KEY = re.compile(r"backbone\.backbone\.(\d+)\.")
+_MAPPER_HEAD_KEY = re.compile(r"heads\.conv_(\d+)\.(in|out)\.(\d+)\.")
+_SUPPORTED_MAPPER = "residual_channelin"
+
+
+def import_hypernet(path: str | os.PathLike) -> HyperDomainNet:
+    """Read the authors' released hypernetwork (``model_type: "mapper"``, e.g. ``mapper_20_td.pt``).
+
+    The file's ``mapper_config`` (a pickled OmegaConf config, read as plain data without OmegaConf)
+    names the mapper type; only ``residual_channelin`` with the ``cin_mult`` patch (the paper's
+    HyperDomainNet) is supported. Depths and widths are read from the state-dict shapes and must
+    agree with the config where it gives them. Returns the network in eval mode on the CPU.
+    """
+    path = Path(path)
+    ckpt = load_torch_file_omegaconf(path)
+    if not isinstance(ckpt, Mapping) or "model_type" not in ckpt:
+        found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise HyperdomainError(f"{path}: not a HyperDomainNet checkpoint (no 'model_type'; found {found})")
+    model_type = ckpt["model_type"]
+    if model_type != "mapper":
+        single = model_type in ("parameterization", "parametrization")
+        hint = " (a single domain: use import_checkpoint)" if single else ""
+        raise HyperdomainError(f"{path}: model_type {model_type!r} is not a hypernetwork ('mapper'){hint}")
+    patch_key = ckpt.get("patch_key", "cin_mult")
+    if patch_key != "cin_mult":
+        raise HyperdomainError(
+            f"{path}: patch_key {patch_key!r} is not supported; only 'cin_mult' (the paper's domain modulation)")
+    mc = ckpt.get("mapper_config")
+    mc = dict(mc) if isinstance(mc, Mapping) else {}
+    mapper_type = mc.get("mapper_type", _SUPPORTED_MAPPER)
+    if mapper_type != _SUPPORTED_MAPPER:
+        raise HyperdomainError(
+            f"{path}: mapper type {mapper_type!r} is not supported; only {_SUPPORTED_MAPPER!r} (HyperDomainNet)")
+    backbone_type = mc.get("backbone_type", "shared")
+    if backbone_type != "shared":
+        raise HyperdomainError(f"{path}: mapper backbone_type {backbone_type!r} is not supported; only 'shared'")
+    activation = mc.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise HyperdomainError(f"{path}: mapper activation {activation!r} is not supported; only {ACTIVATIONS}")
+
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping) or not sd:
+        raise HyperdomainError(f"{path}: 'state_dict' is missing or empty")
+    config = _infer_config(sd, activation, path)
+    for key, ours in (("backbone_depth", config.backbone_blocks + 1), ("head_depth", config.head_blocks + 1),
+                      ("width", config.width), ("input_dimension", config.input_dim)):
+        theirs = _int_or_none(mc.get(key))
+        if theirs is not None and theirs != ours:
+            raise HyperdomainError(f"{path}: mapper_config {key}={theirs} but the weights have {ours}")
+
+    sg2 = ckpt.get("sg2_params", ckpt.get("sg_2_params"))
+    sg2 = dict(sg2) if isinstance(sg2, Mapping) else {}
+    img_size = _int_or_none(sg2.get("img_size"))
+    if img_size in [2**i for i in range(3, 11)]:
+        expected = paper_conv_dims(img_size, _int_or_none(sg2.get("channel_multiplier")) or 2)
+        if config.domain_dims != expected:
+            raise HyperdomainError(
+                f"{path}: head widths {list(config.domain_dims)} do not match the {img_size} px generator "
+                f"named in sg2_params ({list(expected)})")
+    gen_name, gen_source_prompt = _generator_name(sg2.get("checkpoint_path") or sg2.get("ckpt_path"))
+    da_type = ckpt.get("da_type")
+    meta: dict[str, Any] = {
+        "source": "paper-checkpoint",
+        "imported_from": path.name,
+        "generator": gen_name,
+        "source_prompt": gen_source_prompt or "Photo",
+        "clip_model": "ViT-B/32",
+        "input_clip": None if da_type == "im2im" else "ViT-B-32:openai",
+        # the paper feeds unit-normalised ViT-B/32 embeddings: of the bare prompt, or of the style image (im2im)
+        "input": "image" if da_type == "im2im" else "text",
+        "paper_model_type": "mapper",
+        "paper_mapper_type": _SUPPORTED_MAPPER,
+        "paper_patch_key": "cin_mult",
+        "paper_da_type": None if da_type is None else str(da_type),
+    }
+    if img_size is not None:
+        meta["resolution"] = img_size
+    if mc:
+        meta["paper_mapper_config"] = {str(k): _jsonable(v) for k, v in mc.items()}
+    if da_type == "im2im":
+        log.warning("%s: an im2im hypernetwork; its input is a CLIP image embedding, not a text one", path)
+
+    net = HyperDomainNet(config, meta)
+    sd = {str(k): v for k, v in sd.items()}
+    check_state(net, sd, path)
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
+
+
+def _infer_config(sd: Mapping[str, Any], activation: str, path: Path) -> HyperConfig:
+    """Depths and widths of a paper mapper from its state-dict keys and shapes."""
+    backbone_idx: set[int] = set()
+    head_idx: dict[int, set[int]] = {}
+    for key in sd:
+        key = str(key)
+        if m := _MAPPER_BACKBONE_KEY.match(key):
+            backbone_idx.add(int(m.group(1)))
+        elif m := _MAPPER_HEAD_KEY.match(key):
+            if m.group(2) == "out":  # in+out heads: the channelwise_sep mappers
+                raise HyperdomainError(
+                    f"{path}: has output-channel heads ({key}); only the {_SUPPORTED_MAPPER!r} mapper is supported")
+            head_idx.setdefault(int(m.group(1)), set()).add(int(m.group(3)))
+        else:
+            raise HyperdomainError(f"{path}: unexpected state_dict key {key!r} for a {_SUPPORTED_MAPPER} mapper")
+    if 0 not in backbone_idx or not head_idx:
+        raise HyperdomainError(f"{path}: state_dict lacks the mapper's backbone or heads")
+    ks = sorted(head_idx)
+    if ks != list(range(len(ks))):
+        missing = sorted(set(range(max(ks) + 1)) - set(ks))[0]
+        raise HyperdomainError(f"{path}: state_dict lacks heads.conv_{missing} (convs must be 0..{max(ks)})")
+    depths = {max(v) for v in head_idx.values()}
+    if len(depths) != 1:
+        raise HyperdomainError(f"{path}: the heads have different depths {sorted(depths)}")
+    head_blocks = depths.pop()
+
+    def weight(key: str) -> torch.Tensor:
+        t = sd.get(key)
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            raise HyperdomainError(f"{path}: state_dict lacks the 2-D weight {key!r}")
+        return t
+
+    width, input_dim = weight("backbone.backbone.0.lin.weight").shape
+    if len(backbone_idx) > 1:
+        block_width = weight("backbone.backbone.1.input_block.0.weight").shape[0]
+    elif head_blocks:
+        block_width = weight("heads.conv_0.in.0.input_block.0.weight").shape[0]
+    else:
+        block_width = 512  # no residual block anywhere: the paper's fixed inner width, unused
+    dims = tuple(weight(f"heads.conv_{k}.in.{head_blocks}.weight").shape[0] for k in ks)
+    return HyperConfig(domain_dims=dims, input_dim=int(input_dim), width=int(width), block_width=int(block_width),
+                       backbone_blocks=max(backbone_idx), head_blocks=head_blocks, activation=activation)

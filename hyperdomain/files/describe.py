@@ -6,7 +6,17 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import HyperdomainError
+from ..domain import Domain
+from ..errors import HyperdomainError
+from ..generator import generator_from_state
+from ..hypernet import HyperDomainNet
+from .generator_files import from_port, read_generator_file
+from .restricted_unpickler import load_torch_file_omegaconf, sniff
+from .run_checkpoints import read_checkpoint_meta
+from .safetensors_files import HYPERNET, checkpoint_kind, read_safetensors
+
+# the command that continues each trainer's runs
+_RESUME_COMMANDS = {"adapt": "adapt", "hyper": "train-hyper"}
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -15,29 +25,22 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise HyperdomainError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        fmt = _safetensors_format(path)
-        if fmt == "hyperdomain.hypernet":
+        fmt = read_safetensors(path, "file", load=False)[0].get("format")
+        if fmt == HYPERNET:
             return _describe_hypernet(path)
-        if fmt in ("hyperdomain.adapt-checkpoint", "hyperdomain.hyper-checkpoint"):
-            return _describe_run_checkpoint(path, fmt.split(".")[1].split("-")[0])
+        kind = checkpoint_kind(fmt)
+        if kind in _RESUME_COMMANDS:
+            return _describe_run_checkpoint(path, kind)
         return _describe_domain(path)
-    from .safe_pickle import load_torch_file_omegaconf, sniff
-
     if sniff(path) != "pickle":
-        from .checkpoints import _from_port
-
         obj = load_torch_file_omegaconf(path)  # the paper's hypernetworks pickle OmegaConf configs
         if isinstance(obj, Mapping) and "model_type" in obj:
             return _describe_paper(path, obj)
-        return _describe_generator(path, _from_port(obj, path))  # read once: these files are large
-    from .checkpoints import read_generator_file
-
+        return _describe_generator(path, from_port(obj, path))  # read once: these files are large
     return _describe_generator(path, read_generator_file(path))
 
 
 def _describe_domain(path: Path) -> dict[str, Any]:
-    from .domain import Domain
-
     d = Domain.load(path)
     v = d.vector
     out: dict[str, Any] = {"file": str(path), "kind": "domain", "numbers": len(d), "convs": len(d.dims),
@@ -48,9 +51,7 @@ def _describe_domain(path: Path) -> dict[str, Any]:
 
 
 def _describe_generator(path: Path, ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """``ckpt``: the file in ``checkpoints``' normal form."""
-    from .generator import generator_from_state
-
+    """``ckpt``: the file in ``generator_files``' normal form."""
     G = generator_from_state(ckpt["g_ema"], ckpt.get("latent_avg"), name=path.stem, where=str(path),
                              conv_clamp=ckpt.get("conv_clamp"))
     c = G.config
@@ -76,15 +77,7 @@ def _describe_paper(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _safetensors_format(path: Path) -> str | None:
-    from .fileio import read_safetensors
-
-    return read_safetensors(path, "file", load=False)[0].get("format")
-
-
 def _describe_hypernet(path: Path) -> dict[str, Any]:
-    from .hypernet import HyperDomainNet
-
     net = HyperDomainNet.load(path)
     c, m = net.config, net.meta
     out: dict[str, Any] = {"file": str(path), "kind": "HyperDomainNet", "parameters": sum(p.numel() for p in net.parameters()),
@@ -102,15 +95,14 @@ def _describe_hypernet(path: Path) -> dict[str, Any]:
 
 
 def _describe_run_checkpoint(path: Path, kind: str) -> dict[str, Any]:
-    from .train_state import read_checkpoint_meta
-
     meta = read_checkpoint_meta(path, kind)
     cfg = meta.get("config", {})
-    out: dict[str, Any] = {"file": str(path), "kind": f"{'adapt' if kind == 'adapt' else 'train-hyper'} run checkpoint",
+    command = _RESUME_COMMANDS[kind]
+    out: dict[str, Any] = {"file": str(path), "kind": f"{command} run checkpoint",
                            "step": f"{meta.get('step')} of {cfg.get('iters')}",
                            "generator": meta.get("generator"), "generator_fingerprint": meta.get("generator_fingerprint")}
     for key in ("target", "source", "domains", "clip", "losses", "batch", "lr", "seed"):
         if key in cfg:
             out[key] = cfg[key]
-    out["resume with"] = f"hyperdomain {'adapt' if kind == 'adapt' else 'train-hyper'} --resume {path.parent}"
+    out["resume with"] = f"hyperdomain {command} --resume {path.parent}"
     return out

@@ -1,0 +1,100 @@
+"""Our own files: safetensors whose metadata names a format and its version.
+
+Every kind (domain, hypernetwork, run checkpoint) is checked here the same way: the ``format``
+field names the kind, ``format_version`` must be one this code reads, and anything else is one
+line that names the file and what it holds instead. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import HyperdomainError
+from .atomic import atomic_path
+
+DOMAIN = "hyperdomain.domain"
+HYPERNET = "hyperdomain.hypernet"
+
+
+_CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "hyperdomain.", "-checkpoint"
+
+
+def checkpoint_format(kind: str) -> str:
+    """The format name of a trainer's run checkpoint (``kind``: "adapt", "hyper", ...)."""
+    return f"{_CHECKPOINT_PREFIX}{kind}{_CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_kind(fmt: str | None) -> str | None:
+    """The trainer whose run checkpoint format ``fmt`` is, else None (the inverse of ``checkpoint_format``)."""
+    if fmt and fmt.startswith(_CHECKPOINT_PREFIX) and fmt.endswith(_CHECKPOINT_SUFFIX):
+        return fmt[len(_CHECKPOINT_PREFIX):-len(_CHECKPOINT_SUFFIX)]
+    return None
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mapping[str, str]) -> Path:
+    """Write a safetensors file atomically; any failure (disk full, no permission) is one line naming it.
+
+    safetensors reports I/O errors with its own exception type, not OSError, hence the broad catch.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        except HyperdomainError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors' error types
+            raise HyperdomainError(f"{path}: cannot write ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    return path
+
+
+def write_own_file(path: str | os.PathLike, fmt: str, version: int, tensors: Mapping,
+                   metadata: Mapping[str, str]) -> Path:
+    """One of our files: ``tensors`` with ``metadata`` plus the format name and version."""
+    return write_safetensors(path, tensors, {"format": fmt, "format_version": str(version), **metadata})
+
+
+def read_safetensors(path: str | os.PathLike, what: str, load: bool = True) -> tuple[dict, dict | list]:
+    """A safetensors file's metadata and its tensors (``load``) or just their names, with one-line errors.
+
+    ``what`` names the file in errors ("domain file", "checkpoint"): ``{path}: no such {what}`` and
+    ``{path}: not a readable safetensors {what} (...)`` for a corrupt one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HyperdomainError(f"{path}: no such {what}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            return header, ({k: f.get_tensor(k) for k in f.keys()} if load else list(f.keys()))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types for corrupt files
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise HyperdomainError(f"{path}: not a readable safetensors {what} ({detail})") from None
+
+
+def check_format(path: Path, header: Mapping[str, str], fmt: str, version: int, what: str) -> int:
+    """The file's format version, after checking that it is ``fmt`` in a version 1..``version``."""
+    found = header.get("format")
+    if found != fmt:
+        holds = f"it holds {found!r}" if found else "its metadata names no format"
+        raise HyperdomainError(f"{path}: not a {what} ({holds}, expected {fmt!r}; see hyperdomain info)")
+    try:
+        v = int(header.get("format_version", ""))
+    except ValueError:
+        v = -1
+    if not 1 <= v <= version:
+        raise HyperdomainError(f"{path}: {what} format version {header.get('format_version')!r} is not one this "
+                               f"hyperdomain reads (1..{version})")
+    return v
+
+
+def read_own_file(path: str | os.PathLike, fmt: str, version: int, what: str,
+                  load: bool = True) -> tuple[dict, dict | list]:
+    """One of our files: (metadata, tensors or tensor names), its format and version checked."""
+    path = Path(path)
+    header, tensors = read_safetensors(path, what, load=load)
+    check_format(path, header, fmt, version, what)
+    return header, tensors

@@ -1,0 +1,243 @@
+"""The training loop every trainer shares.
+
+A trainer is a :class:`TrainingRun` that says what one step computes and what it trains:
+
+- ``losses()``: one step's losses (scalar tensors, ``"total"`` among them) from the current
+  state, drawing random numbers from ``self.rng`` (whose state each checkpoint keeps) or from
+  generators seeded by the step;
+- ``state_tensors()`` / ``load_state_tensors()``: the trained tensors, for checkpoints;
+- ``result()``: what ``train`` returns; ``write_outputs(result)``: the final files;
+- optionally ``save_samples(path)``, ``prepare_files()``, ``stop_outputs()`` (files kept at a
+  non-finite stop), ``rewind()`` (undo what an unfinished forward changed, e.g. BatchNorm
+  statistics) and ``checkpoint_meta()``.
+
+The loop does the rest, alike for every trainer: the backward and the optimizer step, a progress
+bar, a log line per step, sample grids and checkpoints at their cadence, Ctrl-C at a step
+boundary (a second one at once) with a checkpoint, a stop with one line that keeps the last good
+state when a loss or gradient is not finite, the final files, and resuming a saved run exactly.
+Under ``torchrun`` the ranks agree on every stop, rank 0 alone writes, and a failed write there
+stops every rank together.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from tqdm import tqdm
+
+from ..distributed import DistInfo, any_rank, mean_over_ranks
+from ..domain import generator_meta
+from ..errors import HyperdomainError
+from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
+from .run_dir import append_log, deferred_interrupt, prepare_run_dir, sample_name
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[int, Mapping[str, float]], Any]
+
+
+class TrainingRun:
+    """One run: its state, its run folder (``out_dir``, None for none) and the loop (``train``)."""
+
+    kind = ""  # names the checkpoint format, hyperdomain.{kind}-checkpoint
+    desc = "train"  # the progress bar's label
+
+    def __init__(self, G, config, out_dir: Path | None, dist: DistInfo | None = None,
+                 rng: torch.Generator | None = None):
+        self.G, self.config, self.out_dir = G, config, out_dir
+        self.dist = dist or DistInfo(device=G.device)
+        self.rng = rng
+        self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer
+        self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
+        self._phase = "idle"  # "forward": state still the step's start; "update": it may be torn
+        self._rng_at_step_start = None if rng is None else rng.get_state()
+        self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (rank 0 of a run with a folder)."""
+        return self.out_dir is not None and self.dist.is_main
+
+    # ------------------------------------------------------------------ what a trainer provides
+    def losses(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def result(self) -> Any:
+        raise NotImplementedError
+
+    def write_outputs(self, result: Any) -> None:
+        """The final files beside the checkpoint (rank 0 only)."""
+
+    def save_samples(self, path: Path) -> None:
+        """A sample grid (rank 0 only)."""
+
+    def prepare_files(self) -> None:
+        """Files a new or resumed run folder gets besides config.json (rank 0 only)."""
+
+    def stop_outputs(self) -> None:
+        """Files written besides the checkpoint when a non-finite value stops the run (rank 0 only)."""
+
+    def rewind(self) -> None:
+        """Undo what an unfinished step's forward changed outside the trained tensors."""
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Write the state at the current step boundary (rank 0 of a run with a folder)."""
+        if not self.writes:
+            return None
+        tensors = dict(self.state_tensors())
+        if self.rng is not None:
+            tensors["rng"] = self._rng_at_step_start
+        meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G), **self.checkpoint_meta()}
+        path = save_checkpoint(self.out_dir / CHECKPOINT, self.kind, tensors, meta, self.optimizer)
+        self.saved_step = self.step
+        return path
+
+    def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint`."""
+        self.load_state_tensors(tensors)
+        restore_optimizer(self.optimizer, tensors, meta)
+        if self.rng is not None:
+            self.rng.set_state(tensors["rng"])
+            self._rng_at_step_start = self.rng.get_state()
+        self.step = int(meta["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, callback: Callback | None = None, progress: bool = True) -> Any:
+        c = self.config
+        self._guarded(self._prepare_dir)
+        self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0])
+        bar = tqdm(total=c.iters, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
+                   disable=(not progress or not self.dist.is_main) or None)
+        try:
+            with deferred_interrupt() as interrupted:
+                while self.step < c.iters:
+                    stop, failed = any_rank(self.dist, [interrupted.is_set(), self._write_error is not None])
+                    self._raise_if_a_write_failed(failed)
+                    if stop:
+                        raise KeyboardInterrupt
+                    values = mean_over_ranks(self.dist, self._one_step())
+                    self._guarded(self._append_log, values)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                    if callback is not None:
+                        callback(self.step, values)
+                    if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                        self._guarded(self.save_checkpoint)
+                    if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
+                        self._guarded(self._samples, sample_name(self.step))
+        except KeyboardInterrupt:
+            if self._phase == "forward":  # a hard interrupt inside a step, before its update
+                self.rewind()
+            if self._phase != "update":  # during the update the state may be torn: the last checkpoint stays
+                path = self.save_checkpoint()
+                if path is not None:
+                    log.warning("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
+            raise
+        finally:
+            bar.close()
+        result = self.result()
+        if self.writes:
+            if self.saved_step != self.step:  # not already written by the loop's last step
+                self._guarded(self.save_checkpoint)
+            self._guarded(self.write_outputs, result)
+            self._guarded(self._samples, "samples.png")
+        self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0])
+        return result
+
+    def _one_step(self) -> dict[str, float]:
+        self._phase = "forward"
+        parts = self.losses()
+        values = {k: float(v.detach()) for k, v in parts.items()}
+        if any_rank(self.dist, [not math.isfinite(values["total"])])[0]:
+            self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        bad = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
+        if any_rank(self.dist, [bad])[0]:
+            self._stop_non_finite("a gradient is not finite")
+        self._phase = "update"
+        self.optimizer.step()
+        self.step += 1
+        if self.rng is not None:
+            self._rng_at_step_start = self.rng.get_state()
+        self._phase = "idle"
+        return values
+
+    def _stop_non_finite(self, why: str) -> None:
+        """Keep the last good state (this step's start) and stop every rank with one line."""
+        self.rewind()
+        self._phase = "idle"
+        where = ""
+        if self.writes:
+            self.save_checkpoint()
+            self.stop_outputs()
+            where = f"; the last good state (step {self.step}) is in {self.out_dir}"
+        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
+
+    # ------------------------------------------------------------------ files
+    def _prepare_dir(self) -> None:
+        if self.writes:
+            prepare_run_dir(self.out_dir, self.config.to_dict(), self.step)
+            self.prepare_files()
+
+    def _append_log(self, values: Mapping[str, float]) -> None:
+        if self.writes:
+            append_log(self.out_dir, self.step, values)
+
+    def _samples(self, name: str) -> None:
+        if self.writes:
+            self.save_samples(self.out_dir / name)
+
+    def _guarded(self, fn: Callable, *args) -> None:
+        """Run a rank-0 write; under torchrun a failure is kept and stops every rank together at the
+        next agreement (raising on rank 0 alone would leave the others waiting in a collective)."""
+        if not self.dist.active:
+            fn(*args)
+            return
+        try:
+            fn(*args)
+        except (OSError, HyperdomainError) as e:
+            self._write_error = f"rank 0 could not write to {self.out_dir}: {e}"
+
+    def _raise_if_a_write_failed(self, failed: bool) -> None:
+        """Every rank raises together once the ranks agree (``failed``) that rank 0 could not write."""
+        if failed:
+            raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; see its error")
+
+
+def open_resume(run_dir: Path, kind: str, config_cls: type, G: Any,
+                iters: int | None) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+    """The checkpoint of the ``kind`` run in ``run_dir`` as (tensors, meta, config), with ``iters``
+    (if given) replacing the run's; refuses fewer iterations than done and another generator."""
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, kind)
+    config = config_cls.from_dict(meta["config"])
+    if iters is not None:
+        if iters < meta["step"]:
+            raise HyperdomainError(f"--iters {iters}: the run in {run_dir} is already at step {meta['step']}")
+        config = replace(config, iters=iters)
+    if meta["generator_fingerprint"] != G.fingerprint:
+        raise HyperdomainError(
+            f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
+            f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
+        )
+    return tensors, meta, config
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "total")

@@ -7,6 +7,10 @@ from typing import Any, Mapping
 
 from .errors import HyperdomainError
 
+# The source domain of a generator that names none (the manifest gives each known generator its
+# own: "Photo of a cat", ...): what the target prompts are contrasted with.
+DEFAULT_SOURCE_PROMPT = "Photo"
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:

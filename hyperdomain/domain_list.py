@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .config import DEFAULT_SOURCE_PROMPT
 from .errors import HyperdomainError
 
 __all__ = ["DomainPrompt", "read_domain_list", "parse_domain_list", "builtin_domain_list",
@@ -46,7 +47,7 @@ def _short(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-def parse_domain_list(text: str, default_source: str = "Photo",
+def parse_domain_list(text: str, default_source: str = DEFAULT_SOURCE_PROMPT,
                       where: str = "<text>") -> list[DomainPrompt]:
     """Parse a domain list; raise one :class:`HyperdomainError` naming ``where`` and every problem."""
     default_source = default_source.strip()
@@ -94,7 +95,7 @@ def parse_domain_list(text: str, default_source: str = "Photo",
     return prompts
 
 
-def read_domain_list(path: str | os.PathLike, default_source: str = "Photo") -> list[DomainPrompt]:
+def read_domain_list(path: str | os.PathLike, default_source: str = DEFAULT_SOURCE_PROMPT) -> list[DomainPrompt]:
     """Read and parse a UTF-8 domain list file (a leading byte-order mark is allowed).
 
     ``path`` may also name a shipped list: ``builtin:train`` or ``builtin:heldout``.

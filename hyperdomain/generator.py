@@ -10,7 +10,7 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 
-from .config import GeneratorConfig
+from .config import DEFAULT_SOURCE_PROMPT, GeneratorConfig
 from .domain import Domain
 from .errors import HyperdomainError
 from .files.generator_files import read_generator_file
@@ -59,7 +59,7 @@ class Generator(nn.Module):
         self._has_latent_avg = False
         self._fingerprint: str | None = None
         self._warned_fingerprint = False
-        self.source_prompt = "Photo"
+        self.source_prompt = DEFAULT_SOURCE_PROMPT
         self.adapt_defaults: dict = {}  # the manifest's paper recipe for adapt (iters, batch, lr, ...), if any
 
     # ----------------------------------------------------------------- facts
@@ -157,8 +157,9 @@ class Generator(nn.Module):
                   noise: "list[torch.Tensor] | None" = None) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` from W ``[B, w_dim]`` or W+ ``[B, num_ws, w_dim]``.
 
-        ``noise`` (from :meth:`draw_noise`) overrides ``noise_mode``: the same draw can then feed
-        two passes, e.g. the source and the adapted images of one training step.
+        ``noise`` (one tensor per conv, e.g. from :meth:`draw_noise`) overrides ``noise_mode``: a
+        caller that draws its own noise, such as a trainer drawing each step's from its seeded
+        generator, passes it here.
         """
         if ws.ndim == 2:
             _check_shape(ws, (None, self.w_dim), "ws")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .clip import ClipEncoder, load_clip
-from .config import config_from_dict, config_to_dict
+from .config import DEFAULT_SOURCE_PROMPT, config_from_dict, config_to_dict
 from .domain import Domain
 from .errors import HyperdomainError
 from .files.safetensors_files import HYPERNET, read_own_file, write_own_file
@@ -218,7 +218,7 @@ class HyperDomainNet(nn.Module):
         if isinstance(prompts, str):
             raise HyperdomainError("domains() takes a list of prompts; use domain() for one")
         emb = self.embed(list(prompts), clip)
-        meta = {"source_prompt": self.meta.get("source_prompt", "Photo"), "hypernet_file": self.meta.get("file"),
+        meta = {"source_prompt": self.meta.get("source_prompt", DEFAULT_SOURCE_PROMPT), "hypernet_file": self.meta.get("file"),
                 "clip_models": [self.text_encoder().label]}
         return [self.domain_from_embedding(e, prompt=q, **meta) for q, e in zip(prompts, emb)]
 

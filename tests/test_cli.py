@@ -129,3 +129,45 @@ def test_console_entry_point_exit_code(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "none.pt" in proc.stderr
+
+
+def test_option_defaults_are_the_librarys():
+    """Every option whose default lives in the library shows and passes that default, read from the
+    config dataclass or function signature (one home), and none of it imports torch for `--help`."""
+    import dataclasses
+    import inspect
+
+    import click
+
+    import hyperdomain as hd
+    from cli.options import LibraryDefault
+
+    # what the library itself takes when nothing is given: a config built with no options, a signature
+    homes = {"adapt": dataclasses.asdict(hd.AdaptConfig(target="x")),
+             "train-hyper": dataclasses.asdict(hd.HyperTrainConfig()),
+             "evaluate": {k: p.default for k, p in inspect.signature(hd.evaluate).parameters.items()},
+             "sample": {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()}}
+    checked = 0
+    for name, expected in homes.items():
+        command = main.commands[name]
+        ctx = command.make_context(name, [], resilient_parsing=True)  # what the command gets with no options
+        for param in command.params:
+            if isinstance(param, LibraryDefault):
+                value = expected[param._field]
+                if param._fallback:  # left unset, so the generator's recipe can fill it; the help names the value
+                    assert ctx.params[param.name] in (None, ())
+                    help_text = param.get_help_record(ctx)[1]
+                    if isinstance(value, dict) and "direction" in value:  # loss weights, as NAME=WEIGHT items
+                        shown = " ".join(f"{k}={v:g}" for k, v in value.items() if v)
+                    else:
+                        shown = ", ".join(value) if isinstance(value, tuple) else str(value)
+                    assert shown in " ".join(help_text.split()), (name, param.name, help_text)
+                else:
+                    assert ctx.params[param.name] == value, (name, param.name)
+                checked += 1
+    assert checked >= 30
+    out = subprocess.run([sys.executable, "-c", "import sys; from cli.main import main; "
+                          "sys.argv = ['hyperdomain', '--help']\ntry: main()\nexcept SystemExit: pass\n"
+                          "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+

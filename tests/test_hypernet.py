@@ -157,6 +157,25 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert torch.equal(back64(e64), net64.eval()(e64))
 
 
+def test_a_network_is_checked_against_the_generator_it_is_loaded_for(tmp_path, tiny_G):
+    from conftest import make_tiny_generator
+
+    net = HyperDomainNet(HyperConfig(domain_dims=tiny_G.domain_dims, input_dim=12, width=10, block_width=8),
+                         {"generator": "tiny", "generator_fingerprint": tiny_G.fingerprint})
+    path = net.save(tmp_path / "net.safetensors")
+    assert HyperDomainNet.load(path, generator=tiny_G).domain_dims == tiny_G.domain_dims
+    other = make_tiny_generator(seed=5)  # the same layout, other weights
+    with pytest.raises(HyperdomainError, match=r"net\.safetensors was trained for generator 'tiny' \(fingerprint "
+                                               rf"{tiny_G.fingerprint}\), not for 'tiny' \(fingerprint {other.fingerprint}\)"
+                                               r".*--no-check"):
+        HyperDomainNet.load(path, generator=other)
+    assert HyperDomainNet.load(path, generator=other, check=False).meta["generator_fingerprint"] == tiny_G.fingerprint
+    small = HyperDomainNet(TINY, {"generator": "toy"}).save(tmp_path / "small.safetensors")
+    with pytest.raises(HyperdomainError, match=r"small\.safetensors makes domains of 20 numbers in 4 convs, but "
+                                               r"generator 'tiny' needs 224 in 7 convs"):
+        HyperDomainNet.load(small, generator=tiny_G, check=False)  # the layout is checked whatever check says
+
+
 def test_bad_files_give_one_line_errors(tmp_path):
     with pytest.raises(HyperdomainError, match="no such hypernetwork file") as e:
         HyperDomainNet.load(tmp_path / "absent.safetensors")

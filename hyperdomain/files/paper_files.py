@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..config import DEFAULT_SOURCE_PROMPT
 from ..domain import Domain
 from ..errors import HyperdomainError
 from ..hypernet import ACTIVATIONS, HyperConfig, HyperDomainNet, check_state
@@ -112,7 +113,7 @@ def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,
         "source": "paper-checkpoint",
         "imported_from": path.name,
         "prompt": prompt,
-        "source_prompt": source_prompt or gen_source_prompt or "Photo",
+        "source_prompt": source_prompt or gen_source_prompt or DEFAULT_SOURCE_PROMPT,
         "generator": gen_name,
         "paper_model_type": str(model_type),
         "paper_patch_key": "cin_mult",
@@ -244,7 +245,7 @@ def import_hypernet(path: str | os.PathLike) -> HyperDomainNet:
         "source": "paper-checkpoint",
         "imported_from": path.name,
         "generator": gen_name,
-        "source_prompt": gen_source_prompt or "Photo",
+        "source_prompt": gen_source_prompt or DEFAULT_SOURCE_PROMPT,
         "clip_model": "ViT-B/32",
         "input_clip": None if da_type == "im2im" else "ViT-B-32:openai",
         # the paper feeds unit-normalised ViT-B/32 embeddings: of the bare prompt, or of the style image (im2im)
@@ -306,7 +307,7 @@ def _infer_config(sd: Mapping[str, Any], activation: str, path: Path) -> HyperCo
     elif head_blocks:
         block_width = weight("heads.conv_0.in.0.input_block.0.weight").shape[0]
     else:
-        block_width = 512  # no residual block anywhere: the paper's fixed inner width, unused
+        block_width = HyperConfig.block_width  # no residual block anywhere: the paper's fixed inner width, unused
     dims = tuple(weight(f"heads.conv_{k}.in.{head_blocks}.weight").shape[0] for k in ks)
     return HyperConfig(domain_dims=dims, input_dim=int(input_dim), width=int(width), block_width=int(block_width),
                        backbone_blocks=max(backbone_idx), head_blocks=head_blocks, activation=activation)

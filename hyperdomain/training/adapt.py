@@ -23,6 +23,7 @@ import torch
 
 from .._version import __version__
 from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, templates
+from ..config import DEFAULT_SOURCE_PROMPT
 from ..domain import Domain, generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
@@ -48,7 +49,7 @@ class AdaptConfig:
     """
 
     target: str
-    source: str = "Photo"
+    source: str = DEFAULT_SOURCE_PROMPT
     clip: tuple[str, ...] = DEFAULT_CLIP
     iters: int = 300
     batch: int = 4

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .._version import __version__
 from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, templates
+from ..config import DEFAULT_SOURCE_PROMPT
 from ..distributed import DistInfo, broadcast_buffers
 from ..domain import generator_meta
 from ..domain_list import read_domain_list
@@ -79,16 +80,16 @@ class HyperTrainConfig:
     crop: float = 0.8  # side fraction of the random crop before CLIP; 1: none
     mixing: float = 0.9
     templates: str = "imagenet"
-    backbone_blocks: int = 3
-    head_blocks: int = 1
-    width: int = 512
+    backbone_blocks: int = HyperConfig.backbone_blocks
+    head_blocks: int = HyperConfig.head_blocks
+    width: int = HyperConfig.width
     seed: int = 0
     sample_every: int = 500
     checkpoint_every: int = 500
     sample_n: int = 4
     sample_prompts: int = 6
     sample_truncation: float = 0.7
-    source: str = "Photo"  # the default source prompt of list lines without one
+    source: str = DEFAULT_SOURCE_PROMPT  # the default source prompt of list lines without one
     generator: str | None = None
 
     def __post_init__(self) -> None:

@@ -218,9 +218,10 @@ def build_host_emulation(build_dir: str | os.PathLike | None = None,
 
 
 CPU_SOURCES = ("winograd_cpu.cpp", "fir_cpu.cpp", "act_cpu.cpp")
-CPU_HEADERS = ("cpu_parallel.h",)
+CPU_HEADERS = ("cpu_kernels.h", "cpu_parallel.h")
 CXX_ENV = "CXX"
-_CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
+# -Werror=missing-declarations: every exported function is declared in cpu_kernels.h.
+_CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-Werror=missing-declarations")
 
 
 def _cpu_signature() -> str:

@@ -220,8 +220,30 @@ def build_host_emulation(build_dir: str | os.PathLike | None = None,
 CPU_SOURCES = ("winograd_cpu.cpp", "fir_cpu.cpp", "act_cpu.cpp")
 CPU_HEADERS = ("cpu_kernels.h", "cpu_parallel.h")
 CXX_ENV = "CXX"
-# -Werror=missing-declarations: every exported function is declared in cpu_kernels.h.
-_CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-Werror=missing-declarations")
+CPU_ARCH_ENV = "HYPERDOMAIN_CPU_ARCH"
+CPU_TARGETS = ("native", "portable")
+# -ffp-contract=off: no fused multiply-adds (GCC contracts C++ by default where the target has
+# them), and never -ffast-math: without contraction or reassociation every float32 operation is
+# the one written, so the results are bit-identical whatever vector ISA -march picks
+# (tests/test_ops_cpu_library.py). -Werror=missing-declarations: every exported function is
+# declared in cpu_kernels.h.
+_CPU_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off",
+              "-Werror=missing-declarations")
+# The oldest instruction set of each machine type, for a library that runs on any CPU of it
+_PORTABLE_MARCH = {"x86_64": ("-march=x86-64", "-mtune=generic"), "amd64": ("-march=x86-64", "-mtune=generic"),
+                   "aarch64": ("-march=armv8-a",), "arm64": ("-march=armv8-a",)}
+# The instruction-set extensions worth naming in status() (the /proc/cpuinfo flag names)
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile",
+              "asimd", "asimdhp", "sve", "sve2")
+
+
+def cpu_target() -> str:
+    """The CPU library's target from ``$HYPERDOMAIN_CPU_ARCH`` (read only): "native" (the default,
+    this CPU's instructions) or "portable" (the machine type's baseline)."""
+    target = os.environ.get(CPU_ARCH_ENV, "").strip().lower() or "native"
+    if target not in CPU_TARGETS:
+        raise ValueError(f"{CPU_ARCH_ENV} must be one of {CPU_TARGETS}, got {target!r}")
+    return target
 
 
 def _cpu_signature() -> str:
@@ -236,10 +258,49 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def build_cpu_library(build_dir: str | os.PathLike | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
+def _cpu_description() -> str:
+    """This CPU's model and notable instruction-set extensions, e.g. "AMD EPYC (avx avx2 fma avx512f)"."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in _cpu_signature().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    isa = [f for f in _ISA_FLAGS if f in flags]
+    return f"{model} ({' '.join(isa)})" if isa else model
+
+
+def _target_flags(target: str) -> tuple[tuple[str, ...], str]:
+    """(-march flags, what they build for) for "native" or "portable"."""
+    import platform
+
+    if target == "native":
+        return ("-march=native",), _cpu_description()
+    if target == "portable":
+        machine = platform.machine().lower()
+        flags = _PORTABLE_MARCH.get(machine, ())
+        return flags, f"any {machine} ({' '.join(flags) or 'the compiler default'})"
+    raise ValueError(f"target must be one of {CPU_TARGETS}, got {target!r}")
+
+
+def build_cpu_library(build_dir: str | os.PathLike | None = None,
+                      target: str | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
     """Compile (or reuse) the CPU kernels (``csrc/*_cpu.cpp``, see ``CPU_SOURCES``) as one
     plain shared library for ctypes: no torch headers, so it builds in seconds with any C++17
-    compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails."""
+    compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails.
+
+    target: "native" (-march=native: this CPU's vector instructions, cached per CPU) or
+        "portable" (the machine type's baseline, e.g. -march=x86-64); default
+        ``$HYPERDOMAIN_CPU_ARCH``, else "native". Both give bit-identical results (no FMA
+        contraction, no fast-math), so the choice only trades speed for a library that runs
+        on any CPU (a cache shared between different machines).
+    """
+    target = cpu_target() if target is None else target
+    arch, built_for = _target_flags(target)
+    flags = (*_CPU_FLAGS, *arch)
     cxx = os.environ.get(CXX_ENV) or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise RuntimeError("no C++ compiler found (set $CXX)")
@@ -248,17 +309,20 @@ def build_cpu_library(build_dir: str | os.PathLike | None = None) -> tuple["ctyp
     except OSError as e:
         raise RuntimeError(f"C++ compiler {cxx!r} does not run: {e}") from None
     h = hashlib.sha256()
-    for part in (*((CSRC / f).read_bytes() for f in CPU_SOURCES + CPU_HEADERS), cxx.encode(), version.encode(), " ".join(_CPU_FLAGS).encode(),
-                 _cpu_signature().encode(), sys.platform.encode()):
+    # a portable build does not depend on this CPU, so machines sharing a cache share it
+    cpu = _cpu_signature() if target == "native" else ""
+    for part in (*((CSRC / f).read_bytes() for f in CPU_SOURCES + CPU_HEADERS), cxx.encode(), version.encode(),
+                 " ".join(flags).encode(), cpu.encode(), sys.platform.encode()):
         h.update(part + b"\0")
-    digest = "cpu-" + h.hexdigest()[:20]
+    digest = f"cpu-{target}-" + h.hexdigest()[:20]
     name = "hyperdomain_cpu_kernels"
     root = Path(build_dir) if build_dir is not None else default_cache_root()
-    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(_CPU_FLAGS))
+    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(flags),
+                     target=target, built_for=built_for)
 
     def compile_into(tmp: Path):
         out = tmp / f"{name}.so"
-        proc = subprocess.run([cxx, *_CPU_FLAGS, *(str(CSRC / f) for f in CPU_SOURCES), "-o", str(out)],
+        proc = subprocess.run([cxx, *flags, *(str(CSRC / f) for f in CPU_SOURCES), "-o", str(out)],
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ["(no output)"])

@@ -1,4 +1,5 @@
-"""The CPU library's C ABI (csrc/cpu_kernels.h) and its typed wrappers (stylegan2_ops.cpu_library)."""
+"""The CPU library's C ABI (csrc/cpu_kernels.h), its typed wrappers (stylegan2_ops.cpu_library) and
+its build targets: -march=native and the portable baseline give bit-identical results."""
 from __future__ import annotations  # annotations as strings, as in cpu_library
 
 import inspect
@@ -188,3 +189,118 @@ def test_the_compiler_refuses_a_definition_the_header_disagrees_with(tmp_path, s
             assert proc.returncode == 0, proc.stderr
         else:
             assert proc.returncode != 0 and error in proc.stderr, proc.stderr
+
+
+# ---- native and portable builds --------------------------------------------------------------
+
+def test_the_target_comes_from_an_argument_or_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(_build.CPU_ARCH_ENV, raising=False)
+    assert _build.cpu_target() == "native"
+    monkeypatch.setenv(_build.CPU_ARCH_ENV, "portable")
+    assert _build.cpu_target() == "portable"
+    monkeypatch.setenv(_build.CPU_ARCH_ENV, "avx512")
+    with pytest.raises(ValueError, match="HYPERDOMAIN_CPU_ARCH must be one of .*'native', 'portable'.*got 'avx512'"):
+        _build.cpu_target()
+    with pytest.raises(ValueError, match="target must be one of"):
+        _build.build_cpu_library(tmp_path, target="avx512")
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory):
+    """The library built for this CPU and for the machine type's baseline, each bound to the wrappers."""
+    if CXX is None:
+        pytest.skip("no C++ compiler")
+    env = dict(os.environ)
+    out = {}
+    for target in _build.CPU_TARGETS:
+        lib, info = _build.build_cpu_library(tmp_path_factory.mktemp(target), target=target)
+        out[target] = (cpu_library.bind(lib), info)
+    assert dict(os.environ) == env  # the build only reads the environment
+    return out
+
+
+def test_the_two_targets_are_built_apart_and_say_what_for(two_builds):
+    (native, n_info), (portable, p_info) = two_builds["native"], two_builds["portable"]
+    assert n_info["target"] == "native" and "-march=native" in n_info["flags"]
+    assert p_info["target"] == "portable" and "-march=native" not in p_info["flags"]
+    assert os.path.basename(os.path.dirname(n_info["path"])).startswith("cpu-native-")
+    assert os.path.basename(os.path.dirname(p_info["path"])).startswith("cpu-portable-")
+    for info in (n_info, p_info):
+        assert "-ffp-contract=off" in info["flags"] and not any("fast-math" in f for f in info["flags"])
+        assert info["built_for"]
+
+
+def test_only_the_native_build_is_keyed_by_the_cpu(two_builds, monkeypatch):
+    """A cache shared with another CPU rebuilds the native library but reuses the portable one."""
+    from pathlib import Path
+
+    monkeypatch.setattr(_build, "_cpu_signature", lambda: "model name : another machine\nflags : sse2\n")
+    for target, source in (("portable", "cache"), ("native", "built")):
+        root = Path(two_builds[target][1]["path"]).parents[1]
+        lib, info = _build.build_cpu_library(root, target=target)
+        assert info["source"] == source, target
+    assert info["built_for"] == "another machine"
+
+
+def _run_every_function(lib, info) -> dict[str, torch.Tensor]:
+    """The outputs of every C function on fixed random inputs (several sizes and variants), through
+    the wrappers with ``lib`` as the loaded library."""
+    import unittest.mock
+
+    g = torch.Generator().manual_seed(11)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    out = {}
+    loader = _build.ExtensionLoader(lambda: (lib, info), functions=())
+    with unittest.mock.patch.object(cpu_library, "LIBRARY", loader):
+        for a in (6, 5):
+            bt, at = torch.empty(a, a), torch.empty(4, a)
+            cpu_library.hd_wino_matrices(a, bt, at)
+            out[f"matrices{a}"] = torch.cat([bt, at])
+        # the input and output transforms: stride 1 (3x3) and the stride-2 phases (2x2), ragged sizes
+        for a, stride, offset, (n, c, h, w), (oh, ow) in ((6, 1, -1, (2, 5, 13, 11), (13, 11)),
+                                                          (5, 1, -1, (3, 4, 9, 7), (9, 7)),
+                                                          (5, 2, 0, (2, 3, 19, 23), (9, 11))):
+            th, tw = -(-oh // 4), -(-ow // 4)
+            x, scale = rand(n, c, h, w), rand(n, c)
+            for s in (scale, None):
+                v = torch.full((a * a, c * stride ** 2, n * th * tw), float("nan"))
+                cpu_library.hd_wino_input(x, v, c, h, w, oh, ow, 0, n, 0, th, tw, stride, offset, a, s, 2)
+                out[f"input{a}/{stride}/{s is None}"] = v
+            o = 6
+            mm = rand(a * a, o * stride ** 2, n * th * tw)
+            y = torch.zeros(n, o, stride * oh + stride - 1, stride * ow + stride - 1)
+            cpu_library.hd_wino_output(mm, y, o, y.shape[2], y.shape[3], oh, ow, 0, n, 0, th, tw, stride, a, 2)
+            out[f"output{a}/{stride}"] = y
+        k = rand(25, 4)
+        w = rand(7, 6, 3, 3)
+        for adjoint in (0, 1):
+            u = torch.empty(25, 6, 28) if adjoint else torch.empty(25, 28, 6)
+            cpu_library.hd_wino_phase_weight(w, k, u, 7, 6, adjoint, 2)
+            out[f"phase_weight{adjoint}"] = u
+        x = rand(6, 17, 29)
+        for fy, fx, (px0, px1, py0, py1) in ((rand(4), rand(4), (2, 1, 1, 2)), (rand(3), rand(5), (-1, 3, 0, -2))):
+            y = torch.empty(6, 17 + py0 + py1 - len(fy) + 1, 29 + px0 + px1 - len(fx) + 1)
+            cpu_library.hd_fir_separable(x, y, 6, 17, 29, fy, len(fy), fx, len(fx), px0, px1, py0, py1, 2)
+            out[f"fir{len(fy)}"] = y
+        n, o, hw = 3, 5, 37
+        x, dc, bias = rand(n, o, hw), rand(n, o), rand(o)
+        for add, stride in ((None, 0), (rand(1, hw), 0), (rand(n, hw), hw)):
+            y = torch.empty(n, o, hw)
+            cpu_library.hd_demod_bias_lrelu(x, dc, add, stride, bias, y, n, o, hw, 0.2, 2 ** 0.5, 2)
+            out[f"demod{stride}/{add is None}"] = y
+            gx = torch.empty(n, o, hw)
+            cpu_library.hd_demod_bias_lrelu_grad(rand(n, o, hw), y, dc, gx, n, o, hw, 0.2, 2 ** 0.5, 2)
+            out[f"demod_grad{stride}/{add is None}"] = gx
+    return out
+
+
+def test_native_and_portable_builds_give_bit_identical_results(two_builds):
+    """No FMA contraction, no fast-math: the vector ISA that -march picks cannot change a bit."""
+    native, portable = (_run_every_function(*two_builds[t]) for t in ("native", "portable"))
+    assert native.keys() == portable.keys() and len(native) == 21
+    for key in native:
+        assert not native[key].isnan().any(), key  # every output element was written
+        assert torch.equal(native[key], portable[key]), key

@@ -10,13 +10,14 @@ Builds are cached under ``$HYPERDOMAIN_OPS_CACHE/<hash>`` (default
 ``~/.cache/hyperdomain/ops/<hash>``); the hash covers the sources' bytes, the torch and
 CUDA versions, the Python ABI, the target archs and the compiler flags. A build runs in a
 temporary directory next to its final place and is renamed into place when complete, so a
-crashed or concurrent build never leaves a half-written cache entry behind.
+crashed or concurrent build never leaves a half-written cache entry behind; a lock file
+(``build_lock``) makes concurrent processes build once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -35,6 +36,11 @@ from types import ModuleType
 from typing import Callable, Sequence
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: build_lock falls back to an exclusively created lock file
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -343,8 +349,7 @@ def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Pa
         return load(name, so_path), info
 
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(root / f"{digest}.lock"):
         if so_path.exists():  # another process built it while we waited
             info.update(source="cache", build_seconds=0.0)
             return load(name, so_path), info
@@ -370,6 +375,62 @@ def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Pa
         return module, info
 
 
+LOCK_STALE_S = 30.0  # an exclusive lock file not refreshed for this long was left by a dead process
+LOCK_TIMEOUT_S = 3600.0
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
+    """Holds an exclusive lock named by ``path`` across processes, so that concurrent builders
+    (torchrun ranks) build once; correctness does not depend on it (builds are renamed into
+    place atomically), only the duplicated work.
+
+    With fcntl, ``flock`` on ``path`` (released by the OS if the holder dies). Without it
+    (Windows), ``path`` with the suffix ".excl", created with O_CREAT | O_EXCL and removed on
+    release; its holder refreshes its mtime every few seconds, so one not refreshed for
+    LOCK_STALE_S (its process died) is taken over. Waits up to ``timeout`` seconds for it, then
+    raises TimeoutError.
+    """
+    if fcntl is not None:
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
+    path = path.with_suffix(".excl")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime > LOCK_STALE_S:
+                    path.unlink()
+                    logger.info("stylegan2_ops: removed the stale lock file %s", path)
+                    continue
+            except FileNotFoundError:  # released meanwhile
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path} (delete it if no build runs)")
+            time.sleep(0.05)
+    stop = threading.Event()
+
+    def refresh():
+        while not stop.wait(LOCK_STALE_S / 6):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    heartbeat = threading.Thread(target=refresh, name="stylegan2_ops build lock", daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]
 
 
@@ -377,15 +438,19 @@ class ExtensionLoader:
     """Tries the build once per process and remembers the outcome (module or error).
 
     ``functions`` must all be attributes of what the builder returns. ``what`` names it in
-    messages. A ``quiet`` loader is for an optional speed-up with a fallback that is just as
-    right: its failure is logged, never warned about nor raised, strict mode or not (unless
-    ``required``).
+    messages, ``fallback`` says what runs instead. A failure warns once, in one line, and raises
+    when ``required`` or in strict mode; a loader that does not ``honours_strict`` is for an
+    optional speed-up with a fallback that is just as right (the CPU library), never an error
+    in strict mode (that is for GPU CI).
     """
 
     def __init__(self, builder: Builder | None = None, functions: Sequence[str] = FUNCTIONS,
-                 what: str = "CUDA extension", quiet: bool = False):
+                 what: str = "CUDA extension",
+                 fallback: str = f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
+                 honours_strict: bool = True):
         self._builder = builder or build_extension
-        self._functions, self._what, self._quiet = tuple(functions), what, quiet
+        self._functions, self._what, self._fallback = tuple(functions), what, fallback
+        self._honours_strict = honours_strict
         self._lock = threading.Lock()
         self._attempted = False
         self._module: ModuleType | None = None
@@ -418,13 +483,12 @@ class ExtensionLoader:
                 self._attempted = True
             if self._module is not None:
                 return self._module
-            if required or (strict() and not self._quiet):
+            if required or (strict() and self._honours_strict):
                 raise RuntimeError(f"stylegan2_ops: {self._what} unavailable ({self._status['error']})"
                                    + ("" if required else f" and {STRICT_ENV}=1")) from self._error
-            if not self._warned and not self._quiet:
+            if not self._warned:
                 self._warned = True
-                warnings.warn(f"stylegan2_ops: {self._what} unavailable ({self._status['error']}); "
-                              f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
+                warnings.warn(f"stylegan2_ops: {self._what} unavailable ({self._status['error']}); {self._fallback}",
                               RuntimeWarning, stacklevel=4)
             return None
 

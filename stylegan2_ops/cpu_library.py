@@ -1,9 +1,9 @@
 """The C++ CPU kernels (``csrc/winograd_cpu.cpp``, ``fir_cpu.cpp``, ``act_cpu.cpp``), loaded with ctypes.
 
 A plain shared library without torch headers, compiled on first use in a few seconds and cached
-like the CUDA build (``_build.build_cpu_library``). It only speeds things up: without a C++
-compiler ``available()`` is False and the callers run their tensor-op paths, silently;
-``stylegan2_ops.status()["cpu_library"]`` says why.
+like the CUDA build (``_build.build_cpu_library``). It only speeds things up: where it cannot be
+built ``available()`` is False and the callers run their tensor-op paths, after one warning per
+process (never an error, strict mode or not); ``stylegan2_ops.status()["cpu_library"]`` says why.
 
 ``csrc/cpu_kernels.h`` declares every exported function and is the one source of their
 signatures: ``parse_header`` reads it, the ctypes argtypes come from it, and each function has one
@@ -150,7 +150,8 @@ def _load():
     return bind(lib), info
 
 
-LIBRARY = _build.ExtensionLoader(_load, functions=(), what="CPU kernel library", quiet=True)
+LIBRARY = _build.ExtensionLoader(_load, functions=(), what="CPU kernel library",
+                                 fallback="using the torch paths", honours_strict=False)
 
 
 def available() -> bool:

@@ -397,30 +397,9 @@ def build_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
             yield
         return
     path = path.with_suffix(".excl")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            break
-        except FileExistsError:
-            try:
-                if time.time() - path.stat().st_mtime > LOCK_STALE_S:
-                    path.unlink()
-                    logger.info("stylegan2_ops: removed the stale lock file %s", path)
-                    continue
-            except FileNotFoundError:  # released meanwhile
-                continue
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path} (delete it if no build runs)")
-            time.sleep(0.05)
+    _create_lock_file(path, timeout)
     stop = threading.Event()
-
-    def refresh():
-        while not stop.wait(LOCK_STALE_S / 6):
-            with contextlib.suppress(OSError):
-                os.utime(path)
-
-    heartbeat = threading.Thread(target=refresh, name="stylegan2_ops build lock", daemon=True)
+    heartbeat = threading.Thread(target=_keep_fresh, args=(path, stop), name="stylegan2_ops build lock", daemon=True)
     heartbeat.start()
     try:
         yield
@@ -429,6 +408,35 @@ def build_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
         heartbeat.join()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _create_lock_file(path: Path, timeout: float) -> None:
+    """Creates ``path`` exclusively, waiting while another process holds it and taking it over
+    once it is stale."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return
+        except FileExistsError:
+            pass
+        try:
+            if time.time() - path.stat().st_mtime > LOCK_STALE_S:
+                path.unlink()
+                logger.info("stylegan2_ops: removed the stale lock file %s", path)
+                continue
+        except FileNotFoundError:  # released meanwhile
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path} (delete it if no build runs)")
+        time.sleep(0.05)
+
+
+def _keep_fresh(path: Path, stop: threading.Event) -> None:
+    """Refreshes the lock file's mtime until ``stop``, so that waiters know its holder lives."""
+    while not stop.wait(LOCK_STALE_S / 6):
+        with contextlib.suppress(OSError):
+            os.utime(path)
 
 
 Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]

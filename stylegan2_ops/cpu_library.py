@@ -21,7 +21,8 @@ import ctypes
 import functools
 import inspect
 import re
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 
@@ -97,9 +98,9 @@ def _parse_param(function: str, text: str, where: str) -> Param:
 
 
 @functools.lru_cache(maxsize=None)
-def prototypes() -> dict[str, Prototype]:
-    """The prototypes of ``csrc/cpu_kernels.h``, by name."""
-    return parse_header(HEADER.read_text(), where=str(HEADER.name))
+def prototypes() -> Mapping[str, Prototype]:
+    """The prototypes of ``csrc/cpu_kernels.h``, by name (read once, read-only)."""
+    return MappingProxyType(parse_header(HEADER.read_text(), where=str(HEADER.name)))
 
 
 def wrappers() -> dict[str, Callable]:
@@ -171,18 +172,20 @@ def _c_argument(function: str, p: Param, v):
             return None
         if (not isinstance(v, torch.Tensor) or v.dtype != torch.float32 or v.device.type != "cpu"
                 or not v.is_contiguous()):
-            return _refuse(function, p, "a contiguous float32 CPU tensor" + (" or None" if p.optional else ""), v)
+            raise _refusal(function, p, "a contiguous float32 CPU tensor" + (" or None" if p.optional else ""), v)
         return v.data_ptr()
     if p.ctype == "float":
-        return v if isinstance(v, float) else _refuse(function, p, "a Python float", v)
+        if not isinstance(v, float):
+            raise _refusal(function, p, "a Python float", v)
+        return v
     bits = _INT_BITS[p.ctype]
     if not isinstance(v, int) or isinstance(v, bool) or not -2 ** (bits - 1) <= v < 2 ** (bits - 1):
-        return _refuse(function, p, f"a Python int that fits {bits} bits", v)
+        raise _refusal(function, p, f"a Python int that fits {bits} bits", v)
     return v
 
 
-def _refuse(function: str, p: Param, expected: str, v):
-    raise ValueError(f"{function}: {p.name} ({'HD_OPTIONAL ' * p.optional}{p.ctype}) needs {expected}, "
+def _refusal(function: str, p: Param, expected: str, v) -> ValueError:
+    return ValueError(f"{function}: {p.name} ({'HD_OPTIONAL ' * p.optional}{p.ctype}) needs {expected}, "
                      f"got {_describe(v)}")
 
 
@@ -193,13 +196,13 @@ def _c_function(stub: Callable) -> Callable:
 
     @functools.wraps(stub)
     def wrapper(*args, **kwargs):
+        lib = LIBRARY.get(required=True)  # loading checked every wrapper against its prototype
         proto = prototypes()[name]
         try:
             bound = sig.bind(*args, **kwargs).arguments
         except TypeError as e:
             raise ValueError(f"{name}: {e} (its prototype has {len(proto.params)} parameters)") from None
-        values = [_c_argument(name, p, bound[p.name]) for p in proto.params]
-        rc = getattr(LIBRARY.get(required=True), name)(*values)
+        rc = getattr(lib, name)(*(_c_argument(name, p, bound[p.name]) for p in proto.params))
         if rc != 0:
             sizes = ", ".join(f"{p.name}={bound[p.name]}" for p in proto.params if not p.ctype.endswith("*"))
             raise RuntimeError(f"{name} returned {rc}: arguments outside what it supports ({sizes})")

@@ -26,7 +26,9 @@ def status() -> dict:
 
     ``state`` is "not_attempted" (no CUDA tensor has reached an op yet), "ok" or "failed"
     (``error`` says why); ``strict`` reflects ``HYPERDOMAIN_OPS_STRICT``. ``cpu_library`` is
-    the same for the C++ CPU kernels (``cpu_library``).
+    the same for the C++ CPU kernels (``cpu_library``), once a CPU op has used them, with the
+    ``target`` they were built for ("native" or "portable", ``HYPERDOMAIN_CPU_ARCH``) and
+    ``built_for`` (the CPU model and its vector extensions, or the baseline).
     """
     return {**_build.LOADER.status(), "cuda_available": torch.cuda.is_available(),
             "cache_root": str(_build.default_cache_root()), "cpu_library": cpu_library.LIBRARY.status()}

@@ -10,13 +10,14 @@ Builds are cached under ``$HYPERDOMAIN_OPS_CACHE/<hash>`` (default
 ``~/.cache/hyperdomain/ops/<hash>``); the hash covers the sources' bytes, the torch and
 CUDA versions, the Python ABI, the target archs and the compiler flags. A build runs in a
 temporary directory next to its final place and is renamed into place when complete, so a
-crashed or concurrent build never leaves a half-written cache entry behind.
+crashed or concurrent build never leaves a half-written cache entry behind; a lock file
+(``build_lock``) makes concurrent processes build once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -36,6 +37,11 @@ from types import ModuleType
 from typing import Callable, Sequence
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: build_lock falls back to an exclusively created lock file
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +225,32 @@ def build_host_emulation(build_dir: str | os.PathLike | None = None,
 
 
 CPU_SOURCES = ("winograd_cpu.cpp", "fir_cpu.cpp", "act_cpu.cpp")
-CPU_HEADERS = ("cpu_parallel.h",)
+CPU_HEADERS = ("cpu_kernels.h", "cpu_parallel.h")
 CXX_ENV = "CXX"
-_CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
+CPU_ARCH_ENV = "HYPERDOMAIN_CPU_ARCH"
+CPU_TARGETS = ("native", "portable")
+# -ffp-contract=off: no fused multiply-adds (GCC contracts C++ by default where the target has
+# them), and never -ffast-math: without contraction or reassociation every float32 operation is
+# the one written, so the results are bit-identical whatever vector ISA -march picks
+# (tests/test_ops_cpu_library.py). -Werror=missing-declarations: every exported function is
+# declared in cpu_kernels.h.
+_CPU_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off",
+              "-Werror=missing-declarations")
+# The oldest instruction set of each machine type, for a library that runs on any CPU of it
+_PORTABLE_MARCH = {"x86_64": ("-march=x86-64", "-mtune=generic"), "amd64": ("-march=x86-64", "-mtune=generic"),
+                   "aarch64": ("-march=armv8-a",), "arm64": ("-march=armv8-a",)}
+# The instruction-set extensions worth naming in status() (the /proc/cpuinfo flag names)
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile",
+              "asimd", "asimdhp", "sve", "sve2")
+
+
+def cpu_target() -> str:
+    """The CPU library's target from ``$HYPERDOMAIN_CPU_ARCH`` (read only): "native" (the default,
+    this CPU's instructions) or "portable" (the machine type's baseline)."""
+    target = os.environ.get(CPU_ARCH_ENV, "").strip().lower() or "native"
+    if target not in CPU_TARGETS:
+        raise ValueError(f"{CPU_ARCH_ENV} must be one of {CPU_TARGETS}, got {target!r}")
+    return target
 
 
 def _cpu_signature() -> str:
@@ -235,10 +264,49 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def build_cpu_library(build_dir: str | os.PathLike | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
+def _cpu_description() -> str:
+    """This CPU's model and notable instruction-set extensions, e.g. "AMD EPYC (avx avx2 fma avx512f)"."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in _cpu_signature().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    isa = [f for f in _ISA_FLAGS if f in flags]
+    return f"{model} ({' '.join(isa)})" if isa else model
+
+
+def _target_flags(target: str) -> tuple[tuple[str, ...], str]:
+    """(-march flags, what they build for) for "native" or "portable"."""
+    import platform
+
+    if target == "native":
+        return ("-march=native",), _cpu_description()
+    if target == "portable":
+        machine = platform.machine().lower()
+        flags = _PORTABLE_MARCH.get(machine, ())
+        return flags, f"any {machine} ({' '.join(flags) or 'the compiler default'})"
+    raise ValueError(f"target must be one of {CPU_TARGETS}, got {target!r}")
+
+
+def build_cpu_library(build_dir: str | os.PathLike | None = None,
+                      target: str | None = None) -> tuple["ctypes.CDLL", BuildInfo]:
     """Compile (or reuse) the CPU kernels (``csrc/*_cpu.cpp``, see ``CPU_SOURCES``) as one
     plain shared library for ctypes: no torch headers, so it builds in seconds with any C++17
-    compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails."""
+    compiler (``$CXX``, else c++ or g++). Raises if there is none or it fails.
+
+    target: "native" (-march=native: this CPU's vector instructions, cached per CPU) or
+        "portable" (the machine type's baseline, e.g. -march=x86-64); default
+        ``$HYPERDOMAIN_CPU_ARCH``, else "native". Both give bit-identical results (no FMA
+        contraction, no fast-math), so the choice only trades speed for a library that runs
+        on any CPU (a cache shared between different machines).
+    """
+    target = cpu_target() if target is None else target
+    arch, built_for = _target_flags(target)
+    flags = (*_CPU_FLAGS, *arch)
     cxx = os.environ.get(CXX_ENV) or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise RuntimeError("no C++ compiler found (set $CXX)")
@@ -247,17 +315,20 @@ def build_cpu_library(build_dir: str | os.PathLike | None = None) -> tuple["ctyp
     except OSError as e:
         raise RuntimeError(f"C++ compiler {cxx!r} does not run: {e}") from None
     h = hashlib.sha256()
-    for part in (*((CSRC / f).read_bytes() for f in CPU_SOURCES + CPU_HEADERS), cxx.encode(), version.encode(), " ".join(_CPU_FLAGS).encode(),
-                 _cpu_signature().encode(), sys.platform.encode()):
+    # a portable build does not depend on this CPU, so machines sharing a cache share it
+    cpu = _cpu_signature() if target == "native" else ""
+    for part in (*((CSRC / f).read_bytes() for f in CPU_SOURCES + CPU_HEADERS), cxx.encode(), version.encode(),
+                 " ".join(flags).encode(), cpu.encode(), sys.platform.encode()):
         h.update(part + b"\0")
-    digest = "cpu-" + h.hexdigest()[:20]
+    digest = f"cpu-{target}-" + h.hexdigest()[:20]
     name = "hyperdomain_cpu_kernels"
     root = Path(build_dir) if build_dir is not None else default_cache_root()
-    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(_CPU_FLAGS))
+    info = BuildInfo(name=name, path=str(root / digest / f"{name}.so"), compiler=cxx, flags=list(flags),
+                     target=target, built_for=built_for)
 
     def compile_into(tmp: Path):
         out = tmp / f"{name}.so"
-        proc = subprocess.run([cxx, *_CPU_FLAGS, *(str(CSRC / f) for f in CPU_SOURCES), "-o", str(out)],
+        proc = subprocess.run([cxx, *flags, *(str(CSRC / f) for f in CPU_SOURCES), "-o", str(out)],
                               capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             err = (proc.stderr.strip().splitlines() or ["(no output)"])
@@ -278,8 +349,7 @@ def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Pa
         return load(name, so_path), info
 
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(root / f"{digest}.lock"):
         if so_path.exists():  # another process built it while we waited
             info.update(source="cache", build_seconds=0.0)
             return load(name, so_path), info
@@ -305,6 +375,70 @@ def _cached_build(root: Path, digest: str, name: str, compile_into: Callable[[Pa
         return module, info
 
 
+LOCK_STALE_S = 30.0  # an exclusive lock file not refreshed for this long was left by a dead process
+LOCK_TIMEOUT_S = 3600.0
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
+    """Holds an exclusive lock named by ``path`` across processes, so that concurrent builders
+    (torchrun ranks) build once; correctness does not depend on it (builds are renamed into
+    place atomically), only the duplicated work.
+
+    With fcntl, ``flock`` on ``path`` (released by the OS if the holder dies). Without it
+    (Windows), ``path`` with the suffix ".excl", created with O_CREAT | O_EXCL and removed on
+    release; its holder refreshes its mtime every few seconds, so one not refreshed for
+    LOCK_STALE_S (its process died) is taken over. Waits up to ``timeout`` seconds for it, then
+    raises TimeoutError.
+    """
+    if fcntl is not None:
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
+    path = path.with_suffix(".excl")
+    _create_lock_file(path, timeout)
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_keep_fresh, args=(path, stop), name="stylegan2_ops build lock", daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _create_lock_file(path: Path, timeout: float) -> None:
+    """Creates ``path`` exclusively, waiting while another process holds it and taking it over
+    once it is stale."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return
+        except FileExistsError:
+            pass
+        try:
+            if time.time() - path.stat().st_mtime > LOCK_STALE_S:
+                path.unlink()
+                logger.info("stylegan2_ops: removed the stale lock file %s", path)
+                continue
+        except FileNotFoundError:  # released meanwhile
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path} (delete it if no build runs)")
+        time.sleep(0.05)
+
+
+def _keep_fresh(path: Path, stop: threading.Event) -> None:
+    """Refreshes the lock file's mtime until ``stop``, so that waiters know its holder lives."""
+    while not stop.wait(LOCK_STALE_S / 6):
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
 Builder = Callable[[], "tuple[ModuleType, BuildInfo]"]
 
 
@@ -312,15 +446,19 @@ class ExtensionLoader:
     """Tries the build once per process and remembers the outcome (module or error).
 
     ``functions`` must all be attributes of what the builder returns. ``what`` names it in
-    messages. A ``quiet`` loader is for an optional speed-up with a fallback that is just as
-    right: its failure is logged, never warned about nor raised, strict mode or not (unless
-    ``required``).
+    messages, ``fallback`` says what runs instead. A failure warns once, in one line, and raises
+    when ``required`` or in strict mode; a loader that does not ``honours_strict`` is for an
+    optional speed-up with a fallback that is just as right (the CPU library), never an error
+    in strict mode (that is for GPU CI).
     """
 
     def __init__(self, builder: Builder | None = None, functions: Sequence[str] = FUNCTIONS,
-                 what: str = "CUDA extension", quiet: bool = False):
+                 what: str = "CUDA extension",
+                 fallback: str = f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
+                 honours_strict: bool = True):
         self._builder = builder or build_extension
-        self._functions, self._what, self._quiet = tuple(functions), what, quiet
+        self._functions, self._what, self._fallback = tuple(functions), what, fallback
+        self._honours_strict = honours_strict
         self._lock = threading.Lock()
         self._attempted = False
         self._module: ModuleType | None = None
@@ -353,13 +491,12 @@ class ExtensionLoader:
                 self._attempted = True
             if self._module is not None:
                 return self._module
-            if required or (strict() and not self._quiet):
+            if required or (strict() and self._honours_strict):
                 raise RuntimeError(f"stylegan2_ops: {self._what} unavailable ({self._status['error']})"
                                    + ("" if required else f" and {STRICT_ENV}=1")) from self._error
-            if not self._warned and not self._quiet:
+            if not self._warned:
                 self._warned = True
-                warnings.warn(f"stylegan2_ops: {self._what} unavailable ({self._status['error']}); "
-                              f"using the reference PyTorch ops (set {STRICT_ENV}=1 to make this an error)",
+                warnings.warn(f"stylegan2_ops: {self._what} unavailable ({self._status['error']}); {self._fallback}",
                               RuntimeWarning, stacklevel=4)
             return None
 

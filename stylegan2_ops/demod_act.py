@@ -52,9 +52,9 @@ class _DemodBiasLrelu(torch.autograd.Function):
         n, o, h, w = x.shape
         dc = dcoefs.reshape(n, o).contiguous()
         a = None if add is None else add.contiguous()
-        cpu_library.call("hd_demod_bias_lrelu", x.data_ptr(), dc.data_ptr(), None if a is None else a.data_ptr(),
-                         0 if a is None or a.shape[0] == 1 else h * w, bias.contiguous().data_ptr(), y.data_ptr(),
-                         n, o, h * w, LRELU_ALPHA, LRELU_GAIN, torch.get_num_threads(), about=f"x {list(x.shape)}")
+        cpu_library.hd_demod_bias_lrelu(x, dc, a, add_stride=0 if a is None or a.shape[0] == 1 else h * w,
+                                        bias=bias.contiguous(), y=y, N=n, O=o, HW=h * w, alpha=LRELU_ALPHA,
+                                        gain=LRELU_GAIN, nthreads=torch.get_num_threads())
         ctx.save_for_backward(y, dc)
         return y
 
@@ -74,8 +74,8 @@ class _DemodBiasLreluGrad(torch.autograd.Function):
         gy = gy.contiguous()
         gx = torch.empty_like(gy)
         n, o = dc.shape
-        cpu_library.call("hd_demod_bias_lrelu_grad", gy.data_ptr(), y.data_ptr(), dc.data_ptr(), gx.data_ptr(), n, o,
-                         gy[0, 0].numel(), LRELU_ALPHA, LRELU_GAIN, torch.get_num_threads(), about=f"gy {list(gy.shape)}")
+        cpu_library.hd_demod_bias_lrelu_grad(gy, y, dc, gx, N=n, O=o, HW=gy[0, 0].numel(), alpha=LRELU_ALPHA,
+                                             gain=LRELU_GAIN, nthreads=torch.get_num_threads())
         ctx.save_for_backward(y, dc)
         return gx
 

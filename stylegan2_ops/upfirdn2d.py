@@ -166,9 +166,9 @@ class _Upfirdn2dCpu(torch.autograd.Function):
         x = x.contiguous()
         n, c, h, w = x.shape
         y = x.new_empty(n, c, h + pad[2] + pad[3] - len(fy) + 1, w + pad[0] + pad[1] - len(fx) + 1)
-        cpu_library.call("hd_fir_separable", x.data_ptr(), y.data_ptr(), n * c, h, w, fy.data_ptr(), len(fy),
-                         fx.data_ptr(), len(fx), *pad, torch.get_num_threads(),
-                         about=f"x {list(x.shape)}, {len(fy)}x{len(fx)} taps, padding {pad}")
+        px0, px1, py0, py1 = pad
+        cpu_library.hd_fir_separable(x, y, planes=n * c, H=h, W=w, fy=fy, fh=len(fy), fx=fx, fw=len(fx), px0=px0,
+                                     px1=px1, py0=py0, py1=py1, nthreads=torch.get_num_threads())
         ctx.save_for_backward(fy, fx)
         ctx.shapes = (x.shape, y.shape, pad)
         return y

@@ -53,8 +53,10 @@ def compiled_matrices(r: int = winograd.R) -> tuple[torch.Tensor, torch.Tensor]:
     """B^T [a, a] and A^T [4, a] (a = 4 + r - 1) as compiled into the library (for tests)."""
     a = TILE + r - 1
     bt, at = torch.empty(a, a), torch.empty(TILE, a)
-    if cpu_library.LIBRARY.get(required=True).hd_wino_matrices(a, bt.data_ptr(), at.data_ptr()):
-        raise ValueError(f"compiled_matrices: no matrices for r={r}")
+    try:
+        cpu_library.hd_wino_matrices(a, bt, at)
+    except RuntimeError as e:
+        raise ValueError(f"compiled_matrices: no matrices for r={r}") from e
     return bt, at
 
 
@@ -133,8 +135,7 @@ def _phase_weight(weight: torch.Tensor, adjoint: bool) -> torch.Tensor:
     u = _scratch_weight(25, c, 4 * o) if adjoint else _scratch_weight(25, 4 * o, c)
     w = weight.detach().contiguous()
     k = winograd.weight_matrix(torch.float32, 2)  # [25, 4]
-    cpu_library.call("hd_wino_phase_weight", w.data_ptr(), k.data_ptr(), u.data_ptr(), o, c, int(adjoint),
-                     torch.get_num_threads(), about=f"a weight of shape {list(weight.shape)}")
+    cpu_library.hd_wino_phase_weight(w, k, u, O=o, C=c, adjoint=int(adjoint), nthreads=torch.get_num_threads())
     return u
 
 
@@ -167,10 +168,8 @@ def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, in
     oh, ow = grid
     th, tw = -(-oh // TILE), -(-ow // TILE)
     x = x.contiguous()
-    sp = None
     if scale is not None:
         scale = scale.detach().to(torch.float32).contiguous()
-        sp = scale.data_ptr()
     threads = torch.get_num_threads()
     chunks = winograd.chunks(n, th, tw, tiles_per_chunk)
     most = a2 * max((n1 - n0) * (t1 - t0) * tw for n0, n1, t0, t1 in chunks)
@@ -178,8 +177,8 @@ def _run(x: torch.Tensor, wt: torch.Tensor, y: torch.Tensor, grid: tuple[int, in
     for n0, n1, t0, t1 in chunks:
         tiles = (n1 - n0) * (t1 - t0) * tw
         v, mm = buf_v[:a2 * vch * tiles].view(a2, vch, tiles), buf_m[:a2 * mch * tiles].view(a2, mch, tiles)
-        cpu_library.call("hd_wino_input", x.data_ptr(), v.data_ptr(), cx, hx, wx, oh, ow, n0, n1, t0, t1, tw,
-                         stride_in, offset, a, sp, threads, about=f"chunk {(n0, n1, t0, t1)} of x {list(x.shape)}")
+        cpu_library.hd_wino_input(x, v, C=cx, H=hx, W=wx, OH=oh, OW=ow, n0=n0, n1=n1, t0=t0, t1=t1, tw=tw,
+                                  stride=stride_in, offset=offset, A=a, scale=scale, nthreads=threads)
         torch.bmm(wt, v, out=mm)
-        cpu_library.call("hd_wino_output", mm.data_ptr(), y.data_ptr(), oy, hy, wy, oh, ow, n0, n1, t0, t1, tw,
-                         stride_out, a, threads, about=f"chunk {(n0, n1, t0, t1)} of y {list(y.shape)}")
+        cpu_library.hd_wino_output(mm, y, O=oy, H=hy, W=wy, OH=oh, OW=ow, n0=n0, n1=n1, t0=t0, t1=t1, tw=tw,
+                                   stride=stride_out, A=a, nthreads=threads)

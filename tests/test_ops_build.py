@@ -99,6 +99,148 @@ def test_cache_root_from_env(monkeypatch, tmp_path):
     assert _build.default_cache_root() == tmp_path
 
 
+def test_an_optional_loader_warns_once_and_never_raises_in_strict_mode(monkeypatch):
+    calls = []
+
+    def builder():
+        calls.append(1)
+        raise RuntimeError("no compiler\nsecond line")
+
+    loader = _build.ExtensionLoader(builder, functions=(), what="CPU kernel library", fallback="using the torch paths",
+                                    honours_strict=False)
+    monkeypatch.setenv(_build.STRICT_ENV, "1")
+    with pytest.warns(RuntimeWarning) as record:
+        assert loader.get() is None and loader.get() is None
+    assert [str(r.message) for r in record] == [
+        "stylegan2_ops: CPU kernel library unavailable (RuntimeError: no compiler); using the torch paths"]
+    with pytest.raises(RuntimeError, match="CPU kernel library unavailable"):
+        loader.get(required=True)
+    assert calls == [1] and loader.status()["state"] == "failed"
+
+
+# ---- without fcntl (Windows): the import, the lock file, the CPU library's fallback -----------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_FCNTL = "import sys; sys.modules['fcntl'] = None  # as on Windows: import fcntl raises ImportError\n"
+
+
+def _run_without_fcntl(code: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", NO_FCNTL + code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **env}, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_import_works_without_fcntl():
+    _run_without_fcntl("import hyperdomain, stylegan2_ops\n"
+                       "from stylegan2_ops import _build\n"
+                       "assert _build.fcntl is None\n"
+                       "assert stylegan2_ops.status()['state'] == 'not_attempted'\n")
+
+
+BUILDER = """
+import json, os, time
+from pathlib import Path
+from stylegan2_ops import _build
+root, me = Path(sys.argv[1]), sys.argv[2]
+(root / f"ready-{me}").touch()
+while len(list(root.glob("ready-*"))) < 2:  # both processes start building together
+    time.sleep(0.01)
+spans = []
+
+def compile_into(tmp):
+    spans.append(time.time())
+    time.sleep(1.0)
+    (tmp / "lib.so").write_text(me)
+    spans.append(time.time())
+    return me
+
+_, info = _build._cached_build(root, "digest", "lib", compile_into, _build.BuildInfo(),
+                               load=lambda name, path: path.read_text())
+print(json.dumps({"source": info["source"], "spans": spans, "done": time.time()}))
+"""
+
+
+def test_the_lock_file_without_fcntl_makes_two_concurrent_builders_build_once(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", NO_FCNTL + BUILDER, str(tmp_path), str(i)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["source"] for r in results) == ["built", "cache"]
+    built = next(r for r in results if r["source"] == "built")
+    cached = next(r for r in results if r["source"] == "cache")
+    assert cached["done"] >= built["spans"][1]  # it waited for the build, then loaded it
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ready-")) == ["digest"]  # no lock left
+
+
+def test_the_lock_file_is_taken_over_when_stale_and_kept_while_its_holder_lives(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(_build, "fcntl", None)
+    monkeypatch.setattr(_build, "LOCK_STALE_S", 0.6)
+    lock = tmp_path / "x.lock"
+    excl = tmp_path / "x.excl"
+    excl.touch()
+    with pytest.raises(TimeoutError, match="waited 0 s for the build lock .*x.excl"):
+        with _build.build_lock(lock, timeout=0.2):
+            pass
+    os.utime(excl, (time.time() - 10, time.time() - 10))  # left by a process that died
+    start = time.monotonic()
+    with _build.build_lock(lock, timeout=5):
+        assert excl.exists()
+    assert not excl.exists() and time.monotonic() - start < 1
+    # a live holder refreshes its lock file: a waiter past LOCK_STALE_S does not take it over
+    held, released = threading.Event(), []
+
+    def hold():
+        with _build.build_lock(lock):
+            held.set()
+            time.sleep(2.0)
+            released.append(time.monotonic())
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    with _build.build_lock(lock, timeout=30):
+        acquired = time.monotonic()
+    t.join()
+    assert acquired >= released[0]
+
+
+def test_a_failed_cpu_library_build_without_fcntl_warns_once_and_stays_right(tmp_path):
+    """A compiler that fails (here /bin/false, after the lock file was taken): one one-line
+    warning, strict mode or not, and the convs, filters and conv tails on their torch paths."""
+    code = """
+import warnings
+import torch
+import torch.nn.functional as F
+import stylegan2_ops
+from hyperdomain import layers
+from stylegan2_ops import cpu_library, demod_act, winograd_native
+x, w = torch.randn(4, 8, 16, 16), torch.randn(8, 8, 3, 3) / 8
+f = stylegan2_ops.setup_filter([1, 3, 3, 1])
+with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter("always")
+    y = layers._conv(x, w, None, 1)
+    blurred = stylegan2_ops.upfirdn2d(x, f, padding=1)
+    assert not winograd_native.applies(x, w) and not cpu_library.available()
+    assert not demod_act.applies(x, torch.ones(4, 8, 1, 1), None, torch.zeros(8))
+messages = [str(r.message) for r in record]
+assert len(messages) == 1 and "\\n" not in messages[0], messages
+assert messages[0].startswith("stylegan2_ops: CPU kernel library unavailable (RuntimeError: false failed"), messages
+torch.testing.assert_close(y, F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(blurred, stylegan2_ops.upfirdn2d(x, f, padding=1, impl="ref"))
+st = stylegan2_ops.status()["cpu_library"]
+assert st["state"] == "failed" and st["strict"] is True, st
+"""
+    _run_without_fcntl(code, CXX=shutil.which("false") or "/bin/false", **{_build.STRICT_ENV: "1",
+                                                                         _build.CACHE_ENV: str(tmp_path)})
+    assert not list(tmp_path.glob("*.excl"))  # the lock file went with the failed build
+
+
 # ---- the real compile + link (about a minute on 2 cores) ------------------------------------
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 // the layer's output forward (addcmul, add, leaky_relu_) and three backward.
 #include <cstdint>
 
+#include "cpu_kernels.h"
 #include "cpu_parallel.h"
 
 extern "C" {

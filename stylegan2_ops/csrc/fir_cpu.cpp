@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "cpu_parallel.h"
 
 extern "C" {

@@ -15,13 +15,14 @@
 // So both transforms can read or write a "phased" tensor: logical position (m, n) of phase
 // (a, b) is physical (stride * m + a, stride * n + b).
 //
-// Plain C ABI, no torch headers: loaded with ctypes, it builds in about a second. Every pointer
-// is a contiguous float32 array.
+// Plain C ABI (declared in cpu_kernels.h), no torch headers: loaded with ctypes, it builds in
+// about a second. Every pointer is a contiguous float32 array.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "cpu_parallel.h"
 
 namespace {

@@ -1,6 +1,12 @@
-"""Known pretrained generators: the manifest, where files live, and verified, resumable downloads."""
+"""Known pretrained weights: the manifest, where files live, and verified, resumable downloads.
+
+The manifest lists generators (``generators``: StyleGAN2 checkpoints with their resolution,
+source prompt and paper recipe) and the other models some features need (``models``: the VGG16
+behind LPIPS, face landmark detectors). Both download the same way.
+"""
 from __future__ import annotations
 
+import bz2
 import contextlib
 import hashlib
 import http.client
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import torch.hub
 from tqdm.auto import tqdm
 
 from ..errors import HyperdomainError
@@ -24,11 +31,14 @@ from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ManifestEntry", "load_manifest", "weights_home", "download", "resolve", "CHECKSUMS_FILE"]
+__all__ = ["ManifestEntry", "ModelEntry", "load_manifest", "load_models", "weights_home", "download", "resolve",
+           "resolve_model", "CHECKSUMS_FILE"]
 
 FORMATS = ("port", "nvidia-pickle")
 CHECKSUMS_FILE = "checksums.json"
 _FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt"}
+_MODEL_FIELDS = {"urls", "sha256", "sha256_prefix", "size", "description", "compression", "also_at"}
+COMPRESSIONS = ("bz2",)
 _RECIPE_FIELDS = {"iters", "batch", "lr", "betas", "losses", "mixing"}
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
@@ -48,10 +58,49 @@ class ManifestEntry:
     description: str = ""
     adapt: Mapping[str, Any] | None = None  # the paper's single-domain settings for this generator, if any
 
+    sha256_prefix = None  # generators publish whole digests or none
+
     @property
     def filename(self) -> str:
         """The local file name: the last path component of the first URL."""
         return Path(urllib.parse.urlparse(self.urls[0]).path).name
+
+    @property
+    def kind(self) -> str:
+        return "generator"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One known auxiliary model file (not a generator).
+
+    ``sha256_prefix``: where only the start of the digest is published (torch hub's file names
+    carry 8 hex digits of it). ``compression``: the file is stored compressed ("bz2") and
+    unpacked beside itself after the download. ``also_at``: another folder where the same file
+    may already be ("torch-hub": torch's own download cache, for torchvision's weights).
+    """
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str | None
+    size: int | None
+    description: str = ""
+    sha256_prefix: str | None = None
+    compression: str | None = None
+    also_at: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return Path(urllib.parse.urlparse(self.urls[0]).path).name
+
+    @property
+    def kind(self) -> str:
+        return "model"
+
+    @property
+    def unpacked_name(self) -> str:
+        """The file the feature reads: the download itself, or it without its compression suffix."""
+        return self.filename[: -len(self.compression) - 1] if self.compression else self.filename
 
 
 # --------------------------------------------------------------------------- manifest
@@ -77,18 +126,53 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ManifestEn
     return {name: _entry(where, name, raw) for name, raw in data["generators"].items()}
 
 
-def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
+def load_models(path: str | os.PathLike | None = None) -> dict[str, ModelEntry]:
+    """The manifest's ``models``: the auxiliary weights (VGG16 for LPIPS, face landmark detectors)."""
+    text, where = _manifest_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HyperdomainError(f"{where}: not valid JSON ({e})") from None
+    models = data.get("models", {}) if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise HyperdomainError(f"{where}: 'models' must be an object")
+    return {name: _model_entry(where, name, raw) for name, raw in models.items()}
+
+
+def _model_entry(where: str, name: str, raw: Any) -> ModelEntry:
+    bad = _bad_field(where, name, raw)
+    urls, sha, size = _common_fields(where, name, raw, _MODEL_FIELDS, bad)
+    prefix = raw.get("sha256_prefix")
+    if prefix is not None and not (isinstance(prefix, str) and re.fullmatch(r"[0-9a-f]{8,64}", prefix)):
+        raise bad("sha256_prefix", "8 to 64 lower-case hex digits or null")
+    compression = raw.get("compression")
+    if compression is not None and compression not in COMPRESSIONS:
+        raise bad("compression", f"one of {list(COMPRESSIONS)} or null")
+    also_at = raw.get("also_at")
+    if also_at not in (None, "torch-hub"):
+        raise bad("also_at", "'torch-hub' or null")
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise bad("description", "a string")
+    return ModelEntry(name, tuple(urls), sha, size, desc, prefix, compression, also_at)
+
+
+def _bad_field(where: str, name: str, raw: Any):
     def bad(field: str, expected: str) -> HyperdomainError:
         value = raw.get(field, "<missing>") if isinstance(raw, dict) else raw
         return HyperdomainError(f"{where}: entry {name!r}, field {field!r}: expected {expected}, got {value!r}")
+    return bad
 
+
+def _common_fields(where: str, name: str, raw: Any, known: set, bad) -> tuple[list, str | None, int | None]:
+    """The fields every manifest entry has: its name, urls, sha256 and size, checked."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
         raise HyperdomainError(f"{where}: entry {name!r}: names are lower-case letters, digits, '-', '_', '.'")
     if not isinstance(raw, dict):
         raise bad("(entry)", "an object")
-    unknown = sorted(set(raw) - _FIELDS)
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise HyperdomainError(f"{where}: entry {name!r}, field {unknown[0]!r}: unknown field (known: {sorted(_FIELDS)})")
+        raise HyperdomainError(f"{where}: entry {name!r}, field {unknown[0]!r}: unknown field (known: {sorted(known)})")
     urls = raw.get("urls")
     if (not isinstance(urls, list) or not urls
             or not all(isinstance(u, str) and re.match(r"https?://[^/\s]+/\S*[^/\s]$", u) for u in urls)):
@@ -99,6 +183,12 @@ def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
     size = raw.get("size")
     if size is not None and not (type(size) is int and size > 0):
         raise bad("size", "a positive number of bytes or null")
+    return urls, sha, size
+
+
+def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
+    bad = _bad_field(where, name, raw)
+    urls, sha, size = _common_fields(where, name, raw, _FIELDS, bad)
     fmt = raw.get("format")
     if fmt not in FORMATS:
         raise bad("format", f"one of {list(FORMATS)}")
@@ -188,8 +278,9 @@ def _stamp(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _verify(entry: ManifestEntry, path: Path, home: Path) -> None:
-    """Check ``path`` against the manifest (size, sha256) or the trust-on-first-use record.
+def _verify(entry: ManifestEntry | ModelEntry, path: Path, home: Path) -> None:
+    """Check ``path`` against the manifest (size, sha256 or its published prefix) or the
+    trust-on-first-use record.
 
     A file already verified (same size and mtime as recorded) is not hashed again.
     """
@@ -204,6 +295,10 @@ def _verify(entry: ManifestEntry, path: Path, home: Path) -> None:
     if entry.sha256 is not None:
         if digest != entry.sha256:
             raise HyperdomainError(f"{path}: sha256 is {digest}, expected {entry.sha256} for {entry.name!r}")
+    elif entry.sha256_prefix is not None:
+        if not digest.startswith(entry.sha256_prefix):
+            raise HyperdomainError(f"{path}: sha256 is {digest}, expected one starting {entry.sha256_prefix} "
+                                   f"for {entry.name!r}")
     elif isinstance(record, dict) and record.get("sha256"):
         if digest != record["sha256"]:
             raise HyperdomainError(
@@ -227,10 +322,15 @@ def download(name: str, home: str | os.PathLike | None = None, progress: bool = 
     :func:`load_manifest`'s.
     """
     manifest = load_manifest() if manifest is None else manifest
-    if name not in manifest:
-        raise HyperdomainError(f"unknown generator {name!r}; known: {', '.join(sorted(manifest))}")
-    entry = manifest[name]
-    home = Path(home) if home is not None else weights_home()
+    models = {} if name in manifest else load_models()
+    if name not in manifest and name not in models:
+        raise HyperdomainError(f"unknown generator or model {name!r}; known: {', '.join(sorted(manifest) + sorted(models))}")
+    entry = manifest[name] if name in manifest else models[name]
+    return _download_entry(entry, Path(home) if home is not None else weights_home(), progress)
+
+
+def _download_entry(entry: ManifestEntry | ModelEntry, home: Path, progress: bool) -> Path:
+    name = entry.name
     dest = home / entry.filename
     if dest.is_file():
         try:
@@ -344,3 +444,39 @@ def resolve(name_or_path: str | os.PathLike, download: bool = True,
 
 
 _download = download  # resolve()'s ``download`` flag shadows the function inside it
+
+
+def resolve_model(name: str, download: bool = True, home: str | os.PathLike | None = None) -> Path:
+    """The local file of auxiliary model ``name`` (unpacked if the manifest stores it compressed),
+    downloaded on first use, or found where torch keeps its downloads (``also_at``)."""
+    models = load_models()
+    if name not in models:
+        raise HyperdomainError(f"unknown model {name!r}; known: {', '.join(sorted(models))}")
+    entry = models[name]
+    home = Path(home) if home is not None else weights_home()
+    unpacked = home / entry.unpacked_name
+    if entry.compression and unpacked.is_file():
+        return unpacked  # its archive was verified when it was unpacked
+    if entry.also_at == "torch-hub" and not (home / entry.filename).is_file():
+        elsewhere = Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
+        if elsewhere.is_file():
+            _verify(entry, elsewhere, elsewhere.parent)
+            return elsewhere
+    if not download and not (home / entry.filename).is_file():
+        raise HyperdomainError(f"model {name} is not downloaded yet (expected at {home / entry.filename}); "
+                               f"allow downloading or pass its path")
+    path = _download_entry(entry, home, progress=True)
+    if entry.compression:
+        return _unpack(path, unpacked, entry.compression)
+    return path
+
+
+def _unpack(archive: Path, dest: Path, compression: str) -> Path:
+    try:
+        with bz2.open(archive, "rb") as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                out.write(chunk)
+    except (OSError, EOFError, ValueError) as e:
+        raise HyperdomainError(f"{archive}: cannot unpack ({e}); delete it to download again") from None
+    return dest
+

@@ -1,0 +1,85 @@
+"""Images a user gives us (photos, reference images): read safely, whatever their format.
+
+Every readable image becomes 8-bit RGB the same way: the EXIF orientation applied (phones store
+portraits sideways), grayscale, palette, CMYK, 16-bit and alpha images converted (alpha composited
+on white), and one line for anything else: not an image, truncated, too small for a face, or so
+large it would exhaust memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import HyperdomainError
+
+MIN_SIDE = 64  # pixels: below this there is no face to invert
+MAX_PIXELS = 50_000_000  # 50 megapixels: a decoded RGB image that size already takes 150 MB
+
+
+def read_photo(path: str | os.PathLike) -> Image.Image:
+    """The image at ``path`` as an 8-bit RGB PIL image, upright, fully decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise HyperdomainError(f"{path}: no such image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise HyperdomainError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels; images up to "
+                                           f"{MAX_PIXELS // 1_000_000} megapixels are read (downscale it first)")
+                img.load()  # decode now: a truncated file fails here, not later
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except HyperdomainError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HyperdomainError(f"{path}: not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged data
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise HyperdomainError(f"{path}: truncated or damaged image ({detail})") from None
+    if min(rgb.size) < MIN_SIDE:
+        raise HyperdomainError(f"{path}: {rgb.size[0]}x{rgb.size[1]} is too small; "
+                               f"images need at least {MIN_SIDE} pixels on each side")
+    return rgb
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and float images scaled by their range, alpha on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(a.max()), 1.0) if a.max() > 1 else 1.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_digest(img: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels and size: the same picture gives the same digest whatever
+    file it came from (a re-saved PNG, a copy), and any pixel change gives another."""
+    h = hashlib.sha256(f"{img.size[0]}x{img.size[1]}|".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()[:16]
+
+
+def to_tensor(img: Image.Image, size: int | None = None) -> torch.Tensor:
+    """``[1, 3, H, W]`` float32 in ``[-1, 1]`` (the generator's range); with ``size``, resized to a
+    ``size`` x ``size`` square first (Lanczos, as the paper's code does)."""
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.LANCZOS)
+    a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return (a / 127.5 - 1)[None]

@@ -61,6 +61,7 @@ class Generator(nn.Module):
         self._warned_fingerprint = False
         self.source_prompt = DEFAULT_SOURCE_PROMPT
         self.adapt_defaults: dict = {}  # the manifest's paper recipe for adapt (iters, batch, lr, ...), if any
+        self.alignment: str | None = None  # "ffhq" for face generators: photos are aligned as FFHQ was
 
     # ----------------------------------------------------------------- facts
     @property
@@ -360,6 +361,7 @@ def load_generator(name_or_path: str | os.PathLike, device: str | torch.device =
         _check_entry(G, entry, path)
         G.source_prompt = entry.source_prompt
         G.adapt_defaults = dict(entry.adapt or {})
+        G.alignment = entry.align
     return G.to(device)
 
 

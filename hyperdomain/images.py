@@ -1,4 +1,4 @@
-"""Images out of the generator: the only place where values are clamped to pixels."""
+"""Images out of the generator: the only place where values are clamped to pixels; and resampling."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .errors import HyperdomainError
@@ -58,3 +59,25 @@ def save_images(images: torch.Tensor, directory: str | os.PathLike, prefix: str 
     directory = Path(directory)
     pix = to_uint8(images)
     return [_save_pil(p, directory / f"{prefix}{start + i:05d}.png") for i, p in enumerate(pix)]
+
+
+def downsample_bicubic(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, C, H / factor, W / factor]`` with an antialiased bicubic filter
+    (Keys' kernel, a = -0.5, stretched over ``4 * factor`` taps; mirrored at the borders): how the
+    paper's inverter brings generated images to 256 px. Differentiable; ``factor`` 1 is identity."""
+    if factor == 1:
+        return images
+    if factor < 1 or images.shape[-1] % factor or images.shape[-2] % factor:
+        raise HyperdomainError(f"downsample_bicubic: {list(images.shape)} is not divisible by {factor}")
+    taps = 4 * factor
+    t = (torch.arange(taps, dtype=torch.float64) - taps // 2 + 0.5) / factor
+    a, at = -0.5, t.abs()
+    k = torch.where(at <= 1, (a + 2) * at**3 - (a + 3) * at**2 + 1,
+                    torch.where(at < 2, a * at**3 - 5 * a * at**2 + 8 * a * at - 4 * a, torch.zeros_like(at)))
+    k = (k / k.sum()).to(images)
+    c = images.shape[1]
+    pad0, pad1 = (taps - factor) // 2, (taps - factor) - (taps - factor) // 2
+    x = F.pad(images, (0, 0, pad0, pad1), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(factor, 1), groups=c)
+    x = F.pad(x, (pad0, pad1, 0, 0), mode="reflect")
+    return F.conv2d(x, k.view(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, factor), groups=c)

@@ -36,7 +36,8 @@ __all__ = ["ManifestEntry", "ModelEntry", "load_manifest", "load_models", "weigh
 
 FORMATS = ("port", "nvidia-pickle")
 CHECKSUMS_FILE = "checksums.json"
-_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt"}
+_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt", "align"}
+ALIGNMENTS = ("ffhq",)  # how a generator's training images were cropped, where photos must be aligned alike
 _MODEL_FIELDS = {"urls", "sha256", "sha256_prefix", "size", "description", "compression", "also_at"}
 COMPRESSIONS = ("bz2",)
 _RECIPE_FIELDS = {"iters", "batch", "lr", "betas", "losses", "mixing"}
@@ -57,6 +58,7 @@ class ManifestEntry:
     source_prompt: str
     description: str = ""
     adapt: Mapping[str, Any] | None = None  # the paper's single-domain settings for this generator, if any
+    align: str | None = None  # "ffhq": face generators, whose photos are aligned as FFHQ was
 
     sha256_prefix = None  # generators publish whole digests or none
 
@@ -204,7 +206,10 @@ def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
     recipe = raw.get("adapt")
     if recipe is not None:
         _check_recipe(recipe, bad)
-    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc, recipe)
+    align = raw.get("align")
+    if align is not None and align not in ALIGNMENTS:
+        raise bad("align", f"one of {list(ALIGNMENTS)} or null")
+    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc, recipe, align)
 
 
 def _check_recipe(recipe: Any, bad) -> None:

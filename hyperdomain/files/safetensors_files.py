@@ -1,6 +1,6 @@
 """Our own files: safetensors whose metadata names a format and its version.
 
-Every kind (domain, hypernetwork, run checkpoint) is checked here the same way: the ``format``
+Every kind (domain, hypernetwork, latent, run checkpoint, cached latent PCA) is checked here the same way: the ``format``
 field names the kind, ``format_version`` must be one this code reads, and anything else is one
 line that names the file and what it holds instead. No pickle anywhere.
 """
@@ -18,6 +18,8 @@ from .atomic import atomic_path
 
 DOMAIN = "hyperdomain.domain"
 HYPERNET = "hyperdomain.hypernet"
+LATENT = "hyperdomain.latent"
+PCA = "hyperdomain.latent-pca"
 
 
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "hyperdomain.", "-checkpoint"

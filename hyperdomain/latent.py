@@ -1,0 +1,86 @@
+"""A W+ latent of one image: ``[num_ws, w_dim]`` with what made it, stored like a domain.
+
+An inverted photo is a latent: one ``w`` per synthesis layer. Its file is safetensors (tensor
+``latent``) with the generator's name and fingerprint, the digest of the image it came from, and
+the inversion's settings and final losses; loading it for another generator fails with one line
+naming both.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import HyperdomainError
+from .files.safetensors_files import LATENT, read_own_file, write_own_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .generator import Generator
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Latent:
+    """W+ ``ws`` ``[num_ws, w_dim]`` (float32) and a plain JSON-able ``meta``."""
+
+    ws: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ws = torch.as_tensor(self.ws)
+        if ws.ndim != 2:
+            raise HyperdomainError(f"a latent is W+ [num_ws, w_dim], got shape {list(ws.shape)}")
+        self.ws = ws.detach().to("cpu", torch.float32)
+
+    def check_compatible(self, G: "Generator", fingerprint: bool = True) -> None:
+        """One line when this latent does not fit ``G`` (shape; with ``fingerprint``, the weights)."""
+        name, fp = self.meta.get("generator", "?"), self.meta.get("generator_fingerprint")
+        if tuple(self.ws.shape) != (G.num_ws, G.w_dim):
+            raise HyperdomainError(
+                f"latent{_origin(self)} is {list(self.ws.shape)}, but generator {G.name!r} takes W+ "
+                f"[{G.num_ws}, {G.w_dim}]; it was made for generator {name!r}")
+        if fingerprint and fp and fp != G.fingerprint:
+            raise HyperdomainError(
+                f"latent{_origin(self)} was inverted with generator {name!r} (fingerprint {fp}), not {G.name!r} "
+                f"(fingerprint {G.fingerprint}); invert the photo again for this generator, or skip this check "
+                f"(check=False, --no-check)")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the latent file atomically."""
+        try:
+            meta = json.dumps(self.meta, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise HyperdomainError(f"{path}: latent metadata is not plain JSON data ({e})") from None
+        return write_own_file(Path(path), LATENT, FORMAT_VERSION, {"latent": self.ws.contiguous()}, {"meta": meta})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, generator: "Generator | None" = None, check: bool = True) -> "Latent":
+        """Read a latent file; with ``generator``, check it fits (shape, and fingerprint if ``check``)."""
+        path = Path(path)
+        header, tensors = read_own_file(path, LATENT, FORMAT_VERSION, "latent file")
+        if set(tensors) != {"latent"}:
+            raise HyperdomainError(f"{path}: a latent file holds one tensor 'latent', found {sorted(tensors)[:4]}")
+        try:
+            meta = json.loads(header.get("meta", "{}"))
+        except ValueError as e:
+            raise HyperdomainError(f"{path}: malformed latent metadata ({e})") from None
+        if not isinstance(meta, dict):
+            raise HyperdomainError(f"{path}: malformed latent metadata (not an object)")
+        try:
+            latent = cls(tensors["latent"], {**meta, "file": str(path)})
+        except HyperdomainError as e:
+            raise HyperdomainError(f"{path}: {e}") from None
+        if not bool(torch.isfinite(latent.ws).all()):
+            raise HyperdomainError(f"{path}: the latent holds {int((~torch.isfinite(latent.ws)).sum())} non-finite numbers")
+        if generator is not None:
+            latent.check_compatible(generator, fingerprint=check)
+        return latent
+
+
+def _origin(latent: Latent) -> str:
+    return f" {latent.meta['file']}" if latent.meta.get("file") else ""

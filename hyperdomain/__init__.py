@@ -19,12 +19,20 @@ from .files.pretrained import download, load_manifest, weights_home
 from .generator import Generator, load_generator
 from .hypernet import HyperConfig, HyperDomainNet
 from .images import make_grid, save_grid, save_images
+from .inversion import InversionConfig, invert
+from .latent import Latent
 from .losses import LossWeights
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
+from .training.image import ImageAdaptConfig, adapt_image
 
 __all__ = [
     "AdaptConfig",
+    "ImageAdaptConfig",
+    "InversionConfig",
+    "Latent",
+    "adapt_image",
+    "invert",
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",

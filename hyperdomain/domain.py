@@ -3,6 +3,9 @@
 The vector ``d`` concatenates one block per modulated conv (``conv1``, ``convs[0]``, ...), block
 ``k`` of length ``c_in(k)``. The generator multiplies conv ``k``'s demodulated weight by
 ``(1 + d_k)`` along the input axis, so ``d = 0`` is the source domain.
+
+A domain learnt from a reference image (one-shot) may also carry that image's W+ latent
+(``style_latent``): the paper's one-shot results take the fine layers (7 and up) from it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .files.safetensors_files import DOMAIN, check_format, read_safetensors, wri
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: may carry a style latent (a second tensor); files without one are still written as 1
 
 
 @dataclass
@@ -34,12 +37,18 @@ class Domain:
     vector: torch.Tensor
     dims: tuple[int, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    style_latent: torch.Tensor | None = None  # W+ [num_ws, w_dim] of a one-shot domain's reference image
 
     def __post_init__(self) -> None:
         v = torch.as_tensor(self.vector)
         if v.ndim != 1:
             raise HyperdomainError(f"domain vector must be 1-D, got shape {list(v.shape)}")
         self.vector = v.detach().to(dtype=torch.float32)
+        if self.style_latent is not None:
+            sl = torch.as_tensor(self.style_latent).detach().to("cpu", torch.float32)
+            if sl.ndim != 2:
+                raise HyperdomainError(f"a style latent is W+ [num_ws, w_dim], got shape {list(sl.shape)}")
+            self.style_latent = sl
         self.dims = tuple(int(d) for d in self.dims)
         if sum(self.dims) != v.numel():
             raise HyperdomainError(
@@ -62,7 +71,8 @@ class Domain:
     # ----------------------------------------------------------------- arithmetic
     def scaled(self, strength: float) -> "Domain":
         """``strength * d``: 0 is the source domain, 1 this domain, >1 exaggerates it."""
-        return Domain(self.vector * float(strength), self.dims, {**self.meta, "strength": float(strength)})
+        return Domain(self.vector * float(strength), self.dims, {**self.meta, "strength": float(strength)},
+                      self.style_latent)
 
     def lerp(self, other: "Domain", t: float) -> "Domain":
         """Linear interpolation ``(1 - t) * self + t * other``."""
@@ -84,6 +94,10 @@ class Domain:
                 f"{len(G.domain_dims)} convs; the domain was made for generator {name!r}"
                 + (f" (fingerprint {fp})" if fp else "")
             )
+        if self.style_latent is not None and tuple(self.style_latent.shape) != (G.num_ws, G.w_dim):
+            raise HyperdomainError(
+                f"domain{_origin(self)} carries a style latent of shape {list(self.style_latent.shape)}, but generator "
+                f"{G.name!r} takes W+ [{G.num_ws}, {G.w_dim}]")
         if fingerprint and fp and fp != G.fingerprint:
             raise HyperdomainError(
                 f"domain{_origin(self)} was trained for generator {name!r} (fingerprint {fp}), not for "
@@ -94,14 +108,17 @@ class Domain:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (tensor ``domain`` + metadata), atomically."""
         meta = {"dims": json.dumps(list(self.dims)), "meta": json.dumps(self.meta, sort_keys=True)}
-        return write_own_file(Path(path), DOMAIN, FORMAT_VERSION, {"domain": self.vector.contiguous()}, meta)
+        tensors = {"domain": self.vector.contiguous()}
+        if self.style_latent is not None:
+            tensors["style_latent"] = self.style_latent.contiguous()
+        return write_own_file(Path(path), DOMAIN, 1 if self.style_latent is None else FORMAT_VERSION, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, generator: "Generator | None" = None, check: bool = True) -> "Domain":
         """Read a domain file; with ``generator``, check it fits (dims, and fingerprint if ``check``)."""
         path = Path(path)
         header, keys = read_safetensors(path, "domain file", load=False)  # names first: no big reads by mistake
-        if keys != ["domain"]:
+        if sorted(keys) not in (["domain"], ["domain", "style_latent"]):
             found = keys[:4] + ([f"... {len(keys) - 4} more"] if len(keys) > 4 else [])
             kind = (header.get("format") or "").replace("hyperdomain.", "")
             raise HyperdomainError(
@@ -109,7 +126,7 @@ class Domain:
                 + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
             )
         check_format(path, header, DOMAIN, FORMAT_VERSION, "domain file")
-        vector = read_safetensors(path, "domain file")[1]["domain"]
+        tensors = read_safetensors(path, "domain file")[1]
         try:
             dims = tuple(json.loads(header["dims"]))
             meta = json.loads(header.get("meta", "{}"))
@@ -117,7 +134,7 @@ class Domain:
             raise HyperdomainError(f"{path}: malformed domain metadata ({e})") from None
         meta = {**meta, "file": str(path)}
         try:
-            domain = cls(vector, dims, meta)
+            domain = cls(tensors["domain"], dims, meta, tensors.get("style_latent"))
         except HyperdomainError as e:
             raise HyperdomainError(f"{path}: {e}") from None
         if generator is not None:

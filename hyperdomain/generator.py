@@ -191,14 +191,21 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, domain: DomainArg = None, truncation: float = 0.7, seed: int = 0,
-               batch_size: int = 8, noise_mode: str = "const") -> torch.Tensor:
+               batch_size: int = 8, noise_mode: str = "const", style: torch.Tensor | None = None,
+               mix_from: int = 7) -> torch.Tensor:
         """``n`` images ``[n, 3, H, W]`` (float32, on the CPU) from seeded latents.
 
         The latents depend only on ``seed`` and ``n`` (drawn on the CPU), never on the device or
-        on ``batch_size``.
+        on ``batch_size``. ``style`` (W+ ``[num_ws, w_dim]``, e.g. an inverted reference image's
+        latent) replaces the layers from ``mix_from`` on: the samples' coarse structure with the
+        reference's fine style, as in the paper's one-shot results.
         """
         if n < 1 or batch_size < 1:
             raise HyperdomainError(f"sample: n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+        if style is not None:
+            _check_shape(style, (self.num_ws, self.w_dim), "style latent")
+            if not 1 <= mix_from < self.num_ws:
+                raise HyperdomainError(f"mix_from {mix_from}: must be in [1, {self.num_ws - 1}] for this generator")
         gen = torch.Generator().manual_seed(int(seed))
         z = torch.randn(n, self.z_dim, generator=gen)
         dom = self._domain_matrix(domain, n, torch.device("cpu"), torch.float32)
@@ -207,6 +214,9 @@ class Generator(nn.Module):
             zb = z[start:start + batch_size].to(self.device)
             db = None if dom is None else dom[start:start + batch_size].to(self.device)
             ws = self.mapping(zb, truncation)
+            if style is not None:
+                ws = ws[:, None].repeat(1, self.num_ws, 1)
+                ws[:, mix_from:] = style[mix_from:].to(ws)
             out.append(self.synthesis(ws, db, noise_mode=noise_mode, noise_generator=gen).float().cpu())
         return torch.cat(out)
 

@@ -1,20 +1,23 @@
-"""The CLIP-space losses of the paper, as small pure functions of embeddings.
+"""The paper's losses, as small pure functions of embeddings and images.
 
 Image embeddings are L2-normalised rows ``[B, E]``. Text embeddings are template means
-(see :mod:`hyperdomain.clip`): only their directions matter, every loss below is built on cosines.
-Pairwise losses use each unordered pair ``i < j`` once.
+(see :mod:`hyperdomain.clip`): only their directions matter, every CLIP loss below is built on
+cosines. Pairwise losses use each unordered pair ``i < j`` once. The one-shot (image) losses sit
+beside them: the reference image's embeddings play the part of the text, and two reconstruction
+losses tie the adapted generator's rendering of the reference's own latent to the reference.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from .errors import HyperdomainError
 
 __all__ = [
-    "LossWeights", "clip_losses", "cosine", "direction_loss", "global_loss", "indomain_loss", "tt_direction_loss", "l2_loss",
+    "LossWeights", "clip_losses", "image_losses", "cosine", "direction_loss", "global_loss", "indomain_loss",
+    "tt_direction_loss", "l2_loss", "clip_within_loss", "TEXT_LOSSES", "IMAGE_LOSSES",
 ]
 
 _EPS = 1e-8
@@ -73,6 +76,12 @@ def tt_direction_loss(trg: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
     return (1 - cosine(d_img[keep], d_txt[keep])).mean()
 
 
+def clip_within_loss(src: torch.Tensor, trg: torch.Tensor, ref: torch.Tensor, ref_src: torch.Tensor) -> torch.Tensor:
+    """``mean_b 1 - cos(trg_b - ref, src_b - ref_src)``: each adapted image stands to the reference
+    as its source image stands to the source rendering of the reference's latent (``[E]`` each)."""
+    return (1 - cosine(trg - ref, src - ref_src)).mean()
+
+
 def l2_loss(domain: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Sum over convs of the mean of ``d_k^2`` (mean over the batch too for ``[B, D]``)."""
     d = domain if domain.ndim == 2 else domain[None]
@@ -109,6 +118,61 @@ def clip_losses(active: Mapping[str, float],
     return parts
 
 
+def image_losses(active: Mapping[str, float],
+                 per_encoder: Iterable[tuple[torch.Tensor, ...]], rec: torch.Tensor, ref: torch.Tensor,
+                 lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                 domain: torch.Tensor, domain_dims: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The one-shot (image-guided) losses, and ``"total"`` weighted by ``active``.
+
+    ``per_encoder`` yields, per encoder: source and adapted image embeddings ``[B, E]``, the
+    reference's ``[E]``, the source rendering of the reference's latent ``[E]``, the adapted one
+    ``[1, E]``, and the text direction ``[E]`` (or None without a target prompt). ``rec``/``ref``:
+    the adapted rendering of the reference's latent and the reference, at the loss size;
+    ``lpips(a, b)`` gives per-image distances. ``direction``, ``clip_within``, ``global``,
+    ``indomain`` and ``text_direction`` are summed over the encoders, ``clip_ref`` averaged (as
+    the paper's code does).
+    """
+    parts: dict[str, torch.Tensor] = {}
+    n = 0
+
+    def add(name: str, value: torch.Tensor) -> None:
+        parts[name] = parts[name] + value if name in parts else value
+
+    for src, trg, ref_emb, ref_src, rec_emb, text_direction in per_encoder:
+        n += 1
+        if "direction" in active:
+            add("direction", direction_loss(src, trg, ref_emb - ref_src))
+        if "clip_within" in active:
+            add("clip_within", clip_within_loss(src, trg, ref_emb, ref_src))
+        if "clip_ref" in active:
+            add("clip_ref", global_loss(rec_emb, ref_emb))
+        if "global" in active:
+            add("global", global_loss(trg, ref_emb))
+        if "indomain" in active:
+            add("indomain", indomain_loss(src, trg))
+        if "text_direction" in active:
+            if text_direction is None:
+                raise HyperdomainError("--loss text_direction needs a target prompt (--target) beside --image")
+            add("text_direction", direction_loss(src, trg, text_direction))
+    if "clip_ref" in parts:
+        parts["clip_ref"] = parts["clip_ref"] / n
+    if "l2_rec" in active:
+        parts["l2_rec"] = (rec - ref).square().mean()
+    if "lpips_rec" in active:
+        parts["lpips_rec"] = lpips(rec, ref).mean()
+    if "l2" in active:
+        parts["l2"] = l2_loss(domain, domain_dims)
+    parts["total"] = sum(active[name] * value for name, value in parts.items())
+    return parts
+
+
+# What each kind of run can weigh: a text run cannot use the reference-image losses and the other way
+# round; tt_direction needs one domain per sample (the hypernetwork).
+TEXT_LOSSES = ("direction", "global", "indomain", "tt_direction", "l2")
+IMAGE_LOSSES = ("direction", "clip_within", "clip_ref", "l2_rec", "lpips_rec", "global", "indomain", "text_direction",
+                "l2")
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the losses in the total; 0 switches a loss off. ``global`` is spelled ``global_``."""
@@ -118,6 +182,11 @@ class LossWeights:
     indomain: float = 0.0
     tt_direction: float = 0.0
     l2: float = 0.0
+    clip_within: float = 0.0
+    clip_ref: float = 0.0
+    l2_rec: float = 0.0
+    lpips_rec: float = 0.0
+    text_direction: float = 0.0
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -156,6 +225,12 @@ class LossWeights:
     def as_dict(self) -> dict[str, float]:
         """Only the active losses, by their public names."""
         return {n: w for n in self.names() if (w := getattr(self, _field(n))) > 0}
+
+    def check_usable(self, usable: Sequence[str], what: str) -> None:
+        """One line when an active loss is not one ``what`` can compute."""
+        extra = [n for n in self.as_dict() if n not in usable]
+        if extra:
+            raise HyperdomainError(f"--loss {extra[0]}: not a loss of {what}; it uses {', '.join(usable)}")
 
 
 def _field(name: str) -> str:

@@ -29,7 +29,7 @@ from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..images import save_grid
 from ..losses import LossWeights, clip_losses
-from .latents import TrainingBatch, sample_training_latents
+from .latents import TrainingBatch, sample_training_latents, training_seed
 from .loop import TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
 from .run_dir import refuse_existing_run
@@ -37,6 +37,7 @@ from .run_dir import refuse_existing_run
 __all__ = ["AdaptConfig", "adapt", "read_adapt_config", "adapt_step", "DOMAIN_FILE"]
 
 DOMAIN_FILE = "domain.safetensors"
+TEXT_ADAPT_LOSSES = ("direction", "global", "indomain", "l2")
 Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
 
 
@@ -71,6 +72,7 @@ class AdaptConfig:
         check_run_config(self, "adapt", [(self.batch >= 1, "batch", "an integer >= 1")])
         if self.losses.tt_direction:
             raise HyperdomainError("--loss tt_direction needs several domains per batch (train-hyper); not for adapt")
+        self.losses.check_usable(TEXT_ADAPT_LOSSES, "text adaptation (the reference-image losses need --image)")
         if not (self.losses.direction or self.losses.global_):
             raise HyperdomainError("--loss: direction or global must be > 0, or the target prompt plays no part "
                                    "(e.g. --loss direction=1 --loss indomain=0.5)")
@@ -189,7 +191,7 @@ class _AdaptRun(TrainingRun):
 
     def __init__(self, G, encoders: list[ClipEncoder], config: AdaptConfig, out_dir: Path | None):
         G.eval().requires_grad_(False)  # frozen: the domain vector is the only trained tensor
-        super().__init__(G, config, out_dir, rng=torch.Generator().manual_seed(_training_seed(config.seed)))
+        super().__init__(G, config, out_dir, rng=torch.Generator().manual_seed(training_seed(config.seed)))
         self.encoders = encoders
         self.desc = f"adapt {config.target[:30]!r}"
         tpl = templates(config.templates)
@@ -245,11 +247,6 @@ class _AdaptRun(TrainingRun):
             self._source_row = self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
         trg = self.G.sample(c.sample_n, domain=self.domain.detach(), truncation=c.sample_truncation, seed=c.seed)
         save_grid(torch.cat([self._source_row, trg]), path, nrow=c.sample_n)
-
-
-def _training_seed(seed: int) -> int:
-    """The training RNG's seed: apart from ``seed`` itself, which the sample grids use."""
-    return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (2**63)
 
 
 def slug(prompt: str, limit: int = 40) -> str:

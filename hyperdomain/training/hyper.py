@@ -46,7 +46,7 @@ from ..files.atomic import write_text
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..hypernet import HyperConfig, HyperDomainNet
 from ..images import save_grid
-from ..losses import LossWeights, clip_losses
+from ..losses import TEXT_LOSSES, LossWeights, clip_losses
 from .latents import sample_training_latents
 from .loop import Callback, TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
@@ -99,6 +99,7 @@ class HyperTrainConfig:
             (0 < self.crop <= 1, "crop", "in (0, 1]"),
             (self.backbone_blocks >= 0 and self.head_blocks >= 0, "backbone_blocks/head_blocks", ">= 0"),
         ])
+        self.losses.check_usable(TEXT_LOSSES, "train-hyper")
         if not (self.losses.direction or self.losses.global_ or self.losses.tt_direction):
             raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
 

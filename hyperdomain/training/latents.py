@@ -38,3 +38,9 @@ def sample_training_latents(G, rng: torch.Generator, batch: int, mixing: float,
     else:
         ws_src = ws_trg = w1[:, None, :].expand(-1, G.num_ws, -1)
     return TrainingBatch(ws_src, ws_trg, G.draw_noise(batch, rng, device), G.draw_noise(batch, rng, device))
+
+
+def training_seed(seed: int) -> int:
+    """A single-domain run's training RNG seed: apart from ``seed`` itself, which the sample grids use."""
+    return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (2**63)
+

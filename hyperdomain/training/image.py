@@ -1,0 +1,267 @@
+"""One-shot adaptation: a domain vector from one reference image (the paper's ``im2im_single``).
+
+The reference is inverted first (II2S, :mod:`hyperdomain.inversion`; cached, so a second run
+with the same image and settings reuses it). Then the domain vector trains, summed over the CLIP
+ensemble (image embeddings L2-normalised), on
+
+- ``direction`` (1): ``1 - cos(E(G_d(w)) - E(G(w)), E(ref) - E(G(w_ref)))``: the image direction of
+  the reference against its own source rendering replaces the text direction;
+- ``clip_within`` (0.5): ``1 - cos(E(G_d(w)) - E(ref), E(G(w)) - E(G(w_ref)))``;
+- ``clip_ref`` (30): ``1 - cos(E(G_d(w_ref)), E(ref))``, averaged over the encoders as the paper's code does;
+- ``l2_rec`` (10) and ``lpips_rec`` (10): MSE and LPIPS between ``G_d(w_ref)`` and the reference at
+  256 px;
+- optionally ``text_direction`` (given ``target``): the text adaptation's direction loss, so a
+  prompt and an image can steer one run together.
+
+Paper defaults: 100 steps, batch 4, Adam lr 0.01, style mixing 0.9. Everything else (run folder,
+resume, Ctrl-C, non-finite stops, files) is the shared loop's. The domain file carries the
+reference's latent (``style_latent``), which the paper's one-shot grids mix into layers 7 and up.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .._version import __version__
+from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, templates
+from ..config import DEFAULT_SOURCE_PROMPT
+from ..domain import Domain, generator_meta
+from ..errors import HyperdomainError
+from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
+from ..images import downsample_bicubic, save_grid
+from ..inversion import InversionConfig, invert_cached, prepare_photo
+from ..latent import Latent
+from ..losses import IMAGE_LOSSES, LossWeights, image_losses
+from ..perceptual import load_lpips, lpips_distance
+from ..photos import image_digest, to_tensor
+from .adapt import DOMAIN_FILE
+from .latents import sample_training_latents, training_seed
+from .loop import TrainingRun, open_resume
+from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
+from .run_dir import refuse_existing_run
+
+__all__ = ["ImageAdaptConfig", "adapt_image", "read_image_adapt_config", "REFERENCE_LATENT_FILE"]
+
+REFERENCE_LATENT_FILE = "reference_latent.safetensors"
+Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
+
+
+def _default_losses() -> LossWeights:
+    return LossWeights(direction=1.0, clip_within=0.5, clip_ref=30.0, l2_rec=10.0, lpips_rec=10.0)
+
+
+@dataclass(frozen=True)
+class ImageAdaptConfig:
+    """Everything that defines a one-shot run (stored in its checkpoint and domain file)."""
+
+    image: str  # the reference image's path
+    target: str | None = None  # an optional prompt that steers the run too (text_direction)
+    source: str = DEFAULT_SOURCE_PROMPT  # the text direction's source prompt
+    clip: tuple[str, ...] = DEFAULT_CLIP
+    iters: int = 100
+    batch: int = 4
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    losses: LossWeights = field(default_factory=_default_losses)
+    mixing: float = 0.9
+    templates: str = "imagenet"
+    seed: int = 0
+    sample_every: int = 20
+    checkpoint_every: int = 20
+    sample_n: int = 6
+    sample_truncation: float = 0.7
+    mix_from: int = 7  # the paper's one-shot grids take W+ layers 7 and up from the reference's latent
+    align: bool = False  # the paper's references are used as they are; --align for a raw face photo
+    loss_size: int = 256
+    lpips: str = "imagenet"  # the LPIPS backbone: "imagenet", a VGG16 weights file, or "random" (tests)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    clip_antialias: bool = False
+    clip_precision: str = "auto"
+    generator: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inversion, Mapping):
+            object.__setattr__(self, "inversion", InversionConfig(**self.inversion))
+        check_run_config(self, "adapt --image", [
+            (self.batch >= 1, "batch", "an integer >= 1"), (self.mix_from >= 1, "mix_from", ">= 1"),
+            (self.loss_size >= 8, "loss_size", ">= 8")])
+        self.losses.check_usable(IMAGE_LOSSES, "one-shot adaptation")
+        if not isinstance(self.image, str) or not self.image.strip():
+            raise HyperdomainError("--image: no reference image given")
+        if self.losses.text_direction and not self.target:
+            raise HyperdomainError("--loss text_direction needs a target prompt (--target) beside --image")
+        if self.target is not None and (not self.target.strip() or self.target.strip() == self.source.strip()):
+            raise HyperdomainError(f"--target {self.target!r}: an empty prompt or the source prompt itself")
+        if self.losses.indomain and self.batch < 2:
+            raise HyperdomainError("--loss indomain needs --batch of at least 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = run_config_to_dict(self)
+        d["inversion"] = asdict(self.inversion)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ImageAdaptConfig":
+        return run_config_from_dict(cls, d, "adapt --image")
+
+
+# ------------------------------------------------------------------------------------------ the run
+def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = None, *,
+                clip: Sequence[str | ClipEncoder] | None = None, out_dir: str | os.PathLike | None = None,
+                resume: str | os.PathLike | None = None, callback: Callback | None = None, progress: bool = True,
+                config: ImageAdaptConfig | None = None, lpips: torch.nn.Module | None = None,
+                detector=None, **options: Any) -> Domain:
+    """Adapt frozen ``G`` to the domain of one reference ``image`` (optionally steered by a
+    ``target`` prompt too); returns the trained Domain, which carries the reference's latent.
+
+    ``options`` are :class:`ImageAdaptConfig` fields (``iters``, ``batch``, ``lr``, ``losses``,
+    ``align``, ``inversion``, ...). ``lpips``: a loaded LPIPS module (else loaded from the
+    config's ``lpips``). ``detector``: the face detector when ``align`` is on. ``resume=DIR``
+    continues a saved run (``iters`` may extend it).
+    """
+    if resume is not None:
+        unknown = set(options) - {"iters"}
+        if unknown:
+            raise HyperdomainError(f"resume keeps the run's settings; drop {sorted(unknown)}")
+        tensors, meta, config = open_resume(Path(resume), "image", ImageAdaptConfig, G, options.get("iters"))
+        run = _ImageRun(G, _encoders(clip, config, G.device), config, Path(resume), lpips, detector)
+        run.restore(tensors, meta)
+        return run.train(callback, progress)
+    if config is None:
+        if image is None:
+            raise HyperdomainError("adapt --image: give a reference image (or resume=DIR)")
+        unknown = set(options) - {f.name for f in fields(ImageAdaptConfig)}
+        if unknown:
+            raise HyperdomainError(f"adapt --image: unknown options {sorted(unknown)}")
+        options = {k: v for k, v in options.items() if v is not None}
+        if target is not None and "losses" not in options:
+            options["losses"] = LossWeights(**{**asdict(_default_losses()), "text_direction": 1.0})
+        clip_specs = tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in (clip or DEFAULT_CLIP))
+        config = ImageAdaptConfig(image=str(Path(image).resolve()) if Path(image).exists() else str(image),
+                                  target=target, source=options.pop("source", None) or G.source_prompt,
+                                  clip=clip_specs, **options)
+    run = _ImageRun(G, _encoders(clip, config, G.device), config, Path(out_dir) if out_dir is not None else None,
+                    lpips, detector)
+    refuse_existing_run(run.out_dir)
+    return run.train(callback, progress)
+
+
+def read_image_adapt_config(run_dir: str | os.PathLike) -> ImageAdaptConfig:
+    """The config of the one-shot run saved in ``run_dir``."""
+    return ImageAdaptConfig.from_dict(read_checkpoint_meta(Path(run_dir) / CHECKPOINT, "image")["config"])
+
+
+def _encoders(clip, config: ImageAdaptConfig, device) -> list[ClipEncoder]:
+    encoders = load_clip(clip if clip is not None else config.clip, device=device,
+                         antialias=config.clip_antialias, precision=config.clip_precision)
+    check_models(encoders, config.clip)
+    return encoders
+
+
+class _ImageRun(TrainingRun):
+    """A one-shot run: one domain vector, the reference and its inverted latent fixed."""
+
+    kind = "image"
+
+    def __init__(self, G, encoders: list[ClipEncoder], config: ImageAdaptConfig, out_dir: Path | None,
+                 lpips: torch.nn.Module | None, detector):
+        G.eval().requires_grad_(False)
+        super().__init__(G, config, out_dir, rng=torch.Generator().manual_seed(training_seed(config.seed)))
+        c = config
+        self.encoders = encoders
+        self.desc = f"adapt {Path(c.image).name[:30]!r}"
+        self.lpips = lpips if lpips is not None else load_lpips(G.device, c.lpips)
+        photo = prepare_photo(G, c.image, align=c.align, detector=detector, what=c.image)
+        self.reference_digest = image_digest(photo)
+        self.latent = invert_cached(G, photo, c.inversion, align=False, lpips=self.lpips, lpips_backbone=c.lpips,
+                                    progress=self.dist.is_main)
+        self.latent.meta.update(image=Path(c.image).name, aligned=c.align)
+        self.w_ref = self.latent.ws[None].to(G.device)  # [1, num_ws, w_dim]
+        size = min(c.loss_size, G.resolution)
+        self.factor = G.resolution // size
+        self.ref_full = to_tensor(photo).to(G.device)
+        self.ref_small = to_tensor(photo, size).to(G.device)
+        tpl = templates(c.templates)
+        with torch.no_grad():
+            ref_src_img = G.synthesis(self.w_ref, noise_mode="const")
+            self.embeddings = []
+            for enc in encoders:
+                text = None
+                if c.target:
+                    text = enc.text(c.target, tpl, what="--target") - enc.text(c.source, tpl, what="--source")
+                self.embeddings.append({"ref": enc.encode_images(self.ref_full)[0],
+                                        "ref_src": enc.encode_images(ref_src_img)[0], "text": text})
+        self.domain = torch.zeros(G.num_domain_params, device=G.device, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.domain], lr=c.lr, betas=c.betas)
+        self._source_rows: torch.Tensor | None = None
+
+    def train(self, callback: Callback | None = None, progress: bool = True) -> Domain:
+        each_step = None if callback is None else (lambda step, values: callback(step, values, self.domain.detach()))
+        return super().train(each_step, progress)
+
+    # ------------------------------------------------------------------ a step
+    def losses(self) -> dict[str, torch.Tensor]:
+        c, G = self.config, self.G
+        batch = sample_training_latents(G, self.rng, c.batch, c.mixing, G.device)
+        with torch.no_grad():
+            src_img = G.synthesis(batch.ws_src, noise=batch.noise_src)
+        trg_img = G.synthesis(batch.ws_trg, domain=self.domain, noise=batch.noise_trg)
+        rec = G.synthesis(self.w_ref, domain=self.domain, noise_mode="const")  # G_d(w_ref)
+
+        def per_encoder():
+            for enc, e in zip(self.encoders, self.embeddings):
+                with torch.no_grad():
+                    src = enc.encode_images(src_img)
+                yield src, enc.encode_images(trg_img), e["ref"], e["ref_src"], enc.encode_images(rec), e["text"]
+
+        return image_losses(c.losses.as_dict(), per_encoder(), downsample_bicubic(rec, self.factor), self.ref_small,
+                            lambda a, b: lpips_distance(self.lpips, a, b), self.domain, G.domain_dims)
+
+    # ------------------------------------------------------------------ state and files
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"domain": self.domain, "reference_latent": self.w_ref[0]}
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        if tensors["domain"].shape != self.domain.shape:
+            raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
+                                   f"{self.domain.numel()}")
+        with torch.no_grad():
+            self.domain.copy_(tensors["domain"])
+            self.w_ref.copy_(tensors["reference_latent"][None])  # the run's own latent, whatever the cache holds
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"reference_digest": self.reference_digest}
+
+    def result(self) -> Domain:
+        c = self.config
+        meta = {**generator_meta(self.G), "prompt": c.target, "source_prompt": c.source,
+                "reference_image": Path(c.image).name, "reference_digest": self.reference_digest,
+                "reference_latent": REFERENCE_LATENT_FILE, "mix_from": c.mix_from,
+                "clip_models": [e.label for e in self.encoders], "losses": c.losses.as_dict(), "iterations": self.step,
+                "seed": c.seed, "lr": c.lr, "batch": c.batch, "mixing": c.mixing, "trainer": "adapt --image",
+                "hyperdomain_version": __version__}
+        return Domain(self.domain.detach().cpu().clone(), self.G.domain_dims, meta, style_latent=self.w_ref[0].cpu())
+
+    def write_outputs(self, result: Domain) -> None:
+        result.save(self.out_dir / DOMAIN_FILE)
+        Latent(self.w_ref[0].cpu(), {**self.latent.meta, "reference_digest": self.reference_digest}).save(
+            self.out_dir / REFERENCE_LATENT_FILE)
+
+    def stop_outputs(self) -> None:
+        self.write_outputs(self.result())
+
+    def save_samples(self, path: Path) -> None:
+        """Rows: the source, the adapted samples, and the adapted samples with the reference's
+        latent in layers ``mix_from`` and up (the paper's one-shot grid)."""
+        c, G = self.config, self.G
+        d = self.domain.detach()
+        if self._source_rows is None:
+            self._source_rows = G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
+        adapted = G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed)
+        mixed = G.sample(c.sample_n, domain=d, truncation=c.sample_truncation, seed=c.seed, style=self.w_ref[0],
+                         mix_from=c.mix_from)
+        save_grid(torch.cat([self._source_rows, adapted, mixed]), path, nrow=c.sample_n)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from .options import (LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, noise_modes,
-                      sample_method, template_sets)
+from .options import (LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
+                      inversion_config, noise_modes, sample_method, template_sets)
 
 EXAMPLES_SAMPLE = """
 \b
@@ -91,6 +91,23 @@ def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
     return net
 
 
+def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
+    """W+ ``[num_ws, w_dim]`` from a latent file or from a one-shot domain file that carries one."""
+    import hyperdomain as hd
+    from hyperdomain.files.safetensors_files import DOMAIN, read_safetensors
+
+    if read_safetensors(path, "latent or domain file", load=False)[0].get("format") == DOMAIN:
+        d = hd.Domain.load(path, generator=G, check=not no_check)
+        if d.style_latent is None:
+            raise UserError(f"--style-latent {path}: this domain carries no latent (only one-shot domains do); "
+                            f"pass a latent file from hyperdomain invert")
+        first = int(d.meta.get("style_latent_from", 0))
+        if mix_from < first:
+            raise UserError(f"--mix-from {mix_from}: {path} holds the reference's layers from {first} on only")
+        return d.style_latent
+    return hd.Latent.load(path, generator=G, check=not no_check).ws
+
+
 def interrupted(ctx, out: Path, command: str) -> None:
     """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
     from hyperdomain.files.run_checkpoints import CHECKPOINT
@@ -139,11 +156,16 @@ def main(verbose: int) -> None:
 @click.option("--hyper-clip", metavar="SPEC",
               help="The hypernetwork's prompt encoder, e.g. a local weights file (ViT-B-32=FILE) [default: "
                    "the one it was trained with].")
+@click.option("--style-latent", type=click.Path(dir_okay=False, path_type=Path),
+              help="A latent file (hyperdomain invert) or a one-shot domain file: its W+ layers from --mix-from on "
+                   "replace the samples' (the paper's one-shot grids).")
+@click.option("--mix-from", cls=LibraryDefault, owner=sample_method, type=click.IntRange(1),
+              help="The first W+ layer taken from --style-latent.")
 @click.option("--no-check", is_flag=True, help="Use domains made for a generator with another fingerprint.")
 @device_option
 @user_errors
 def sample(generator, domains, with_source, n, truncation, seed, noise_mode, batch_size, out, separate,
-           hyper, prompts, hyper_clip, no_check, device):
+           hyper, prompts, hyper_clip, style_latent, mix_from, no_check, device):
     """Sample images from a generator, adapted by domain files or by a hypernetwork's prompts."""
     import hyperdomain as hd
 
@@ -167,7 +189,9 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     import torch
     from tqdm import tqdm
 
-    images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size, noise_mode=noise_mode)
+    style = None if style_latent is None else read_style_latent(style_latent, G, no_check, mix_from)
+    images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size, noise_mode=noise_mode,
+                       style=style, mix_from=mix_from)
               for _, dom in tqdm(rows, desc="sampling", unit="row", disable=None, file=sys.stderr)]
 
     grid = torch.cat(images)
@@ -184,70 +208,286 @@ Examples:
   hyperdomain adapt --target "3D render in the style of Pixar"
   hyperdomain adapt --target "Anime painting" --generator ffhq --loss direction=1 --loss indomain=0.5
   hyperdomain adapt --target "Sketch" --clip ViT-B-32=ViT-B-32.safetensors --clip ViT-B-16=ViT-B-16.safetensors
+  hyperdomain adapt --image mermaid.png                     # one-shot, from a reference image
+  hyperdomain adapt --image mermaid.png --target "Mermaid"  # an image and a prompt together
   hyperdomain adapt --resume runs/anime_painting            # after Ctrl-C, or --iters 600 to extend
 """
-_RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress", "input_clip"}
+_RESUME_KEEPS = {"resume", "iters", "device", "generator", "clip", "progress", "input_clip", "lpips_vgg"}
+_IMAGE_ONLY = ("align", "mix_from", "inversion_steps", "lpips_vgg", "detector", "detector_weights")
 
 
 @main.command(epilog=EXAMPLES_ADAPT)
 @click.option("--target", "-t", help="The target domain, in words (e.g. \"3D render in the style of Pixar\").")
+@click.option("--image", "-i", type=click.Path(dir_okay=False, path_type=Path),
+              help="A reference image: one-shot adaptation to its style (the paper's im2im); with --target too, "
+                   "both steer the run.")
 @click.option("--source", "-s", help="The source domain (default: the generator's, e.g. \"Photo\").")
 @generator_option
 @click.option("--clip", "clip", cls=LibraryDefault, owner=adapt_config, fallback=True, fallback_help="",
               multiple=True, metavar="NAME[:TAG][=FILE]",
               help="CLIP model(s), repeatable (TAG: open_clip's pretrained tag, openai by default). FILE: local "
                    "weights for offline use; NAME may be an open_clip model config .json.")
-@click.option("--iters", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.IntRange(1),
-              help="Training steps.")
-@click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.IntRange(1, 4096))
-@click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.FloatRange(0, min_open=True),
-              help="Adam learning rate.")
-@click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True, multiple=True,
-              metavar="NAME=WEIGHT", help="Loss weights, repeatable: direction, global, indomain, l2.")
+@click.option("--iters", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
+              type=click.IntRange(1), help="Training steps.")
+@click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
+              type=click.IntRange(1, 4096))
+@click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
+              type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
+@click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True,
+              also=(image_config, "with --image"), multiple=True, metavar="NAME=WEIGHT",
+              help="Loss weights, repeatable: direction, global, indomain, l2; with --image also clip_within, "
+                   "clip_ref, l2_rec, lpips_rec, text_direction.")
 @click.option("--mixing", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.FloatRange(0, 1),
               help="Style-mixing probability of a batch.")
 @click.option("--templates", cls=LibraryDefault, owner=adapt_config, type=LibraryChoice(template_sets),
               help="Prompt templates the text embeddings average over.")
 @click.option("--seed", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder [default: runs/<target>].")
-@click.option("--sample-every", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0),
-              help="Write a source/target sample grid every N steps (0: only at the end).")
-@click.option("--checkpoint-every", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0),
+              help="Run folder [default: runs/<target or image name>].")
+@click.option("--sample-every", cls=LibraryDefault, owner=adapt_config, fallback=True, fallback_help="",
+              also=(image_config, "with --image"), type=click.IntRange(0),
+              help="Write a sample grid every N steps (0: only at the end).")
+@click.option("--checkpoint-every", cls=LibraryDefault, owner=adapt_config, fallback=True, fallback_help="",
+              also=(image_config, "with --image"), type=click.IntRange(0),
               help="Save a resumable checkpoint every N steps (0: only at the end and on Ctrl-C).")
+@click.option("--align/--no-align", cls=LibraryDefault, owner=image_config,
+              help="With --image: align the reference as a face (FFHQ's crop) before inverting it.")
+@click.option("--mix-from", cls=LibraryDefault, owner=image_config, type=click.IntRange(1),
+              help="With --image: the sample grid's style-mixed row takes W+ layers from here on from the reference.")
+@click.option("--inversion-steps", cls=LibraryDefault, owner=inversion_config, field="steps", type=click.IntRange(1),
+              help="With --image: steps of the reference's inversion (cached per image and settings).")
+@click.option("--lpips-vgg", metavar="FILE",
+              help="With --image: torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded once]; "
+                   "'random' checks the pipeline without weights (tests only).")
+@click.option("--detector", type=click.Choice(["auto", "dlib", "mediapipe"]), default="auto", show_default=True,
+              help="With --image --align: the face landmark detector.")
+@click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --image --align: the detector's model file (offline) [default: downloaded once].")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder (its settings are kept; --iters may extend it).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @device_option
 @click.pass_context
 @user_errors
-def adapt(ctx, target, source, generator, clip, iters, batch, lr, losses, mixing, templates, seed, out,
-          sample_every, checkpoint_every, resume, progress, device):
-    """Adapt a generator to a domain described in words: trains one domain vector against CLIP."""
+def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses, mixing, templates, seed, out,
+          sample_every, checkpoint_every, align, mix_from, inversion_steps, lpips_vgg, detector, detector_weights,
+          resume, progress, device):
+    """Adapt a generator to a domain described in words, or shown by one reference image: trains one
+    domain vector against CLIP."""
     import hyperdomain as hd
     from hyperdomain.training.adapt import DOMAIN_FILE, slug
 
+    from hyperdomain.files.run_checkpoints import run_kind
+    from hyperdomain.training.image import read_image_adapt_config
+
+    kind = run_kind(resume) if resume is not None else ("image" if image is not None else "adapt")
     if resume is not None:
-        generator = resumed_generator(ctx, hd.read_adapt_config(resume), generator)
+        config = hd.read_adapt_config(resume) if kind == "adapt" else read_image_adapt_config(resume)
+        generator = resumed_generator(ctx, config, generator)
         out = resume
-    elif not target:
-        raise UserError("--target is required (or --resume DIR)")
+    elif image is None and not target:
+        raise UserError("--target or --image is required (or --resume DIR)")
+    elif image is None:
+        given = [o for o in _IMAGE_ONLY if ctx.get_parameter_source(o) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is for one-shot runs (--image)")
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
-    kwargs = {}
-    if resume is None:
-        out = out or Path("runs") / slug(target)
-        kwargs = dict(target=target, source=source, batch=batch, lr=lr,
-                      losses=hd.LossWeights.parse(losses) if losses else None,
-                      mixing=mixing, seed=seed, templates=templates, sample_every=sample_every,
-                      checkpoint_every=checkpoint_every, generator=absolute_path(generator))
+    clips = [absolute_spec(c) for c in clip] or None
+    settings = dict(batch=batch, lr=lr, losses=hd.LossWeights.parse(losses) if losses else None, mixing=mixing,
+                    seed=seed, templates=templates, sample_every=sample_every, checkpoint_every=checkpoint_every,
+                    generator=absolute_path(generator))
     try:
-        domain = hd.adapt(G, clip=[absolute_spec(c) for c in clip] or None, iters=iters, out_dir=out,
-                          progress=progress, resume=resume, **kwargs)
+        if kind == "image":
+            if resume is not None:
+                from hyperdomain.perceptual import load_lpips
+
+                lpips = None if lpips_vgg is None else load_lpips(dev, lpips_vgg)  # e.g. the run's file moved
+                domain = hd.adapt_image(G, resume=resume, clip=clips, iters=iters, lpips=lpips, progress=progress)
+            else:
+                out = out or Path("runs") / slug(image.stem)
+                det = None
+                if align:
+                    from hyperdomain.face_detectors import detector as face_detector
+
+                    det = face_detector(detector, detector_weights)
+                domain = hd.adapt_image(G, image, target, clip=clips, out_dir=out, progress=progress, detector=det,
+                                        iters=iters, source=source, align=align, mix_from=mix_from,
+                                        inversion=hd.InversionConfig(steps=inversion_steps),
+                                        lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg else None, **settings)
+        else:
+            kwargs = {} if resume is not None else dict(target=target, source=source, **settings)
+            if resume is None:
+                out = out or Path("runs") / slug(target)
+                kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("target", "source")}
+            domain = hd.adapt(G, clip=clips, iters=iters, out_dir=out, progress=progress, resume=resume, **kwargs)
     except KeyboardInterrupt:
         interrupted(ctx, out, "adapt")
-    click.echo(f"wrote {out / DOMAIN_FILE} ({len(domain)} numbers, {domain.meta['iterations']} steps, "
-               f"prompt {domain.meta['prompt']!r}) and {out / 'samples.png'}")
+    what = f"prompt {domain.meta['prompt']!r}" if domain.meta.get("prompt") else ""
+    if domain.meta.get("reference_image"):
+        what = f"reference {domain.meta['reference_image']}" + (f", {what}" if what else "")
+    click.echo(f"wrote {out / DOMAIN_FILE} ({len(domain)} numbers, {domain.meta['iterations']} steps, {what}) "
+               f"and {out / 'samples.png'}")
+
+
+def photo_options(fn):
+    """The options every command that reads photos shares: alignment, detector, LPIPS, inversion."""
+    for option in reversed([
+        click.option("--align/--no-align", default=None,
+                     help="Align each photo as FFHQ's faces [default: on for face generators (ffhq, metfaces)]."),
+        click.option("--detector", type=click.Choice(["auto", "dlib", "mediapipe"]), default="auto",
+                     show_default=True, help="The face landmark detector for --align."),
+        click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path),
+                     help="The detector's model file (offline) [default: downloaded once]."),
+        click.option("--lpips-vgg", metavar="FILE",
+                     help="torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded once]; "
+                          "'random' checks the pipeline without weights (tests only)."),
+        click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
+                     help="Inversion steps."),
+        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=click.FloatRange(0, min_open=True),
+                     help="The inversion's Adam learning rate."),
+        click.option("--pca-samples", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(2),
+                     help="Mapped latents behind the P-norm prior (computed once per generator, cached)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
+    """The detector (when aligning), LPIPS and inversion settings the photo options ask for."""
+    import hyperdomain as hd
+    from hyperdomain.perceptual import load_lpips
+
+    aligning = align if align is not None else G.alignment == "ffhq"
+    det = None
+    if aligning:
+        from hyperdomain.face_detectors import detector as face_detector
+
+        det = face_detector(detector, detector_weights)
+    lpips = load_lpips(G.device, absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet")
+    return aligning, det, lpips, hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples)
+
+
+@main.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@generator_option
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for each photo's latent (NAME.safetensors) and reconstruction (NAME.png).")
+@photo_options
+@click.option("--progress/--no-progress", default=True)
+@device_option
+@user_errors
+def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples, progress,
+           device):
+    """Put photos into the generator: one W+ latent per photo (the paper's II2S inversion).
+
+    \b
+    Example:
+      hyperdomain invert me.jpg friend.png --out latents/
+      hyperdomain stylize --latent latents/me.safetensors --domain pixar.safetensors --out styled/
+    """
+    import hyperdomain as hd
+
+    names = unique_stems(photos)
+    out_files = [out / f"{n}.safetensors" for n in names] + [out / f"{n}.png" for n in names]
+    refuse_overwrite(out_files, photos)
+    G = hd.load_generator(generator, device=resolve_device(device))
+    aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
+                                                   pca_samples)
+    latents = hd.invert(G, [str(p) for p in photos], config, align=aligning, detector=det, lpips=lpips,
+                        progress=progress)
+    import torch
+
+    for name, photo, latent in zip(names, photos, latents):
+        latent.save(out / f"{name}.safetensors")
+        with torch.no_grad():
+            recon = G.synthesis(latent.ws[None].to(G.device), noise_mode=config.noise_mode)
+        hd.save_grid(recon, out / f"{name}.png", padding=0)
+        click.echo(f"{photo}: PSNR {latent.meta['psnr']:.2f} dB, LPIPS {latent.meta['lpips']:.4f} -> "
+                   f"{out / (name + '.safetensors')} and {out / (name + '.png')}")
+
+
+@main.command()
+@click.argument("photos", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--latent", "latents", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A latent file from hyperdomain invert, instead of inverting a photo again; repeatable.")
+@generator_option
+@click.option("--domain", "-d", "domains", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A domain file; repeatable (one column each).")
+@click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path), help="A hypernetwork file, with --prompt.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="A domain in words for --hyper; repeatable.")
+@click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder (e.g. ViT-B-32=FILE offline).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for one grid per photo (NAME.png: the photo, its reconstruction, each domain) and "
+                   "its latent (NAME.safetensors).")
+@click.option("--separate", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write every image on its own (NAME_photo.png, NAME_reconstruction.png, NAME_DOMAIN.png).")
+@photo_options
+@click.option("--no-check", is_flag=True, help="Use domains or latents made for a generator with another fingerprint.")
+@click.option("--progress/--no-progress", default=True)
+@device_option
+@user_errors
+def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out, separate, align, detector,
+            detector_weights, lpips_vgg, steps, lr, pca_samples, no_check, progress, device):
+    """Your own photos in any domain: align, invert (or reuse a latent), render in every domain.
+
+    \b
+    Examples:
+      hyperdomain stylize me.jpg --domain pixar.safetensors --domain anime.safetensors --out styled/
+      hyperdomain stylize me.jpg --hyper hdn.safetensors -p "Pixar" -p "Mosaic" --out styled/
+    """
+    import hyperdomain as hd
+    from hyperdomain.training.adapt import slug
+
+    if not photos and not latents:
+        raise UserError("give photos to stylize (or --latent files from hyperdomain invert)")
+    if prompts and hyper is None:
+        raise UserError("--prompt needs --hyper FILE (a hypernetwork that maps prompts to domains)")
+    if hyper is not None and not prompts:
+        raise UserError("--hyper needs at least one --prompt")
+    if not domains and hyper is None:
+        raise UserError("give at least one --domain (or --hyper with --prompt)")
+    names = unique_stems(list(photos) + list(latents))
+    refuse_overwrite([out / f"{n}.png" for n in names] + [out / f"{n}.safetensors" for n in names[:len(photos)]],
+                     list(photos) + list(latents) + list(domains))
+    G = hd.load_generator(generator, device=resolve_device(device))
+    loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
+    labels = [p.stem for p in domains]
+    if hyper is not None:
+        loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))
+        labels += [slug(q) for q in prompts]
+    lat = [hd.Latent.load(p, generator=G, check=not no_check) for p in latents]
+    aligning, det, lpips, config = (inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
+                                                    pca_samples) if photos else (False, None, None, None))
+    rows = hd.stylize(G, [str(p) for p in photos], loaded, latents=lat, config=config, align=aligning, detector=det,
+                      lpips=lpips, progress=progress)
+    for i, (name, row) in enumerate(zip(names, rows)):
+        hd.save_grid(row.row(), out / f"{name}.png", nrow=len(loaded) + 2)
+        if i < len(photos):  # a new inversion: kept for later runs (--latent)
+            row.latent.save(out / f"{name}.safetensors")
+        if separate is not None:
+            for label, img in zip(["photo", "reconstruction"] + labels, row.row()):
+                hd.save_grid(img[None], separate / f"{name}_{label}.png", padding=0)
+        click.echo(f"{out / (name + '.png')}: photo, reconstruction, {', '.join(labels)}")
+
+
+def unique_stems(paths) -> list[str]:
+    """File stems for outputs, made unique (``me``, ``me_2``) when two inputs share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """An output never replaces one of the command's inputs."""
+    ins = {Path(p).resolve() for p in inputs}
+    for o in outputs:
+        if Path(o).resolve() in ins:
+            raise UserError(f"{o}: is one of this command's inputs; pick another --out")
 
 
 EXAMPLES_HYPER = """

@@ -31,10 +31,11 @@ class LibraryDefault(click.Option):
     """
 
     def __init__(self, *decls: str, owner: Callable[[], Any], field: str | None = None, fallback: bool = False,
-                 fallback_help: str = "the generator's recipe, else", **kwargs: Any):
+                 fallback_help: str = "the generator's recipe, else", also: tuple[Callable[[], Any], str] | None = None,
+                 **kwargs: Any):
         super().__init__(*decls, show_default=True, **kwargs)
         self._owner, self._field = owner, field or self.name
-        self._fallback, self._fallback_help = fallback, fallback_help
+        self._fallback, self._fallback_help, self._also = fallback, fallback_help, also
         if not fallback:
             self.default = lambda: library_default(self._owner, self._field)
 
@@ -45,6 +46,9 @@ class LibraryDefault(click.Option):
         extra = super().get_help_extra(ctx)
         if self._fallback:
             extra["default"] = f"{self._fallback_help} {_shown(library_default(self._owner, self._field))}".strip()
+        if self._also is not None:  # a second home for another mode of the command (adapt --image)
+            owner, label = self._also
+            extra["default"] = f"{extra.get('default', '')}; {label} {_shown(library_default(owner, self._field))}"
         return extra
 
 
@@ -77,6 +81,18 @@ def adapt_config():
     from hyperdomain import AdaptConfig
 
     return AdaptConfig
+
+
+def image_config():
+    from hyperdomain import ImageAdaptConfig
+
+    return ImageAdaptConfig
+
+
+def inversion_config():
+    from hyperdomain import InversionConfig
+
+    return InversionConfig
 
 
 def hyper_config():

@@ -22,6 +22,7 @@ from .images import make_grid, save_grid, save_images
 from .inversion import InversionConfig, invert
 from .latent import Latent
 from .losses import LossWeights
+from .stylize import Stylized, stylize
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.image import ImageAdaptConfig, adapt_image
@@ -33,6 +34,8 @@ __all__ = [
     "Latent",
     "adapt_image",
     "invert",
+    "stylize",
+    "Stylized",
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",

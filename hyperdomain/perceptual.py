@@ -33,6 +33,8 @@ def load_lpips(device: str | torch.device = "cpu", backbone: str | os.PathLike =
         model = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     if str(backbone) != "random":
         path = resolve_model("vgg16") if str(backbone) == "imagenet" else Path(backbone)
+        if not path.is_file():
+            raise HyperdomainError(f"{path}: no such VGG16 weights file (torchvision's vgg16-397923af.pth)")
         load_vgg16_backbone(model.net, path)
     return model.eval().requires_grad_(False).to(device)
 

@@ -70,10 +70,22 @@ def test_other_generators_and_key_spellings(tmp_path):
     path = tmp_path / "car.pt"
     torch.save({"model_type": "parametrization", "patch_key": "cin_mult", "state_dict": _paper_state(dims),
                 "sg_2_params": {"img_size": 512, "ckpt_path": "pretrained/StyleGAN2/stylegan2-car-config-f.pt"},
-                "da_type": "im2im", "style_latents": torch.zeros(1, 18, 512)}, path)
+                "da_type": "im2im", "style_latents": torch.arange(16 * 512.0).reshape(1, 16, 512)}, path)
     d = import_checkpoint(path)
     assert d.meta["generator"] == "car" and d.meta["source_prompt"] == "Photo of a car"
-    assert d.meta["prompt"] is None and "style_latents" in d.meta["note"]
+    assert d.meta["prompt"] is None and d.meta["mix_from"] == 7  # im2im: the reference's latent comes along
+    assert torch.equal(d.style_latent, torch.arange(16 * 512.0).reshape(16, 512))
+    d.save(tmp_path / "car.safetensors")
+    assert torch.equal(Domain.load(tmp_path / "car.safetensors").style_latent, d.style_latent)
+    # only layers 7 and up stored (what the paper's grids mix in): the rest is filler, never mixed in
+    torch.save({"model_type": "parametrization", "patch_key": "cin_mult", "state_dict": _paper_state(dims),
+                "da_type": "im2im", "style_latents": torch.ones(1, 9, 512)}, path)
+    d = import_checkpoint(path)
+    assert d.style_latent.shape == (16, 512) and d.meta["style_latent_from"] == 7 and d.meta["mix_from"] == 7
+    torch.save({"model_type": "parametrization", "patch_key": "cin_mult", "state_dict": _paper_state(dims),
+                "da_type": "im2im", "style_latents": torch.ones(2, 16, 512)}, path)
+    with pytest.raises(HyperdomainError, match=r"style_latents has shape \[2, 16, 512\], expected \[1, layers, w_dim\]"):
+        import_checkpoint(path)
     path = tmp_path / "nogen.pt"
     torch.save({"model_type": "parameterization", "patch_key": "cin_mult", "state_dict": _paper_state(dims)}, path)
     d = import_checkpoint(path, source_prompt="Photo of a car")

@@ -10,13 +10,14 @@ from ..domain import Domain
 from ..errors import HyperdomainError
 from ..generator import generator_from_state
 from ..hypernet import HyperDomainNet
+from ..latent import Latent
 from .generator_files import from_port, read_generator_file
 from .restricted_unpickler import load_torch_file_omegaconf, sniff
 from .run_checkpoints import read_checkpoint_meta
-from .safetensors_files import HYPERNET, checkpoint_kind, read_safetensors
+from .safetensors_files import HYPERNET, LATENT, checkpoint_kind, read_safetensors
 
 # the command that continues each trainer's runs
-_RESUME_COMMANDS = {"adapt": "adapt", "hyper": "train-hyper"}
+_RESUME_COMMANDS = {"adapt": "adapt", "image": "adapt", "hyper": "train-hyper"}
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -28,6 +29,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         fmt = read_safetensors(path, "file", load=False)[0].get("format")
         if fmt == HYPERNET:
             return _describe_hypernet(path)
+        if fmt == LATENT:
+            return _describe_latent(path)
         kind = checkpoint_kind(fmt)
         if kind in _RESUME_COMMANDS:
             return _describe_run_checkpoint(path, kind)
@@ -46,6 +49,8 @@ def _describe_domain(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"file": str(path), "kind": "domain", "numbers": len(d), "convs": len(d.dims),
                            "per-conv widths": list(d.dims),
                            "|d| max / mean": f"{v.abs().max():.4g} / {v.abs().mean():.4g}"}
+    if d.style_latent is not None:
+        out["style latent"] = f"W+ {list(d.style_latent.shape)} (the reference image's; sample --style-latent)"
     out.update({k: v for k, v in d.meta.items() if k != "file"})
     return out
 
@@ -77,6 +82,18 @@ def _describe_paper(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _describe_latent(path: Path) -> dict[str, Any]:
+    lat = Latent.load(path)
+    m = lat.meta
+    out: dict[str, Any] = {"file": str(path), "kind": "W+ latent", "shape": list(lat.ws.shape)}
+    for key in ("image", "image_digest", "aligned", "generator", "generator_fingerprint", "psnr", "lpips"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    if isinstance(m.get("inversion"), dict):
+        out["steps"] = m["inversion"].get("steps")
+    return out
+
+
 def _describe_hypernet(path: Path) -> dict[str, Any]:
     net = HyperDomainNet.load(path)
     c, m = net.config, net.meta
@@ -98,10 +115,10 @@ def _describe_run_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     meta = read_checkpoint_meta(path, kind)
     cfg = meta.get("config", {})
     command = _RESUME_COMMANDS[kind]
-    out: dict[str, Any] = {"file": str(path), "kind": f"{command} run checkpoint",
+    out: dict[str, Any] = {"file": str(path), "kind": f"{command}{' --image' if kind == 'image' else ''} run checkpoint",
                            "step": f"{meta.get('step')} of {cfg.get('iters')}",
                            "generator": meta.get("generator"), "generator_fingerprint": meta.get("generator_fingerprint")}
-    for key in ("target", "source", "domains", "clip", "losses", "batch", "lr", "seed"):
+    for key in ("image", "target", "source", "domains", "clip", "losses", "batch", "lr", "seed"):
         if key in cfg:
             out[key] = cfg[key]
     out["resume with"] = f"hyperdomain {command} --resume {path.parent}"

@@ -123,12 +123,28 @@ def import_checkpoint(path: str | os.PathLike, prompt: str | None = None,
         meta["resolution"] = img_size
     if sg2:
         meta["paper_sg2_params"] = {str(k): _jsonable(v) for k, v in sg2.items()}
-    if da_type == "im2im":
-        # The paper's one-shot results also mix the reference image's W+ into layers 7+.
-        meta["note"] = ("im2im checkpoint: the paper also style-mixes the reference image's latents "
-                        "(style_latents) into layers 7 and up; only the domain vector is imported")
-        log.warning("%s: im2im checkpoint; its style_latents are not part of the imported domain", path)
-    return Domain(vector, dims, meta)
+    style = None
+    if da_type == "im2im":  # the paper's one-shot results mix the reference's W+ into layers 7 and up
+        style, style_from = _style_latents(ckpt.get("style_latents"), len(dims) + 1, path)
+        meta.update(mix_from=max(7, style_from), style_latent_from=style_from)
+    return Domain(vector, dims, meta, style_latent=style)
+
+
+def _style_latents(raw: Any, num_ws: int, path: Path) -> tuple[torch.Tensor | None, int]:
+    """An im2im checkpoint's ``style_latents`` as W+ ``[num_ws, w_dim]``, and the first layer it
+    really holds: the paper stores either every layer or only those from 7 on (the ones its grids
+    mix in); missing leading layers repeat the first stored one and are never mixed in."""
+    if raw is None:
+        log.warning("%s: an im2im checkpoint without style_latents; only its domain vector is imported", path)
+        return None, 0
+    if not isinstance(raw, torch.Tensor) or raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[0] != 1):
+        shape = list(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+        raise HyperdomainError(f"{path}: style_latents has shape {shape}, expected [1, layers, w_dim]")
+    lat = raw.detach().float().reshape(-1, raw.shape[-1])
+    if lat.shape[0] > num_ws:
+        raise HyperdomainError(f"{path}: style_latents has {lat.shape[0]} layers, the generator has {num_ws}")
+    start = num_ws - lat.shape[0]
+    return torch.cat([lat[:1].expand(start, -1), lat]), start
 
 
 def _domain_from_state(sd: Any, path: Path) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import HyperdomainError
-from .safetensors_files import checkpoint_format, read_own_file, write_own_file
+from .safetensors_files import checkpoint_format, checkpoint_kind, read_own_file, read_safetensors, write_own_file
 
 CHECKPOINT = "checkpoint.safetensors"  # the name of every trainer's checkpoint in its run folder
 FORMAT_VERSION = 1
@@ -78,3 +78,14 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Te
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise HyperdomainError(f"checkpoint optimizer state does not fit this model ({e})") from None
+
+
+def run_kind(run_dir: str | os.PathLike) -> str:
+    """Which trainer wrote the run in ``run_dir`` ("adapt", "image", "hyper"), from its checkpoint's header."""
+    path = Path(run_dir) / CHECKPOINT
+    header, _ = read_safetensors(path, "checkpoint", load=False)
+    kind = checkpoint_kind(header.get("format"))
+    if kind is None:
+        raise HyperdomainError(f"{path}: not a run checkpoint (format {header.get('format')!r})")
+    return kind
+

@@ -77,7 +77,7 @@ class ImageAdaptConfig:
     mix_from: int = 7  # the paper's one-shot grids take W+ layers 7 and up from the reference's latent
     align: bool = False  # the paper's references are used as they are; --align for a raw face photo
     loss_size: int = 256
-    lpips: str = "imagenet"  # the LPIPS backbone: "imagenet", a VGG16 weights file, or "random" (tests)
+    lpips_backbone: str = "imagenet"  # LPIPS's VGG16: "imagenet" (downloaded once), its weights file, or "random" (tests)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     clip_antialias: bool = False
     clip_precision: str = "auto"
@@ -119,8 +119,8 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
     ``target`` prompt too); returns the trained Domain, which carries the reference's latent.
 
     ``options`` are :class:`ImageAdaptConfig` fields (``iters``, ``batch``, ``lr``, ``losses``,
-    ``align``, ``inversion``, ...). ``lpips``: a loaded LPIPS module (else loaded from the
-    config's ``lpips``). ``detector``: the face detector when ``align`` is on. ``resume=DIR``
+    ``align``, ``inversion``, ``lpips_backbone``, ...). ``lpips``: a loaded LPIPS module (else
+    loaded from the config's ``lpips_backbone``). ``detector``: the face detector when ``align`` is on. ``resume=DIR``
     continues a saved run (``iters`` may extend it).
     """
     if resume is not None:
@@ -174,10 +174,10 @@ class _ImageRun(TrainingRun):
         c = config
         self.encoders = encoders
         self.desc = f"adapt {Path(c.image).name[:30]!r}"
-        self.lpips = lpips if lpips is not None else load_lpips(G.device, c.lpips)
+        self.lpips = lpips if lpips is not None else load_lpips(G.device, c.lpips_backbone)
         photo = prepare_photo(G, c.image, align=c.align, detector=detector, what=c.image)
         self.reference_digest = image_digest(photo)
-        self.latent = invert_cached(G, photo, c.inversion, align=False, lpips=self.lpips, lpips_backbone=c.lpips,
+        self.latent = invert_cached(G, photo, c.inversion, align=False, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
                                     progress=self.dist.is_main)
         self.latent.meta.update(image=Path(c.image).name, aligned=c.align)
         self.w_ref = self.latent.ws[None].to(G.device)  # [1, num_ws, w_dim]

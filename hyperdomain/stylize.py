@@ -1,0 +1,73 @@
+"""A person's own photo in any domain: align, invert (or reuse a latent), render in each domain.
+
+The inverted latent is the photo's place in the generator; a domain vector changes the generator,
+not the latent, so the same latent rendered with each domain shows the same person in each.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .domain import Domain
+from .errors import HyperdomainError
+from .inversion import InversionConfig, invert, prepare_photo
+from .latent import Latent
+from .photos import to_tensor
+
+
+@dataclass
+class Stylized:
+    """One photo's row: the photo as the generator sees it, its reconstruction, and one image per
+    domain (each ``[3, H, W]`` in ``[-1, 1]``), with the latent they were rendered from."""
+
+    name: str
+    photo: torch.Tensor
+    reconstruction: torch.Tensor
+    styled: list[torch.Tensor]
+    latent: Latent
+
+    def row(self) -> torch.Tensor:
+        """``[2 + domains, 3, H, W]``: photo, reconstruction, then each domain."""
+        return torch.stack([self.photo, self.reconstruction, *self.styled])
+
+
+def stylize(G, photos: Sequence[str | os.PathLike | Image.Image] = (), domains: Sequence[Domain] = (), *,
+            latents: Sequence[Latent] = (), config: InversionConfig | None = None, align: bool | None = None,
+            detector=None, lpips: torch.nn.Module | None = None, lpips_backbone: str | os.PathLike = "imagenet",
+            noise_mode: str = "const", progress: bool = True) -> list[Stylized]:
+    """Each photo (inverted now, in one batch) and each given latent (an earlier inversion),
+    rendered in every domain. A latent carries no photo: its row shows the reconstruction twice."""
+    if not photos and not latents:
+        raise HyperdomainError("stylize: give photos or latent files")
+    for d in domains:
+        d.check_compatible(G, fingerprint=False)
+    for lat in latents:
+        lat.check_compatible(G, fingerprint=False)
+    out: list[Stylized] = []
+    if photos:
+        prepared = [prepare_photo(G, p, align, detector) for p in photos]
+        inverted = invert(G, prepared, config, align=False, lpips=lpips, lpips_backbone=lpips_backbone,
+                          progress=progress)
+        for p, img, lat in zip(photos, prepared, inverted):
+            name = Path(p).stem if not isinstance(p, Image.Image) else lat.meta["image"]
+            lat.meta["image"] = Path(p).name if not isinstance(p, Image.Image) else lat.meta["image"]
+            out.append(_render(G, name, to_tensor(img)[0], lat, domains, noise_mode))
+    for lat in latents:
+        name = Path(lat.meta.get("file", "latent")).stem
+        out.append(_render(G, name, None, lat, domains, noise_mode))
+    return out
+
+
+@torch.no_grad()
+def _render(G, name: str, photo: torch.Tensor | None, latent: Latent, domains: Sequence[Domain],
+            noise_mode: str) -> Stylized:
+    # one batch: the source and every domain, the same latent in each row
+    vectors = torch.stack([torch.zeros(G.num_domain_params)] + [d.vector for d in domains]).to(G.device)
+    ws = latent.ws[None].expand(len(vectors), -1, -1).to(G.device)
+    images = G.synthesis(ws, domain=vectors, noise_mode=noise_mode).float().cpu()
+    return Stylized(name, images[0] if photo is None else photo, images[0], list(images[1:]), latent)

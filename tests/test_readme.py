@@ -1,14 +1,18 @@
 """README.md's Python blocks run as written, in order, in one namespace: the tiny generator and
 tiny CLIP stand in for the downloads, the files the blocks open are made here first, and
-training runs take a hundredth of the steps they ask for (the calls are real, only shorter)."""
+training runs take a hundredth of the steps they ask for, and inversions a few steps with LPIPS on
+a random backbone (the calls are real, only shorter)."""
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import hyperdomain as hd
 from hyperdomain import hypernet
+from hyperdomain.perceptual import load_lpips
 
 from conftest import make_tiny_clip
 
@@ -23,6 +27,7 @@ def python_blocks() -> list[str]:
 def stand_ins(tmp_path, monkeypatch, tiny_G, tiny_clip_config):
     """The tiny models behind every loader, and the files the blocks read, in a fresh folder."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(hd, "load_generator", lambda name, device="cpu", **kw: tiny_G.to(device))
     encoders = [make_tiny_clip(tiny_clip_config, seed=s) for s in range(2)]
 
@@ -35,6 +40,17 @@ def stand_ins(tmp_path, monkeypatch, tiny_G, tiny_clip_config):
     real_adapt = hd.adapt
     monkeypatch.setattr(hd, "adapt", lambda *a, iters=None, **kw: real_adapt(
         *a, iters=None if iters is None else max(1, iters // 100), progress=False, **kw))
+    # the image side: LPIPS on a random backbone, a short inversion and a hundredth of the steps
+    lpips = load_lpips(backbone="random")
+    quick = hd.InversionConfig(steps=2, pca_samples=300)
+    real_invert, real_adapt_image = hd.invert, hd.adapt_image
+    monkeypatch.setattr(hd, "invert", lambda G, photos, config=None, **kw: real_invert(
+        G, photos, quick, lpips=lpips, progress=False, **kw))
+    monkeypatch.setattr(hd, "adapt_image", lambda G, image=None, *a, **kw: real_adapt_image(
+        G, image, *a, lpips=lpips, inversion=quick, iters=1, progress=False, clip=encoders[:1], **kw))
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 96, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "me.jpg")
+    Image.fromarray(255 - pixels).save(tmp_path / "mermaid.png")
     dims = tiny_G.domain_dims
     g = torch.Generator().manual_seed(0)
     torch.save({"model_type": "parameterization", "patch_key": "cin_mult", "da_type": "td",
@@ -65,3 +81,4 @@ def test_readme_python_blocks_run_as_written(stand_ins):
     assert (stand_ins / "pixar.png").is_file() and (stand_ins / "runs" / "pixar" / "domain.safetensors").is_file()
     assert namespace["pixar"].meta["iterations"] == 4  # the resumed run: 400 steps asked, a hundredth taken
     assert len(namespace["history"]) == 3 and namespace["images"].shape[0] == 8
+    assert namespace["mermaid"].style_latent is not None and (stand_ins / "me_pixar.png").is_file()

@@ -129,3 +129,37 @@ def test_console_entry_point_exit_code(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "none.pt" in proc.stderr
+
+
+def test_command_turns_on_huge_pages_before_torch_is_imported(tmp_path):
+    """`python -m cli.main` (as torchrun runs it) sets torch's huge-page switch in its entry point,
+    before a command first imports torch (torch reads it once, at its first allocation); importing
+    the package alone leaves the environment alone."""
+    import os
+
+    script = """
+import importlib.abc, os, runpy, sys
+seen = []
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+sys.meta_path.insert(0, Spy())
+import cli, cli.main
+print("after import:", os.environ.get("THP_MEM_ALLOC_ENABLE"), "torch" in sys.modules)
+sys.argv = ["cli.main", "info", sys.argv[1]]
+try:
+    runpy.run_module("cli.main", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit:", e.code)
+print("torch imported with:", seen)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none.pt")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["after import: None False", "exit: 2", "torch imported with: ['1']"], \
+        proc.stdout + proc.stderr
+    env["THP_MEM_ALLOC_ENABLE"] = "0"  # a value already set wins
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none.pt")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "torch imported with: ['0']", proc.stdout + proc.stderr

@@ -131,10 +131,10 @@ def test_console_entry_point_exit_code(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "none.pt" in proc.stderr
 
 
-def test_command_turns_on_huge_pages_before_torch_is_imported(tmp_path):
+def test_command_turns_on_huge_pages_before_torch_is_imported(tmp_path, monkeypatch):
     """`python -m cli.main` (as torchrun runs it) sets torch's huge-page switch in its entry point,
     before a command first imports torch (torch reads it once, at its first allocation); importing
-    the package alone leaves the environment alone."""
+    the package alone leaves the environment alone, and a value already set wins."""
     import os
 
     script = """
@@ -159,7 +159,6 @@ print("torch imported with:", seen)
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.splitlines() == ["after import: None False", "exit: 2", "torch imported with: ['1']"], \
         proc.stdout + proc.stderr
-    env["THP_MEM_ALLOC_ENABLE"] = "0"  # a value already set wins
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none.pt")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.stdout.splitlines()[-1] == "torch imported with: ['0']", proc.stdout + proc.stderr
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert run("info", tmp_path / "none.pt").exit_code == 2
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

@@ -112,7 +112,8 @@ def emulated_ops(tmp_path_factory):
 EMULATED_MAX_BLOCKS = 64
 
 
-@pytest.fixture(params=["cuda", "emulated"])
+# The emulated half is slow: it needs the host-emulation build (about 40 s on 2 cores).
+@pytest.fixture(params=["cuda", pytest.param("emulated", marks=pytest.mark.slow)])
 def kernel_device(request, monkeypatch):
     """The device for tests of the compiled kernels (``impl="cuda"``): "cuda" with the real
     extension where a GPU is present, and "cpu" with the host-emulated extension standing in."""

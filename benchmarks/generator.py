@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-# As the CLI does (cli/__init__.py): CPU tensors on transparent huge pages, for both paths alike.
+# As the CLI does (cli/main.py): CPU tensors on transparent huge pages, for both paths alike.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,15 @@
 import argparse
+import os
 
-import pytest
-import torch
+# Huge pages for large CPU tensors, as the `hyperdomain` command runs; torch reads this once, at its
+# first allocation, so it is set here, before torch is imported.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from hyperdomain.config import GeneratorConfig
-from hyperdomain.generator import Generator
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hyperdomain.config import GeneratorConfig  # noqa: E402
+from hyperdomain.generator import Generator  # noqa: E402
 
 TINY = GeneratorConfig(resolution=32, style_dim=32, n_mlp=2, channels=(32, 32, 32, 32))
 
@@ -107,7 +112,8 @@ def emulated_ops(tmp_path_factory):
 EMULATED_MAX_BLOCKS = 64
 
 
-@pytest.fixture(params=["cuda", "emulated"])
+# The emulated half is slow: it needs the host-emulation build (about 40 s on 2 cores).
+@pytest.fixture(params=["cuda", pytest.param("emulated", marks=pytest.mark.slow)])
 def kernel_device(request, monkeypatch):
     """The device for tests of the compiled kernels (``impl="cuda"``): "cuda" with the real
     extension where a GPU is present, and "cpu" with the host-emulated extension standing in."""

@@ -137,8 +137,6 @@ def test_option_defaults_are_the_librarys():
     import dataclasses
     import inspect
 
-    import click
-
     import hyperdomain as hd
     from cli.options import LibraryDefault
 
@@ -171,3 +169,35 @@ def test_option_defaults_are_the_librarys():
                           "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
 
+
+def test_command_turns_on_huge_pages_before_torch_is_imported(tmp_path, monkeypatch):
+    """`python -m cli.main` (as torchrun runs it) sets torch's huge-page switch in its entry point,
+    before a command first imports torch (torch reads it once, at its first allocation); importing
+    the package alone leaves the environment alone, and a value already set wins."""
+    import os
+
+    script = """
+import importlib.abc, os, runpy, sys
+seen = []
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+sys.meta_path.insert(0, Spy())
+import cli, cli.main
+print("after import:", os.environ.get("THP_MEM_ALLOC_ENABLE"), "torch" in sys.modules)
+sys.argv = ["cli.main", "info", sys.argv[1]]
+try:
+    runpy.run_module("cli.main", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit:", e.code)
+print("torch imported with:", seen)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none.pt")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["after import: None False", "exit: 2", "torch imported with: ['1']"], \
+        proc.stdout + proc.stderr
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert run("info", tmp_path / "none.pt").exit_code == 2
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

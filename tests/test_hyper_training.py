@@ -315,6 +315,7 @@ def _torchrun(nproc: int, *args, timeout=300):
     return proc
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_config, lists):
     from safetensors.torch import load_file
 
@@ -370,6 +371,7 @@ def test_hard_interrupt_inside_a_step_saves_the_steps_start(tmp_path, tiny_G, ti
         assert torch.equal(tensors["net." + k], v), k
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, lists):
     train, _ = lists
     out = tmp_path / "poison"
@@ -384,6 +386,7 @@ def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, 
     assert meta["step"] == 2  # no periodic checkpoints: this is the NaN guard's save of the last good state
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, lists):
     """The same command, 2 processes: DDP with gloo; rank 0 writes; one line of output."""
     ckpt, _ = tiny_ckpt
@@ -398,6 +401,7 @@ def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, l
     assert hd.HyperDomainNet.load(out / "hypernet.safetensors").meta["iterations"] == 3
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_config, lists):
     """Without the convex hull, rank 0 trains on the first half of the step's domains, rank 1 on the rest."""
     train, _ = lists
@@ -411,6 +415,7 @@ def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_
     assert p0 != p1
 
 
+@pytest.mark.slow  # torchrun with 2 processes
 def test_ddp_write_failure_on_rank_0_stops_every_rank(tmp_path, tiny_clip_config, lists):
     """A failed write on rank 0 must not leave rank 1 waiting in a collective: both stop, one line each."""
     train, _ = lists

@@ -253,6 +253,7 @@ def built(tmp_path_factory):
     return module, info, root, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_build_compiles_links_and_imports(built):
     module, info, root, seconds = built
     print(f"\nbuilt {info['path']} in {seconds:.0f} s")
@@ -265,6 +266,7 @@ def test_build_compiles_links_and_imports(built):
     json.dumps(info)
 
 
+@pytest.mark.slow
 def test_build_is_reused_from_cache(built):
     _, info, root, _ = built
     module, again = _build.build_extension(arch_list=("9.0",), build_dir=root)
@@ -272,6 +274,7 @@ def test_build_is_reused_from_cache(built):
     assert all(callable(getattr(module, f)) for f in _build.FUNCTIONS)
 
 
+@pytest.mark.slow
 def test_bound_signatures_match_python_callers(built):
     """Each binding accepts the argument list the autograd Functions pass, then refuses CPU tensors
     (a wrong count or type would raise TypeError from pybind instead)."""
@@ -294,6 +297,7 @@ def test_bound_signatures_match_python_callers(built):
             getattr(module, name)(*args)
 
 
+@pytest.mark.slow
 def test_find_cuda_home(built):
     home = _build.find_cuda_home()
     assert home is not None and (home / "include" / "cuda_runtime.h").exists()
@@ -301,6 +305,7 @@ def test_find_cuda_home(built):
 
 # ---- the host-emulated test build (runs the kernels on the CPU) -----------------------------
 
+@pytest.mark.slow
 def test_host_emulation_covers_everything_with_one_block(emulated_ops):
     """With every launch cut to one block, the grid-stride loops alone must cover all items
     (rowdot: rows, demod: (b, o) warps), and still match the plain definitions."""

@@ -33,17 +33,21 @@ def test_matches_conv2d_in_float64(shape, chunk):
     torch.testing.assert_close(y, F.conv2d(x, weight, padding=1), rtol=1e-12, atol=1e-12)
 
 
-def test_float32_error_is_close_to_the_direct_convs():
+def test_float32_error_is_within_the_algorithms_bound():
+    """Relative L2 error in float32 against float64, bounded absolutely: F.conv2d's own error is no
+    yardstick, it depends on the machine's library (2.2e-7 on the 2-core dev machine, about 1e-6 where
+    the module notes were measured)."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 256, 24, 20, generator=gen)
     weight = torch.randn(128, 256, 3, 3, generator=gen) / (9 * 256) ** 0.5
     exact = F.conv2d(x.double(), weight.double(), padding=1)
-
-    def rel(y):
-        return ((y.double() - exact).norm() / exact.norm()).item()
-
-    direct, ours = rel(F.conv2d(x, weight, padding=1)), rel(winograd.conv3x3(x, weight))
-    assert ours < 5e-6 and ours < 4 * direct, (ours, direct)
+    ours = ((winograd.conv3x3(x, weight).double() - exact).norm() / exact.norm()).item()
+    # Most of the error is float32 rounding (2^-24) in the 6x6 transforms (sums of 6 terms),
+    # amplified by their entries (points 0, +-1, 1/2, -2): 1.55-1.57e-6 over seeds and thread
+    # counts; (0, +-1, +-2) or (0, +-1, +-1/2) give 2.4e-6. The 36 products sum 256 channels each
+    # in the library's order; the least accurate usual order, plain sequential sums, gives 2.15e-6.
+    # Hence 3e-6; a broken transform or tiling is off by orders of magnitude.
+    assert ours < 3e-6, ours
 
 
 def test_inference_mode_first_does_not_break_later_calls():

@@ -266,7 +266,7 @@ def test_cli_adapt_end_to_end_and_resume(tmp_path, tiny_ckpt, tiny_clip_config):
 def test_cli_adapt_bad_arguments(tmp_path, tiny_ckpt, tiny_clip_config):
     ckpt, _ = tiny_ckpt
     base = ["--generator", ckpt, "--clip", tiny_clip_config, "--device", "cpu", "--iters", 1]
-    assert_user_error(cli("adapt", *base), "--target is required")
+    assert_user_error(cli("adapt", *base), "--target or --image is required")
     assert_user_error(cli("adapt", "--target", "  ", *base), "empty prompt")
     assert_user_error(cli("adapt", "--target", " ".join(["word"] * 76), *base), "too long for CLIP")
     assert_user_error(cli("adapt", "--target", "Sketch", "--loss", "beauty=1", *base), "unknown loss 'beauty'")

@@ -217,14 +217,14 @@ def test_a_failed_cpu_library_build_without_fcntl_warns_once_and_stays_right(tmp
 import warnings
 import torch
 import torch.nn.functional as F
+import hyperdomain
 import stylegan2_ops
-from hyperdomain import layers
-from stylegan2_ops import cpu_library, demod_act, winograd_native
+from stylegan2_ops import cpu_library, demod_act, modulated_conv, winograd_native
 x, w = torch.randn(4, 8, 16, 16), torch.randn(8, 8, 3, 3) / 8
 f = stylegan2_ops.setup_filter([1, 3, 3, 1])
 with warnings.catch_warnings(record=True) as record:
     warnings.simplefilter("always")
-    y = layers._conv(x, w, None, 1)
+    y = modulated_conv._conv(x, w, None, 1, "auto")
     blurred = stylegan2_ops.upfirdn2d(x, f, padding=1)
     assert not winograd_native.applies(x, w) and not cpu_library.available()
     assert not demod_act.applies(x, torch.ones(4, 8, 1, 1), None, torch.zeros(8))

@@ -719,21 +719,26 @@ def import_(checkpoint, out, prompt, source_prompt):
 @click.option("--list", "list_", is_flag=True, help="List the known generators and where they are stored.")
 @user_errors
 def download(names, list_):
-    """Download known generator weights (verified by sha256) into $HYPERDOMAIN_HOME.
+    """Download known weights (verified by sha256) into $HYPERDOMAIN_HOME: generators, and the
+    models some features need (LPIPS's VGG16, face landmark detectors).
 
     \b
     Examples:
       hyperdomain download ffhq
+      hyperdomain download vgg16 dlib-68
       hyperdomain download --list
     """
-    from hyperdomain.files.pretrained import download as fetch, load_manifest, weights_home
+    from hyperdomain.files.pretrained import download as fetch, load_manifest, load_models, weights_home
 
     manifest = load_manifest()
     if list_ or not names:
         home = weights_home()
         for name, e in manifest.items():
             have = "downloaded" if (home / e.filename).is_file() else "-"
-            click.echo(f"{name:<12} {e.resolution:>5} px  {e.format:<14} {have:<10} {e.description}")
+            click.echo(f"{name:<14} {e.resolution:>5} px  {e.format:<14} {have:<10} {e.description}")
+        for name, m in load_models().items():
+            have = "downloaded" if (home / m.filename).is_file() else "-"
+            click.echo(f"{name:<14} {'model':>8}  {'':<14} {have:<10} {m.description}")
         click.echo(f"weights folder: {home}")
         return
     for name in names:

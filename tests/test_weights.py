@@ -230,3 +230,51 @@ def test_resolve(server, monkeypatch, tmp_path):
         resolve("nope", manifest=m)
     with pytest.raises(HyperdomainError, match=r"known: .*afhqcat.*ffhq"):
         resolve("nope")
+
+
+# ---------------------------------------------------------------------------- auxiliary models
+def test_models_check_a_published_hash_prefix_unpack_and_use_torchs_cache(server, tmp_path, monkeypatch):
+    import bz2
+
+    from hyperdomain.files.pretrained import ModelEntry, resolve_model
+
+    server.files["/m/net-" + SHA[:8] + ".pth"] = DATA
+    server.files["/m/wrong-00000000.pth"] = DATA
+    server.files["/m/shape.dat.bz2"] = bz2.compress(DATA)
+    models = {
+        "net": ModelEntry("net", (server.url + f"/m/net-{SHA[:8]}.pth",), None, None, sha256_prefix=SHA[:8],
+                          also_at="torch-hub"),
+        "wrong": ModelEntry("wrong", (server.url + "/m/wrong-00000000.pth",), None, None, sha256_prefix="00000000"),
+        "shape": ModelEntry("shape", (server.url + "/m/shape.dat.bz2",), None, None, compression="bz2"),
+    }
+    hub = tmp_path / "hub"
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(hub))
+    path = resolve_model("net", home=tmp_path / "home", models=models, progress=False)
+    assert path.read_bytes() == DATA and path.parent == tmp_path / "home"
+    with pytest.raises(HyperdomainError, match=r"could not download wrong from .*expected one starting 00000000"):
+        resolve_model("wrong", home=tmp_path / "home", models=models, progress=False)
+    unpacked = resolve_model("shape", home=tmp_path / "home", models=models, progress=False)
+    assert unpacked.name == "shape.dat" and unpacked.read_bytes() == DATA
+    n = len(server.requests)
+    assert resolve_model("shape", home=tmp_path / "home", models=models, progress=False) == unpacked
+    assert len(server.requests) == n  # unpacked once, never fetched again
+    # a copy already in torch's download cache is used (verified) without a request
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / f"net-{SHA[:8]}.pth").write_bytes(DATA)
+    assert resolve_model("net", home=tmp_path / "other", models=models, progress=False) == \
+        hub / "checkpoints" / f"net-{SHA[:8]}.pth"
+    assert len(server.requests) == n
+    with pytest.raises(HyperdomainError, match=r"model wrong is not downloaded yet"):
+        resolve_model("wrong", home=tmp_path / "other", models=models, download=False)
+    with pytest.raises(HyperdomainError, match=r"unknown model 'nope'"):
+        resolve_model("nope", models=models)
+
+
+def test_the_manifest_lists_the_models_features_need():
+    from hyperdomain.files.pretrained import load_models
+
+    models = load_models()
+    assert {"vgg16", "dlib-68", "mediapipe-face"} <= set(models)
+    assert models["vgg16"].sha256_prefix == "397923af" and models["vgg16"].filename == "vgg16-397923af.pth"
+    assert models["dlib-68"].unpacked_name == "shape_predictor_68_face_landmarks.dat"
+

@@ -330,8 +330,9 @@ def download(name: str, home: str | os.PathLike | None = None, progress: bool = 
     models = {} if name in manifest else load_models()
     if name not in manifest and name not in models:
         raise HyperdomainError(f"unknown generator or model {name!r}; known: {', '.join(sorted(manifest) + sorted(models))}")
-    entry = manifest[name] if name in manifest else models[name]
-    return _download_entry(entry, Path(home) if home is not None else weights_home(), progress)
+    if name in models:  # unpacked, or found in torch's cache, as the features that need it read it
+        return resolve_model(name, home=home)
+    return _download_entry(manifest[name], Path(home) if home is not None else weights_home(), progress)
 
 
 def _download_entry(entry: ManifestEntry | ModelEntry, home: Path, progress: bool) -> Path:
@@ -451,10 +452,12 @@ def resolve(name_or_path: str | os.PathLike, download: bool = True,
 _download = download  # resolve()'s ``download`` flag shadows the function inside it
 
 
-def resolve_model(name: str, download: bool = True, home: str | os.PathLike | None = None) -> Path:
+def resolve_model(name: str, download: bool = True, home: str | os.PathLike | None = None,
+                  models: Mapping[str, ModelEntry] | None = None, progress: bool = True) -> Path:
     """The local file of auxiliary model ``name`` (unpacked if the manifest stores it compressed),
-    downloaded on first use, or found where torch keeps its downloads (``also_at``)."""
-    models = load_models()
+    downloaded on first use, or found where torch keeps its downloads (``also_at``). ``models``
+    defaults to :func:`load_models`'s."""
+    models = load_models() if models is None else models
     if name not in models:
         raise HyperdomainError(f"unknown model {name!r}; known: {', '.join(sorted(models))}")
     entry = models[name]
@@ -470,7 +473,7 @@ def resolve_model(name: str, download: bool = True, home: str | os.PathLike | No
     if not download and not (home / entry.filename).is_file():
         raise HyperdomainError(f"model {name} is not downloaded yet (expected at {home / entry.filename}); "
                                f"allow downloading or pass its path")
-    path = _download_entry(entry, home, progress=True)
+    path = _download_entry(entry, home, progress=progress)
     if entry.compression:
         return _unpack(path, unpacked, entry.compression)
     return path

@@ -147,3 +147,39 @@ def test_clip_losses_sums_over_encoders_and_weights_the_total():
     torch.testing.assert_close(parts["total"], sum(active[n] * v for n, v in want.items()))
     only = losses.clip_losses({"indomain": 1.0}, iter(encs), domain, dims)
     assert set(only) == {"indomain", "total"}
+
+
+def test_one_shot_losses_against_their_definitions_one_by_one():
+    """image_losses: each term written out per sample and per encoder with Python loops and
+    math.acos-free cosines, the text direction included, clip_ref averaged over the encoders."""
+    g = torch.Generator().manual_seed(5)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    encs = []
+    for _ in range(2):
+        src, trg = rnd(3, 4), rnd(3, 4)
+        encs.append((src / src.norm(dim=1, keepdim=True), trg / trg.norm(dim=1, keepdim=True), unit(*rnd(4)),
+                     unit(*rnd(4)), unit(*rnd(4))[None], rnd(4)))
+    rec, ref = rnd(1, 3, 8, 8), rnd(1, 3, 8, 8)
+    domain, dims = rnd(6), (4, 2)
+    weights = {"direction": 1.0, "clip_within": 0.5, "clip_ref": 30.0, "l2_rec": 10.0, "lpips_rec": 10.0,
+               "text_direction": 2.0, "l2": 3.0}
+    parts = losses.image_losses(weights, iter(encs), rec, ref, lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)),
+                                domain, dims)
+
+    def cos(a, b):
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    want = {"direction": 0.0, "clip_within": 0.0, "clip_ref": 0.0, "text_direction": 0.0}
+    for src, trg, r, r_src, rec_emb, text in encs:
+        want["direction"] += sum(1 - cos(trg[i] - src[i], r - r_src) for i in range(3)) / 3
+        want["clip_within"] += sum(1 - cos(trg[i] - r, src[i] - r_src) for i in range(3)) / 3
+        want["clip_ref"] += (1 - cos(rec_emb[0], r)) / 2  # the mean over the two encoders
+        want["text_direction"] += sum(1 - cos(trg[i] - src[i], text) for i in range(3)) / 3
+    want["l2_rec"] = float(((rec - ref) ** 2).mean())
+    want["lpips_rec"] = float((rec - ref).abs().mean())
+    want["l2"] = float((domain[:4] ** 2).mean() + (domain[4:] ** 2).mean())
+    for name, value in want.items():
+        assert parts[name].item() == pytest.approx(value, rel=1e-10), name
+    assert parts["total"].item() == pytest.approx(sum(weights[n] * v for n, v in want.items()), rel=1e-10)
+    with pytest.raises(HyperdomainError, match="text_direction needs a target prompt"):
+        losses.image_losses({"text_direction": 1.0}, iter([encs[0][:5] + (None,)]), rec, ref, None, domain, dims)

@@ -228,3 +228,28 @@ def test_detector_landmark_conventions():
     assert points_from_mediapipe(mesh) == FacePoints((11, 21), (31, 21), (13, 41), (29, 41))
     with pytest.raises(ValueError, match="68 landmarks"):
         points_from_68(np.zeros((5, 2)))
+
+
+def test_detector_backends_fail_in_one_line(monkeypatch, tmp_path):
+    import hyperdomain.face_detectors as fd
+
+    monkeypatch.setattr(fd, "_installed", lambda module: False)
+    with pytest.raises(HyperdomainError, match=r"needs a landmark detector: pip install 'hyperdomain\[faces\]'"):
+        fd.detector("auto")
+    with pytest.raises(HyperdomainError, match=r"--detector dlib: the dlib package is not installed"):
+        fd.detector("dlib")
+    with pytest.raises(HyperdomainError, match=r"--detector: expected one of auto, dlib, mediapipe"):
+        fd.detector("opencv")
+    monkeypatch.setattr(fd, "_installed", lambda module: module == "mediapipe")
+    with pytest.raises(HyperdomainError, match=r"missing\.task: no such mediapipe model file"):
+        fd.detector("auto", weights=tmp_path / "missing.task")
+    asked = []
+
+    def offline(name, download=True):
+        asked.append(name)
+        raise HyperdomainError(f"could not download {name} from https://example/x (offline); put it at /w/x")
+
+    monkeypatch.setattr(fd, "resolve_model", offline)
+    with pytest.raises(HyperdomainError, match="could not download mediapipe-face"):
+        fd.detector("auto")
+    assert asked == ["mediapipe-face"]

@@ -73,6 +73,18 @@ def build_clip(name: str, device):
     return ClipEncoder(model, open_clip.get_tokenizer("ViT-B-32"), f"{name}:random").to(device)
 
 
+def timed(fn, repeats: int, device) -> float:
+    """The median wall time of ``fn`` over ``repeats`` calls, the device synchronised around each."""
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
 def _mem_now(device) -> int:
     import torch
 
@@ -137,16 +149,6 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
                       batch=batch, sample_every=0, checkpoint_every=0)
     run = _AdaptRun(G, encoders, cfg, None)
 
-    def timed(fn, n):
-        out = []
-        for _ in range(n):
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
-
     rng = torch.Generator().manual_seed(0)
     tb = sample_training_latents(G, rng, batch, 0.9, device)
 
@@ -173,14 +175,14 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
         run._one_step()
 
     step()  # warm-up (allocations, kernel build on CUDA)
-    t_step = timed(step, repeats)
+    t_step = timed(step, repeats, device)
     base = _mem_now(device) if device.type == "cuda" else _rss(device)
     with RssSampler() as sampler:  # one more step for memory (the sampler thread would skew the timings)
         step()
     peak = (_mem_peak(device) if device.type == "cuda" else sampler.peak) - base
     return {"config": config, "batch": batch, "device": device_name, "step_s": t_step,
-            "src_fwd_s": timed(src_fwd, repeats), "clip_src_s": timed(clip_src, repeats),
-            "adapted_fwd_bwd_s": timed(adapted, repeats), "peak_mb": peak / 2**20,
+            "src_fwd_s": timed(src_fwd, repeats, device), "clip_src_s": timed(clip_src, repeats, device),
+            "adapted_fwd_bwd_s": timed(adapted, repeats, device), "peak_mb": peak / 2**20,
             "domain_params": G.num_domain_params, "torch_threads": torch.get_num_threads()}
 
 

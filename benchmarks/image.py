@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the hyperdomain command does
@@ -30,18 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from adapt import CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, _sync, build_clip, build_generator, run_in_children  # noqa: E402
-
-
-def _timed(fn, repeats: int, device) -> float:
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+from adapt import (CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, build_clip, build_generator,  # noqa: E402
+                   run_in_children, timed)
 
 
 def _peak(fn, device) -> float:
@@ -74,7 +62,7 @@ def measure(config: str, photos: int, repeats: int, device_name: str) -> dict:
 
     invert_steps(1)  # warm-up
     # n steps minus 1 step: the per-step time without the setup (targets, optimizer)
-    t_invert = max(_timed(lambda: invert_steps(3), repeats, device) - _timed(lambda: invert_steps(1), repeats, device),
+    t_invert = max(timed(lambda: invert_steps(3), repeats, device) - timed(lambda: invert_steps(1), repeats, device),
                    0) / 2
     invert_peak = _peak(lambda: invert_steps(1), device)
 
@@ -89,7 +77,7 @@ def measure(config: str, photos: int, repeats: int, device_name: str) -> dict:
                                checkpoint_every=0)
         run = _ImageRun(G, encoders, cfg, None, lpips, None)
     run._one_step()  # warm-up
-    t_oneshot = _timed(run._one_step, repeats, device)
+    t_oneshot = timed(run._one_step, repeats, device)
     oneshot_peak = _peak(run._one_step, device)
     return {"config": config, "device": device_name, "photos": photos, "invert_step_s": t_invert,
             "invert_steps_per_s": 1 / max(t_invert, 1e-9), "invert_peak_mb": invert_peak,

@@ -266,8 +266,6 @@ def _cpu_signature() -> str:
 
 def _cpu_description() -> str:
     """This CPU's model and notable instruction-set extensions, e.g. "AMD EPYC (avx avx2 fma avx512f)"."""
-    import platform
-
     model, flags = platform.processor() or platform.machine(), set()
     for line in _cpu_signature().splitlines():
         key, _, value = line.partition(":")
@@ -281,8 +279,6 @@ def _cpu_description() -> str:
 
 def _target_flags(target: str) -> tuple[tuple[str, ...], str]:
     """(-march flags, what they build for) for "native" or "portable"."""
-    import platform
-
     if target == "native":
         return ("-march=native",), _cpu_description()
     if target == "portable":

@@ -129,3 +129,24 @@ def kernel_device(request, monkeypatch):
     monkeypatch.setattr(_build, "LOADER", _build.ExtensionLoader(lambda: (module, {"source": "host emulation"})))
     monkeypatch.setattr(_build, "is_cuda", lambda t: True)
     return "cpu"
+
+
+# ---- the command line, in process -------------------------------------------------------------
+
+def cli(*args):
+    """``hyperdomain ARGS`` through click's runner (arguments may be paths or numbers)."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    """Exit code 2, one line on stderr holding every fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in result.output, err
+    for f in fragments:
+        assert f in err, err
+

@@ -5,17 +5,15 @@ import signal
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import hyperdomain as hd
-from cli.main import main
 from hyperdomain.training.adapt import AdaptConfig, adapt_step
 from hyperdomain.training.latents import sample_training_latents
 from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.losses import LossWeights, direction_loss
 
-from conftest import make_tiny_generator, nan_on_call
+from conftest import assert_user_error, cli, make_tiny_generator, nan_on_call
 
 PIXAR = "3D render in the style of Pixar"
 
@@ -224,16 +222,8 @@ def test_config_round_trip():
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in result.output, err
-    for f in fragments:
-        assert f in err, err
 
 
 def test_cli_adapt_end_to_end_and_resume(tmp_path, tiny_ckpt, tiny_clip_config):

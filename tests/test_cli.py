@@ -4,30 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import main
 from hyperdomain.domain import Domain
 
-from conftest import make_tiny_generator
+from conftest import assert_user_error, cli as run, make_tiny_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def assert_user_error(result, *fragments):
-    """Exit code 2, one line on stderr, no traceback."""
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.fixture

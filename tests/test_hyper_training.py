@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import hyperdomain as hd
-from cli.main import main
 from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.evaluation import quality_and_diversity
@@ -20,7 +18,7 @@ from hyperdomain.hypernet import HyperDomainNet
 from hyperdomain.losses import direction_loss, tt_direction_loss
 from hyperdomain.files.run_checkpoints import load_checkpoint
 
-from conftest import nan_on_call
+from conftest import assert_user_error, cli, nan_on_call
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,8 +239,6 @@ def test_evaluate_rows(tiny_G, tiny_clip, lists, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_cli_train_sample_export_evaluate(tmp_path, tiny_ckpt, tiny_clip_config, lists):

@@ -3,25 +3,16 @@ sample --style-latent; and their bad input (one line, exit 2, nothing overwritte
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import hyperdomain as hd
-from cli.main import main
+from conftest import assert_user_error, cli
 
 QUICK = ["--lpips-vgg", "random", "--pca-samples", "300", "--no-align", "--device", "cpu", "--no-progress"]
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in result.output, err
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.fixture

@@ -67,12 +67,12 @@ def test_p_norm_is_the_mahalanobis_norm(tiny_G):
 
 
 def test_lpips_reads_torchvision_vgg16_weights(tmp_path, lpips_random):
-    import torchvision
+    from torchvision.models import vgg
 
-    vgg = torchvision.models.vgg16(weights=None)
-    torch.save(vgg.state_dict(), tmp_path / "vgg16-397923af.pth")
+    features = vgg.make_layers(vgg.cfgs["D"])  # VGG16's conv part, as torchvision builds it (no 500 MB classifier)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "vgg16-397923af.pth")
     model = load_lpips(backbone=tmp_path / "vgg16-397923af.pth")
-    feats = dict(vgg.features.named_parameters())
+    feats = dict(features.named_parameters())
     for key, value in model.net.state_dict().items():  # slice{k}.{i}.weight <- features.{i}.weight
         _, index, param = key.split(".")
         assert torch.equal(value, feats[f"{index}.{param}"]), key

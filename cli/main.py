@@ -109,16 +109,22 @@ def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
     return hd.Latent.load(path, generator=G, check=not no_check).ws
 
 
-def interrupted(ctx, out: Path, command: str) -> None:
-    """Ctrl-C during training: say where the run is saved (if it is) and exit 130."""
+def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool = True) -> None:
+    """Ctrl-C or SIGTERM during training: say where the run is saved (if it is) and exit 130 or 143
+    (128 + the signal, as shells report it)."""
+    import signal
+
     from hyperdomain.files.run_checkpoints import CHECKPOINT
 
-    if (out / CHECKPOINT).is_file():
-        click.echo(f"interrupted; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
-                   err=True)
-    else:
-        click.echo("interrupted before the first checkpoint; nothing was saved", err=True)
-    ctx.exit(130)
+    signum = getattr(stop, "signum", signal.SIGINT)
+    if say:
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        if (out / CHECKPOINT).is_file():
+            click.echo(f"{what}; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
+                       err=True)
+        else:
+            click.echo(f"{what} before the first checkpoint; nothing was saved", err=True)
+    ctx.exit(128 + int(signum))
 
 
 device_option = click.option("--device", default="auto", show_default=True,
@@ -327,8 +333,8 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
                 out = out or Path("runs") / slug(target)
                 kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("target", "source")}
             domain = hd.adapt(G, clip=clips, iters=iters, out_dir=out, progress=progress, resume=resume, **kwargs)
-    except KeyboardInterrupt:
-        interrupted(ctx, out, "adapt")
+    except KeyboardInterrupt as stop:
+        interrupted(ctx, out, "adapt", stop)
     what = f"prompt {domain.meta['prompt']!r}" if domain.meta.get("prompt") else ""
     if domain.meta.get("reference_image"):
         what = f"reference {domain.meta['reference_image']}" + (f", {what}" if what else "")
@@ -581,10 +587,8 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                 **given)
         try:
             net = hd.train_hyper(G, config, out_dir=out, resume=resume, dist=dist, progress=progress, **options)
-        except KeyboardInterrupt:
-            if dist.is_main:
-                interrupted(ctx, out, "train-hyper")
-            ctx.exit(130)
+        except KeyboardInterrupt as stop:
+            interrupted(ctx, out, "train-hyper", stop, say=dist.is_main)
         if dist.is_main:
             from hyperdomain.training.hyper import HYPERNET_FILE
 

@@ -327,3 +327,35 @@ def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, mon
                         lambda path, kind, tensors, meta, *a: steps.append(meta["step"]) or real(path, kind, tensors, meta, *a))
     run_adapt(tiny_G, tiny_clip, iters=6, out_dir=tmp_path / "run", checkpoint_every=every)
     assert steps == written
+
+
+def test_cli_sigterm_saves_the_run_and_exits_143(tmp_path, tiny_ckpt, tiny_clip_config):
+    """What schedulers, `timeout`, Docker and Kubernetes send: the step finishes, the run is saved,
+    the command says how to continue and exits 128 + 15; the saved run resumes."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "cli.main", "adapt", "--target", "Sketch", "--generator", str(ckpt), "--clip",
+            str(tiny_clip_config), "--iters", "100000", "--checkpoint-every", "0", "--sample-every", "0",
+            "--out", str(out), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert f"terminated (SIGTERM); the run is saved in {out}. Continue with: hyperdomain adapt --resume {out}" in stderr
+    assert "Traceback" not in stderr
+    step = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"]
+    from hyperdomain.files.run_checkpoints import read_checkpoint_meta
+
+    assert read_checkpoint_meta(out / "checkpoint.safetensors", "adapt")["step"] == step  # the last finished step
+    r = cli("adapt", "--resume", out, "--iters", step + 1, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output

@@ -436,3 +436,34 @@ def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, lis
                         lambda path, kind, tensors, meta, *a: steps.append(meta["step"]) or real(path, kind, tensors, meta, *a))
     run(tiny_G, tiny_clip, lists[0], iters=4, batch=2, out_dir=tmp_path / "run", checkpoint_every=every)
     assert steps == written
+
+
+@pytest.mark.slow  # torchrun with 2 processes
+def test_sigterm_under_torchrun_saves_on_every_rank_agreeing(tmp_path, tiny_ckpt, tiny_clip_config, lists):
+    """SIGTERM to torchrun (what a scheduler sends) reaches every rank; they agree on a step
+    boundary, rank 0 saves it and says how to continue, and the run resumes on one process."""
+    import time
+
+    ckpt, _ = tiny_ckpt
+    train, _ = lists
+    out = tmp_path / "tr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli.main",
+           "train-hyper", "--generator", str(ckpt), "--clip", str(tiny_clip_config), "--input-clip",
+           str(tiny_clip_config), "--domains", str(train), "--test-domains", "none", "--iters", "100000",
+           "--templates", "single", "--width", "64", "--out", str(out), "--device", "cpu", "--no-progress",
+           "--checkpoint-every", "0", "--sample-every", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "log.jsonl").is_file() or len((out / "log.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert "Traceback" not in stdout and f"hyperdomain train-hyper --resume {out}" in stderr, stderr[-3000:]
+    assert stderr.count("terminated (SIGTERM); the run is saved") == 1  # rank 0 alone
+    _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
+    step = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"]
+    assert meta["step"] == step and meta["world"] == 2
+    r = cli("train-hyper", "--resume", out, "--iters", step + 1, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output

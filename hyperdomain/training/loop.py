@@ -12,8 +12,8 @@ A trainer is a :class:`TrainingRun` that says what one step computes and what it
   statistics) and ``checkpoint_meta()``.
 
 The loop does the rest, alike for every trainer: the backward and the optimizer step, a progress
-bar, a log line per step, sample grids and checkpoints at their cadence, Ctrl-C at a step
-boundary (a second one at once) with a checkpoint, a stop with one line that keeps the last good
+bar, a log line per step, sample grids and checkpoints at their cadence, Ctrl-C or SIGTERM at a
+step boundary (a second one at once) with a checkpoint, a stop with one line that keeps the last good
 state when a loss or gradient is not finite, the final files, and resuming a saved run exactly.
 Under ``torchrun`` the ranks agree on every stop, rank 0 alone writes, and a failed write there
 stops every rank together.
@@ -33,7 +33,7 @@ from ..distributed import DistInfo, any_rank, mean_over_ranks
 from ..domain import generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
-from .run_dir import append_log, deferred_interrupt, prepare_run_dir, sample_name
+from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run_dir, sample_name
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class TrainingRun:
                     stop, failed = any_rank(self.dist, [interrupted.is_set(), self._write_error is not None])
                     self._raise_if_a_write_failed(failed)
                     if stop:
-                        raise KeyboardInterrupt
+                        raise RunInterrupted(interrupted.signum)
                     values = mean_over_ranks(self.dist, self._one_step())
                     self._guarded(self._append_log, values)
                     bar.update(1)
@@ -146,7 +146,7 @@ class TrainingRun:
             if self._phase != "update":  # during the update the state may be torn: the last checkpoint stays
                 path = self.save_checkpoint()
                 if path is not None:
-                    log.warning("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
+                    log.info("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
             raise
         finally:
             bar.close()

@@ -57,26 +57,55 @@ def append_log(out_dir: Path, step: int, values: Mapping[str, float]) -> None:
         f.write(json.dumps({"step": step, **values}) + "\n")
 
 
-@contextmanager
-def deferred_interrupt() -> Iterator[threading.Event]:
-    """Turn the first Ctrl-C into a flag checked between steps (a second one interrupts at once).
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM at a step boundary, its state saved; ``signum``
+    says which (the command line exits 130 or 143)."""
 
-    A step is then never cut in half, so the state saved on Ctrl-C is exactly a step boundary and
-    resuming from it equals an uninterrupted run. Outside the main thread this is a no-op flag.
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+class StopRequest:
+    """Set by the first Ctrl-C or SIGTERM; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signum = int(signal.SIGINT)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signum = int(signum)
+        self._event.set()
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[StopRequest]:
+    """Turn the first Ctrl-C or SIGTERM into a request checked between steps (a second one
+    interrupts at once).
+
+    A step is then never cut in half, so the state saved on a stop is exactly a step boundary and
+    resuming from it equals an uninterrupted run. SIGTERM is what schedulers, ``timeout``, Docker
+    and Kubernetes send before they kill a process: it is treated as Ctrl-C. Outside the main
+    thread this is a request nobody sets.
     """
-    flag = threading.Event()
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        yield request
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
+        if request.is_set():
+            raise RunInterrupted(signum)
+        request.set(signum)
 
-    signal.signal(signal.SIGINT, handler)
+    for s in previous:
+        signal.signal(s, handler)
     try:
-        yield flag
+        yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -172,13 +172,14 @@ def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, 
     train, _ = lists
     real = losses_module.tt_direction_loss
     monkeypatch.setattr(losses_module, "tt_direction_loss", nan_on_call(real, 4))
-    with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite .*last good state \(step 3\)"):
+    # a non-finite loss at step 4: the last state whose loss was finite is step 3's start (2 updates)
+    with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite .*last good state \(step 2\)"):
         run(tiny_G, tiny_clip, train, iters=6, out_dir=tmp_path / "nan")
     monkeypatch.setattr(losses_module, "tt_direction_loss", real)
-    three = run(tiny_G, tiny_clip, train, iters=3)
+    two = run(tiny_G, tiny_clip, train, iters=2)
     tensors, meta = load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors", "hyper")
-    assert meta["step"] == 3
-    for k, v in three.state_dict().items():
+    assert meta["step"] == 2
+    for k, v in two.state_dict().items():
         assert torch.equal(tensors["net." + k], v), k  # BatchNorm statistics included
 
 
@@ -380,7 +381,7 @@ def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, 
     assert proc.returncode != 0
     assert proc.stdout.count("STOPPED: step 3: loss is not finite") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
-    assert meta["step"] == 2  # no periodic checkpoints: this is the NaN guard's save of the last good state
+    assert meta["step"] == 1  # no periodic checkpoints: the NaN guard's save of the last state with finite losses
 
 
 @pytest.mark.slow  # torchrun with 2 processes

@@ -71,9 +71,6 @@ class Toy(TrainingRun):
     def stop_outputs(self):
         self.events.append(("stop", self.step))
 
-    def rewind(self):
-        self.events.append(("rewind", self.step))
-
 
 def test_a_trainer_gets_the_loop_cadence_files_and_result(tmp_path, tiny_G):
     seen = []
@@ -109,14 +106,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_G):
 
 def test_non_finite_loss_keeps_the_state_of_the_steps_start(tmp_path, tiny_G):
     run = Toy(tiny_G, ToyConfig(iters=6), tmp_path / "nan", poison_step=4)
+    # the loss of step 4 is not finite: the last state whose loss was finite is step 3's start (2 updates)
     with pytest.raises(HyperdomainError, match=r"step 4: loss is not finite \(fit=nan\); stopped; the last good state "
-                                               r"\(step 3\) is in .*nan\. Try a new run with a lower --lr") as e:
+                                               r"\(step 2\) is in .*nan\. Try a new run with a lower --lr") as e:
         run.train(progress=False)
     assert "\n" not in str(e.value)
-    assert run.events == [("rewind", 3), ("stop", 3)]
-    three = Toy(tiny_G, ToyConfig(iters=3), None).train(progress=False)
+    assert run.events == [("stop", 2)]
+    two = Toy(tiny_G, ToyConfig(iters=2), None).train(progress=False)
     tensors, meta = load_checkpoint(tmp_path / "nan" / CHECKPOINT, "toy")
-    assert meta["step"] == 3 and torch.equal(tensors["x"], three)
+    assert meta["step"] == 2 and torch.equal(tensors["x"], two)
     # the saved RNG state is the failed step's start: resuming without the fault equals a clean run
     clean = Toy(tiny_G, ToyConfig(iters=6), None).train(progress=False)
     _, _, config = open_resume(tmp_path / "nan", "toy", ToyConfig, tiny_G, None)
@@ -144,3 +142,21 @@ def test_without_a_folder_nothing_is_written(tmp_path, tiny_G, monkeypatch):
     run = Toy(tiny_G, ToyConfig(iters=3, sample_every=1, checkpoint_every=1), None)
     run.train(progress=False)
     assert run.events == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_learning_rate_keeps_the_state_before_it(tmp_path, tiny_G):
+    """lr 1e30: the first update leaves finite but absurd numbers whose next loss overflows; the
+    state kept is the one before that update, not |x| = 1e30. An update that makes a number
+    non-finite rolls back to its own step's start."""
+
+    run = Toy(tiny_G, ToyConfig(iters=5, lr=1e30), tmp_path / "huge")  # (x - 3)^2 overflows float32 at |x| = 1e30
+    with pytest.raises(HyperdomainError, match=r"step 2: loss is not finite.*last good state \(step 0\)"):
+        run.train(progress=False)
+    tensors, meta = load_checkpoint(tmp_path / "huge" / CHECKPOINT, "toy")
+    assert meta["step"] == 0 and tensors["x"].abs().max() == 0  # not the 1e30 the first update made
+
+    run = Toy(tiny_G, ToyConfig(iters=5), tmp_path / "inf")
+    run.optimizer = torch.optim.SGD([run.x], lr=float("inf"))  # a finite loss and gradient, an infinite step
+    with pytest.raises(HyperdomainError, match=r"step 1: the update made trained numbers non-finite.*step 0"):
+        run.train(progress=False)
+    assert torch.isfinite(load_checkpoint(tmp_path / "inf" / CHECKPOINT, "toy")[0]["x"]).all()

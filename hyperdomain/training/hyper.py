@@ -268,7 +268,6 @@ class _HyperRun(TrainingRun):
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = DDP(self.net, device_ids=[G.device.index] if G.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
-        self._buffers: dict[str, torch.Tensor] = {}  # BatchNorm statistics at the current step's start
         frozen = [n for n, p in G.named_parameters() if p.requires_grad]
         frozen += [n for e in self.encoders + [self.input_encoder] for n, p in e.named_parameters() if p.requires_grad]
         assert not frozen, f"frozen models have trainable parameters: {frozen[:5]}"
@@ -297,11 +296,6 @@ class _HyperRun(TrainingRun):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"world": self.dist.world}
-
-    def rewind(self) -> None:
-        with torch.no_grad():
-            for k, v in self.net.named_buffers():
-                v.copy_(self._buffers[k])
 
     # ------------------------------------------------------------------ outputs
     def result(self) -> HyperDomainNet:
@@ -355,7 +349,6 @@ class _HyperRun(TrainingRun):
         emb = self.table.inputs[trg_i.to(self.table.inputs.device)]
         if alphas is not None:
             emb = _mix(emb, alphas)
-        self._buffers = {k: v.clone() for k, v in self.net.named_buffers()}  # BatchNorm statistics before this step
         domains = self.model(emb)  # [b, D]
         return self._losses(domains, batch, trg_i, src_i, alphas, boxes, rng)
 

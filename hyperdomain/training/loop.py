@@ -8,13 +8,20 @@ A trainer is a :class:`TrainingRun` that says what one step computes and what it
 - ``state_tensors()`` / ``load_state_tensors()``: the trained tensors, for checkpoints;
 - ``result()``: what ``train`` returns; ``write_outputs(result)``: the final files;
 - optionally ``save_samples(path)``, ``prepare_files()``, ``stop_outputs()`` (files kept at a
-  non-finite stop), ``rewind()`` (undo what an unfinished forward changed, e.g. BatchNorm
-  statistics) and ``checkpoint_meta()``.
+  non-finite stop) and ``checkpoint_meta()``.
 
 The loop does the rest, alike for every trainer: the backward and the optimizer step, a progress
 bar, a log line per step, sample grids and checkpoints at their cadence, Ctrl-C or SIGTERM at a
-step boundary (a second one at once) with a checkpoint, a stop with one line that keeps the last good
-state when a loss or gradient is not finite, the final files, and resuming a saved run exactly.
+step boundary (a second one at once) with a checkpoint, a stop with one line that keeps the last
+good state when a loss, a gradient or an update is not finite, the final files, and resuming a
+saved run exactly.
+
+The last good state: each step starts from a snapshot of the trained tensors (BatchNorm
+statistics included), Adam's state and the RNG. A non-finite loss at step ``n`` rolls back to
+the start of step ``n - 1``, the last state whose loss was finite: an update can make a state
+whose own loss overflows (a learning rate of 1e30 leaves finite but useless multipliers of 1e30),
+so the state the bad loss came from is not kept. A non-finite gradient, or an update that makes
+a trained number non-finite, rolls back to the start of the step itself.
 Under ``torchrun`` the ranks agree on every stop, rank 0 alone writes, and a failed write there
 stops every rank together.
 """
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,6 +45,16 @@ from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run
 log = logging.getLogger(__name__)
 
 Callback = Callable[[int, Mapping[str, float]], Any]
+
+
+@dataclass
+class _Snapshot:
+    """A run's state at a step boundary, in memory: enough to return there exactly."""
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: torch.Tensor | None
 
 
 class TrainingRun:
@@ -57,6 +74,7 @@ class TrainingRun:
         self._phase = "idle"  # "forward": state still the step's start; "update": it may be torn
         self._rng_at_step_start = None if rng is None else rng.get_state()
         self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
+        self._snapshots: list[_Snapshot] = []  # the starts of the previous and the current step
 
     @property
     def writes(self) -> bool:
@@ -87,9 +105,6 @@ class TrainingRun:
 
     def stop_outputs(self) -> None:
         """Files written besides the checkpoint when a non-finite value stops the run (rank 0 only)."""
-
-    def rewind(self) -> None:
-        """Undo what an unfinished step's forward changed outside the trained tensors."""
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
@@ -142,7 +157,7 @@ class TrainingRun:
                         self._guarded(self._samples, sample_name(self.step))
         except KeyboardInterrupt:
             if self._phase == "forward":  # a hard interrupt inside a step, before its update
-                self.rewind()
+                self._return_to(self._snapshots[-1])  # (BatchNorm statistics move in the forward)
             if self._phase != "update":  # during the update the state may be torn: the last checkpoint stays
                 path = self.save_checkpoint()
                 if path is not None:
@@ -160,35 +175,57 @@ class TrainingRun:
         return result
 
     def _one_step(self) -> dict[str, float]:
+        self._snapshots = self._snapshots[-1:] + [self._snapshot()]  # the previous step's start, this one's
         self._phase = "forward"
         parts = self.losses()
         values = {k: float(v.detach()) for k, v in parts.items()}
         if any_rank(self.dist, [not math.isfinite(values["total"])])[0]:
-            self._stop_non_finite(f"loss is not finite ({_fmt(values)})")
+            self._stop_non_finite(f"loss is not finite ({_fmt(values)})", self._snapshots[0])
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        bad = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
-        if any_rank(self.dist, [bad])[0]:
-            self._stop_non_finite("a gradient is not finite")
+        if any_rank(self.dist, [not _all_finite(p.grad for p in self._trained() if p.grad is not None)])[0]:
+            self._stop_non_finite("a gradient is not finite", self._snapshots[-1])
         self._phase = "update"
         self.optimizer.step()
+        self._phase = "idle"
+        if any_rank(self.dist, [not _all_finite(self._trained())])[0]:
+            self._stop_non_finite("the update made trained numbers non-finite", self._snapshots[-1])
         self.step += 1
         if self.rng is not None:
             self._rng_at_step_start = self.rng.get_state()
-        self._phase = "idle"
         return values
 
-    def _stop_non_finite(self, why: str) -> None:
-        """Keep the last good state (this step's start) and stop every rank with one line."""
-        self.rewind()
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _snapshot(self) -> _Snapshot:
+        with torch.no_grad():
+            tensors = {k: v.detach().clone() for k, v in self.state_tensors().items()}
+        sd = self.optimizer.state_dict()
+        state = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                 for i, s in sd["state"].items()}
+        groups = [dict(g) for g in sd["param_groups"]]
+        return _Snapshot(self.step, tensors, {"state": state, "param_groups": groups}, self._rng_at_step_start)
+
+    def _return_to(self, snap: _Snapshot) -> None:
+        self.load_state_tensors(snap.tensors)
+        self.optimizer.load_state_dict(snap.optimizer)
+        if self.rng is not None:
+            self.rng.set_state(snap.rng)
+            self._rng_at_step_start = snap.rng
+        self.step = snap.step
+
+    def _stop_non_finite(self, why: str, good: _Snapshot) -> None:
+        """Return to the last good state, keep it, and stop every rank with one line."""
+        failed = self.step + 1
+        self._return_to(good)
         self._phase = "idle"
         where = ""
         if self.writes:
             self.save_checkpoint()
             self.stop_outputs()
             where = f"; the last good state (step {self.step}) is in {self.out_dir}"
-        raise HyperdomainError(f"step {self.step + 1}: {why}; stopped{where}. Try a new run with a lower --lr")
+        raise HyperdomainError(f"step {failed}: {why}; stopped{where}. Try a new run with a lower --lr")
 
     # ------------------------------------------------------------------ files
     def _prepare_dir(self) -> None:
@@ -237,6 +274,12 @@ def open_resume(run_dir: Path, kind: str, config_cls: type, G: Any,
             f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
         )
     return tensors, meta, config
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every number in ``tensors`` is finite: one device synchronisation for all of them."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return not checks or bool(torch.stack(checks).all())
 
 
 def _fmt(values: Mapping[str, float]) -> str:

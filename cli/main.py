@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import (LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
+from .options import (SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
                       inversion_config, noise_modes, sample_method, template_sets)
 
 EXAMPLES_SAMPLE = """
@@ -51,6 +51,8 @@ def resolve_device(device: str):
         dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"--device: expected auto, cpu or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise UserError(f"--device: expected auto, cpu or cuda:N, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -154,8 +156,8 @@ def main(verbose: int) -> None:
 @click.option("--with-source", is_flag=True, help="Add the source generator as the first row.")
 @click.option("-n", "--num", "n", type=click.IntRange(1, 10_000), default=16, show_default=True,
               help="Images per domain.")
-@click.option("--truncation", cls=LibraryDefault, owner=sample_method, type=click.FloatRange(0.0, 2.0))
-@click.option("--seed", cls=LibraryDefault, owner=sample_method, type=click.IntRange(0))
+@click.option("--truncation", cls=LibraryDefault, owner=sample_method, type=FiniteFloat(0.0, 2.0))
+@click.option("--seed", cls=LibraryDefault, owner=sample_method, type=SEED)
 @click.option("--noise-mode", cls=LibraryDefault, owner=sample_method, type=LibraryChoice(noise_modes))
 @click.option("--batch-size", cls=LibraryDefault, owner=sample_method, type=click.IntRange(1, 1024))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("grid.png"),
@@ -244,16 +246,16 @@ _IMAGE_ONLY = ("align", "mix_from", "inversion_steps", "lpips_vgg", "detector", 
 @click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
               type=click.IntRange(1, 4096))
 @click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
-              type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
+              type=FiniteFloat(0, min_open=True), help="Adam learning rate.")
 @click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True,
               also=(image_config, "with --image"), multiple=True, metavar="NAME=WEIGHT",
               help="Loss weights, repeatable: direction, global, indomain, l2; with --image also clip_within, "
                    "clip_ref, l2_rec, lpips_rec, text_direction.")
-@click.option("--mixing", cls=LibraryDefault, owner=adapt_config, fallback=True, type=click.FloatRange(0, 1),
+@click.option("--mixing", cls=LibraryDefault, owner=adapt_config, fallback=True, type=FiniteFloat(0, 1),
               help="Style-mixing probability of a batch.")
 @click.option("--templates", cls=LibraryDefault, owner=adapt_config, type=LibraryChoice(template_sets),
               help="Prompt templates the text embeddings average over.")
-@click.option("--seed", cls=LibraryDefault, owner=adapt_config, type=click.IntRange(0))
+@click.option("--seed", cls=LibraryDefault, owner=adapt_config, type=SEED)
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Run folder [default: runs/<target or image name>].")
 @click.option("--sample-every", cls=LibraryDefault, owner=adapt_config, fallback=True, fallback_help="",
@@ -356,7 +358,7 @@ def photo_options(fn):
                           "'random' checks the pipeline without weights (tests only)."),
         click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
                      help="Inversion steps."),
-        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=click.FloatRange(0, min_open=True),
+        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=FiniteFloat(0, min_open=True),
                      help="The inversion's Adam learning rate."),
         click.option("--pca-samples", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(2),
                      help="Mapped latents behind the P-norm prior (computed once per generator, cached)."),
@@ -525,21 +527,21 @@ Examples:
 @click.option("--iters", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Training steps.")
 @click.option("--batch", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(2),
               help="Global batch (all processes).")
-@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, min_open=True))
+@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=FiniteFloat(0, min_open=True))
 @click.option("--loss", "losses", cls=LibraryDefault, owner=hyper_config, fallback=True, fallback_help="",
               multiple=True, metavar="NAME=WEIGHT", help="Loss weights, repeatable.")
 @click.option("--convex-hull/--no-convex-hull", cls=LibraryDefault, owner=hyper_config,
               help="Train on Dirichlet mixtures of the batch's prompts.")
 @click.option("--resample-cos", cls=LibraryDefault, owner=hyper_config,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              type=FiniteFloat(0, 1, min_open=True, max_open=True),
               help="Resample target text embeddings at cosine >= this.")
 @click.option("--no-resample", is_flag=True, help="Switch the resampling off.")
-@click.option("--crop", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--crop", cls=LibraryDefault, owner=hyper_config, type=FiniteFloat(0, 1, min_open=True),
               help="Side fraction of the random crop before CLIP (1: none).")
-@click.option("--mixing", cls=LibraryDefault, owner=hyper_config, type=click.FloatRange(0, 1))
+@click.option("--mixing", cls=LibraryDefault, owner=hyper_config, type=FiniteFloat(0, 1))
 @click.option("--templates", cls=LibraryDefault, owner=hyper_config, type=LibraryChoice(template_sets))
-@click.option("--width", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Hidden width.")
-@click.option("--seed", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
+@click.option("--width", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1, 16384), help="Hidden width.")
+@click.option("--seed", cls=LibraryDefault, owner=hyper_config, type=SEED)
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/hyper"),
               show_default=True)
 @click.option("--sample-every", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
@@ -634,8 +636,8 @@ def export(hyper, prompt, out, hyper_clip):
               help="The judging CLIP model; prefer one not used in training.")
 @click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder [default: its own].")
 @click.option("-n", "--num", "n", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(2))
-@click.option("--seed", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(0))
-@click.option("--truncation", cls=LibraryDefault, owner=evaluate_function, type=click.FloatRange(0.0, 2.0))
+@click.option("--seed", cls=LibraryDefault, owner=evaluate_function, type=SEED)
+@click.option("--truncation", cls=LibraryDefault, owner=evaluate_function, type=FiniteFloat(0.0, 2.0))
 @click.option("--templates", cls=LibraryDefault, owner=evaluate_function, field="template_set",
               type=LibraryChoice(template_sets))
 @click.option("--batch-size", cls=LibraryDefault, owner=evaluate_function, type=click.IntRange(1, 1024))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any, Callable, Sequence
 
 import click
@@ -74,6 +75,21 @@ class LibraryChoice(click.Choice):
     @choices.setter
     def choices(self, value: Sequence[str]) -> None:  # click.Choice.__init__ assigns it; the library's list wins
         pass
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities (NaN passes every comparison)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+SEED = click.IntRange(0, 2**63 - 1)  # what torch's generators take
 
 
 # ---- where the defaults live (functions, so nothing is imported until asked) ---------------------

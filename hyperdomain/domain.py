@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .errors import HyperdomainError
-from .files.safetensors_files import DOMAIN, check_format, read_safetensors, write_own_file
+from .files.safetensors_files import DOMAIN, check_format, float32_tensor, json_field, read_safetensors, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -126,13 +126,11 @@ class Domain:
                 + (f"; it holds a {kind} (see hyperdomain info)" if kind and kind != "domain" else "")
             )
         check_format(path, header, DOMAIN, FORMAT_VERSION, "domain file")
-        tensors = read_safetensors(path, "domain file")[1]
-        try:
-            dims = tuple(json.loads(header["dims"]))
-            meta = json.loads(header.get("meta", "{}"))
-        except (KeyError, ValueError) as e:
-            raise HyperdomainError(f"{path}: malformed domain metadata ({e})") from None
-        meta = {**meta, "file": str(path)}
+        dims = json_field(path, header, "dims", list, "domain file")
+        if not dims or not all(type(d) is int and d > 0 for d in dims):
+            raise HyperdomainError(f"{path}: domain metadata 'dims' must be a list of positive integers, got {dims!r}"[:300])
+        meta = {**json_field(path, header, "meta", dict, "domain file", default={}), "file": str(path)}
+        tensors = {k: float32_tensor(path, k, t, "domain file") for k, t in read_safetensors(path, "domain file")[1].items()}
         try:
             domain = cls(tensors["domain"], dims, meta, tensors.get("style_latent"))
         except HyperdomainError as e:

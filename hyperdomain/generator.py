@@ -343,6 +343,15 @@ def generator_from_state(sd: Mapping[str, torch.Tensor], latent_avg: torch.Tenso
     for k, t in expected.items():
         if tuple(sd[k].shape) != tuple(t.shape):
             raise HyperdomainError(f"{where}: {k} has shape {list(sd[k].shape)}, expected {list(t.shape)}")
+        if not sd[k].is_floating_point():
+            raise HyperdomainError(f"{where}: {k} is {str(sd[k].dtype).replace('torch.', '')}, expected floating point")
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items()}
+    bad.update({"latent_avg": int((~torch.isfinite(latent_avg)).sum())} if latent_avg is not None else {})
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise HyperdomainError(f"{where}: the generator holds {sum(bad.values())} non-finite numbers (NaN or inf), "
+                               f"{bad[first]} in {first}" + (f" and more in {len(bad) - 1} other tensors" if len(bad) > 1 else ""))
     G.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     G.latent_avg = torch.zeros(config.style_dim)  # replace the meta buffer
     G.set_latent_avg(None if latent_avg is None else latent_avg.float())

@@ -37,7 +37,7 @@ from .clip import ClipEncoder, load_clip
 from .config import DEFAULT_SOURCE_PROMPT, config_from_dict, config_to_dict
 from .domain import Domain
 from .errors import HyperdomainError
-from .files.safetensors_files import HYPERNET, read_own_file, write_own_file
+from .files.safetensors_files import HYPERNET, float32_tensor, json_field, read_own_file, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -75,6 +75,15 @@ class HyperConfig:
     @property
     def num_domain_params(self) -> int:
         return sum(self.domain_dims)
+
+    @property
+    def num_parameters(self) -> int:
+        """The network's parameter count, from the config alone (before anything is allocated)."""
+        w, bw = self.width, self.block_width
+        block = (w * bw + bw) + 2 * bw + (bw * w + w) + 2 * w  # two Linear layers and two BatchNorms
+        backbone = (self.input_dim * w + w) + 2 * w + self.backbone_blocks * block
+        heads = sum(self.head_blocks * block + w * c + c for c in self.domain_dims)
+        return backbone + heads
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self, "domain_dims")
@@ -284,13 +293,17 @@ class HyperDomainNet(nn.Module):
         with ``generator``, check that its domains fit it (layout, and fingerprint if ``check``)."""
         path = Path(path)
         header, tensors = read_own_file(path, HYPERNET, FORMAT_VERSION, "hypernetwork file")
+        config_dict = json_field(path, header, "config", dict, "hypernetwork file")
+        meta = json_field(path, header, "meta", dict, "hypernetwork file", default={})
         try:
-            config = HyperConfig.from_dict(json.loads(header["config"]))
-            meta = json.loads(header.get("meta", "{}"))
+            config = HyperConfig.from_dict(config_dict)
         except (KeyError, ValueError, TypeError) as e:
-            raise HyperdomainError(f"{path}: malformed hypernetwork metadata ({e})") from None
+            raise HyperdomainError(f"{path}: malformed hypernetwork config ({e})") from None
         except HyperdomainError as e:
             raise HyperdomainError(f"{path}: {e}") from None
+        for k, t in tensors.items():  # the weights must be finite (BatchNorm's step counter is an integer)
+            if t.is_floating_point():
+                float32_tensor(path, k, t, "hypernetwork file")
         net = cls(config, {**meta, "file": str(path)})
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
         net.to(dtype)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import HyperdomainError
-from .files.safetensors_files import LATENT, read_own_file, write_own_file
+from .files.safetensors_files import LATENT, float32_tensor, json_field, read_own_file, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -65,18 +65,11 @@ class Latent:
         header, tensors = read_own_file(path, LATENT, FORMAT_VERSION, "latent file")
         if set(tensors) != {"latent"}:
             raise HyperdomainError(f"{path}: a latent file holds one tensor 'latent', found {sorted(tensors)[:4]}")
+        meta = json_field(path, header, "meta", dict, "latent file", default={})
         try:
-            meta = json.loads(header.get("meta", "{}"))
-        except ValueError as e:
-            raise HyperdomainError(f"{path}: malformed latent metadata ({e})") from None
-        if not isinstance(meta, dict):
-            raise HyperdomainError(f"{path}: malformed latent metadata (not an object)")
-        try:
-            latent = cls(tensors["latent"], {**meta, "file": str(path)})
+            latent = cls(float32_tensor(path, "latent", tensors["latent"], "latent file"), {**meta, "file": str(path)})
         except HyperdomainError as e:
             raise HyperdomainError(f"{path}: {e}") from None
-        if not bool(torch.isfinite(latent.ws).all()):
-            raise HyperdomainError(f"{path}: the latent holds {int((~torch.isfinite(latent.ws)).sum())} non-finite numbers")
         if generator is not None:
             latent.check_compatible(generator, fingerprint=check)
         return latent

@@ -140,7 +140,7 @@ def test_latent_files(tmp_path, quiet_G, tiny_G):
         Latent.load(path, generator=small, check=False)
     bad = Latent(torch.full((6, 32), float("nan")))
     bad.save(tmp_path / "nan.safetensors")
-    with pytest.raises(HyperdomainError, match=r"nan\.safetensors: the latent holds 192 non-finite numbers"):
+    with pytest.raises(HyperdomainError, match=r"nan\.safetensors: latent file tensor .latent. holds 192 non-finite numbers"):
         Latent.load(tmp_path / "nan.safetensors")
 
 

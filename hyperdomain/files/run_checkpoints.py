@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import HyperdomainError
-from .safetensors_files import checkpoint_format, checkpoint_kind, read_own_file, read_safetensors, write_own_file
+from .safetensors_files import (checkpoint_format, checkpoint_kind, json_field, read_own_file, read_safetensors,
+                                write_own_file)
 
 CHECKPOINT = "checkpoint.safetensors"  # the name of every trainer's checkpoint in its run folder
 FORMAT_VERSION = 1
@@ -40,10 +41,23 @@ def load_checkpoint(path: str | os.PathLike, kind: str,
     ``load=False`` only its header is read (the tensors come back empty)."""
     path = Path(path)
     header, tensors = read_own_file(path, checkpoint_format(kind), FORMAT_VERSION, "checkpoint", load=load)
-    try:
-        meta = json.loads(header["meta"])
-    except (KeyError, ValueError) as e:
-        raise HyperdomainError(f"{path}: malformed checkpoint metadata ({e})") from None
+    meta = json_field(path, header, "meta", dict, "checkpoint")
+    step, config, groups = meta.get("step"), meta.get("config"), meta.get("optimizer_groups")
+    if type(step) is not int or step < 0:
+        raise HyperdomainError(f"{path}: checkpoint metadata 'step' must be an integer >= 0, got {step!r}"[:300])
+    if not isinstance(config, dict):
+        raise HyperdomainError(f"{path}: checkpoint metadata lacks the run's 'config'")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise HyperdomainError(f"{path}: the checkpoint holds no optimizer state; it cannot resume a run exactly")
+    if not isinstance(meta.get("generator_fingerprint"), str):
+        raise HyperdomainError(f"{path}: checkpoint metadata lacks the generator's fingerprint")
+    if load:
+        names = set(tensors)
+        if step > 0 and not any(n.startswith(_OPTIM + ".") for n in names):
+            raise HyperdomainError(f"{path}: the checkpoint holds no optimizer state; it cannot resume a run exactly")
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise HyperdomainError(f"{path}: checkpoint tensor {name!r} holds non-finite numbers")
     return (tensors if load else {}), meta
 
 

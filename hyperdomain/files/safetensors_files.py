@@ -6,10 +6,12 @@ line that names the file and what it holds instead. No pickle anywhere.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Mapping
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -100,3 +102,33 @@ def read_own_file(path: str | os.PathLike, fmt: str, version: int, what: str,
     header, tensors = read_safetensors(path, what, load=load)
     check_format(path, header, fmt, version, what)
     return header, tensors
+
+
+def float32_tensor(path: Path, name: str, t: torch.Tensor, what: str) -> torch.Tensor:
+    """Tensor ``name`` of one of our files as finite float32: other float types are converted,
+    integer and boolean ones refused, and non-finite numbers refused with their count."""
+    if not t.is_floating_point():
+        raise HyperdomainError(f"{path}: {what} tensor {name!r} is {str(t.dtype).replace('torch.', '')}, "
+                               f"expected floating point (float32)")
+    t = t.to(torch.float32)
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise HyperdomainError(f"{path}: {what} tensor {name!r} holds {bad} non-finite numbers (NaN or inf)")
+    return t
+
+
+def json_field(path: Path, header: Mapping[str, str], key: str, kind: type, what: str, default=None):
+    """A JSON field of the metadata, of type ``kind`` (dict, list, ...); one line when it is not."""
+    if key not in header:
+        if default is not None:
+            return default
+        raise HyperdomainError(f"{path}: {what} metadata lacks {key!r}")
+    try:
+        value = json.loads(header[key])
+    except ValueError as e:
+        raise HyperdomainError(f"{path}: {what} metadata {key!r} is not JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise HyperdomainError(f"{path}: {what} metadata {key!r} is a {type(value).__name__}, expected a "
+                               f"{kind.__name__}")
+    return value
+

@@ -56,6 +56,7 @@ __all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_
            "HYPERNET_FILE"]
 
 HYPERNET_FILE = "hypernet.safetensors"
+MAX_PARAMETERS = 2_000_000_000  # a bound that catches a mistyped --width before it allocates (paper: 13.9M)
 
 
 def _default_losses() -> LossWeights:
@@ -257,6 +258,10 @@ class _HyperRun(TrainingRun):
         self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
         hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
                          backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
+        if hc.num_parameters > MAX_PARAMETERS:  # weights, gradients and Adam's two moments: 16 bytes each
+            raise HyperdomainError(
+                f"--width {c.width}: the hypernetwork would have {hc.num_parameters / 1e9:.1f}G parameters, about "
+                f"{hc.num_parameters * 16 / 2**30:.0f} GiB to train; at most {MAX_PARAMETERS / 1e9:.0f}G are allowed")
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
             torch.manual_seed(c.seed)  # the network's initialisation; identical on every rank
             self.net = HyperDomainNet(hc).to(G.device).train()

@@ -29,7 +29,7 @@ def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -
         (0 <= cfg.mixing <= 1, "mixing", "a probability in [0, 1]"),
         (cfg.sample_every >= 0 and cfg.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
         (cfg.sample_n >= 1, "sample_n", ">= 1"),
-        (cfg.seed >= 0, "seed", ">= 0"),
+        (0 <= cfg.seed < 2**63, "seed", "in [0, 2^63)"),
         (bool(cfg.clip), "clip", "at least one CLIP model"),
     ]
     for ok, name, expected in shared + checks:

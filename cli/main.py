@@ -129,13 +129,37 @@ def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool
     ctx.exit(128 + int(signum))
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrors(click.Group):
+    """Usage errors (a bad option value, an unknown option or command) as one line, like every other
+    error, with where to look; click's default adds the usage text and a hint over three more lines."""
+
+    def parse_args(self, ctx, args):
+        return self._one_line(ctx, super().parse_args, ctx, args)
+
+    def invoke(self, ctx):
+        return self._one_line(ctx, super().invoke, ctx)
+
+    @staticmethod
+    def _one_line(ctx, fn, *args):
+        try:
+            return fn(*args)
+        except _NO_ARGS_IS_HELP:  # a bare `hyperdomain`: the help, as click shows it
+            raise
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            raise UserError(f"{e.format_message()} (see {where} --help)") from None
+
+
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda or cuda:N.")
 generator_option = click.option("--generator", "-g", default="ffhq", show_default=True,
                                 help="Manifest name (see `hyperdomain download --list`) or checkpoint path.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="hyperdomain")
 def main(verbose: int) -> None:
@@ -204,9 +228,10 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     from tqdm import tqdm
 
     style = None if style_latent is None else read_style_latent(style_latent, G, no_check, mix_from)
-    images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size, noise_mode=noise_mode,
-                       style=style, mix_from=mix_from)
-              for _, dom in tqdm(rows, desc="sampling", unit="row", disable=None, file=sys.stderr)]
+    with tqdm(total=n * len(rows), desc="sampling", unit="image", disable=None, file=sys.stderr) as bar:
+        images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size,
+                           noise_mode=noise_mode, style=style, mix_from=mix_from, on_batch=bar.update)
+                  for _, dom in rows]
 
     grid = torch.cat(images)
     hd.save_grid(grid, out, nrow=n if len(rows) > 1 else None)

@@ -87,6 +87,15 @@ class ClipSpec:
             return cls(name=name, tag=None, weights=weights or None)
         return cls(name=name.replace("/", "-"), tag=tag or "openai", weights=weights or None)
 
+    def absolute(self) -> str:
+        """The spec as a string with its files (config JSON, weights) made absolute where they exist,
+        so a run or a network that records it finds them from any folder."""
+        def absolute(p: str) -> str:
+            return str(Path(p).resolve()) if Path(p).exists() else p
+
+        head = absolute(self.name) if self.is_config_file else f"{self.name}:{self.tag}"
+        return head + (f"={absolute(self.weights)}" if self.weights else "")
+
     @property
     def is_config_file(self) -> bool:
         return self.name.endswith(".json")
@@ -295,14 +304,68 @@ def _build(spec: ClipSpec):
         _set_openai_preprocess(model, spec)
         _load_weights(model, spec.weights)
         return model, tokenizer
+    cached = _cached_weights(spec)
     try:
-        model = open_clip.create_model(spec.name, pretrained=spec.tag, force_quick_gelu=quick_gelu)
+        if cached is not None:  # read from the cache without asking the network
+            model = open_clip.create_model(spec.name, pretrained=cached, force_quick_gelu=quick_gelu)
+            _set_openai_preprocess(model, spec)
+        else:
+            model = open_clip.create_model(spec.name, pretrained=spec.tag, force_quick_gelu=quick_gelu)
     except RuntimeError as e:
         raise HyperdomainError(
             f"--clip {spec.name}:{spec.tag}: cannot get the weights ({str(e).splitlines()[0][:160]}); offline, "
             f"pass a local file: --clip {spec.name}=/path/open_clip_model.safetensors"
         ) from None
     return model, tokenizer
+
+
+HUB_PROBE_TIMEOUT = 3.0  # seconds to reach the Hugging Face hub before calling it offline
+
+
+def _cached_weights(spec: ClipSpec) -> str | None:
+    """The tag's weights in the Hugging Face cache, or None when they must be downloaded and the hub
+    answers; a one-line error at once when it does not.
+
+    Offline, huggingface_hub retries each of open_clip's requests for about a minute and prints a
+    warning per retry before failing; one short connection attempt says the same in seconds.
+    """
+    from open_clip import get_pretrained_cfg
+
+    hub = (get_pretrained_cfg(spec.name, spec.tag or "openai") or {}).get("hf_hub", "")
+    if not hub:
+        return None  # a URL download (or an unknown tag, which open_clip names)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    stem = filename.rsplit(".", 1)[0]
+    for name in ("open_clip_model.safetensors", stem + ".safetensors", filename):
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    host = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").split("://")[-1].split("/")[0]
+    why = "HF_HUB_OFFLINE is set" if offline else _unreachable(host)
+    if why:
+        raise HyperdomainError(
+            f"--clip {spec.name}:{spec.tag or 'openai'}: the weights are not downloaded yet and {why}; offline, "
+            f"pass a local file: --clip {spec.name}=/path/open_clip_model.safetensors (from huggingface.co/{repo} "
+            f"on another machine), or run once with network access to cache them"
+        )
+    return None
+
+
+def _unreachable(host: str) -> str:
+    """Why ``host`` cannot be reached on port 443 ('' when it can)."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as e:
+        return f"{host} cannot be reached ({e.strerror or type(e).__name__})"
+    return ""
 
 
 @contextlib.contextmanager

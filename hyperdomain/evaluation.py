@@ -63,7 +63,7 @@ def quality_and_diversity(image_emb: torch.Tensor, text: torch.Tensor) -> tuple[
 
 @torch.no_grad()
 def _embed_samples(G, encoder: ClipEncoder, domain, n: int, seed: int, truncation: float,
-                   batch_size: int) -> torch.Tensor:
+                   batch_size: int, bar: tqdm | None = None) -> torch.Tensor:
     out = []
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(n, G.z_dim, generator=gen)  # the same latents for every domain
@@ -71,6 +71,8 @@ def _embed_samples(G, encoder: ClipEncoder, domain, n: int, seed: int, truncatio
         zb = z[start:start + batch_size].to(G.device)
         img = G.synthesis(G.mapping(zb, truncation), domain=domain, noise_mode="const")
         out.append(encoder.encode_images(img).cpu())
+        if bar is not None:
+            bar.update(len(zb))
     return torch.cat(out)
 
 
@@ -106,14 +108,17 @@ def evaluate(G, domains: Sequence[Domain] = (), hypernet: "HyperDomainNet | None
         seen = {prompt_key(p) for p in hypernet.meta.get("train_prompts", [])}
         for p, d in zip(prompts, hypernet.domains(list(prompts))):
             jobs.append(("hypernet", p, "seen" if prompt_key(p) in seen else "held-out", d))
-    if source:
-        targets = list(dict.fromkeys([j[1] for j in jobs] + [source_prompt or G.source_prompt]))
-        src_emb = _embed_samples(G, encoder, None, n, seed, truncation, batch_size)
-    rows = []
-    for name, prompt, split, dom in tqdm(jobs, desc="evaluate", unit="domain", disable=not progress or None):
-        emb = _embed_samples(G, encoder, dom, n, seed, truncation, batch_size)
-        q, div = quality_and_diversity(emb, encoder.text(prompt, tpl).cpu())
-        rows.append(EvalRow(name, prompt, split, q, div, n, encoder.label, template_set, truncation, seed))
+    # one bar over every image rendered and embedded: a long run moves from its first batch
+    bar = tqdm(total=n * (len(jobs) + bool(source)), desc="evaluate", unit="image", disable=not progress or None)
+    with bar:
+        if source:
+            targets = list(dict.fromkeys([j[1] for j in jobs] + [source_prompt or G.source_prompt]))
+            src_emb = _embed_samples(G, encoder, None, n, seed, truncation, batch_size, bar)
+        rows = []
+        for name, prompt, split, dom in jobs:
+            emb = _embed_samples(G, encoder, dom, n, seed, truncation, batch_size, bar)
+            q, div = quality_and_diversity(emb, encoder.text(prompt, tpl).cpu())
+            rows.append(EvalRow(name, prompt, split, q, div, n, encoder.label, template_set, truncation, seed))
     if source:
         for prompt in targets:
             q, div = quality_and_diversity(src_emb, encoder.text(prompt, tpl).cpu())

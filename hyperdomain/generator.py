@@ -5,7 +5,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
@@ -192,13 +192,14 @@ class Generator(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, domain: DomainArg = None, truncation: float = 0.7, seed: int = 0,
                batch_size: int = 8, noise_mode: str = "const", style: torch.Tensor | None = None,
-               mix_from: int = 7) -> torch.Tensor:
+               mix_from: int = 7, on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
         """``n`` images ``[n, 3, H, W]`` (float32, on the CPU) from seeded latents.
 
         The latents depend only on ``seed`` and ``n`` (drawn on the CPU), never on the device or
         on ``batch_size``. ``style`` (W+ ``[num_ws, w_dim]``, e.g. an inverted reference image's
         latent) replaces the layers from ``mix_from`` on: the samples' coarse structure with the
-        reference's fine style, as in the paper's one-shot results.
+        reference's fine style, as in the paper's one-shot results. ``on_batch(k)`` is called after
+        each batch of ``k`` images (e.g. a progress bar's ``update``).
         """
         if n < 1 or batch_size < 1:
             raise HyperdomainError(f"sample: n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
@@ -218,6 +219,8 @@ class Generator(nn.Module):
                 ws = ws[:, None].repeat(1, self.num_ws, 1)
                 ws[:, mix_from:] = style[mix_from:].to(ws)
             out.append(self.synthesis(ws, db, noise_mode=noise_mode, noise_generator=gen).float().cpu())
+            if on_batch is not None:
+                on_batch(len(zb))
         return torch.cat(out)
 
     def draw_noise(self, b: int, generator: torch.Generator | None = None,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from .clip import ClipEncoder, load_clip
+from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import DEFAULT_SOURCE_PROMPT, config_from_dict, config_to_dict
 from .domain import Domain
 from .errors import HyperdomainError
@@ -205,10 +205,30 @@ class HyperDomainNet(nn.Module):
             self._clip[:] = [enc]
             self._embeddings = {}
         if not self._clip:
-            self._clip[:] = [load_clip([self.meta.get("input_clip", "ViT-B-32:openai")])[0]]
+            self._clip[:] = [self._trained_text_encoder()]
             self._embeddings = {}
         p = next(self.parameters())
         return self._clip[0].to(p.device)
+
+    def _trained_text_encoder(self) -> ClipEncoder:
+        """The prompt encoder the network was trained with, from the files its run recorded if they
+        are still there, else by name; one line saying how to pass it when neither loads."""
+        label = self.meta.get("input_clip", "ViT-B-32:openai")
+        spec = self.meta.get("input_clip_spec")
+        if isinstance(spec, str):
+            parsed = ClipSpec.parse(spec)
+            files = [parsed.name] * parsed.is_config_file + [parsed.weights] * bool(parsed.weights)
+            if all(Path(f).is_file() for f in files):
+                return load_clip([spec])[0]
+        try:
+            return load_clip([label])[0]
+        except HyperdomainError as e:
+            if not label.split(":")[0].endswith(".json"):
+                raise
+            raise HyperdomainError(
+                f"hypernetwork{_origin(self)} embeds prompts with the CLIP model config {label} "
+                f"({spec or 'no path recorded'}), which is not found from here; pass it: --hyper-clip "
+                f"/path/{label.split(':')[0]}[=WEIGHTS] (Python: hdn.text_encoder(spec))") from None
 
     def embed(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> torch.Tensor:
         """Unit CLIP embeddings ``[N, input_dim]`` of the bare prompts (cached per prompt)."""

@@ -129,6 +129,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        return _plain(obj)
     except pickle.UnpicklingError as e:
         # torch names the offending global as "GLOBAL module.name" in its (long) message.
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
@@ -137,21 +138,32 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise _corrupt(path, e) from None
     except _CORRUPT_ERRORS as e:
         raise _corrupt(path, e) from None
-    return _plain(obj)
 
 
-def _plain(obj: Any) -> Any:
+# Checkpoints nest a few levels (a dict of state dicts of tensors); a crafted stream can nest
+# containers a hundred thousand deep, which the unpicklers build without recursing but a walk
+# over the result would not survive. Past this depth the file is refused as corrupt.
+MAX_NESTING = 100
+
+
+def _check_depth(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ValueError(f"containers nested more than {MAX_NESTING} deep")
+
+
+def _plain(obj: Any, depth: int = 0) -> Any:
     """Namespaces to dicts, recursively through the plain containers (others pass through)."""
+    _check_depth(depth)
     if isinstance(obj, argparse.Namespace):
-        return {k: _plain(v) for k, v in vars(obj).items()}
+        return {k: _plain(v, depth + 1) for k, v in vars(obj).items()}
     if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict((k, _plain(v)) for k, v in obj.items())
+        return collections.OrderedDict((k, _plain(v, depth + 1)) for k, v in obj.items())
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: _plain(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_plain(v) for v in obj]
+        return [_plain(v, depth + 1) for v in obj]
     if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
-        return tuple(_plain(v) for v in obj)
+        return tuple(_plain(v, depth + 1) for v in obj)
     return obj
 
 
@@ -277,26 +289,27 @@ def load_nvidia_pickle(path: str | os.PathLike) -> Any:
     try:
         with open(path, "rb") as f:
             obj = _NvidiaUnpickler(f).load()
+        return _finish_nvidia(obj)
     except _Refused as e:
         raise _refused(path, e.what) from None
     except _CORRUPT_ERRORS as e:
         raise _corrupt(path, e) from None
-    return _finish_nvidia(obj)
 
 
-def _finish_nvidia(obj: Any) -> Any:
+def _finish_nvidia(obj: Any, depth: int = 0) -> Any:
+    _check_depth(depth)
     if isinstance(obj, _DTypeSpec):
         return obj.to_numpy()
     if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict((k, _finish_nvidia(v)) for k, v in obj.items())
+        return collections.OrderedDict((k, _finish_nvidia(v, depth + 1)) for k, v in obj.items())
     if isinstance(obj, dict):  # includes _EasyDict
-        return {k: _finish_nvidia(v) for k, v in obj.items()}
+        return {k: _finish_nvidia(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finish_nvidia(v) for v in obj]
+        return [_finish_nvidia(v, depth + 1) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_finish_nvidia(v) for v in obj)
+        return tuple(_finish_nvidia(v, depth + 1) for v in obj)
     if isinstance(obj, (set, frozenset)):
-        return type(obj)(_finish_nvidia(v) for v in obj)
+        return type(obj)(_finish_nvidia(v, depth + 1) for v in obj)
     return obj
 
 
@@ -362,8 +375,7 @@ _OMEGACONF_GLOBALS: list[tuple[Any, str]] = [
 
 def _omega_plain(obj: Any, depth: int = 0) -> Any:
     """OmegaConf stand-ins to plain dicts, lists and values (their ``_parent`` is not followed)."""
-    if depth > 64:
-        raise ValueError("OmegaConf config nested too deeply")
+    _check_depth(depth)
     if isinstance(obj, (_OmegaDict, _OmegaList)):
         content = obj.state.get("_content")
         if isinstance(content, dict):
@@ -397,5 +409,5 @@ def load_torch_file_omegaconf(path: str | os.PathLike) -> Any:
         obj = load_torch_file(path)
     try:
         return _omega_plain(obj)
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise _corrupt(Path(path), e) from None

@@ -125,7 +125,7 @@ def json_field(path: Path, header: Mapping[str, str], key: str, kind: type, what
         raise HyperdomainError(f"{path}: {what} metadata lacks {key!r}")
     try:
         value = json.loads(header[key])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
         raise HyperdomainError(f"{path}: {what} metadata {key!r} is not JSON ({e})") from None
     if not isinstance(value, kind):
         raise HyperdomainError(f"{path}: {what} metadata {key!r} is a {type(value).__name__}, expected a "

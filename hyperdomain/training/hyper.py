@@ -27,6 +27,7 @@ resumed run equals an uninterrupted one.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from .._version import __version__
 from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, templates
@@ -54,6 +56,8 @@ from .run_dir import refuse_existing_run
 
 __all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_cone", "convex_weights",
            "HYPERNET_FILE"]
+
+log = logging.getLogger(__name__)
 
 HYPERNET_FILE = "hypernet.safetensors"
 MAX_PARAMETERS = 2_000_000_000  # a bound that catches a mistyped --width before it allocates (paper: 13.9M)
@@ -150,14 +154,42 @@ class _TextTable:
     """Per-encoder template embeddings ``[P, T, E]`` of every prompt, plus the input embeddings."""
 
     def __init__(self, prompts: Mapping[str, str], encoders: Sequence[ClipEncoder], input_encoder: ClipEncoder,
-                 template_set: Sequence[str], device):
+                 template_set: Sequence[str], device, progress: bool = True):
         """``prompts`` maps each prompt to where it comes from (``"domains.txt: line 4"``), for errors."""
         order = list(prompts)
         self.index = {p: i for i, p in enumerate(order)}
-        self.per_encoder = [torch.stack([e.template_embeddings(p, template_set, prompts[p]) for p in order]).to(device)
-                            for e in encoders]
-        self.inputs = torch.cat([input_encoder.encode_bare_text(order[i:i + 256], [prompts[p] for p in order[i:i + 256]])
-                                 for i in range(0, len(order), 256)]).to(device)
+        _warn_if_large(len(order), encoders, input_encoder, len(template_set))
+        bar = tqdm(total=len(order) * (len(encoders) + 1), desc="encoding prompts", unit="prompt",
+                   dynamic_ncols=True, disable=(not progress) or None)
+        with bar:
+            self.per_encoder = []
+            for e in encoders:
+                rows = []
+                for p in order:
+                    rows.append(e.template_embeddings(p, template_set, prompts[p]))
+                    bar.update(1)
+                self.per_encoder.append(torch.stack(rows).to(device))
+            inputs = []
+            for i in range(0, len(order), 256):
+                chunk = order[i:i + 256]
+                inputs.append(input_encoder.encode_bare_text(chunk, [prompts[p] for p in chunk]))
+                bar.update(len(chunk))
+            self.inputs = torch.cat(inputs).to(device)
+
+
+LARGE_TABLE_BYTES = 2 * 2**30  # a prompt table past this gets a warning with its size
+
+
+def _warn_if_large(n_prompts: int, encoders: Sequence[ClipEncoder], input_encoder: ClipEncoder,
+                   n_templates: int) -> None:
+    """A list of a few hundred thousand prompts holds tens of GB of template embeddings: say so
+    before encoding it (the table is kept in memory, on the training device, for the whole run)."""
+    dims = [e.encode_bare_text(["a"]).shape[1] for e in encoders]
+    size = 4 * n_prompts * (n_templates * sum(dims) + input_encoder.encode_bare_text(["a"]).shape[1])
+    if size > LARGE_TABLE_BYTES:
+        log.warning("%d prompts: their text embeddings (%d templates each) take %.1f GiB on the training device "
+                    "for the whole run; a shorter list, or --templates with fewer templates, takes less",
+                    n_prompts, n_templates, size / 2**30)
 
 
 def draw_domains(seed: int, step: int, batch: int, n_domains: int, convex: bool
@@ -210,13 +242,25 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
         if input_clip is not None:
             config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
                              else str(input_clip))
+        # files named by the specs are recorded absolute: a resume or an export from another folder finds them
+        config = replace(config, clip=tuple(_absolute_spec(c) for c in config.clip),
+                         input_clip=_absolute_spec(config.input_clip))
     out = Path(out_dir) if out_dir is not None else None
     if resume is None:
         refuse_existing_run(out)
-    run = _HyperRun(G, config, clip, input_clip, out, dist)
+    run = _HyperRun(G, config, clip, input_clip, out, dist, progress)
     if state is not None:
         run.restore(*state)
     return run.train(callback, progress)
+
+
+def _absolute_spec(spec: str) -> str:
+    """A spec that names files, with them made absolute; others (names, labels of loaded encoders) as given."""
+    try:
+        parsed = ClipSpec.parse(spec)
+    except HyperdomainError:
+        return spec  # a bad spec, which loading names
+    return parsed.absolute() if parsed.is_config_file or parsed.weights else spec
 
 
 def read_hyper_config(run_dir: str | os.PathLike) -> HyperTrainConfig:
@@ -230,7 +274,8 @@ class _HyperRun(TrainingRun):
     kind = "hyper"
     desc = "train-hyper"
 
-    def __init__(self, G, config: HyperTrainConfig, clip, input_clip, out_dir: Path | None, dist: DistInfo):
+    def __init__(self, G, config: HyperTrainConfig, clip, input_clip, out_dir: Path | None, dist: DistInfo,
+                 progress: bool = True):
         c = config
         if c.batch % dist.world:
             raise HyperdomainError(f"--batch {c.batch} does not split over {dist.world} processes; use a multiple")
@@ -245,10 +290,18 @@ class _HyperRun(TrainingRun):
         self.encoders = load_clip(clip if clip is not None else c.clip, device=G.device)
         check_models(self.encoders, c.clip)
         self.input_encoder = self._input_encoder(input_clip)
+        input_dim = self.input_encoder.encode_bare_text([c.source], ["the source prompt"]).shape[1]
+        hc = HyperConfig(domain_dims=G.domain_dims, input_dim=input_dim, width=c.width,
+                         backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
+        if hc.num_parameters > MAX_PARAMETERS:  # checked before encoding the list: weights, gradients and
+            raise HyperdomainError(  # Adam's two moments take 16 bytes each
+                f"--width {c.width}: the hypernetwork would have {hc.num_parameters / 1e9:.1f}G parameters, about "
+                f"{hc.num_parameters * 16 / 2**30:.0f} GiB to train; at most {MAX_PARAMETERS / 1e9:.0f}G are allowed")
         tpl = templates(c.templates)
         prompts = {d.target: f"{c.domains}: line {d.line}" for d in self.train_list}  # targets first: index = line order
         prompts.update({d.source: f"{c.domains}: line {d.line}" for d in self.train_list if d.source not in prompts})
-        self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, G.device)
+        self.table = _TextTable(prompts, self.encoders, self.input_encoder, tpl, G.device,
+                                progress=progress and dist.is_main)
         self.shown = (self.test_list or self.train_list)[: c.sample_prompts]  # rows of the sample grids
         shown_from = c.test_domains if self.test_list else c.domains
         self.shown_inputs = self.input_encoder.encode_bare_text(
@@ -256,12 +309,6 @@ class _HyperRun(TrainingRun):
         self._source_row: torch.Tensor | None = None  # the sample grids' first row, made once
         self.trg_idx = torch.tensor([self.table.index[d.target] for d in self.train_list])
         self.src_idx = torch.tensor([self.table.index[d.source] for d in self.train_list])
-        hc = HyperConfig(domain_dims=G.domain_dims, input_dim=self.table.inputs.shape[1], width=c.width,
-                         backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
-        if hc.num_parameters > MAX_PARAMETERS:  # weights, gradients and Adam's two moments: 16 bytes each
-            raise HyperdomainError(
-                f"--width {c.width}: the hypernetwork would have {hc.num_parameters / 1e9:.1f}G parameters, about "
-                f"{hc.num_parameters * 16 / 2**30:.0f} GiB to train; at most {MAX_PARAMETERS / 1e9:.0f}G are allowed")
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
             torch.manual_seed(c.seed)  # the network's initialisation; identical on every rank
             self.net = HyperDomainNet(hc).to(G.device).train()
@@ -314,7 +361,11 @@ class _HyperRun(TrainingRun):
 
     def network_meta(self) -> dict[str, Any]:
         c = self.config
-        return {**generator_meta(self.G), "input_clip": self.input_encoder.label, "clip_models": [e.label for e in self.encoders],
+        spec = ClipSpec.parse(c.input_clip)
+        # where the prompt encoder's files are, for hdn.domain() elsewhere (only specs that name files)
+        files = {"input_clip_spec": c.input_clip} if spec.is_config_file or spec.weights else {}
+        return {**generator_meta(self.G), "input_clip": self.input_encoder.label, **files,
+                "clip_models": [e.label for e in self.encoders],
                 "losses": c.losses.as_dict(), "iterations": self.step, "seed": c.seed, "batch": c.batch,
                 "lr": c.lr, "convex_hull": c.convex_hull, "resample_cos": c.resample_cos, "crop": c.crop,
                 "templates": c.templates, "source_prompt": c.source,

@@ -211,8 +211,8 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
             config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
                              else str(input_clip))
     out = Path(out_dir) if out_dir is not None else None
-    if resume is None:
-        refuse_existing_run(out)
+    if resume is None:  # on every rank, before DDP's first collective: no rank sees rank 0's new files
+        refuse_existing_run(out, _HyperRun.kind)
     run = _HyperRun(G, config, clip, input_clip, out, dist)
     if state is not None:
         run.restore(*state)

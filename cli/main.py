@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .outputs import check_outputs, overwrite_option, spec_file, unique_names, unique_stems
 from .options import (SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
                       inversion_config, noise_modes, sample_method, template_sets)
 
@@ -200,30 +201,31 @@ def main(verbose: int) -> None:
 @click.option("--mix-from", cls=LibraryDefault, owner=sample_method, type=click.IntRange(1),
               help="The first W+ layer taken from --style-latent.")
 @click.option("--no-check", is_flag=True, help="Use domains made for a generator with another fingerprint.")
+@overwrite_option
 @device_option
 @user_errors
 def sample(generator, domains, with_source, n, truncation, seed, noise_mode, batch_size, out, separate,
-           hyper, prompts, hyper_clip, style_latent, mix_from, no_check, device):
+           hyper, prompts, hyper_clip, style_latent, mix_from, no_check, overwrite, device):
     """Sample images from a generator, adapted by domain files or by a hypernetwork's prompts."""
     import hyperdomain as hd
+    from hyperdomain.files.kinds import IMAGE
+    from hyperdomain.training.adapt import slug
 
     if prompts and hyper is None:
         raise UserError("--prompt needs --hyper FILE (a hypernetwork that maps prompts to domains)")
     if hyper is not None and not prompts:
         raise UserError("--hyper needs at least one --prompt")
+    with_source = with_source or not (domains or prompts)
+    labels = unique_names(["source"] * with_source + [p.stem for p in domains] + [slug(q) for q in prompts])
+    files = [[separate / f"{label}_{i:05d}.png" for i in range(n)] for label in labels] if separate else []
+    check_outputs([("--out", out, IMAGE)] + [("--separate", f, IMAGE) for row in files for f in row],
+                  [*domains, hyper, style_latent, generator, spec_file(hyper_clip)], overwrite)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
-    rows: list[tuple[str, object]] = []
     if hyper is not None:
-        net = load_hyper(hyper, G, no_check, hyper_clip)
-        loaded += net.domains(list(prompts))
-        from hyperdomain.training.adapt import slug
-
-        domains = list(domains) + [Path(slug(q)) for q in prompts]
-    if with_source or not loaded:
-        rows.append(("source", None))
-    rows += [(p.stem, d) for p, d in zip(domains, loaded)]
+        loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))
+    rows = [None] * with_source + loaded
     import torch
     from tqdm import tqdm
 
@@ -231,13 +233,13 @@ def sample(generator, domains, with_source, n, truncation, seed, noise_mode, bat
     with tqdm(total=n * len(rows), desc="sampling", unit="image", disable=None, file=sys.stderr) as bar:
         images = [G.sample(n, domain=dom, truncation=truncation, seed=seed, batch_size=batch_size,
                            noise_mode=noise_mode, style=style, mix_from=mix_from, on_batch=bar.update)
-                  for _, dom in rows]
+                  for dom in rows]
 
     grid = torch.cat(images)
     hd.save_grid(grid, out, nrow=n if len(rows) > 1 else None)
-    if separate is not None:
-        for (label, _), imgs in zip(rows, images):
-            hd.save_images(imgs, separate, prefix=f"{label}_")
+    for row, imgs in zip(files, images):
+        for f, img in zip(row, imgs):
+            hd.save_grid(img[None], f, padding=0)
     click.echo(f"wrote {out} ({len(rows)} row(s) x {n} images, {G.resolution} px, generator {G.name})")
 
 
@@ -318,6 +320,7 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
 
     from hyperdomain.files.run_checkpoints import run_kind
     from hyperdomain.training.image import read_image_adapt_config
+    from hyperdomain.training.run_dir import refuse_existing_run
 
     kind = run_kind(resume) if resume is not None else ("image" if image is not None else "adapt")
     if resume is not None:
@@ -330,6 +333,9 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
         given = [o for o in _IMAGE_ONLY if ctx.get_parameter_source(o) is not click.core.ParameterSource.DEFAULT]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is for one-shot runs (--image)")
+    if resume is None:  # checked before anything loads
+        out = out or Path("runs") / slug(image.stem if image is not None else target)
+        refuse_existing_run(out, kind)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     clips = [absolute_spec(c) for c in clip] or None
@@ -344,7 +350,6 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
                 lpips = None if lpips_vgg is None else load_lpips(dev, lpips_vgg)  # e.g. the run's file moved
                 domain = hd.adapt_image(G, resume=resume, clip=clips, iters=iters, lpips=lpips, progress=progress)
             else:
-                out = out or Path("runs") / slug(image.stem)
                 det = None
                 if align:
                     from hyperdomain.face_detectors import detector as face_detector
@@ -357,7 +362,6 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
         else:
             kwargs = {} if resume is not None else dict(target=target, source=source, **settings)
             if resume is None:
-                out = out or Path("runs") / slug(target)
                 kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("target", "source")}
             domain = hd.adapt(G, clip=clips, iters=iters, out_dir=out, progress=progress, resume=resume, **kwargs)
     except KeyboardInterrupt as stop:
@@ -414,10 +418,11 @@ def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, 
               help="Folder for each photo's latent (NAME.safetensors) and reconstruction (NAME.png).")
 @photo_options
 @click.option("--progress/--no-progress", default=True)
+@overwrite_option
 @device_option
 @user_errors
 def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples, progress,
-           device):
+           overwrite, device):
     """Put photos into the generator: one W+ latent per photo (the paper's II2S inversion).
 
     \b
@@ -426,10 +431,12 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
       hyperdomain stylize --latent latents/me.safetensors --domain pixar.safetensors --out styled/
     """
     import hyperdomain as hd
+    from hyperdomain.files.kinds import IMAGE, LATENT_FILE
 
     names = unique_stems(photos)
-    out_files = [out / f"{n}.safetensors" for n in names] + [out / f"{n}.png" for n in names]
-    refuse_overwrite(out_files, photos)
+    check_outputs([("--out", out / f"{n}.safetensors", LATENT_FILE) for n in names]
+                  + [("--out", out / f"{n}.png", IMAGE) for n in names],
+                  [*photos, generator, detector_weights, lpips_vgg], overwrite)
     G = hd.load_generator(generator, device=resolve_device(device))
     aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                    pca_samples)
@@ -464,10 +471,11 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
 @photo_options
 @click.option("--no-check", is_flag=True, help="Use domains or latents made for a generator with another fingerprint.")
 @click.option("--progress/--no-progress", default=True)
+@overwrite_option
 @device_option
 @user_errors
 def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out, separate, align, detector,
-            detector_weights, lpips_vgg, steps, lr, pca_samples, no_check, progress, device):
+            detector_weights, lpips_vgg, steps, lr, pca_samples, no_check, progress, overwrite, device):
     """Your own photos in any domain: align, invert (or reuse a latent), render in every domain.
 
     \b
@@ -476,6 +484,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
       hyperdomain stylize me.jpg --hyper hdn.safetensors -p "Pixar" -p "Mosaic" --out styled/
     """
     import hyperdomain as hd
+    from hyperdomain.files.kinds import IMAGE, LATENT_FILE
     from hyperdomain.training.adapt import slug
 
     if not photos and not latents:
@@ -487,14 +496,18 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
     if not domains and hyper is None:
         raise UserError("give at least one --domain (or --hyper with --prompt)")
     names = unique_stems(list(photos) + list(latents))
-    refuse_overwrite([out / f"{n}.png" for n in names] + [out / f"{n}.safetensors" for n in names[:len(photos)]],
-                     list(photos) + list(latents) + list(domains))
+    columns = unique_names(["photo", "reconstruction"] + [p.stem for p in domains] + [slug(q) for q in prompts])
+    labels = columns[2:]
+    outputs = [("--out", out / f"{n}.png", IMAGE) for n in names]
+    outputs += [("--out", out / f"{n}.safetensors", LATENT_FILE) for n in names[:len(photos)]]
+    if separate is not None:
+        outputs += [("--separate", separate / f"{n}_{c}.png", IMAGE) for n in names for c in columns]
+    check_outputs(outputs, [*photos, *latents, *domains, hyper, generator, spec_file(hyper_clip), detector_weights,
+                            lpips_vgg], overwrite)
     G = hd.load_generator(generator, device=resolve_device(device))
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
-    labels = [p.stem for p in domains]
     if hyper is not None:
         loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))
-        labels += [slug(q) for q in prompts]
     lat = [hd.Latent.load(p, generator=G, check=not no_check) for p in latents]
     aligning, det, lpips, config = (inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                     pca_samples) if photos else (False, None, None, None))
@@ -505,28 +518,9 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
         if i < len(photos):  # a new inversion: kept for later runs (--latent)
             row.latent.save(out / f"{name}.safetensors")
         if separate is not None:
-            for label, img in zip(["photo", "reconstruction"] + labels, row.row()):
+            for label, img in zip(columns, row.row()):
                 hd.save_grid(img[None], separate / f"{name}_{label}.png", padding=0)
         click.echo(f"{out / (name + '.png')}: photo, reconstruction, {', '.join(labels)}")
-
-
-def unique_stems(paths) -> list[str]:
-    """File stems for outputs, made unique (``me``, ``me_2``) when two inputs share one."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        stem = Path(p).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
-
-
-def refuse_overwrite(outputs, inputs) -> None:
-    """An output never replaces one of the command's inputs."""
-    ins = {Path(p).resolve() for p in inputs}
-    for o in outputs:
-        if Path(o).resolve() in ins:
-            raise UserError(f"{o}: is one of this command's inputs; pick another --out")
 
 
 EXAMPLES_HYPER = """
@@ -599,6 +593,10 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                 options["clip"] = [absolute_spec(c) for c in clip]
             if ctx.get_parameter_source("input_clip") is not click.core.ParameterSource.DEFAULT:
                 options["input_clip"] = absolute_spec(input_clip)
+        if resume is None:  # checked before anything loads
+            from hyperdomain.training.run_dir import refuse_existing_run
+
+            refuse_existing_run(out, "hyper")
         G = hd.load_generator(generator, device=dist.device)
         if resume is None:
             given = {"losses": hd.LossWeights.parse(losses)} if losses else {}
@@ -631,8 +629,9 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Domain file to write (.safetensors).")
 @click.option("--hyper-clip", metavar="SPEC", help="The prompt encoder (e.g. ViT-B-32=FILE offline).")
+@overwrite_option
 @user_errors
-def export(hyper, prompt, out, hyper_clip):
+def export(hyper, prompt, out, hyper_clip, overwrite):
     """Freeze one prompt of a hypernetwork into a domain file.
 
     \b
@@ -640,7 +639,9 @@ def export(hyper, prompt, out, hyper_clip):
       hyperdomain export --hyper runs/hyper/hypernet.safetensors --prompt "Anime painting" --out anime.safetensors
     """
     import hyperdomain as hd
+    from hyperdomain.files.kinds import DOMAIN_FILE
 
+    check_outputs([("--out", out, DOMAIN_FILE)], [hyper, spec_file(hyper_clip)], overwrite)
     net = hd.HyperDomainNet.load(hyper)
     if hyper_clip:
         net.text_encoder(absolute_spec(hyper_clip))
@@ -669,10 +670,11 @@ def export(hyper, prompt, out, hyper_clip):
 @click.option("--out", "-o", "outs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the rows to .json and/or .csv; repeatable.")
 @click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")
+@overwrite_option
 @device_option
 @user_errors
 def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip, hyper_clip, n, seed, truncation,
-             templates, batch_size, outs, no_check, device):
+             templates, batch_size, outs, no_check, overwrite, device):
     """Score domains by CLIP quality (cosine to the prompt) and diversity (pairwise distance).
 
     \b
@@ -682,10 +684,13 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
     """
     import hyperdomain as hd
     from hyperdomain.evaluation import format_table, write_results
+    from hyperdomain.files.kinds import RESULTS
 
     for o in outs:
         if o.suffix.lower() not in (".json", ".csv"):
             raise UserError(f"--out {o}: results go to a .json or .csv file")
+    check_outputs([("--out", o, RESULTS) for o in outs],
+                  [*domains, hyper, prompt_list, generator, spec_file(clip), spec_file(hyper_clip)], overwrite)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
@@ -720,8 +725,9 @@ def info(file):
               help="Domain file to write (.safetensors).")
 @click.option("--prompt", help="The target prompt it was trained for (the paper's files do not record it).")
 @click.option("--source", "source_prompt", help="Source prompt (default: the generator's, e.g. 'Photo').")
+@overwrite_option
 @user_errors
-def import_(checkpoint, out, prompt, source_prompt):
+def import_(checkpoint, out, prompt, source_prompt, overwrite):
     """Convert one of the paper's released checkpoints: a domain (td_*.pt) or a hypernetwork (mapper_*.pt).
 
     \b
@@ -730,9 +736,12 @@ def import_(checkpoint, out, prompt, source_prompt):
       hyperdomain import mapper_large_resample_td.pt --out hdn.safetensors
     """
     import hyperdomain as hd
+    from hyperdomain.files.kinds import DOMAIN_FILE, HYPERNET_FILE
     from hyperdomain.files.paper_files import paper_model_type
 
-    if paper_model_type(checkpoint) == "mapper":  # a HyperDomainNet: written as a hypernetwork file
+    mapper = paper_model_type(checkpoint) == "mapper"  # a HyperDomainNet: written as a hypernetwork file
+    check_outputs([("--out", out, HYPERNET_FILE if mapper else DOMAIN_FILE)], [checkpoint], overwrite)
+    if mapper:
         net = hd.import_hypernet(checkpoint)
         net.save(out)
         click.echo(f"wrote {out} (a hypernetwork: {sum(net.domain_dims)}-number domains, "

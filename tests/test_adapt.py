@@ -304,7 +304,12 @@ def test_cli_ctrl_c_says_where_the_run_is(tmp_path, tiny_ckpt, tiny_clip_config,
     ckpt, _ = tiny_ckpt
     out = tmp_path / "run"
 
-    def interrupted(*args, **kwargs):
+    saves = []
+
+    def interrupted(*args, out_dir, **kwargs):
+        if saves:  # a run stopped after its first checkpoint
+            out_dir.mkdir()
+            (out_dir / "checkpoint.safetensors").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(hd, "adapt", interrupted)
@@ -312,8 +317,7 @@ def test_cli_ctrl_c_says_where_the_run_is(tmp_path, tiny_ckpt, tiny_clip_config,
             "--device", "cpu"]
     r = cli(*args)
     assert r.exit_code == 130 and "nothing was saved" in r.stderr and "--resume" not in r.stderr, r.output
-    out.mkdir()
-    (out / "checkpoint.safetensors").write_bytes(b"")
+    saves.append(True)
     r = cli(*args)
     assert r.exit_code == 130 and f"hyperdomain adapt --resume {out}" in r.stderr, r.output
 

@@ -85,7 +85,8 @@ def test_adapt_image_end_to_end_resume_and_style_latent(tmp_path, tiny_ckpt, tin
     assert hd.Domain.load(out / "domain.safetensors").meta["iterations"] == 3
     for style in (out / "domain.safetensors", out / "reference_latent.safetensors"):
         r = cli("sample", "--generator", ckpt, "--domain", out / "domain.safetensors", "--style-latent", style,
-                "--mix-from", 5, "-n", 2, "--out", tmp_path / "mixed.png", "--device", "cpu")
+                "--mix-from", 5, "-n", 2, "--out", tmp_path / "mixed.png", "--overwrite",
+                "--device", "cpu")
         assert r.exit_code == 0, r.output
 
 

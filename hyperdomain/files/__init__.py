@@ -11,4 +11,5 @@ found in a file.
 | ``paper_files`` | the HyperDomainNet authors' released domain and hypernetwork checkpoints |
 | ``pretrained`` | the manifest of known weights, verified downloads, where files live |
 | ``describe`` | what any of these files holds (``hyperdomain info``) |
+| ``kinds`` | what kind of file an existing path is, from its first bytes (so no output replaces another kind) |
 """

@@ -137,8 +137,9 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
             raise HyperdomainError("adapt: give a target prompt (or resume=DIR)")
         config = _config(G, target, source, clip, seed, options,
                          dict(iters=iters, batch=batch, lr=lr, losses=losses, mixing=mixing))
-    run = _AdaptRun(G, _encoders(clip, config, G.device), config, Path(out_dir) if out_dir is not None else None)
-    refuse_existing_run(run.out_dir)
+    out = Path(out_dir) if out_dir is not None else None
+    refuse_existing_run(out, _AdaptRun.kind)  # before the encoders load
+    run = _AdaptRun(G, _encoders(clip, config, G.device), config, out)
     return run.train(callback, progress)
 
 

@@ -246,8 +246,8 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
         config = replace(config, clip=tuple(_absolute_spec(c) for c in config.clip),
                          input_clip=_absolute_spec(config.input_clip))
     out = Path(out_dir) if out_dir is not None else None
-    if resume is None:
-        refuse_existing_run(out)
+    if resume is None:  # on every rank, before DDP's first collective: no rank sees rank 0's new files
+        refuse_existing_run(out, _HyperRun.kind)
     run = _HyperRun(G, config, clip, input_clip, out, dist, progress)
     if state is not None:
         run.restore(*state)

@@ -144,9 +144,9 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
         config = ImageAdaptConfig(image=str(Path(image).resolve()) if Path(image).exists() else str(image),
                                   target=target, source=options.pop("source", None) or G.source_prompt,
                                   clip=clip_specs, **options)
-    run = _ImageRun(G, _encoders(clip, config, G.device), config, Path(out_dir) if out_dir is not None else None,
-                    lpips, detector)
-    refuse_existing_run(run.out_dir)
+    out = Path(out_dir) if out_dir is not None else None
+    refuse_existing_run(out, _ImageRun.kind)  # before the encoders load
+    run = _ImageRun(G, _encoders(clip, config, G.device), config, out, lpips, detector)
     return run.train(callback, progress)
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
+from ..files.kinds import file_kind, run_checkpoint, run_description
 from ..files.run_checkpoints import CHECKPOINT
 
 LOG = "log.jsonl"
@@ -20,12 +21,28 @@ def sample_name(step: int) -> str:
     return f"samples/step_{step:06d}.png"
 
 
-def refuse_existing_run(out_dir: Path | None) -> None:
-    """A new run never overwrites a folder that holds one."""
-    if out_dir is not None and (out_dir / CHECKPOINT).exists():
-        raise HyperdomainError(
-            f"{out_dir}: already holds a run ({CHECKPOINT}); resume it (--resume {out_dir}) or pick another --out"
-        )
+def _a(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def refuse_existing_run(out_dir: Path | None, kind: str) -> None:
+    """A new ``kind`` run ("adapt", "image", "hyper") starts only in a new or empty folder: never
+    over a run (resume one of the same kind instead) nor over anything else a user keeps there."""
+    if out_dir is None or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise HyperdomainError(f"{out_dir}: is a file, not a run folder; pick another --out")
+    if (out_dir / CHECKPOINT).is_file():
+        found = file_kind(out_dir / CHECKPOINT)
+        if found == run_checkpoint(kind):
+            raise HyperdomainError(f"{out_dir}: already holds a run ({CHECKPOINT}); resume it (--resume {out_dir}) "
+                                   f"or pick another --out")
+        what = _a(found[:-len(" checkpoint")]) if found.endswith(" run checkpoint") else f"{CHECKPOINT} ({found})"
+        raise HyperdomainError(f"{out_dir}: already holds {what}, not {_a(run_description(kind))}; "
+                               f"pick another --out")
+    if any(out_dir.iterdir()):
+        raise HyperdomainError(f"{out_dir}: holds files but no run ({CHECKPOINT}); a new run starts in a new or "
+                               f"empty folder: pick another --out")
 
 
 def prepare_run_dir(out_dir: Path, config: Mapping[str, Any], step: int) -> None:

@@ -74,8 +74,8 @@ def test_sample_separate_on_a_full_disk(tmp_path, tiny_ckpt, small_tmpfs):
     assert 0 < len(left) < 16 and no_temp_files(fs.path), left
     for name in left:
         Image.open(fs.path / name).load()  # a complete PNG, or this raises
-    failed = r.stderr.split(": ")[0]
-    assert not Path(failed).exists()
+    failed = Path(r.stderr.strip().removeprefix("Error: ").split(": ")[0])  # the frame the line names
+    assert failed.parent == frames and failed.name.startswith("source_") and not failed.exists()
 
 
 def test_evaluate_out_on_a_full_disk(tmp_path, tiny_ckpt, tiny_clip_config, small_tmpfs):

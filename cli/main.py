@@ -28,16 +28,28 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class StorageFault(click.ClickException):
+    """The storage failed a write (a full disk, an I/O error): one line on stderr, exit code 1 (the
+    environment, not the input)."""
+
+    exit_code = 1
+
+
 def user_errors(fn):
-    """Turn the library's HyperdomainError into a one-line CLI error (exit 2)."""
+    """Turn the library's errors into one-line CLI errors: exit 2 for bad input, 1 for a storage
+    fault (StorageError, or an OSError the library did not name: its file and reason)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from hyperdomain.errors import HyperdomainError
+        from hyperdomain.errors import HyperdomainError, StorageError
 
         try:
             return fn(*args, **kwargs)
+        except StorageError as e:
+            raise StorageFault(str(e)) from None
         except HyperdomainError as e:
             raise UserError(str(e)) from None
+        except OSError as e:
+            raise StorageFault(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
     return wrapper
@@ -114,7 +126,8 @@ def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
 
 def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool = True) -> None:
     """Ctrl-C or SIGTERM during training: say where the run is saved (if it is) and exit 130 or 143
-    (128 + the signal, as shells report it)."""
+    (128 + the signal, as shells report it). A save that failed (a full disk) is said in the same
+    line, with the previous checkpoint, which it left as it was."""
     import signal
 
     from hyperdomain.files.run_checkpoints import CHECKPOINT
@@ -122,11 +135,14 @@ def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool
     signum = getattr(stop, "signum", signal.SIGINT)
     if say:
         what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        failed = getattr(stop, "save_error", None)
+        if failed:
+            what += f", but saving failed ({failed})"
         if (out / CHECKPOINT).is_file():
-            click.echo(f"{what}; the run is saved in {out}. Continue with: hyperdomain {command} --resume {out}",
-                       err=True)
+            saved = "its last checkpoint is in" if failed else "the run is saved in"
+            click.echo(f"{what}; {saved} {out}. Continue with: hyperdomain {command} --resume {out}", err=True)
         else:
-            click.echo(f"{what} before the first checkpoint; nothing was saved", err=True)
+            click.echo(f"{what}{'' if failed else ' before the first checkpoint'}; nothing was saved", err=True)
     ctx.exit(128 + int(signum))
 
 

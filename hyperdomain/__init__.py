@@ -12,7 +12,7 @@ from ._version import __version__
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
 from .domain import Domain, mix
-from .errors import HyperdomainError
+from .errors import HyperdomainError, StorageError
 from .evaluation import evaluate
 from .files.paper_files import import_checkpoint, import_hypernet
 from .files.pretrained import download, load_manifest, weights_home
@@ -53,6 +53,7 @@ __all__ = [
     "Generator",
     "GeneratorConfig",
     "HyperdomainError",
+    "StorageError",
     "download",
     "import_checkpoint",
     "load_generator",

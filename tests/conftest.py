@@ -150,3 +150,74 @@ def assert_user_error(result, *fragments):
     for f in fragments:
         assert f in err, err
 
+
+
+def assert_storage_error(result, *fragments):
+    """Exit code 1 from a handled storage fault (a full disk, an I/O error): one line on stderr
+    holding every fragment, no exception escaped (click's runner would swallow its traceback)."""
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in result.output, err
+    for f in fragments:
+        assert f in err, err
+
+
+# ---- a real small file system, for full disks ---------------------------------------------------
+
+class SmallFs:
+    """A mounted tmpfs of a few pages: ``path`` is its root; ``fill()`` makes it full."""
+
+    def __init__(self, path):
+        self.path = path
+        self.filler = path / ".filler"
+
+    def fill(self, leave: int = 0):
+        """Fill the file system, then give back about ``leave`` bytes (tmpfs counts whole 4 KiB pages)."""
+        with open(self.filler, "ab", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        if leave:
+            os.truncate(self.filler, max(0, self.filler.stat().st_size - leave))
+
+    def free(self):
+        """Remove the filler: the file system has its space again."""
+        self.filler.unlink(missing_ok=True)
+
+    def files(self) -> list[str]:
+        """Every file under the root but the filler, as relative paths."""
+        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                      if p.is_file() and p != self.filler)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A factory: ``small_tmpfs(size_kb)`` mounts a tmpfs of ``size_kb`` KiB and returns its :class:`SmallFs`;
+    all are unmounted at teardown. Needs root (``mount -t tmpfs``) on Linux; skips where mounting fails."""
+    import subprocess
+    import sys
+
+    mounted = []
+
+    def make(size_kb: int = 64) -> SmallFs:
+        if not sys.platform.startswith("linux"):
+            pytest.skip("a small tmpfs needs Linux")
+        root = tmp_path / f"tmpfs{len(mounted)}"
+        root.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size_kb)}k", "tmpfs", str(root)],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            pytest.skip(f"cannot mount a tmpfs here ({e})")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs root")
+        mounted.append(root)
+        return SmallFs(root)
+
+    yield make
+    for root in reversed(mounted):
+        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(root)], capture_output=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -16,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import HyperdomainError
-from .atomic import atomic_path
+from .atomic import atomic_path, write_error
 
 DOMAIN = "hyperdomain.domain"
 HYPERNET = "hyperdomain.hypernet"
@@ -42,7 +43,9 @@ def checkpoint_kind(fmt: str | None) -> str | None:
 def write_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mapping[str, str]) -> Path:
     """Write a safetensors file atomically; any failure (disk full, no permission) is one line naming it.
 
-    safetensors reports I/O errors with its own exception type, not OSError, hence the broad catch.
+    safetensors reports I/O errors with its own exception type, not OSError, hence the broad catch;
+    the system's error number in its message ("... (os error 28)") makes a full disk or an I/O
+    error the :class:`StorageError` it is.
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -51,6 +54,9 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mappi
         except HyperdomainError:
             raise
         except Exception as e:  # noqa: BLE001 - safetensors' error types
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code:
+                raise write_error(path, OSError(int(code[1]), os.strerror(int(code[1])))) from None
             raise HyperdomainError(f"{path}: cannot write ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     return path
 

@@ -22,13 +22,18 @@ the start of step ``n - 1``, the last state whose loss was finite: an update can
 whose own loss overflows (a learning rate of 1e30 leaves finite but useless multipliers of 1e30),
 so the state the bad loss came from is not kept. A non-finite gradient, or an update that makes
 a trained number non-finite, rolls back to the start of the step itself.
-Under ``torchrun`` the ranks agree on every stop, rank 0 alone writes, and a failed write there
-stops every rank together.
+A failed write (a full disk, an I/O error) stops the run with one line at the next step
+boundary, after the boundary's other writes were tried: the run first saves what it can (a
+checkpoint of that boundary when the failure was not the checkpoint itself), and a checkpoint that
+cannot be written leaves the previous one as it was (writes are atomic). The line names the file,
+the reason and the step the run folder holds. Under ``torchrun`` the ranks agree on every stop,
+rank 0 alone writes, and a failed write there stops every rank together.
 """
 from __future__ import annotations
 
 import logging
 import math
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,7 +43,8 @@ from tqdm import tqdm
 
 from ..distributed import DistInfo, any_rank, mean_over_ranks
 from ..domain import generator_meta
-from ..errors import HyperdomainError
+from ..errors import HyperdomainError, StorageError
+from ..files.atomic import write_error
 from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
 from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run_dir, sample_name
 
@@ -71,9 +77,11 @@ class TrainingRun:
         self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer
         self.step = 0
         self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
+        self._kept_step: int | None = None  # the step of the checkpoint in the run folder (written or resumed)
+        self._tried_step: int | None = None  # the step of the last checkpoint write begun (it may have failed)
         self._phase = "idle"  # "forward": state still the step's start; "update": it may be torn
         self._rng_at_step_start = None if rng is None else rng.get_state()
-        self._write_error: str | None = None  # a failed write on rank 0, told to every rank at the next step
+        self._write_error: HyperdomainError | None = None  # rank 0's first failed write, told to every rank at the next step
         self._snapshots: list[_Snapshot] = []  # the starts of the previous and the current step
 
     @property
@@ -118,8 +126,9 @@ class TrainingRun:
         if self.rng is not None:
             tensors["rng"] = self._rng_at_step_start
         meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G), **self.checkpoint_meta()}
+        self._tried_step = self.step
         path = save_checkpoint(self.out_dir / CHECKPOINT, self.kind, tensors, meta, self.optimizer)
-        self.saved_step = self.step
+        self.saved_step = self._kept_step = self.step
         return path
 
     def restore(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -130,12 +139,13 @@ class TrainingRun:
             self.rng.set_state(tensors["rng"])
             self._rng_at_step_start = self.rng.get_state()
         self.step = int(meta["step"])
+        self._kept_step = self.step
 
     # ------------------------------------------------------------------ the loop
     def train(self, callback: Callback | None = None, progress: bool = True) -> Any:
         c = self.config
         self._guarded(self._prepare_dir)
-        self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0])
+        self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0], save=False)
         bar = tqdm(total=c.iters, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
                    disable=(not progress or not self.dist.is_main) or None)
         try:
@@ -155,11 +165,14 @@ class TrainingRun:
                         self._guarded(self.save_checkpoint)
                     if c.sample_every and self.step % c.sample_every == 0 and self.step < c.iters:
                         self._guarded(self._samples, sample_name(self.step))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if self._phase == "forward":  # a hard interrupt inside a step, before its update
                 self._return_to(self._snapshots[-1])  # (BatchNorm statistics move in the forward)
             if self._phase != "update":  # during the update the state may be torn: the last checkpoint stays
-                path = self.save_checkpoint()
+                try:
+                    path = self.save_checkpoint()
+                except (OSError, HyperdomainError) as e:  # the previous checkpoint stays as it was
+                    raise RunInterrupted(getattr(stop, "signum", signal.SIGINT), str(self._as_write_error(e))) from None
                 if path is not None:
                     log.info("interrupted at step %d/%d; saved %s", self.step, c.iters, path)
             raise
@@ -222,9 +235,11 @@ class TrainingRun:
         self._phase = "idle"
         where = ""
         if self.writes:
-            self.save_checkpoint()
-            self.stop_outputs()
+            self._guarded(self.save_checkpoint)
+            self._guarded(self.stop_outputs)
             where = f"; the last good state (step {self.step}) is in {self.out_dir}"
+            if self._write_error is not None:
+                where = f"; the last good state (step {self.step}) could not be saved ({self._write_error})"
         raise HyperdomainError(f"step {failed}: {why}; stopped{where}. Try a new run with a lower --lr")
 
     # ------------------------------------------------------------------ files
@@ -242,20 +257,43 @@ class TrainingRun:
             self.save_samples(self.out_dir / name)
 
     def _guarded(self, fn: Callable, *args) -> None:
-        """Run a rank-0 write; under torchrun a failure is kept and stops every rank together at the
-        next agreement (raising on rank 0 alone would leave the others waiting in a collective)."""
-        if not self.dist.active:
-            fn(*args)
-            return
+        """Run a rank-0 write; its failure is kept (the first one) and stops the run at the next
+        agreement of the ranks, so the boundary's other writes are still tried (under torchrun,
+        raising on rank 0 alone would leave the others waiting in a collective)."""
         try:
             fn(*args)
         except (OSError, HyperdomainError) as e:
-            self._write_error = f"rank 0 could not write to {self.out_dir}: {e}"
+            if self._write_error is None:
+                self._write_error = self._as_write_error(e)
 
-    def _raise_if_a_write_failed(self, failed: bool) -> None:
-        """Every rank raises together once the ranks agree (``failed``) that rank 0 could not write."""
-        if failed:
-            raise HyperdomainError(self._write_error or "rank 0 could not write to the run folder; see its error")
+    def _as_write_error(self, e: Exception) -> HyperdomainError:
+        """One line for a failed write; a bare OSError is named by its file (else the run folder)."""
+        if isinstance(e, HyperdomainError):
+            return e
+        return write_error(getattr(e, "filename", None) or self.out_dir, e)
+
+    def _raise_if_a_write_failed(self, failed: bool, save: bool = True) -> None:
+        """Every rank raises together once the ranks agree (``failed``) that rank 0 could not write;
+        rank 0 first saves the current step boundary if it can (``save``) and says what the run folder holds."""
+        if not failed:
+            return
+        error = self._write_error
+        if error is None:  # another rank's view: rank 0 says which file and why
+            raise StorageError(f"rank 0 could not write to {self.out_dir or 'the run folder'}; see its error")
+        if not save:
+            raise error
+        if self._tried_step != self.step:  # (a checkpoint that just failed is not written twice)
+            try:
+                self.save_checkpoint()
+            except (OSError, HyperdomainError):
+                pass  # the same disk, most likely: the previous checkpoint stays as it was
+        if self._kept_step is None:
+            kept = "nothing was saved"
+        else:
+            kept = f"the run is saved at step {self._kept_step} in {self.out_dir} (resume it with --resume {self.out_dir})"
+        who = "rank 0 could not write: " if self.dist.active else ""
+        raise (StorageError if isinstance(error, StorageError) else HyperdomainError)(
+            f"{who}{error}; stopped at step {self.step}, {kept}")
 
 
 def open_resume(run_dir: Path, kind: str, config_cls: type, G: Any,

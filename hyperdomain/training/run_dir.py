@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..errors import HyperdomainError
-from ..files.atomic import write_text
+from ..files.atomic import write_error, write_text
 from ..files.kinds import file_kind, run_checkpoint, run_description
 from ..files.run_checkpoints import CHECKPOINT
 
@@ -53,34 +54,85 @@ def prepare_run_dir(out_dir: Path, config: Mapping[str, Any], step: int) -> None
     try:
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise HyperdomainError(f"{out_dir}: cannot create the run folder ({e.strerror or e})") from None
+        raise write_error(out_dir, e, "cannot create the run folder") from None
     write_text(out_dir / "config.json", json.dumps(dict(config), indent=2) + "\n")
-    log_path = out_dir / LOG
-    if not log_path.exists():
+    repair_log(out_dir / LOG, step)
+
+
+def repair_log(path: Path, step: int) -> None:
+    """Keep the complete lines of the log at ``path`` up to ``step``, each ending in a newline.
+
+    A line that is not a whole JSON object of a step (a write cut short by a crash or a full disk,
+    a torn sector's bytes) is dropped, so the next append starts on a line of its own. The file is
+    rewritten (atomically) only when that changes it.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return
-    keep = []
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue
-    write_text(log_path, "".join(k + "\n" for k in keep))
+    except OSError as e:
+        raise write_error(path, e, "cannot read the log") from None
+    keep = [line for line in data.split(b"\n") if (n := _log_step(line)) is not None and n <= step]
+    text = b"".join(line + b"\n" for line in keep)
+    if text != data:
+        write_text(path, text.decode("utf-8"))
+
+
+def _log_step(line: bytes) -> int | None:
+    """The step of a complete log line, None for anything else."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except ValueError:  # not UTF-8, or not JSON (cut short)
+        return None
+    step = entry.get("step", 0) if isinstance(entry, dict) else None
+    return step if type(step) is int else None
 
 
 def append_log(out_dir: Path, step: int, values: Mapping[str, float]) -> None:
-    """One line of ``log.jsonl``: the step and its losses."""
-    with open(out_dir / LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, **values}) + "\n")
+    """One line of ``log.jsonl``: the step and its losses.
+
+    Append-safe: a write that fails part way (a full disk) is cut back, so the log never ends in a
+    partial line for the next append to glue onto (and should the cut fail, the next line starts
+    on a line of its own); the failure is one line naming the log.
+    """
+    path = out_dir / LOG
+    line = (json.dumps({"step": step, **values}) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            if start and _byte_at(fd, start - 1) != b"\n":
+                line = b"\n" + line
+            done = 0
+            while done < len(line):  # a full disk may take part of the line and refuse the rest
+                done += os.write(fd, line[done:])
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)  # frees what the partial line took: works on a full disk
+            except OSError:
+                pass  # the next resume drops the partial line (repair_log)
+            raise write_error(path, e) from None
+    finally:
+        os.close(fd)
+
+
+def _byte_at(fd: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)  # reads only: an O_APPEND write still goes to the end
+    return os.read(fd, 1)
 
 
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C (SIGINT) or SIGTERM at a step boundary, its state saved; ``signum``
-    says which (the command line exits 130 or 143)."""
+    says which (the command line exits 130 or 143). ``save_error``: why saving that state failed
+    (e.g. a full disk; the previous checkpoint is then kept), None when it was saved."""
 
-    def __init__(self, signum: int = signal.SIGINT):
+    def __init__(self, signum: int = signal.SIGINT, save_error: str | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
+        self.save_error = save_error
 
 
 class StopRequest:

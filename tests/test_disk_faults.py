@@ -52,11 +52,12 @@ def test_sample_grid_on_a_full_disk(tmp_path, tiny_ckpt, small_tmpfs):
     ckpt, _ = tiny_ckpt
     fs = small_tmpfs(64)
     grid = fs.path / "grid.png"
-    grid.write_bytes(b"the user's earlier grid")
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(grid)  # the user's earlier grid
+    earlier = grid.read_bytes()
     fs.fill()
-    r = cli("sample", "--generator", ckpt, "-n", 4, "--out", grid, "--device", "cpu")
+    r = cli("sample", "--generator", ckpt, "-n", 4, "--out", grid, "--device", "cpu", "--overwrite")
     assert_storage_error(r, str(grid), ENOSPC)
-    assert grid.read_bytes() == b"the user's earlier grid"
+    assert grid.read_bytes() == earlier
     assert fs.files() == ["grid.png"]
 
 
@@ -83,13 +84,14 @@ def test_evaluate_out_on_a_full_disk(tmp_path, tiny_ckpt, tiny_clip_config, smal
     ckpt, _ = tiny_ckpt
     fs = small_tmpfs(64)
     scores = fs.path / "scores.json"
-    scores.write_text("[]\n")
+    earlier = '[{"name": "source", "prompt": "Photo", "quality": 0.2, "diversity": 0.5}]\n'
+    scores.write_text(earlier)
     fs.fill()
     r = cli("evaluate", "--generator", ckpt, "--source", "--clip", tiny_clip_config, "-n", 2, "--templates", "single", "--device", "cpu",
-            "-o", tmp_path / "scores.csv", "-o", scores)
+            "-o", tmp_path / "scores.csv", "-o", scores, "--overwrite")
     assert_storage_error(r, str(scores), ENOSPC)
     assert "quality" in r.stdout and (tmp_path / "scores.csv").read_text().startswith("name,prompt")
-    assert scores.read_text() == "[]\n" and fs.files() == ["scores.json"]
+    assert scores.read_text() == earlier and fs.files() == ["scores.json"]
 
 
 def test_an_io_error_is_named_too(tmp_path, tiny_ckpt, monkeypatch):
@@ -189,15 +191,19 @@ def test_cli_ctrl_c_whose_save_fails_is_one_line(tmp_path, tiny_ckpt, tiny_clip_
     out = tmp_path / "run"
     why = f"{out}/checkpoint.safetensors: cannot write ({ENOSPC})"
 
+    saved = []
+
     def stopped(*args, **kwargs):
+        if saved:  # an earlier checkpoint of the run is in the folder
+            out.mkdir()
+            (out / "checkpoint.safetensors").write_bytes(b"")
         raise RunInterrupted(signal.SIGTERM, why)
 
     monkeypatch.setattr(hd, "adapt", stopped)
     args = adapt_args(ckpt, tiny_clip_config, out)
     r = cli(*args)
     assert r.exit_code == 143 and r.stderr.strip() == f"terminated (SIGTERM), but saving failed ({why}); nothing was saved"
-    out.mkdir()
-    (out / "checkpoint.safetensors").write_bytes(b"")
+    saved.append(True)
     r = cli(*args)
     assert r.exit_code == 143 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert f"saving failed ({why}); its last checkpoint is in {out}. Continue with: hyperdomain adapt --resume {out}" \

@@ -352,6 +352,7 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
     if resume is None:  # checked before anything loads
         out = out or Path("runs") / slug(image.stem if image is not None else target)
         refuse_existing_run(out, kind)
+        check_photos([image] if image is not None else [])
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     clips = [absolute_spec(c) for c in clip] or None
@@ -412,6 +413,14 @@ def photo_options(fn):
     return fn
 
 
+def check_photos(photos) -> None:
+    """Read every photo once before the models load: a bad one is named in seconds, not after them."""
+    from hyperdomain.photos import read_photo
+
+    for p in photos:
+        read_photo(p)
+
+
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
     """The detector (when aligning), LPIPS and inversion settings the photo options ask for."""
     import hyperdomain as hd
@@ -453,6 +462,7 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
     check_outputs([("--out", out / f"{n}.safetensors", LATENT_FILE) for n in names]
                   + [("--out", out / f"{n}.png", IMAGE) for n in names],
                   [*photos, generator, detector_weights, lpips_vgg], overwrite)
+    check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
     aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                    pca_samples)
@@ -520,6 +530,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
         outputs += [("--separate", separate / f"{n}_{c}.png", IMAGE) for n in names for c in columns]
     check_outputs(outputs, [*photos, *latents, *domains, hyper, generator, spec_file(hyper_clip), detector_weights,
                             lpips_vgg], overwrite)
+    check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
     if hyper is not None:

@@ -62,6 +62,9 @@ def parse_domain_list(text: str, default_source: str = DEFAULT_SOURCE_PROMPT,
         content = _COMMENT.sub("", raw).strip()
         if not content:
             continue
+        if any(ord(ch) < 32 and ch != "\t" for ch in content):  # NUL and other controls: a binary file
+            problems.append(f"line {lineno}: control characters (is this a text file?)")
+            continue
         parts = _SEPARATOR.split(content)
         if len(parts) > 2:
             problems.append(f"line {lineno}: more than one ' - ' separator in {_short(content)}")

@@ -63,6 +63,8 @@ def test_crlf_and_bom_files(tmp_path):
     ("Anime - Photo - Sketch", "more than one ' - ' separator"),
     ("Photo", "target is the same as its source"),
     ("photo  portrait - Photo Portrait", "target is the same as its source"),
+    ("\x00\x00\x01\x00{}", "control characters (is this a text file?)"),
+    ("Anime\x1bpainting", "control characters"),
 ])
 def test_malformed_line_reported_with_its_line_number(line, problem):
     text = f"# header\nZombie\n\n{line}\nElf\n"

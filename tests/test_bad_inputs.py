@@ -1,0 +1,256 @@
+"""The bad-input corpus: every command against one shared set of broken, hostile and faulty inputs.
+
+Each run must end with exit code 2 (the input's fault) or 1 (the storage's), exactly one line on
+stderr, no traceback, no code run from a pickle, and every input file byte for byte as it was.
+The matrix runs each hostile file through every place a command reads a file; the cases after it
+cover outputs that would replace inputs, a full file system and a real SIGTERM.
+"""
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import hyperdomain as hd
+from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+
+from conftest import TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator
+
+MARKER = "hyperdomain-corpus-pwned"  # what the hostile pickles would create if they ran
+
+
+class _Evil:
+    """Pickles as a call to os.system: a loader that runs pickled code creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _deep_pickle(depth: int) -> bytes:
+    return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png() -> bytes:
+    """A valid PNG header announcing 60000 x 60000 pixels: Pillow's decompression-bomb guard."""
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + _png_chunk(b"IEND", b"")
+
+
+def _rewritten(src: Path, tensors=None, **meta) -> bytes:
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(src), framework="pt") as f:
+        header = {**f.metadata(), **meta}
+        old = {k: f.get_tensor(k) for k in f.keys()}
+    return save(tensors if tensors is not None else old, metadata=header)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Good files the commands need (``good``) and the hostile ones (``bad``: name -> path)."""
+    root = tmp_path_factory.mktemp("corpus")
+    good_dir, bad_dir = root / "good", root / "bad"
+    good_dir.mkdir(), bad_dir.mkdir()
+    G = make_tiny_generator()
+    gen = good_dir / "tiny.pt"
+    torch.save({"g_ema": G.state_dict(), "latent_avg": torch.zeros(G.w_dim)}, gen)
+    clip = good_dir / "tiny_clip.json"
+    clip.write_text(json.dumps(TINY_CLIP_CONFIG))
+    domain = hd.Domain(torch.randn(G.num_domain_params) * 0.1, G.domain_dims, {"prompt": "Sketch"}).save(
+        good_dir / "sketch.safetensors")
+    hyper = HyperDomainNet(HyperConfig(domain_dims=G.domain_dims, input_dim=32, width=16),
+                           {"input_clip": "tiny_clip.json:random"}).save(good_dir / "hyper.safetensors")
+    marker = root / MARKER
+
+    bad = {
+        "empty": b"",
+        "junk": bytes(range(256)) * 8,
+        "text": b"hello, this is not a model\n",
+        "truncated-domain": domain.read_bytes()[: len(domain.read_bytes()) // 2],
+        "truncated-generator": gen.read_bytes()[: len(gen.read_bytes()) // 2],
+        "huge-header": struct.pack("<Q", 2**40) + b"{}",
+        "nan-domain": _rewritten(domain, {"domain": torch.full((G.num_domain_params,), float("nan"))}),
+        "int-domain": _rewritten(domain, {"domain": torch.zeros(G.num_domain_params, dtype=torch.int64)}),
+        "list-meta-domain": _rewritten(domain, meta="[1, 2]"),
+        "string-dims-domain": _rewritten(domain, dims='"32,32"'),
+        "other-generator-domain": _rewritten(domain, {"domain": torch.zeros(10)}, dims="[4, 6]"),
+        "evil-pickle": pickle.dumps(_Evil(marker), protocol=2),
+        "deep-pickle": _deep_pickle(50_000),
+        "bomb-image": _bomb_png(),
+    }
+    evil = io.BytesIO()
+    torch.save(_Evil(marker), evil)
+    bad["evil-torch-zip"] = evil.getvalue()
+    deep = io.BytesIO()
+    with zipfile.ZipFile(deep, "w") as z:
+        z.writestr("deep/data.pkl", _deep_pickle(50_000))
+        z.writestr("deep/byteorder", "little")
+        z.writestr("deep/version", "3\n")
+    bad["deep-torch-zip"] = deep.getvalue()
+    suffix = {"text": ".png", "bomb-image": ".png", "junk": ".pt", "truncated-generator": ".pt", "evil-pickle": ".pkl",
+              "deep-pickle": ".pkl", "evil-torch-zip": ".pt", "deep-torch-zip": ".pt"}
+    paths = {}
+    for name, data in bad.items():
+        paths[name] = bad_dir / f"{name}{suffix.get(name, '.safetensors')}"
+        paths[name].write_bytes(data)
+    paths["a-folder"] = bad_dir / "a-folder.safetensors"
+    paths["a-folder"].mkdir()
+    paths["missing"] = bad_dir / "missing.safetensors"
+    paths["hypernet-not-a-domain"] = hyper
+    return {"root": root, "gen": gen, "clip": clip, "domain": domain, "hyper": hyper, "bad": paths,
+            "marker": marker}
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# Each place a command reads a file: {f} is the hostile file, the rest are good files or new outputs.
+SLOTS = {
+    "info": ["info", "{f}"],
+    "sample --generator": ["sample", "--generator", "{f}", "-n", 1, "--out", "{out}/g.png"],
+    "sample --domain": ["sample", "--generator", "{gen}", "--domain", "{f}", "-n", 1, "--out", "{out}/g.png"],
+    "sample --style-latent": ["sample", "--generator", "{gen}", "--style-latent", "{f}", "-n", 1,
+                              "--out", "{out}/g.png"],
+    "sample --hyper": ["sample", "--generator", "{gen}", "--hyper", "{f}", "-p", "Zombie", "--hyper-clip", "{clip}",
+                       "-n", 1, "--out", "{out}/g.png"],
+    "import": ["import", "{f}", "--out", "{out}/d.safetensors", "--prompt", "x"],
+    "export --hyper": ["export", "--hyper", "{f}", "-p", "Zombie", "--hyper-clip", "{clip}",
+                       "--out", "{out}/d.safetensors"],
+    "evaluate --domain": ["evaluate", "--generator", "{gen}", "--domain", "{f}", "--clip", "{clip}", "-n", 2],
+    "stylize --latent": ["stylize", "--latent", "{f}", "--generator", "{gen}", "--domain", "{domain}",
+                         "--out", "{out}/st", "--lpips-vgg", "random", "--no-align"],
+    "invert": ["invert", "{f}", "--generator", "{gen}", "--out", "{out}/inv", "--lpips-vgg", "random", "--no-align",
+               "--steps", 1, "--pca-samples", 16],
+    "adapt --image": ["adapt", "--image", "{f}", "--generator", "{gen}", "--clip", "{clip}", "--out", "{out}/run",
+                      "--iters", 1, "--lpips-vgg", "random", "--no-align", "--inversion-steps", 1, "--no-progress"],
+    "adapt --clip": ["adapt", "-t", "Sketch", "--generator", "{gen}", "--clip", "{f}", "--out", "{out}/run",
+                     "--iters", 1, "--no-progress"],
+    "train-hyper --domains": ["train-hyper", "--generator", "{gen}", "--domains", "{f}", "--clip", "{clip}",
+                              "--input-clip", "{clip}", "--iters", 1, "--out", "{out}/hrun", "--no-progress"],
+    "adapt --resume": ["adapt", "--resume", "{run}", "--no-progress"],
+    "train-hyper --resume": ["train-hyper", "--resume", "{run}", "--no-progress"],
+}
+# (slot, file) pairs where the file is a valid input after all
+VALID = {("info", "other-generator-domain"), ("info", "hypernet-not-a-domain"), ("train-hyper --domains", "text"),
+         ("export --hyper", "hypernet-not-a-domain"), ("sample --hyper", "hypernet-not-a-domain")}
+
+
+@pytest.mark.parametrize("slot", list(SLOTS))
+def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_path):
+    before = _checksums(corpus["root"])
+    problems = []
+    for name, path in corpus["bad"].items():
+        if (slot, name) in VALID:
+            continue
+        out = tmp_path / name
+        run = out / "run"
+        if "{run}" in SLOTS[slot]:  # the hostile file as a run folder's checkpoint
+            run.mkdir(parents=True)
+            if path.is_file():
+                shutil.copy(path, run / "checkpoint.safetensors")
+        values = {"f": path, "out": out, "run": run, **{k: corpus[k] for k in ("gen", "clip", "domain")}}
+        args = [str(a).format(**{k: str(v) for k, v in values.items()}) for a in SLOTS[slot]]
+        result = cli(*args)
+        err = result.stderr.strip()
+        if result.exit_code != 2 or len(err.splitlines()) != 1 or "Traceback" in result.output \
+                or not isinstance(result.exception, SystemExit):
+            problems.append(f"{name}: exit {result.exit_code}, {type(result.exception).__name__}: {err[-300:]!r}")
+        outputs = [p for p in out.rglob("*") if p.is_file() and not (run / "checkpoint.safetensors" == p)] \
+            if out.exists() else []
+        if outputs:
+            problems.append(f"{name}: left {[str(p.relative_to(out)) for p in outputs]}")
+    assert not problems, "\n".join(problems)
+    assert not corpus["marker"].exists(), "a pickle ran code"
+    assert _checksums(corpus["root"]) == before
+
+
+# Outputs that would replace an input or a file of another kind: refused, the file intact.
+def _outputs_onto_inputs(c, tmp):
+    gen, clip, domain, hyper = (str(c[k]) for k in ("gen", "clip", "domain", "hyper"))
+    return [
+        ["export", "--hyper", hyper, "-p", "Zombie", "--hyper-clip", clip, "--out", hyper],
+        ["export", "--hyper", hyper, "-p", "Zombie", "--hyper-clip", clip, "--out", gen],
+        ["export", "--hyper", hyper, "-p", "Zombie", "--hyper-clip", clip, "--out", domain],
+        ["import", gen, "--out", gen],
+        ["sample", "--generator", gen, "--domain", domain, "-n", 1, "--out", gen],
+        ["evaluate", "--generator", gen, "--domain", domain, "--clip", clip, "-n", 2, "-o", clip],
+        ["stylize", "--latent", domain, "--generator", gen, "--domain", domain, "--out", c["root"] / "good"],
+        ["adapt", "-t", "Sketch", "--generator", gen, "--clip", clip, "--out", c["root"] / "good", "--iters", 1],
+        ["train-hyper", "--generator", gen, "--clip", clip, "--input-clip", clip, "--out", c["root"] / "good"],
+    ]
+
+
+def test_outputs_never_replace_inputs(corpus, tmp_path):
+    before = _checksums(corpus["root"])
+    for args in _outputs_onto_inputs(corpus, tmp_path):
+        result = cli(*args)
+        assert_user_error(result)
+        assert _checksums(corpus["root"]) == before, args
+
+
+def test_a_full_file_system_is_one_line(corpus, small_tmpfs):
+    before = _checksums(corpus["root"])
+    fs = small_tmpfs(64)
+    fs.fill()
+    gen, clip, domain, hyper = (str(corpus[k]) for k in ("gen", "clip", "domain", "hyper"))
+    for args, name in [
+        (["sample", "--generator", gen, "--domain", domain, "-n", 2, "--out", fs.path / "g.png"], "g.png"),
+        (["export", "--hyper", hyper, "-p", "Zombie", "--hyper-clip", clip, "--out", fs.path / "d.safetensors"],
+         "d.safetensors"),
+        (["import", gen, "--out", fs.path / "x.safetensors"], None),  # a generator is not a paper checkpoint: 2
+    ]:
+        result = cli(*args)
+        if name is None:
+            assert_user_error(result)
+        else:
+            assert_storage_error(result, str(fs.path / name), "No space left on device")
+    assert fs.files() == []
+    assert _checksums(corpus["root"]) == before
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_saves_train_hyper_in_one_line(corpus, tmp_path):
+    before = _checksums(corpus["root"])
+    out = tmp_path / "hrun"
+    domains = tmp_path / "domains.txt"
+    domains.write_text("Anime painting\nZombie\nPencil sketch\n")
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "cli.main", "train-hyper", "--generator", str(corpus["gen"]), "--domains",
+            str(domains), "--clip", str(corpus["clip"]), "--input-clip", str(corpus["clip"]), "--templates", "single",
+            "--width", "16", "--batch", "2", "--iters", "100000", "--checkpoint-every", "0", "--sample-every", "0",
+            "--test-domains", "none", "--out", str(out), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.strip().splitlines() if "random weights" not in line]  # the tiny CLIP's warning
+    assert proc.returncode == 143 and len(lines) == 1, stderr
+    assert f"terminated (SIGTERM); the run is saved in {out}" in lines[0]
+    assert (out / "checkpoint.safetensors").is_file()
+    assert _checksums(corpus["root"]) == before

@@ -82,7 +82,7 @@ def _log_step(line: bytes) -> int | None:
     """The step of a complete log line, None for anything else."""
     try:
         entry = json.loads(line.decode("utf-8"))
-    except ValueError:  # not UTF-8, or not JSON (cut short)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON (cut short), or nested past the parser
         return None
     step = entry.get("step", 0) if isinstance(entry, dict) else None
     return step if type(step) is int else None

@@ -11,6 +11,7 @@ Public API::
 from ._version import __version__
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
+from . import data, datasets
 from .datasets import make_dataset, verify_dataset
 from .domain import Domain, mix
 from .errors import HyperdomainError

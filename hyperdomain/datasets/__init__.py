@@ -8,6 +8,7 @@ from .make import dataset_settings, make_dataset, sample_record
 from .render import render_samples
 from .settings import DatasetSettings, read_settings
 from .verify import verify_dataset
+from .views import DomainViews
 
-__all__ = ["DatasetSettings", "dataset_settings", "index_latent", "make_dataset", "read_settings", "render_samples",
+__all__ = ["DatasetSettings", "DomainViews", "dataset_settings", "index_latent", "make_dataset", "read_settings", "render_samples",
            "sample_record", "stream_seed", "verify_dataset", "view_latent"]

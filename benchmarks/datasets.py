@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the CLI does
@@ -35,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adapt import RssSampler, _mem_now, _mem_peak, _rss, build_generator, timed  # noqa: E402
-from generator import _sync  # noqa: E402
 
 
 def random_domains(G, k: int, seed: int = 0):
@@ -112,7 +110,8 @@ def measure_mixed(size: int, batch: int, repeats: int, device_name: str) -> dict
         for key, d in (("none", None), ("single", one), ("mixed", many)):
             times[key].append(timed(lambda: run(d), 1, device))
     out = {k + "_s": statistics.median(v) for k, v in times.items()}
-    out.update({"size": size, "batch": batch, "device": device_name, "mixed_over_single": out["mixed_s"] / out["single_s"]})
+    out.update({"size": size, "batch": batch, "device": device_name,
+                "mixed_over_single": out["mixed_s"] / out["single_s"]})
     return out
 
 

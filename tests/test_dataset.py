@@ -1,6 +1,5 @@
 """Datasets: per-index determinism, both layouts, resume, verification, bad input, the CLI."""
 import errno
-import hashlib
 import io
 import json
 import os

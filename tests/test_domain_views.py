@@ -62,7 +62,8 @@ def test_deterministic_per_seed_epoch_and_rank_and_split_over_workers(tiny_G, do
     whole = list(v)
     parts = []
     for w in range(2):  # DataLoader worker w of 2 yields batches w, w + 2
-        monkeypatch.setattr("hyperdomain.datasets.views.get_worker_info", lambda w=w: SimpleNamespace(id=w, num_workers=2))
+        monkeypatch.setattr("hyperdomain.datasets.views.get_worker_info",
+                            lambda w=w: SimpleNamespace(id=w, num_workers=2))
         parts.append(list(v))
     assert len(parts[0]) == len(parts[1]) == 2
     for got, want in zip([parts[0][0], parts[1][0], parts[0][1], parts[1][1]], whole):

@@ -10,5 +10,5 @@ from .settings import DatasetSettings, read_settings
 from .verify import verify_dataset
 from .views import DomainViews
 
-__all__ = ["DatasetSettings", "DomainViews", "dataset_settings", "index_latent", "make_dataset", "read_settings", "render_samples",
-           "sample_record", "stream_seed", "verify_dataset", "view_latent"]
+__all__ = ["DatasetSettings", "DomainViews", "dataset_settings", "index_latent", "make_dataset", "read_settings",
+           "render_samples", "sample_record", "stream_seed", "verify_dataset", "view_latent"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -51,8 +52,7 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise HyperdomainError(f"quality must be an integer in [1, 100], got {quality!r}")
     for name, value in (("truncation", truncation), ("sigma", sigma)):
-        if not isinstance(value, (int, float)) or not float(value) == float(value) or abs(float(value)) == float("inf") \
-                or float(value) < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:  # NaN fails too
             raise HyperdomainError(f"{name} must be a finite number >= 0, got {value!r}")
     return DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
@@ -144,7 +144,8 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
     total = sum(len(settings.shard_range(s)) for s in shards) * per_sample
     initial = sum(len(settings.shard_range(s)) for s in done) * per_sample
     table = domain_table(G, domains)
-    encoder = Encoder(settings.format, settings.quality, threads if threads is not None else min(4, os.cpu_count() or 1))
+    threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+    encoder = Encoder(settings.format, settings.quality, threads)
     bar = tqdm(total=total, initial=initial, desc="dataset", unit="img", dynamic_ncols=True,
                disable=(not progress or not dist.is_main) or None)
     summaries = []

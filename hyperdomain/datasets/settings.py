@@ -189,7 +189,8 @@ def prepare_out_dir(out_dir: Path, settings: DatasetSettings) -> DatasetSettings
         return stored
     if out_dir.exists() and not out_dir.is_dir():
         raise HyperdomainError(f"{out_dir}: is a file, not a folder; pick another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    # another node's rank may be writing settings.json this moment (an atomic write's temporary file)
+    if out_dir.is_dir() and any(not p.name.startswith(f".{SETTINGS_FILE}.") for p in out_dir.iterdir()):
         raise HyperdomainError(f"{out_dir}: is not empty and holds no dataset ({SETTINGS_FILE}); pick an empty "
                                f"or new folder for --out")
     try:

@@ -145,7 +145,8 @@ def shard_files(settings: DatasetSettings, shard: int) -> list[str]:
     """The files that make up a shard, relative to the dataset folder, in a fixed order."""
     if settings.layout == "webdataset":
         return [settings.shard_name(shard)]
-    return [name for i in settings.shard_range(shard) for name in settings.member_names(i)] + [settings.shard_name(shard)]
+    images = [name for i in settings.shard_range(shard) for name in settings.member_names(i)]
+    return images + [settings.shard_name(shard)]
 
 
 def shard_digest(out_dir: Path, settings: DatasetSettings, shard: int) -> tuple[str, int]:

@@ -5,7 +5,8 @@ generator of the given size (port channel widths, channel multiplier 2; 32 px: t
 generator), warms up, then exports latents to a temporary folder with ``hd.make_dataset`` (PNG,
 WebDataset tar shards): every latent in the source and in each domain, so ``1 + domains`` images a
 latent. Figures: images per second of the whole export (render, PNG encoding, tar writing, the
-shard digest) and of rendering alone (the generator passes), medians over --repeats; peak memory
+shard digest) and of rendering alone (the generator passes), medians over --repeats (the two
+interleaved); peak memory
 of one export (peak RSS growth, sampled every 2 ms, on the CPU; ``torch.cuda.max_memory_allocated``
 growth on a GPU).
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,11 +65,10 @@ def measure_export(size: int, domains: int, images: int, batch: int, repeats: in
     tmp = Path(tempfile.mkdtemp(prefix="hd-bench-"))
 
     def export(i):
-        hd.make_dataset(G, tmp / f"run{i}", n, doms, shard_size=max(1, n // 2), batch=batch, progress=False)
+        # one shard: passes never span shards, so with several the last pass of each is padded, and
+        # the export would do more passes than the render it is compared with
+        hd.make_dataset(G, tmp / f"run{i}", n, doms, shard_size=n, batch=batch, progress=False)
 
-    export("warm")
-    runs = iter(range(10**6))
-    t_export = timed(lambda: export(next(runs)), repeats, device)
     settings = dataset_settings(G, n, named_domains(G, doms), batch=batch)
     table = domain_table(G, doms)
     rows = [r for i in range(n) for r in sample_rows(settings, G.z_dim, i)]
@@ -76,15 +77,22 @@ def measure_export(size: int, domains: int, images: int, batch: int, repeats: in
         for chunk in passes(rows, batch):
             render_rows(G, chunk, table, settings)
 
-    t_render = timed(render, repeats, device)
+    export("warm")
+    exports, renders = [], []
+    for i in range(repeats):  # interleaved, so a drifting machine hits both alike
+        exports.append(timed(lambda: export(i), 1, device))
+        renders.append(timed(render, 1, device))
+    t_export, t_render = statistics.median(exports), statistics.median(renders)
     base = _mem_now(device) if device.type == "cuda" else _rss(device)
     with RssSampler() as sampler:
         export("mem")
     peak = (_mem_peak(device) if device.type == "cuda" else sampler.peak) - base
     count = n * (1 + domains)
+    size_per_image = sum(f.stat().st_size for f in (tmp / "runmem").glob("*.tar")) / count
+    shutil.rmtree(tmp)
     return {"size": size, "domains": domains, "latents": n, "images": count, "batch": batch, "device": device_name,
             "export_img_s": count / t_export, "render_img_s": count / t_render, "peak_mb": peak / 2**20,
-            "bytes_per_image": sum(f.stat().st_size for f in (tmp / "runmem").glob("*.tar")) / count,
+            "bytes_per_image": size_per_image,
             "torch_threads": torch.get_num_threads()}
 
 

@@ -253,6 +253,11 @@ def test_a_domain_for_another_generator_is_refused(tmp_path, tiny_G, doms):
     with pytest.raises(HyperdomainError, match="has 10 numbers in 1 convs"):
         hd.make_dataset(tiny_G, tmp_path / "x", 3, [small], **FAST)
     assert not (tmp_path / "x").exists()
+    hd.make_dataset(tiny_G, tmp_path / "done", 2, doms, **FAST)
+    before = tree(tmp_path / "done")
+    with pytest.raises(HyperdomainError, match="has 10 numbers in 1 convs"):
+        hd.make_dataset(tiny_G, tmp_path / "done", 2, [doms[0], small], **FAST)
+    assert tree(tmp_path / "done") == before
 
 
 def test_a_full_disk_stops_with_one_line_and_keeps_complete_shards(tmp_path, tiny_G, doms, monkeypatch):

@@ -813,5 +813,9 @@ def download(names, list_):
         click.echo(f"{name}: {path}")
 
 
+from .dataset_command import dataset_command  # noqa: E402 (registered last: it uses this module's helpers)
+
+main.add_command(dataset_command(sys.modules[__name__]))
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,6 +11,8 @@ Public API::
 from ._version import __version__
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
+from . import data, datasets
+from .datasets import make_dataset, verify_dataset
 from .domain import Domain, mix
 from .errors import HyperdomainError, StorageError
 from .evaluation import evaluate
@@ -58,9 +60,11 @@ __all__ = [
     "import_checkpoint",
     "load_generator",
     "load_manifest",
+    "make_dataset",
     "make_grid",
     "mix",
     "save_grid",
     "save_images",
+    "verify_dataset",
     "weights_home",
 ]

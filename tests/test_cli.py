@@ -130,7 +130,8 @@ def test_option_defaults_are_the_librarys():
              hd.ImageAdaptConfig: dataclasses.asdict(hd.ImageAdaptConfig(image="x.png")),
              hd.InversionConfig: dataclasses.asdict(hd.InversionConfig()),
              hd.evaluate: {k: p.default for k, p in inspect.signature(hd.evaluate).parameters.items()},
-             hd.Generator.sample: {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()}}
+             hd.Generator.sample: {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()},
+             hd.make_dataset: {k: p.default for k, p in inspect.signature(hd.make_dataset).parameters.items()}}
     checked = 0
     for name, command in main.commands.items():
         ctx = command.make_context(name, [], resilient_parsing=True)  # what the command gets with no options

@@ -40,6 +40,14 @@ def stand_ins(tmp_path, monkeypatch, tiny_G, tiny_clip_config):
     real_adapt = hd.adapt
     monkeypatch.setattr(hd, "adapt", lambda *a, iters=None, **kw: real_adapt(
         *a, iters=None if iters is None else max(1, iters // 100), progress=False, **kw))
+    # datasets: a 250th of the latents asked for
+    real_make = hd.make_dataset
+    monkeypatch.setattr(hd, "make_dataset", lambda G, out, n, *a, **kw: real_make(
+        G, out, max(1, n // 250), *a, progress=False,
+        **{**kw, "shard_size": 2, "size": min(kw.get("size") or G.resolution, G.resolution)}))
+    real_views = hd.data.DomainViews
+    monkeypatch.setattr(hd.data, "DomainViews", lambda G, domains, **kw: real_views(
+        G, domains, **{**kw, "batch_size": 2, "batches": 1, "size": min(kw.get("size") or G.resolution, G.resolution)}))
     # the image side: LPIPS on a random backbone, a short inversion and a hundredth of the steps
     lpips = load_lpips(backbone="random")
     quick = hd.InversionConfig(steps=2, pca_samples=300)
@@ -82,3 +90,5 @@ def test_readme_python_blocks_run_as_written(stand_ins):
     assert namespace["pixar"].meta["iterations"] == 4  # the resumed run: 400 steps asked, a hundredth taken
     assert len(namespace["history"]) == 3 and namespace["images"].shape[0] == 8
     assert namespace["mermaid"].style_latent is not None and (stand_ins / "me_pixar.png").is_file()
+    assert namespace["index"]["samples"] == 4 and namespace["record"]["index"] == 3
+    assert namespace["styled"].shape == (32, 32, 3) and namespace["anchor"].shape == (2, 3, 32, 32)

@@ -1,0 +1,128 @@
+"""`hyperdomain dataset`: a generator and its domains as a sharded image dataset (thin: the library
+does the work, this parses, checks the user's values and reports)."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+from .options import SEED, FiniteFloat, LibraryDefault
+
+
+def make_function():
+    from hyperdomain import make_dataset
+
+    return make_dataset
+
+
+EXAMPLES = """
+\b
+Examples:
+  hyperdomain dataset -g ffhq -d pixar.safetensors -d anime.safetensors -n 100000 --size 256 --out data/faces
+  hyperdomain dataset -g ffhq --hyper hdn.safetensors --prompts builtin:heldout -n 10000 --views 2 --out data/views
+  torchrun --nnodes 4 --nproc_per_node 8 ... -m cli.main dataset ...   # rank r writes shards r, r+W, ...
+  hyperdomain dataset --out data/faces --verify                        # check a finished dataset
+"""
+
+
+def dataset_command(cli: ModuleType) -> click.Command:
+    """The command, built on ``cli.main``'s shared helpers (passed in: ``python -m cli.main`` runs that
+    module as ``__main__``, so importing it from here would load a second copy)."""
+
+    @click.command(epilog=EXAMPLES)
+    @cli.generator_option
+    @click.option("--domain", "-d", "domains", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="A domain file; repeatable (named by the file's stem).")
+    @click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path),
+                  help="A hypernetwork file, with -p or --prompts.")
+    @click.option("--prompt", "-p", "prompts", multiple=True, help="A domain in words for --hyper; repeatable.")
+    @click.option("--prompts", "prompt_list", help="A domain list for --hyper (one prompt a line, or builtin:heldout).")
+    @click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder [default: its own].")
+    @click.option("-n", "--num", "n", type=int, help="Latent indices 0..N-1 (samples).")
+    @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+                  help="Dataset folder (new, empty, or one of the same settings to resume).")
+    @click.option("--seed", cls=LibraryDefault, owner=make_function, type=SEED)
+    @click.option("--truncation", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0, 2.0))
+    @click.option("--views", cls=LibraryDefault, owner=make_function, type=int,
+                  help="Latent neighbours z + sigma * noise per index (of the source).")
+    @click.option("--sigma", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0))
+    @click.option("--size", type=int,
+                  help="Downscale to this many pixels a side (antialiased) [default: the generator's].")
+    @click.option("--format", "fmt", cls=LibraryDefault, owner=make_function, field="format",
+                  type=click.Choice(["png", "jpg", "webp"]))
+    @click.option("--quality", cls=LibraryDefault, owner=make_function, type=int, help="jpg/webp quality, 1-100.")
+    @click.option("--layout", cls=LibraryDefault, owner=make_function, type=click.Choice(["webdataset", "folder"]),
+                  help="webdataset: tar shards; folder: source/, <domain>/, views/ trees.")
+    @click.option("--shard-size", cls=LibraryDefault, owner=make_function, type=int, help="Samples per shard.")
+    @click.option("--batch", cls=LibraryDefault, owner=make_function, type=int,
+                  help="Images per generator pass (a setting: it fixes float rounding, so a resume keeps it).")
+    @click.option("--verify", is_flag=True,
+                  help="Re-read the dataset and check it against its index (without -n: only that).")
+    @click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")
+    @click.option("--progress/--no-progress", default=True)
+    @cli.device_option
+    @click.pass_context
+    @cli.user_errors
+    def dataset(ctx, generator, domains, hyper, prompts, prompt_list, hyper_clip, n, out, seed, truncation, views,
+                sigma, size, fmt, quality, layout, shard_size, batch, verify, no_check, progress, device):
+        """Write a dataset: each latent index in the source and in every domain (paired), with views."""
+        import hyperdomain as hd
+        from hyperdomain import distributed
+
+        if n is None:
+            if not verify:
+                raise cli.UserError("-n/--num is required: how many latent indices (samples) to write")
+            index = hd.verify_dataset(out)
+            click.echo(f"{out}: verified {index['samples']} samples, {index['images']} images in "
+                       f"{len(index['shards'])} shards")
+            return
+        for option, value, low in (("--num", n, 1), ("--views", views, 0), ("--shard-size", shard_size, 1),
+                                   ("--batch", batch, 1), ("--size", size, 1), ("--quality", quality, 1)):
+            if value is not None and value < low:
+                raise cli.UserError(f"{option}: expected an integer >= {low}, got {value}")
+        if quality > 100:
+            raise cli.UserError(f"--quality: expected an integer <= 100, got {quality}")
+        if (prompts or prompt_list) and hyper is None:
+            raise cli.UserError("--prompt/--prompts need --hyper FILE (a hypernetwork that maps prompts to domains)")
+        if hyper is not None and not (prompts or prompt_list):
+            raise cli.UserError("--hyper needs -p PROMPT or --prompts LIST")
+        if device != "auto":
+            cli.resolve_device(device)
+        dist = distributed.setup(device)
+        try:
+            G = hd.load_generator(generator, device=dist.device)
+            if size is not None and size > G.resolution:
+                raise cli.UserError(f"--size {size}: images are only downscaled; generator {G.name} makes "
+                                    f"{G.resolution} px")
+            named = [(p.stem, hd.Domain.load(p, generator=G, check=not no_check)) for p in domains]
+            if hyper is not None:
+                from hyperdomain.domain_list import read_domain_list
+
+                words = list(prompts) + ([d.target for d in read_domain_list(prompt_list, G.source_prompt)]
+                                         if prompt_list else [])
+                net = cli.load_hyper(hyper, G, no_check, hyper_clip)
+                named += list(zip(words, net.domains(words)))
+            try:
+                index = hd.make_dataset(G, out, n, named, seed=seed, truncation=truncation, views=views,
+                                        sigma=sigma, size=size, format=fmt, quality=quality, layout=layout,
+                                        shard_size=shard_size, batch=batch, check=not no_check, dist=dist,
+                                        progress=progress)
+            except KeyboardInterrupt as stop:
+                signum = getattr(stop, "signum", signal.SIGINT)
+                if dist.is_main:
+                    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+                    click.echo(f"{what}; the complete shards in {out} are kept; run the same command again to "
+                               f"resume", err=True)
+                ctx.exit(128 + int(signum))
+            if verify and dist.is_main:
+                hd.verify_dataset(out)
+            if dist.is_main:
+                click.echo(f"wrote {out}: {index['samples']} samples, {index['images']} images in "
+                           f"{len(index['shards'])} shards ({layout}, {index['settings']['size']} px {fmt})"
+                           + (", verified" if verify else ""))
+        finally:
+            distributed.teardown(dist)
+
+    return dataset

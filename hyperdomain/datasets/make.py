@@ -1,0 +1,215 @@
+"""``make_dataset``: latent indices ``0..n-1`` rendered in the source and in each domain, as shards.
+
+Shards are the unit of work. Rank ``r`` of ``W`` (``torchrun``) takes shards ``r, r + W, ...``;
+a shard already complete is skipped, so a killed run resumes where it stopped. The last step
+gathers every shard's size and digest into ``index.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.distributed
+from tqdm import tqdm
+
+from ..distributed import DistInfo, any_rank
+from ..domain import Domain
+from ..errors import HyperdomainError
+from ..files.atomic import write_text
+from ..training.run_dir import RunInterrupted, deferred_interrupt
+from .render import Encoder, domain_table, passes, render_rows, sample_rows
+from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, DatasetSettings, check_counts,
+                       DomainsArg, domain_digest, named_domains, prepare_out_dir)
+from .shards import open_writer, partial_path, remove_partial, shard_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..generator import Generator
+
+log = logging.getLogger(__name__)
+
+__all__ = ["make_dataset", "dataset_settings", "sample_record"]
+
+
+def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain]], *, seed: int = 0,
+                     truncation: float = 0.7, views: int = 0, sigma: float = 0.2, size: int | None = None,
+                     format: str = "png", quality: int = 95, layout: str = "webdataset", shard_size: int = 100,
+                     batch: int = 16) -> DatasetSettings:
+    """Checked settings for ``make_dataset`` (named domains as from ``named_domains``)."""
+    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1), batch=(batch, 1))
+    size = G.resolution if size is None else size
+    check_counts(size=(size, 1))
+    if size > G.resolution:
+        raise HyperdomainError(f"size {size}: images are only downscaled; the generator makes {G.resolution} px")
+    if format not in IMAGE_FORMATS:
+        raise HyperdomainError(f"format must be one of {', '.join(IMAGE_FORMATS)}, got {format!r}")
+    if layout not in LAYOUTS:
+        raise HyperdomainError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise HyperdomainError(f"quality must be an integer in [1, 100], got {quality!r}")
+    for name, value in (("truncation", truncation), ("sigma", sigma)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:  # NaN fails too
+            raise HyperdomainError(f"{name} must be a finite number >= 0, got {value!r}")
+    return DatasetSettings(
+        n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
+        format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
+        batch=int(batch),
+        generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
+        domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
+                      for name, d in domains))
+
+
+def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor) -> str:
+    """A sample's JSON record: what made it, so any image can be traced and made again."""
+    record = {
+        "index": index, "key": f"{index:08d}", "seed": settings.seed, "z": z.tolist(),
+        "truncation": settings.truncation, "noise_mode": settings.noise_mode,
+        "views": settings.views, "sigma": settings.sigma, "size": settings.size,
+        "domains": [{"name": d["name"], "digest": d["digest"]} for d in settings.domains],
+        "generator": settings.generator, "files": settings.member_names(index),
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
+                 domains: DomainsArg = (), *, seed: int = 0, truncation: float = 0.7,
+                 views: int = 0, sigma: float = 0.2, size: int | None = None, format: str = "png", quality: int = 95,
+                 layout: str = "webdataset", shard_size: int = 100, batch: int = 16, check: bool = True,
+                 dist: DistInfo | None = None, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Write a dataset of latent indices ``0..n-1`` into ``out_dir``; return its index.
+
+    Per index: the source image, the image in each domain (same latent) and ``views`` latent
+    neighbours ``z + sigma * noise`` (source, truncation applied after), plus a JSON record.
+    ``domains`` is a list of domains (named by prompt or file) or ``(name, Domain)`` pairs, or a
+    ``{name: Domain}`` mapping; names become keys and folders (slugged: no dots, unique). ``layout``
+    ``"webdataset"`` writes tar shards of ``shard_size`` samples; ``"folder"`` an ImageFolder tree.
+    ``batch`` is the number of images per generator pass (all passes have this shape, so it is a
+    setting: the same settings give the same bytes). A folder holding a dataset of the same
+    settings is resumed (complete shards are kept); any other non-empty folder is refused.
+    Under ``torchrun`` pass ``dist`` (``hyperdomain.distributed.setup()``): rank ``r`` of ``W``
+    writes shards ``r, r + W, ...``. Ctrl-C or SIGTERM abandons the current shard (its temporary
+    file removed) and raises ``KeyboardInterrupt``.
+    """
+    named = named_domains(G, domains, check=check)
+    settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma, size=size,
+                                format=format, quality=quality, layout=layout, shard_size=shard_size, batch=batch)
+    dist = dist or DistInfo(device=G.device)
+    out_dir = Path(out_dir)
+    settings = _prepare_everywhere(dist, out_dir, settings)
+    mine = list(range(dist.rank, settings.num_shards, dist.world))
+    summaries = _write_shards(G, out_dir, settings, [d for _, d in named], mine, dist, progress, threads)
+    everyone = _gather(dist, summaries)
+    index = dataset_index(settings, everyone)
+    if dist.is_main:
+        write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
+        log.info("wrote %s: %d samples, %d images in %d shards", out_dir, settings.n, index["images"],
+                 settings.num_shards)
+    return index
+
+
+def dataset_index(settings: DatasetSettings, summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    shards = sorted(summaries, key=lambda s: s["first"])
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings.to_dict(),
+            "keys": settings.keys, "samples": settings.n, "images": settings.n * settings.images_per_sample,
+            "bytes": sum(s["bytes"] for s in shards), "shards": shards}
+
+
+def _prepare_everywhere(dist: DistInfo, out_dir: Path, settings: DatasetSettings) -> DatasetSettings:
+    """Rank 0 prepares the folder first (so ranks never race to create it); a refusal stops every rank."""
+    error = None
+    if dist.is_main:
+        try:
+            settings = prepare_out_dir(out_dir, settings)
+        except HyperdomainError as e:
+            error = e
+    if any_rank(dist, [error is not None])[0]:
+        raise error or HyperdomainError(f"{out_dir}: rank 0 could not prepare the dataset folder")
+    if not dist.is_main:  # on a shared file system this reads rank 0's settings; else makes its own folder
+        settings = prepare_out_dir(out_dir, settings)
+    return settings
+
+
+def _complete(out_dir: Path, settings: DatasetSettings, shard: int) -> bool:
+    return (out_dir / settings.shard_name(shard)).is_file()
+
+
+def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, domains: Sequence[Domain],
+                  shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None) -> list[dict[str, Any]]:
+    per_sample = settings.images_per_sample
+    done = [s for s in shards if _complete(out_dir, settings, s)]
+    total = sum(len(settings.shard_range(s)) for s in shards) * per_sample
+    initial = sum(len(settings.shard_range(s)) for s in done) * per_sample
+    table = domain_table(G, domains)
+    threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+    encoder = Encoder(settings.format, settings.quality, threads)
+    bar = tqdm(total=total, initial=initial, desc="dataset", unit="img", dynamic_ncols=True,
+               disable=(not progress or not dist.is_main) or None)
+    summaries = []
+    try:
+        with deferred_interrupt() as stop:
+            for shard in shards:
+                if shard not in done:
+                    _write_one(G, out_dir, settings, table, encoder, shard, stop, bar)
+                    log.info("dataset shard %s written by rank %d", settings.shard_name(shard), dist.rank)
+                else:
+                    remove_partial(partial_path(out_dir, settings, shard))  # left by a kill after the rename
+                summaries.append(_summary(out_dir, settings, shard))
+    finally:
+        bar.close()
+        encoder.close()
+    return summaries
+
+
+def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor, encoder: Encoder, shard: int,
+               stop, bar) -> None:
+    writer = open_writer(out_dir, settings, shard)
+    try:
+        indices = settings.shard_range(shard)
+        rows = [r for i in indices for r in sample_rows(settings, G.z_dim, i)]
+        per_sample = settings.images_per_sample
+        records, pending = [], []
+        for chunk in passes(rows, settings.batch):
+            if stop.is_set():
+                raise RunInterrupted(stop.signum)
+            pending += zip(chunk, encoder(render_rows(G, chunk, table, settings)))
+            while len(pending) >= per_sample:  # whole samples are written in order
+                sample, pending = pending[:per_sample], pending[per_sample:]
+                index = sample[0][0].index
+                names = settings.member_names(index)
+                for name, (_, data) in zip(names, sample):
+                    writer.add(name, data)
+                record = sample_record(settings, index, sample[0][0].z)
+                writer.add(f"{index:08d}.json", record.encode())
+                records.append(record)
+                bar.update(per_sample)
+        writer.commit(records)
+    except OSError as e:
+        writer.abort()
+        raise HyperdomainError(f"{writer.final}: cannot write the shard ({e.strerror or e}); complete shards are "
+                               f"kept") from None
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _summary(out_dir: Path, settings: DatasetSettings, shard: int) -> dict[str, Any]:
+    try:
+        digest, size = shard_digest(out_dir, settings, shard)
+    except OSError as e:
+        raise HyperdomainError(f"{out_dir / settings.shard_name(shard)}: cannot read the shard back "
+                               f"({e.strerror or e})") from None
+    r = settings.shard_range(shard)
+    return {"name": settings.shard_name(shard), "first": r.start, "samples": len(r),
+            "images": len(r) * settings.images_per_sample, "bytes": size, "sha256": digest}
+
+
+def _gather(dist: DistInfo, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not dist.active:
+        return summaries
+    everyone: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(everyone, summaries)
+    return [s for part in everyone for s in part]

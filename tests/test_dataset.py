@@ -1,0 +1,420 @@
+"""Datasets: per-index determinism, both layouts, resume, verification, bad input, the CLI."""
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hyperdomain as hd
+from hyperdomain.datasets import dataset_settings, index_latent, render_samples, view_latent
+from hyperdomain.datasets.settings import named_domains, unique_names
+from hyperdomain.errors import HyperdomainError
+from hyperdomain.images import to_uint8
+
+from conftest import assert_user_error, cli, make_tiny_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(shard_size=3, batch=4, progress=False)
+
+
+@pytest.fixture
+def doms(tiny_G):
+    g = torch.Generator().manual_seed(5)
+    return [hd.Domain(torch.randn(tiny_G.num_domain_params, generator=g) * 0.5, tiny_G.domain_dims,
+                      {"prompt": p, "generator_fingerprint": tiny_G.fingerprint}) for p in ("Pixar render", "Anime")]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (relative name -> bytes)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def tar_images(path: Path) -> dict[str, np.ndarray]:
+    """The images of a tar shard read with plain tarfile, by member name."""
+    out = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            data = tar.extractfile(m).read()
+            if not m.name.endswith(".json"):
+                out[m.name] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return out
+
+
+# ------------------------------------------------------------------------------------ latents
+def test_latents_are_pure_functions_of_seed_and_index():
+    z = index_latent(3, 17, 32)
+    assert torch.equal(z, index_latent(3, 17, 32)) and z.shape == (32,)
+    others = [index_latent(3, 16, 32), index_latent(3, 18, 32), index_latent(4, 17, 32)]
+    assert all((z - o).abs().max() > 0.5 for o in others)
+    state = torch.random.get_rng_state()
+    v = view_latent(3, 17, 1, 32, 0.2)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
+    noise = (v - z) / 0.2
+    assert 0.5 < noise.std() < 1.5 and not torch.allclose(v, view_latent(3, 17, 0, 32, 0.2))
+    assert torch.equal(view_latent(3, 17, 1, 32, 0.0), z)
+
+
+def test_names_are_key_safe_and_unique():
+    assert unique_names(["3D render. Pixar", "source", "Anime", "anime", "view2", "..."]) == \
+        ["3d_render_pixar", "source_2", "anime", "anime_2", "view2_2", "domain"]
+
+
+# ------------------------------------------------------------------------------------ determinism
+def test_an_index_renders_the_same_in_any_pass_order_and_company(tiny_G, doms):
+    named = named_domains(tiny_G, doms)
+    s = dataset_settings(tiny_G, 10, named, views=2, batch=4)
+    alone = render_samples(tiny_G, s, doms, [7])[7]
+    crowd = render_samples(tiny_G, s, doms, [9, 3, 7, 0, 1])[7]
+    assert list(alone) == s.keys == ["source", "pixar_render", "anime", "view0", "view1"]
+    assert all(torch.equal(alone[k], crowd[k]) for k in s.keys)
+    # the images are what the generator makes for the index's latent (one pass, plain API)
+    z = torch.stack([index_latent(0, 7, tiny_G.z_dim), view_latent(0, 7, 1, tiny_G.z_dim, 0.2)])
+    x = tiny_G.synthesis(tiny_G.mapping(z, 0.7), torch.stack([doms[1].vector, torch.zeros_like(doms[1].vector)]))
+    plain = to_uint8(x)
+    for got, want in ((alone["anime"], plain[0]), (alone["view1"], plain[1])):
+        assert (got.int() - want.int()).abs().max() <= 1 and (got != want).float().mean() < 0.01
+    assert (alone["anime"].int() - alone["source"].int()).abs().float().mean() > 5  # the domain changes the image
+    # another pass size changes float32 rounding only: at most one level, on a few values
+    other = render_samples(tiny_G, dataset_settings(tiny_G, 10, named, views=2, batch=3), doms, [7])[7]
+    diff = torch.stack([(other[k].int() - alone[k].int()).abs() for k in s.keys])
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def test_shard_size_does_not_change_the_images(tmp_path, tiny_G, doms):
+    a = hd.make_dataset(tiny_G, tmp_path / "a", 7, doms, views=1, shard_size=2, batch=4, progress=False)
+    hd.make_dataset(tiny_G, tmp_path / "b", 7, doms, views=1, shard_size=3, batch=4, progress=False)
+    ia = {k: v for s in range(4) for k, v in tar_images(tmp_path / "a" / f"shard-{s:06d}.tar").items()}
+    ib = {k: v for s in range(3) for k, v in tar_images(tmp_path / "b" / f"shard-{s:06d}.tar").items()}
+    assert len(ia) == 7 * 4 and ia.keys() == ib.keys()
+    assert all(np.array_equal(ia[k], ib[k]) for k in ia)
+    assert [s["samples"] for s in a["shards"]] == [2, 2, 2, 1] and a["images"] == 28
+
+
+# ------------------------------------------------------------------------------------ layouts
+def test_webdataset_reads_the_shards_and_images_equal_the_renders(tmp_path, tiny_G, doms):
+    wds = pytest.importorskip("webdataset")
+    out = tmp_path / "wds"
+    index = hd.make_dataset(tiny_G, out, 5, doms, views=2, seed=11, **FAST)
+    assert [s["name"] for s in index["shards"]] == ["shard-000000.tar", "shard-000001.tar"]
+    renders = render_samples(tiny_G, hd.datasets.read_settings(out), doms, range(5))
+    urls = [str(out / s["name"]) for s in index["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in samples] == [f"{i:08d}" for i in range(5)]
+    for i, s in enumerate(samples):
+        for key in index["keys"]:
+            assert np.array_equal(s[f"{key}.png"], renders[i][key].numpy()), (i, key)
+        rec = s["json"]
+        assert rec["index"] == i and rec["seed"] == 11 and rec["truncation"] == 0.7
+        assert torch.equal(torch.tensor(rec["z"]), index_latent(11, i, tiny_G.z_dim))
+        assert rec["generator"]["fingerprint"] == tiny_G.fingerprint
+        assert [d["digest"] for d in rec["domains"]] == [d["digest"] for d in index["settings"]["domains"]]
+    # plain tarfile: members in sample order with fixed metadata
+    with tarfile.open(out / "shard-000001.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members][:6] == ["00000003.source.png", "00000003.pixar_render.png", "00000003.anime.png",
+                                             "00000003.view0.png", "00000003.view1.png", "00000003.json"]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o644)}
+
+
+def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
+    hd.make_dataset(tiny_G, tmp_path / "t", 3, doms, views=1, **FAST)
+    index = hd.make_dataset(tiny_G, tmp_path / "f", 3, doms, views=1, layout="folder", shard_size=2, batch=4,
+                            progress=False)
+    files = tree(tmp_path / "f")
+    assert sorted(f for f in files if f.endswith(".png")) == sorted(
+        [f"{d}/{i:08d}.png" for d in ("source", "pixar_render", "anime") for i in range(3)]
+        + [f"views/{i:08d}_0.png" for i in range(3)])
+    assert {"settings.json", "index.json", "shard-000000.jsonl", "shard-000001.jsonl"} <= set(files)
+    records = [json.loads(line) for s in ("shard-000000.jsonl", "shard-000001.jsonl")
+               for line in files[s].decode().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2] and records[2]["files"][1] == "pixar_render/00000002.png"
+    tars = tar_images(tmp_path / "t" / "shard-000000.tar")
+    for i in range(3):
+        for key, rel in (("source", f"source/{i:08d}.png"), ("anime", f"anime/{i:08d}.png"),
+                         ("view0", f"views/{i:08d}_0.png")):
+            assert np.array_equal(tars[f"{i:08d}.{key}.png"], np.asarray(Image.open(tmp_path / "f" / rel)))
+    assert hd.verify_dataset(tmp_path / "f") == index
+
+
+def test_size_and_formats(tmp_path, tiny_G, doms):
+    index = hd.make_dataset(tiny_G, tmp_path / "j", 2, doms[:1], size=16, format="jpg", quality=80, **FAST)
+    imgs = tar_images(tmp_path / "j" / "shard-000000.tar")
+    assert list(imgs) == ["00000000.source.jpg", "00000000.pixar_render.jpg", "00000001.source.jpg",
+                          "00000001.pixar_render.jpg"]
+    assert all(a.shape == (16, 16, 3) for a in imgs.values()) and index["settings"]["size"] == 16
+    hd.make_dataset(tiny_G, tmp_path / "w", 1, [], size=16, format="webp", **FAST)
+    hd.verify_dataset(tmp_path / "w")
+    hd.make_dataset(tiny_G, tmp_path / "p", 1, [], size=16, **FAST)
+    small = tar_images(tmp_path / "p" / "shard-000000.tar")["00000000.source.png"].astype(np.float32)
+    full = render_samples(tiny_G, dataset_settings(tiny_G, 1, [], batch=4), [], [0])[0]["source"].float()
+    box = full.reshape(16, 2, 16, 2, 3).mean((1, 3)).numpy()  # an antialiased downscale is near the 2x2 mean,
+    naive = full[::2, ::2].numpy()  # nearer than every other pixel is
+    assert np.abs(small - box).mean() < 0.5 * np.abs(naive - box).mean()
+
+
+# ------------------------------------------------------------------------------------ index and verify
+def test_verify_finds_damage(tmp_path, tiny_G, doms):
+    out = tmp_path / "v"
+    hd.make_dataset(tiny_G, out, 5, doms[:1], **FAST)
+    hd.verify_dataset(out)
+    shard = out / "shard-000001.tar"
+    good = shard.read_bytes()
+    data = bytearray(good)
+    data[600] ^= 0xFF  # inside the first image
+    shard.write_bytes(bytes(data))
+    with pytest.raises(HyperdomainError, match="shard-000001.tar: .*the index says") as e:
+        hd.verify_dataset(out)
+    assert "\n" not in str(e.value)
+    shard.unlink()
+    with pytest.raises(HyperdomainError, match="shard-000001.tar: missing"):
+        hd.verify_dataset(out)
+    (out / "index.json").unlink()
+    with pytest.raises(HyperdomainError, match="not finished"):
+        hd.verify_dataset(out)
+
+
+# ------------------------------------------------------------------------------------ resume
+def test_resume_keeps_complete_shards_and_equals_an_uninterrupted_run(tmp_path, tiny_G, doms, monkeypatch):
+    import hyperdomain.datasets.make as make
+
+    whole = tmp_path / "whole"
+    hd.make_dataset(tiny_G, whole, 6, doms, views=1, **FAST)
+    out = tmp_path / "cut"
+    real, calls = make.render_rows, []
+
+    def interrupting(*a, **k):  # Ctrl-C in the middle of shard 1 (3 passes a shard: 3 samples x 4 images)
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(make, "render_rows", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        hd.make_dataset(tiny_G, out, 6, doms, views=1, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json", "shard-000000.tar"]  # no temporary shard
+    first = (out / "shard-000000.tar").stat().st_mtime_ns
+    monkeypatch.setattr(make, "render_rows", real)
+    (out / ".shard-000001.tar.partial").write_bytes(b"left by a kill")
+    hd.make_dataset(tiny_G, out, 6, doms, views=1, **FAST)
+    assert tree(out) == tree(whole)
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == first  # kept, not written again
+
+
+def test_a_folder_is_resumed_only_with_the_same_settings(tmp_path, tiny_G, doms):
+    out = tmp_path / "d"
+    hd.make_dataset(tiny_G, out, 3, doms, **FAST)
+    with pytest.raises(HyperdomainError, match=r"other settings \(truncation: 0.7 there, 0.5 now\)"):
+        hd.make_dataset(tiny_G, out, 3, doms, truncation=0.5, **FAST)
+    with pytest.raises(HyperdomainError, match=r"other settings \(domains: \['pixar_render', 'anime'\] there"):
+        hd.make_dataset(tiny_G, out, 3, doms[:1], **FAST)
+    with pytest.raises(HyperdomainError, match=r"other settings \(batch: 4 there, 5 now\)"):
+        hd.make_dataset(tiny_G, out, 3, doms, shard_size=3, batch=5, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(HyperdomainError, match="is not empty and holds no dataset"):
+        hd.make_dataset(tiny_G, other, 3, doms, **FAST)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(n=0), "n must be an integer >= 1, got 0"),
+    (dict(n=-3), "n must be"),
+    (dict(views=-1), "views must be an integer >= 0"),
+    (dict(shard_size=0), "shard_size must be"),
+    (dict(batch=0), "batch must be"),
+    (dict(size=64), "only downscaled"),
+    (dict(format="gif"), "format must be one of png, jpg, webp"),
+    (dict(sigma=float("nan")), "sigma must be a finite number"),
+])
+def test_bad_arguments_write_nothing(tmp_path, tiny_G, doms, kw, fragment):
+    args = {"n": 3, **FAST, **kw}
+    with pytest.raises(HyperdomainError, match=fragment):
+        hd.make_dataset(tiny_G, tmp_path / "x", args.pop("n"), doms, **args)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_domain_for_another_generator_is_refused(tmp_path, tiny_G, doms):
+    other = make_tiny_generator(seed=1)
+    with pytest.raises(HyperdomainError, match="was trained for generator"):
+        hd.make_dataset(other, tmp_path / "x", 3, doms, **FAST)
+    small = hd.Domain(torch.zeros(10), (10,))
+    with pytest.raises(HyperdomainError, match="has 10 numbers in 1 convs"):
+        hd.make_dataset(tiny_G, tmp_path / "x", 3, [small], **FAST)
+    assert not (tmp_path / "x").exists()
+    hd.make_dataset(tiny_G, tmp_path / "done", 2, doms, **FAST)
+    before = tree(tmp_path / "done")
+    with pytest.raises(HyperdomainError, match="has 10 numbers in 1 convs"):
+        hd.make_dataset(tiny_G, tmp_path / "done", 2, [doms[0], small], **FAST)
+    assert tree(tmp_path / "done") == before
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_complete_shards(tmp_path, tiny_G, doms, monkeypatch):
+    from hyperdomain.datasets import shards
+
+    out = tmp_path / "full"
+    real = shards.TarShardWriter.add
+
+    def add(self, name, data):
+        if name.startswith("00000004"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, data)
+
+    monkeypatch.setattr(shards.TarShardWriter, "add", add)
+    with pytest.raises(HyperdomainError, match=r"shard-000001.tar: cannot write the shard \(No space left on device\)"):
+        hd.make_dataset(tiny_G, out, 6, doms, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json", "shard-000000.tar"]
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        assert len(tar.getmembers()) == 3 * 4
+    with pytest.raises(HyperdomainError, match="cannot create the dataset folder"):
+        hd.make_dataset(tiny_G, out / "settings.json" / "sub", 3, doms, **FAST)  # under a file: unwritable
+
+
+# ------------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def domain_files(tmp_path, doms):
+    paths = [tmp_path / "pixar.safetensors", tmp_path / "anime.safetensors"]
+    for d, p in zip(doms, paths):
+        d.save(p)
+    return paths
+
+
+def test_cli_dataset_verify_and_resume_message(tmp_path, tiny_ckpt, domain_files, monkeypatch):
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "ds"
+    base = ["dataset", "--generator", ckpt, "-d", domain_files[0], "-d", domain_files[1], "-n", 5, "--views", 1,
+            "--shard-size", 2, "--batch", 3, "--out", out, "--device", "cpu", "--no-progress"]
+    r = cli(*base, "--verify")
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.stdout and "5 samples, 20 images in 3 shards (webdataset, 32 px png), verified" in r.stdout
+    index = json.loads((out / "index.json").read_text())
+    assert [d["name"] for d in index["settings"]["domains"]] == ["pixar", "anime"]
+    r = cli("dataset", "--out", out, "--verify")
+    assert r.exit_code == 0 and "verified 5 samples, 20 images in 3 shards" in r.stdout, r.output
+    r = cli(*base)  # complete: nothing to do, same files
+    assert r.exit_code == 0, r.output
+    # Ctrl-C: one line saying how to resume, exit 130
+    import hyperdomain.datasets.make as make
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(make, "render_rows", interrupt)
+    r = cli(*base[:-4], tmp_path / "ds2", "--device", "cpu", "--no-progress")
+    assert r.exit_code == 130 and "run the same command again to resume" in r.stderr, r.output
+    assert sorted(p.name for p in (tmp_path / "ds2").iterdir()) == ["settings.json"]
+
+
+def test_cli_bad_input_gives_one_line(tmp_path, tiny_ckpt, domain_files, tiny_clip_config):
+    ckpt, _ = tiny_ckpt
+    base = ["dataset", "--generator", ckpt, "--device", "cpu", "--no-progress"]
+    out = tmp_path / "o"
+    for args, fragments in (
+        (["-n", 0, "--out", out], ["--num", ">= 1, got 0"]),
+        (["-n", 3, "--views", -2, "--out", out], ["--views", ">= 0, got -2"]),
+        (["-n", 3, "--shard-size", 0, "--out", out], ["--shard-size"]),
+        (["-n", 3, "--size", 64, "--out", out], ["--size 64", "32 px"]),
+        (["--out", out], ["-n/--num is required"]),
+        (["-n", 3, "-p", "Anime", "--out", out], ["--hyper FILE"]),
+        (["-n", 3, "-d", tmp_path / "missing.safetensors", "--out", out], ["missing.safetensors"]),
+    ):
+        assert_user_error(cli(*base, *args), *fragments)
+    assert not out.exists()
+    # a domain for another generator
+    other = hd.Domain(torch.zeros(10), (10,), {"generator": "big"})
+    other.save(tmp_path / "big.safetensors")
+    assert_user_error(cli(*base, "-n", 3, "-d", tmp_path / "big.safetensors", "--out", out), "big.safetensors", "convs")
+    # a prompt list with errors: every problem named, before any model is loaded
+    from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+
+    G = make_tiny_generator()
+    net = HyperDomainNet(HyperConfig(domain_dims=G.domain_dims, input_dim=32, width=16, block_width=16),
+                         meta={"generator": "tiny", "generator_fingerprint": G.fingerprint})
+    net.save(tmp_path / "hdn.safetensors")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Anime painting\nanime  painting\nSketch - \n")
+    assert_user_error(cli(*base, "-n", 3, "--hyper", tmp_path / "hdn.safetensors", "--prompts", bad, "--out", out),
+                      "bad.txt", "line 2: duplicate of line 1", "line 3: empty source")
+    assert not out.exists()
+    # an existing folder of other files; a finished dataset verified with damage
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    assert_user_error(cli(*base, "-n", 3, "--out", out), "not empty")
+    # the hypernetwork's prompts make a dataset
+    good = tmp_path / "good"
+    r = cli(*base, "-n", 2, "--hyper", tmp_path / "hdn.safetensors", "-p", "Anime painting", "--hyper-clip",
+            tiny_clip_config, "--out", good, "--shard-size", 2)
+    assert r.exit_code == 0, r.output
+    assert json.loads((good / "index.json").read_text())["keys"] == ["source", "anime_painting"]
+    data = bytearray((good / "shard-000000.tar").read_bytes())
+    data[700] ^= 1
+    (good / "shard-000000.tar").write_bytes(bytes(data))
+    assert_user_error(cli("dataset", "--out", good, "--verify"), "shard-000000.tar", "the index says")
+
+
+# ------------------------------------------------------------------------------------ processes
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _cli_args(ckpt, domain_files, out, n=9):
+    return ["dataset", "--generator", str(ckpt), "-d", str(domain_files[0]), "-d", str(domain_files[1]), "-n", str(n),
+            "--views", "1", "--shard-size", "2", "--batch", "3", "--out", str(out), "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.slow  # three processes
+def test_sigkill_mid_shard_then_resume_is_byte_identical(tmp_path, tiny_ckpt, domain_files):
+    ckpt, _ = tiny_ckpt
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, whole)], cwd=ROOT, env=_env(),
+                   check=True, capture_output=True, timeout=300)
+    ready = tmp_path / "stalled"
+    # the worker stalls in the 5th generator pass, inside shard 1 (2 samples x 4 images: passes 4-6 of 3 images)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dataset_worker.py"), str(ready), "4",
+                             *_cli_args(ckpt, domain_files, cut)], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    partial = cut / ".shard-000001.tar.partial"
+    assert partial.is_file()  # killed with a shard half made
+    assert sorted(p.name for p in cut.glob("shard-*")) == ["shard-000000.tar"]  # no reader takes it for complete
+    r = subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, cut)], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert tree(cut) == tree(whole)
+
+
+@pytest.mark.slow  # torchrun with 2 processes
+def test_torchrun_ranks_write_disjoint_shards_equal_to_one_process(tmp_path, tiny_ckpt, domain_files):
+    ckpt, _ = tiny_ckpt
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, one)], cwd=ROOT, env=_env(),
+                   check=True, capture_output=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli.main", "-v",
+           *_cli_args(ckpt, domain_files, two)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1, proc.stdout
+    written = {}
+    for line in proc.stderr.splitlines():
+        if "dataset shard" in line and "written by rank" in line:
+            name, rank = line.split("dataset shard ")[1].split(" written by rank ")
+            written.setdefault(int(rank.split()[0]), []).append(name)
+    assert written == {0: ["shard-000000.tar", "shard-000002.tar", "shard-000004.tar"],
+                       1: ["shard-000001.tar", "shard-000003.tar"]}, proc.stderr[-3000:]
+    assert tree(two) == tree(one)

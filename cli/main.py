@@ -813,5 +813,10 @@ def download(names, list_):
         click.echo(f"{name}: {path}")
 
 
+from . import animate_command  # noqa: E402  (built from this module's shared options: no second copy of it)
+
+main.add_command(animate_command.build(sys.modules[__name__]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

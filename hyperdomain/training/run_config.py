@@ -23,7 +23,8 @@ def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -
     object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
     if isinstance(cfg.losses, Mapping):
         object.__setattr__(cfg, "losses", LossWeights.from_mapping(cfg.losses))
-    object.__setattr__(cfg, "dashboards", parse_dashboards(cfg.dashboards))  # refuses an unknown name
+    if hasattr(cfg, "dashboards"):
+        object.__setattr__(cfg, "dashboards", parse_dashboards(cfg.dashboards))  # refuses an unknown name
     shared = [
         (cfg.iters >= 1, "iters", "an integer >= 1"),
         (cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "a finite number > 0"),
@@ -44,7 +45,9 @@ def run_config_to_dict(cfg: Any) -> dict[str, Any]:
     """A trainer config as plain JSON data (losses by their public names)."""
     d = asdict(cfg)
     d["losses"] = cfg.losses.as_dict()
-    d["clip"], d["betas"], d["dashboards"] = list(cfg.clip), list(cfg.betas), list(cfg.dashboards)
+    d["clip"], d["betas"] = list(cfg.clip), list(cfg.betas)
+    if "dashboards" in d:
+        d["dashboards"] = list(cfg.dashboards)
     return d
 
 

@@ -99,6 +99,9 @@ def build(cli: ModuleType) -> click.Command:
         from tqdm import tqdm
 
         G = hd.load_generator(generator, device=cli.resolve_device(device))
+        if size is not None and size > G.resolution:
+            raise cli.UserError(f"--size {size}: at most the generator's {G.resolution} px (images are only made "
+                                f"smaller)")
         loaded = [None] * with_source + [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
         if hyper is not None:
             loaded += cli.load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))

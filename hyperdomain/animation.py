@@ -135,7 +135,8 @@ def _check_mode(G, mode: str, domains: Sequence[DomainLike], frames: int, n: int
     ok = {"strength": len(domains) == 1 and domains[0] is not None, "morph": len(domains) >= 2,
           "walk": len(domains) <= 1}[mode]
     if not ok:
-        raise HyperdomainError(f"mode {mode} needs {need}, got {len(domains)}")
+        got = "only the source (None)" if mode == "strength" and domains == [None] else len(domains)
+        raise HyperdomainError(f"mode {mode} needs {need}, got {got}")
     if not 2 <= frames <= MAX_FRAMES:
         raise HyperdomainError(f"frames must be in [2, {MAX_FRAMES}], got {frames}")
     if n < 1:
@@ -308,8 +309,10 @@ def animate(G, path: str | os.PathLike, mode: str = "strength", domains: Sequenc
 
     Everything is checked before the first frame renders; the file is written atomically.
     """
-    if domains is None or isinstance(domains, (Domain, torch.Tensor)):
-        domains = [domains] if domains is not None or mode == "strength" else []
+    if domains is None:
+        domains = []
+    elif isinstance(domains, (Domain, torch.Tensor)):
+        domains = [domains]
     domains = list(domains)
     check_animation_file(path, fps, quality)
     _check_mode(G, mode, domains, frames, n, size, walk_keys)

@@ -179,6 +179,7 @@ def test_bad_requests_are_one_line_before_any_work(tmp_path, tiny_G, doms, monke
         (dict(mode="morph"), "mode morph needs at least 2 domains, got 1"),
         (dict(mode="walk", domains=doms), "mode walk needs at most 1 domain, got 2"),
         (dict(mode="strength", domains=[]), "mode strength needs exactly 1 domain, got 0"),
+        (dict(mode="strength", domains=[None]), "mode strength needs exactly 1 domain, got only the source (None)"),
         (dict(mode="spin"), "mode must be one of strength, morph, walk"),
         (dict(size=33), "size 33: must be in [1, 32]"),
         (dict(quality=50), "GIF has no quality setting"),
@@ -273,7 +274,7 @@ def test_cli_bad_input_is_one_line(tmp_path, files, monkeypatch):
     assert_user_error(cli(*base, "-d", d0, "--with-source"), "--with-source is for --mode morph")
     assert_user_error(cli(*base, "-p", "x"), "--prompt needs --hyper")
     assert_user_error(cli(*base, "-d", tmp_path / "none.safetensors"), "none.safetensors")
-    assert_user_error(cli(*base, "-d", d0, "--size", 64), "size 64: must be in [1, 32]")
+    assert_user_error(cli(*base, "-d", d0, "--size", 64), "--size 64: at most the generator's 32 px")
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     assert_user_error(cli("animate", "-g", gen, "-d", d0, "--out", tmp_path / "a.mp4"),
                       "pip install 'hyperdomain[ui]'")

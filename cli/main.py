@@ -322,13 +322,16 @@ _IMAGE_ONLY = ("align", "mix_from", "inversion_steps", "lpips_vgg", "detector", 
               help="With --image --align: the detector's model file (offline) [default: downloaded once].")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder (its settings are kept; --iters may extend it).")
+@click.option("--log", "log", multiple=True, metavar="tensorboard|wandb",
+              help="Also log losses, learning rate, step time and sample grids to TensorBoard (RUN/tensorboard/) "
+                   "or Weights & Biases; repeatable or a comma list [default: log.jsonl only].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @device_option
 @click.pass_context
 @user_errors
 def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses, mixing, templates, seed, out,
           sample_every, checkpoint_every, align, mix_from, inversion_steps, lpips_vgg, detector, detector_weights,
-          resume, progress, device):
+          resume, progress, log, device):
     """Adapt a generator to a domain described in words, or shown by one reference image: trains one
     domain vector against CLIP."""
     import hyperdomain as hd
@@ -336,13 +339,16 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
 
     from hyperdomain.files.run_checkpoints import run_kind
     from hyperdomain.training.image import read_image_adapt_config
+    from hyperdomain.training.dashboards import parse_dashboards, require
     from hyperdomain.training.run_dir import refuse_existing_run
 
+    dashboards = parse_dashboards(log)
     kind = run_kind(resume) if resume is not None else ("image" if image is not None else "adapt")
     if resume is not None:
         config = hd.read_adapt_config(resume) if kind == "adapt" else read_image_adapt_config(resume)
         generator = resumed_generator(ctx, config, generator)
         out = resume
+        require(config.dashboards)  # before anything loads
     elif image is None and not target:
         raise UserError("--target or --image is required (or --resume DIR)")
     elif image is None:
@@ -353,12 +359,13 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
         out = out or Path("runs") / slug(image.stem if image is not None else target)
         refuse_existing_run(out, kind)
         check_photos([image] if image is not None else [])
+        require(dashboards)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
     clips = [absolute_spec(c) for c in clip] or None
     settings = dict(batch=batch, lr=lr, losses=hd.LossWeights.parse(losses) if losses else None, mixing=mixing,
                     seed=seed, templates=templates, sample_every=sample_every, checkpoint_every=checkpoint_every,
-                    generator=absolute_path(generator))
+                    generator=absolute_path(generator), dashboards=dashboards)
     try:
         if kind == "image":
             if resume is not None:
@@ -594,17 +601,23 @@ Examples:
 @click.option("--checkpoint-every", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(0))
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder (its settings are kept; --iters may extend it).")
+@click.option("--log", "log", multiple=True, metavar="tensorboard|wandb",
+              help="Also log losses, learning rate, step time and sample grids to TensorBoard (RUN/tensorboard/) "
+                   "or Weights & Biases; repeatable or a comma list [default: log.jsonl only].")
 @click.option("--progress/--no-progress", default=True)
 @device_option
 @click.pass_context
 @user_errors
 def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, batch, lr, losses, convex_hull,
                 resample_cos, no_resample, crop, mixing, templates, width, seed, out, sample_every,
-                checkpoint_every, resume, progress, device):
+                checkpoint_every, resume, progress, log, device):
     """Train a HyperDomainNet: one network that maps any prompt to a domain vector."""
     import hyperdomain as hd
     from hyperdomain import distributed
+    from hyperdomain.training.dashboards import parse_dashboards, require
 
+    dashboards = parse_dashboards(log)
+    require(hd.read_hyper_config(resume).dashboards if resume is not None else dashboards)  # before anything loads
     if device != "auto":
         resolve_device(device)
     dist = distributed.setup(device)
@@ -636,7 +649,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
                 convex_hull=convex_hull, resample_cos=None if no_resample else resample_cos, crop=crop,
                 mixing=mixing, templates=templates, width=width, seed=seed, sample_every=sample_every,
                 checkpoint_every=checkpoint_every, source=G.source_prompt, generator=absolute_path(generator),
-                **given)
+                dashboards=dashboards, **given)
         try:
             net = hd.train_hyper(G, config, out_dir=out, resume=resume, dist=dist, progress=progress, **options)
         except KeyboardInterrupt as stop:
@@ -816,6 +829,11 @@ def download(names, list_):
 from .dataset_command import dataset_command  # noqa: E402 (registered last: it uses this module's helpers)
 
 main.add_command(dataset_command(sys.modules[__name__]))
+
+from . import animate_command  # noqa: E402  (built from this module's shared options: no second copy of it)
+
+main.add_command(animate_command.build(sys.modules[__name__]))
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,7 +49,8 @@ def check_outputs(outputs: Sequence[tuple[str, Path, str]], inputs: Iterable, ov
 
     ``inputs``: the paths the command reads (None for an option not given).
     """
-    from hyperdomain.files.kinds import EMPTY, IMAGE, IMAGE_SUFFIXES, file_kind  # imports torch: lazily
+    # imports torch: lazily
+    from hyperdomain.files.kinds import ANIMATION, ANIMATION_SUFFIXES, EMPTY, IMAGE, IMAGE_SUFFIXES, VIDEO, file_kind
 
     ins = {Path(p).resolve(): Path(p) for p in inputs if p is not None and str(p)}
     existing = [p for p in ins.values() if p.exists()]
@@ -60,6 +61,9 @@ def check_outputs(outputs: Sequence[tuple[str, Path, str]], inputs: Iterable, ov
         if kind == IMAGE and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise OutputError(f"{option} {path}: unknown image type {path.suffix!r}; use one of "
                               f"{', '.join(IMAGE_SUFFIXES)}")
+        if kind == ANIMATION and path.suffix.lower() not in ANIMATION_SUFFIXES:
+            raise OutputError(f"{option} {path}: unknown animation type {path.suffix!r}; use one of "
+                              f"{', '.join(ANIMATION_SUFFIXES)}")
         resolved = path.resolve()
         if resolved in written:
             raise OutputError(f"{path}: this command would write it twice; pick another {option}")
@@ -71,7 +75,8 @@ def check_outputs(outputs: Sequence[tuple[str, Path, str]], inputs: Iterable, ov
             raise OutputError(f"{option} {path}: is a folder; name a file")
         if path.exists():
             found = file_kind(path)
-            if found not in (kind, EMPTY):
+            same = (kind, EMPTY) + ((IMAGE, VIDEO) if kind == ANIMATION else ())  # an animation reads back as either
+            if found not in same:
                 raise OutputError(f"{path}: holds another kind of file ({found}, not {kind}); it is never "
                                   f"replaced, pick another {option}")
             if not overwrite:

@@ -9,6 +9,7 @@ Public API::
     hd.save_grid(images, "pixar.png")
 """
 from ._version import __version__
+from .animation import animate
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .config import GeneratorConfig
 from . import data, datasets
@@ -45,6 +46,7 @@ __all__ = [
     "HyperDomainNet",
     "HyperTrainConfig",
     "adapt",
+    "animate",
     "evaluate",
     "import_hypernet",
     "read_hyper_config",

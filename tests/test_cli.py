@@ -130,6 +130,7 @@ def test_option_defaults_are_the_librarys():
              hd.ImageAdaptConfig: dataclasses.asdict(hd.ImageAdaptConfig(image="x.png")),
              hd.InversionConfig: dataclasses.asdict(hd.InversionConfig()),
              hd.evaluate: {k: p.default for k, p in inspect.signature(hd.evaluate).parameters.items()},
+             hd.animate: {k: p.default for k, p in inspect.signature(hd.animate).parameters.items()},
              hd.Generator.sample: {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()},
              hd.make_dataset: {k: p.default for k, p in inspect.signature(hd.make_dataset).parameters.items()}}
     checked = 0

@@ -18,6 +18,8 @@ DOMAIN_FILE = "domain file"
 HYPERNET_FILE = "hypernetwork file"
 LATENT_FILE = "latent file"
 IMAGE = "image"
+ANIMATION = "animation"  # what `hyperdomain animate` writes: a GIF or WebP (IMAGE when read back) or a VIDEO
+VIDEO = "video"
 RESULTS = "evaluation results"
 TORCH_CHECKPOINT = "PyTorch checkpoint (a generator or another model's)"
 EMPTY = "empty file"
@@ -26,6 +28,7 @@ OTHER = "file of unknown kind"
 
 # the suffixes hyperdomain.images writes (a test keeps the two lists equal)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+ANIMATION_SUFFIXES = (".gif", ".webp", ".mp4")  # the suffixes hyperdomain.animation writes
 
 _OWN = {DOMAIN: DOMAIN_FILE, HYPERNET: HYPERNET_FILE, LATENT: LATENT_FILE, PCA: "cached latent PCA"}
 # the command whose runs each trainer's checkpoint belongs to
@@ -65,6 +68,8 @@ def file_kind(path: str | os.PathLike) -> str:
         return TORCH_CHECKPOINT  # torch.save's zip, or a pickle (the legacy torch.save format starts as one)
     if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return IMAGE
+    if head[4:8] == b"ftyp":  # ISO base media (MP4, MOV): a box of type ftyp first
+        return VIDEO
     if path.suffix.lower() in (".json", ".csv") and _is_results(path):
         return RESULTS
     return OTHER

@@ -30,6 +30,7 @@ from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..images import save_grid
 from ..losses import LossWeights, clip_losses
 from .latents import TrainingBatch, sample_training_latents, training_seed
+from .dashboards import require
 from .loop import TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
 from .run_dir import refuse_existing_run
@@ -67,6 +68,7 @@ class AdaptConfig:
     clip_antialias: bool = False
     clip_precision: str = "auto"  # autocast for CLIP: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
     generator: str | None = None  # the name or path the generator was loaded from (for resume)
+    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
         check_run_config(self, "adapt", [(self.batch >= 1, "batch", "an integer >= 1")])
@@ -139,6 +141,7 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
                          dict(iters=iters, batch=batch, lr=lr, losses=losses, mixing=mixing))
     out = Path(out_dir) if out_dir is not None else None
     refuse_existing_run(out, _AdaptRun.kind)  # before the encoders load
+    require(config.dashboards)
     run = _AdaptRun(G, _encoders(clip, config, G.device), config, out)
     return run.train(callback, progress)
 
@@ -180,6 +183,7 @@ def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
 
 def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
     tensors, meta, config = open_resume(run_dir, "adapt", AdaptConfig, G, iters)
+    require(config.dashboards)  # before the encoders load
     run = _AdaptRun(G, _encoders(clip, config, G.device), config, run_dir)
     run.restore(tensors, meta)
     return run.train(callback, progress)

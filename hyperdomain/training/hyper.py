@@ -96,6 +96,7 @@ class HyperTrainConfig:
     sample_truncation: float = 0.7
     source: str = DEFAULT_SOURCE_PROMPT  # the default source prompt of list lines without one
     generator: str | None = None
+    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
         check_run_config(self, "train-hyper", [

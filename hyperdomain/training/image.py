@@ -40,6 +40,7 @@ from ..perceptual import load_lpips, lpips_distance
 from ..photos import image_digest, to_tensor
 from .adapt import DOMAIN_FILE
 from .latents import sample_training_latents, training_seed
+from .dashboards import require
 from .loop import TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
 from .run_dir import refuse_existing_run
@@ -82,6 +83,7 @@ class ImageAdaptConfig:
     clip_antialias: bool = False
     clip_precision: str = "auto"
     generator: str | None = None
+    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
         if isinstance(self.inversion, Mapping):
@@ -128,6 +130,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
         if unknown:
             raise HyperdomainError(f"resume keeps the run's settings; drop {sorted(unknown)}")
         tensors, meta, config = open_resume(Path(resume), "image", ImageAdaptConfig, G, options.get("iters"))
+        require(config.dashboards)  # before the encoders load
         run = _ImageRun(G, _encoders(clip, config, G.device), config, Path(resume), lpips, detector)
         run.restore(tensors, meta)
         return run.train(callback, progress)
@@ -146,6 +149,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
                                   clip=clip_specs, **options)
     out = Path(out_dir) if out_dir is not None else None
     refuse_existing_run(out, _ImageRun.kind)  # before the encoders load
+    require(config.dashboards)
     run = _ImageRun(G, _encoders(clip, config, G.device), config, out, lpips, detector)
     return run.train(callback, progress)
 

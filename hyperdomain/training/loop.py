@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -46,6 +47,7 @@ from ..domain import generator_meta
 from ..errors import HyperdomainError, StorageError
 from ..files.atomic import write_error
 from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
+from .dashboards import Dashboards, open_dashboards, require
 from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run_dir, sample_name
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class TrainingRun:
     def __init__(self, G, config, out_dir: Path | None, dist: DistInfo | None = None,
                  rng: torch.Generator | None = None):
         self.G, self.config, self.out_dir = G, config, out_dir
+        require(getattr(config, "dashboards", ()))  # on every rank, before any step
         self.dist = dist or DistInfo(device=G.device)
         self.rng = rng
         self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer
@@ -83,6 +86,7 @@ class TrainingRun:
         self._rng_at_step_start = None if rng is None else rng.get_state()
         self._write_error: HyperdomainError | None = None  # rank 0's first failed write, told to every rank at the next step
         self._snapshots: list[_Snapshot] = []  # the starts of the previous and the current step
+        self.dashboards = Dashboards()  # TensorBoard / W&B (config.dashboards), opened by train on rank 0
 
     @property
     def writes(self) -> bool:
@@ -143,9 +147,17 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ the loop
     def train(self, callback: Callback | None = None, progress: bool = True) -> Any:
+        try:
+            return self._train(callback, progress)
+        finally:
+            self.dashboards.close()
+
+    def _train(self, callback: Callback | None, progress: bool) -> Any:
         c = self.config
         self._guarded(self._prepare_dir)
         self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0], save=False)
+        if self.writes and getattr(c, "dashboards", ()):
+            self.dashboards = open_dashboards(c.dashboards, self.out_dir, c.to_dict(), self.step)
         bar = tqdm(total=c.iters, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
                    disable=(not progress or not self.dist.is_main) or None)
         try:
@@ -155,8 +167,11 @@ class TrainingRun:
                     self._raise_if_a_write_failed(failed)
                     if stop:
                         raise RunInterrupted(interrupted.signum)
+                    started = time.perf_counter()
                     values = mean_over_ranks(self.dist, self._one_step())
                     self._guarded(self._append_log, values)
+                    self.dashboards.step(self.step, values, self.optimizer.param_groups[0]["lr"],
+                                         time.perf_counter() - started)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
                     if callback is not None:
@@ -255,6 +270,8 @@ class TrainingRun:
     def _samples(self, name: str) -> None:
         if self.writes:
             self.save_samples(self.out_dir / name)
+            if (self.out_dir / name).is_file():  # (a trainer may write none)
+                self.dashboards.image_file("samples", self.step, self.out_dir / name)
 
     def _guarded(self, fn: Callable, *args) -> None:
         """Run a rank-0 write; its failure is kept (the first one) and stops the run at the next

@@ -9,6 +9,7 @@ from ..clip import templates
 from ..config import check_config_keys
 from ..errors import HyperdomainError
 from ..losses import LossWeights
+from .dashboards import parse_dashboards
 
 
 def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -> None:
@@ -22,6 +23,8 @@ def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -
     object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
     if isinstance(cfg.losses, Mapping):
         object.__setattr__(cfg, "losses", LossWeights.from_mapping(cfg.losses))
+    if hasattr(cfg, "dashboards"):
+        object.__setattr__(cfg, "dashboards", parse_dashboards(cfg.dashboards))  # refuses an unknown name
     shared = [
         (cfg.iters >= 1, "iters", "an integer >= 1"),
         (cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "a finite number > 0"),
@@ -43,6 +46,8 @@ def run_config_to_dict(cfg: Any) -> dict[str, Any]:
     d = asdict(cfg)
     d["losses"] = cfg.losses.as_dict()
     d["clip"], d["betas"] = list(cfg.clip), list(cfg.betas)
+    if "dashboards" in d:
+        d["dashboards"] = list(cfg.dashboards)
     return d
 
 

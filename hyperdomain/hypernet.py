@@ -222,7 +222,7 @@ class HyperDomainNet(nn.Module):
                 return load_clip([spec])[0]
         try:
             return load_clip([label])[0]
-        except HyperdomainError as e:
+        except HyperdomainError:
             if not label.split(":")[0].endswith(".json"):
                 raise
             raise HyperdomainError(

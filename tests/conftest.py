@@ -221,3 +221,24 @@ def small_tmpfs(tmp_path):
     for root in reversed(mounted):
         if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(root)], capture_output=True)
+
+
+def sigterm_after_first_step(args, out, timeout: float = 120):
+    """Run ``python -m cli.main ARGS`` from the repository, send it a real SIGTERM once its run folder
+    ``out`` logs a step, and return (returncode, stdout, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stdout, stderr

@@ -13,7 +13,7 @@ from hyperdomain.clip import templates
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.losses import LossWeights, direction_loss
 
-from conftest import assert_user_error, cli, make_tiny_generator, nan_on_call
+from conftest import assert_user_error, cli, make_tiny_generator, nan_on_call, sigterm_after_first_step
 
 PIXAR = "3D render in the style of Pixar"
 
@@ -337,25 +337,12 @@ def test_each_step_is_checkpointed_at_most_once(tmp_path, tiny_G, tiny_clip, mon
 def test_cli_sigterm_saves_the_run_and_exits_143(tmp_path, tiny_ckpt, tiny_clip_config):
     """What schedulers, `timeout`, Docker and Kubernetes send: the step finishes, the run is saved,
     the command says how to continue and exits 128 + 15; the saved run resumes."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     ckpt, _ = tiny_ckpt
     out = tmp_path / "run"
-    root = Path(__file__).resolve().parents[1]
-    args = [sys.executable, "-m", "cli.main", "adapt", "--target", "Sketch", "--generator", str(ckpt), "--clip",
-            str(tiny_clip_config), "--iters", "100000", "--checkpoint-every", "0", "--sample-every", "0",
-            "--out", str(out), "--device", "cpu", "--no-progress"]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
+    args = ["adapt", "--target", "Sketch", "--generator", ckpt, "--clip", tiny_clip_config, "--iters", 100000,
+            "--checkpoint-every", 0, "--sample-every", 0, "--out", out, "--device", "cpu", "--no-progress"]
+    returncode, stdout, stderr = sigterm_after_first_step(args, out)
+    assert returncode == 143, stderr
     assert f"terminated (SIGTERM); the run is saved in {out}. Continue with: hyperdomain adapt --resume {out}" in stderr
     assert "Traceback" not in stderr
     step = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"]

@@ -11,11 +11,7 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import struct
-import subprocess
-import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,7 +22,8 @@ import torch
 import hyperdomain as hd
 from hyperdomain.hypernet import HyperConfig, HyperDomainNet
 
-from conftest import TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator
+from conftest import (TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator,
+                      sigterm_after_first_step)
 
 MARKER = "hyperdomain-corpus-pwned"  # what the hostile pickles would create if they ran
 
@@ -237,20 +234,13 @@ def test_a_real_sigterm_saves_train_hyper_in_one_line(corpus, tmp_path):
     out = tmp_path / "hrun"
     domains = tmp_path / "domains.txt"
     domains.write_text("Anime painting\nZombie\nPencil sketch\n")
-    root = Path(__file__).resolve().parents[1]
-    args = [sys.executable, "-m", "cli.main", "train-hyper", "--generator", str(corpus["gen"]), "--domains",
-            str(domains), "--clip", str(corpus["clip"]), "--input-clip", str(corpus["clip"]), "--templates", "single",
-            "--width", "16", "--batch", "2", "--iters", "100000", "--checkpoint-every", "0", "--sample-every", "0",
-            "--test-domains", "none", "--out", str(out), "--device", "cpu", "--no-progress"]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    args = ["train-hyper", "--generator", corpus["gen"], "--domains", domains, "--clip", corpus["clip"],
+            "--input-clip", corpus["clip"], "--templates", "single", "--width", 16, "--batch", 2, "--iters", 100000,
+            "--checkpoint-every", 0, "--sample-every", 0, "--test-domains", "none", "--out", out, "--device", "cpu",
+            "--no-progress"]
+    returncode, _, stderr = sigterm_after_first_step(args, out)
     lines = [line for line in stderr.strip().splitlines() if "random weights" not in line]  # the tiny CLIP's warning
-    assert proc.returncode == 143 and len(lines) == 1, stderr
+    assert returncode == 143 and len(lines) == 1, stderr
     assert f"terminated (SIGTERM); the run is saved in {out}" in lines[0]
     assert (out / "checkpoint.safetensors").is_file()
     assert _checksums(corpus["root"]) == before

@@ -1,6 +1,5 @@
 """Crafted, malformed and non-finite files and numbers: each refused with one line (issue 15, cases 5, 6, 8)."""
 import json
-import pickle
 import zipfile
 
 import pytest

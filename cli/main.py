@@ -81,9 +81,9 @@ def absolute_path(name_or_path) -> str:
 
 def absolute_spec(spec: str) -> str:
     """``--clip NAME[:TAG][=FILE]`` with FILE (and a config .json NAME) made absolute."""
-    head, sep, file = spec.partition("=")
-    head = absolute_path(head) if head.endswith(".json") else head
-    return head + (sep + absolute_path(file) if sep else "")
+    from hyperdomain.clip import absolute_spec as absolute
+
+    return absolute(spec)
 
 
 def resumed_generator(ctx, config, generator: str) -> str:

@@ -21,6 +21,7 @@ should not pay for it before a CLIP model is needed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -87,15 +88,6 @@ class ClipSpec:
             return cls(name=name, tag=None, weights=weights or None)
         return cls(name=name.replace("/", "-"), tag=tag or "openai", weights=weights or None)
 
-    def absolute(self) -> str:
-        """The spec as a string with its files (config JSON, weights) made absolute where they exist,
-        so a run or a network that records it finds them from any folder."""
-        def absolute(p: str) -> str:
-            return str(Path(p).resolve()) if Path(p).exists() else p
-
-        head = absolute(self.name) if self.is_config_file else f"{self.name}:{self.tag}"
-        return head + (f"={absolute(self.weights)}" if self.weights else "")
-
     @property
     def is_config_file(self) -> bool:
         return self.name.endswith(".json")
@@ -106,6 +98,17 @@ class ClipSpec:
         if self.is_config_file:
             return Path(self.name).name + ("" if self.weights else ":random")
         return f"{self.name}:{self.tag}"
+
+
+def absolute_spec(spec: str) -> str:
+    """``NAME[:TAG][=FILE]`` with FILE (and a config ``.json`` NAME) made absolute where they exist, so
+    a run or a network that records the spec finds its files from any folder; names stay as given."""
+    def absolute(p: str) -> str:
+        return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+    head, sep, file = spec.partition("=")
+    head = absolute(head) if head.endswith(".json") else head
+    return head + (sep + absolute(file) if sep else "")
 
 
 # ------------------------------------------------------------------------------------------ encoder
@@ -141,6 +144,11 @@ class ClipEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "ClipEncoder":  # always frozen, always eval
         return super().train(False)
+
+    @functools.cached_property
+    def embed_dim(self) -> int:
+        """The width of the embeddings (read once from one encoded prompt: open_clip's text towers differ)."""
+        return int(self.encode_bare_text(["a"]).shape[1])
 
     @property
     def device(self) -> torch.device:

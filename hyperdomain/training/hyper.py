@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, templates
+from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, absolute_spec, check_models, load_clip, templates
 from ..config import DEFAULT_SOURCE_PROMPT
 from ..distributed import DistInfo, broadcast_buffers
 from ..domain import generator_meta
@@ -185,8 +185,7 @@ def _warn_if_large(n_prompts: int, encoders: Sequence[ClipEncoder], input_encode
                    n_templates: int) -> None:
     """A list of a few hundred thousand prompts holds tens of GB of template embeddings: say so
     before encoding it (the table is kept in memory, on the training device, for the whole run)."""
-    dims = [e.encode_bare_text(["a"]).shape[1] for e in encoders]
-    size = 4 * n_prompts * (n_templates * sum(dims) + input_encoder.encode_bare_text(["a"]).shape[1])
+    size = 4 * n_prompts * (n_templates * sum(e.embed_dim for e in encoders) + input_encoder.embed_dim)
     if size > LARGE_TABLE_BYTES:
         log.warning("%d prompts: their text embeddings (%d templates each) take %.1f GiB on the training device "
                     "for the whole run; a shorter list, or --templates with fewer templates, takes less",
@@ -244,8 +243,8 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
             config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
                              else str(input_clip))
         # files named by the specs are recorded absolute: a resume or an export from another folder finds them
-        config = replace(config, clip=tuple(_absolute_spec(c) for c in config.clip),
-                         input_clip=_absolute_spec(config.input_clip))
+        config = replace(config, clip=tuple(absolute_spec(c) for c in config.clip),
+                         input_clip=absolute_spec(config.input_clip))
     out = Path(out_dir) if out_dir is not None else None
     if resume is None:  # on every rank, before DDP's first collective: no rank sees rank 0's new files
         refuse_existing_run(out, _HyperRun.kind)
@@ -253,15 +252,6 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
     if state is not None:
         run.restore(*state)
     return run.train(callback, progress)
-
-
-def _absolute_spec(spec: str) -> str:
-    """A spec that names files, with them made absolute; others (names, labels of loaded encoders) as given."""
-    try:
-        parsed = ClipSpec.parse(spec)
-    except HyperdomainError:
-        return spec  # a bad spec, which loading names
-    return parsed.absolute() if parsed.is_config_file or parsed.weights else spec
 
 
 def read_hyper_config(run_dir: str | os.PathLike) -> HyperTrainConfig:
@@ -291,7 +281,7 @@ class _HyperRun(TrainingRun):
         self.encoders = load_clip(clip if clip is not None else c.clip, device=G.device)
         check_models(self.encoders, c.clip)
         self.input_encoder = self._input_encoder(input_clip)
-        input_dim = self.input_encoder.encode_bare_text([c.source], ["the source prompt"]).shape[1]
+        input_dim = self.input_encoder.embed_dim
         hc = HyperConfig(domain_dims=G.domain_dims, input_dim=input_dim, width=c.width,
                          backbone_blocks=c.backbone_blocks, head_blocks=c.head_blocks)
         if hc.num_parameters > MAX_PARAMETERS:  # checked before encoding the list: weights, gradients and

@@ -156,6 +156,33 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, tiny_G, tiny_
     assert torch.equal(longer.vector, straight.vector) and longer.meta["iterations"] == 13
 
 
+def test_a_stop_flag_set_from_another_thread_ends_the_run_saved_and_resumable(tmp_path, tiny_G, tiny_clip):
+    """``stop=`` (what the web app's Stop button sets, from another thread): the run ends at the next
+    step boundary with its domain file and checkpoint; resuming it equals an uninterrupted run."""
+    import threading
+
+    full = run_adapt(tiny_G, tiny_clip, iters=8, seed=5, checkpoint_every=100)
+    stop = threading.Event()
+    seen = []
+
+    def set_at_3(step, losses, d):
+        seen.append(step)
+        if step == 3:
+            stop.set()
+
+    out = tmp_path / "stopped"
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(d=run_adapt(
+        tiny_G, tiny_clip, iters=8, seed=5, out_dir=out, checkpoint_every=100, callback=set_at_3, stop=stop)))
+    worker.start()
+    worker.join(120)
+    assert seen == [1, 2, 3] and result["d"].meta["iterations"] == 3
+    saved = hd.Domain.load(out / "domain.safetensors")
+    assert saved.meta["iterations"] == 3 and torch.equal(saved.vector, result["d"].vector)
+    resumed = hd.adapt(tiny_G, resume=out, clip=[tiny_clip], progress=False)
+    assert resumed.meta["iterations"] == 8 and torch.equal(resumed.vector, full.vector)
+
+
 def test_resume_refuses_another_generator(tmp_path, tiny_G, tiny_clip):
     run_adapt(tiny_G, tiny_clip, iters=2, out_dir=tmp_path / "r")
     with pytest.raises(HyperdomainError, match="fingerprint"):

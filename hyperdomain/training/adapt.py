@@ -31,7 +31,7 @@ from ..images import save_grid
 from ..losses import LossWeights, clip_losses
 from .latents import TrainingBatch, sample_training_latents, training_seed
 from .dashboards import require
-from .loop import TrainingRun, open_resume
+from .loop import StopFlag, TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
 from .run_dir import refuse_existing_run
 
@@ -117,7 +117,7 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
           lr: float | None = None, losses: LossWeights | Mapping[str, float] | None = None, mixing: float | None = None,
           seed: int | None = None, out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
           callback: Callback | None = None, progress: bool = True, config: AdaptConfig | None = None,
-          **options: Any) -> Domain:
+          stop: StopFlag | None = None, **options: Any) -> Domain:
     """Adapt frozen generator ``G`` to the domain ``target`` describes; returns the trained Domain.
 
     ``clip`` takes spec strings (``"ViT-B-32"``, ``"ViT-B/16=weights.safetensors"``) or loaded
@@ -127,13 +127,16 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
     ``templates``, ``betas``, ...) go in ``options``, or pass a whole ``config``.
 
     ``resume=DIR`` continues the run saved in ``DIR`` (its config is used; ``iters`` may extend it).
+    ``stop``: a ``threading.Event`` (or anything with ``is_set()``); once set, the run ends at the
+    next step boundary, saves, and returns the domain as trained so far (a run in a thread of a
+    server stops this way: Ctrl-C reaches only the main thread).
 
     Settings left as ``None`` come from the generator's manifest recipe (``G.adapt_defaults``: the
     paper's settings for that dataset, e.g. LSUN cat: batch 8, lr 0.02, 400 steps, direction +
     0.5 l2), else from :class:`AdaptConfig`'s defaults (the paper's FFHQ settings).
     """
     if resume is not None:
-        return _resume(G, Path(resume), clip, iters, callback, progress)
+        return _resume(G, Path(resume), clip, iters, callback, progress, stop)
     if config is None:
         if target is None:
             raise HyperdomainError("adapt: give a target prompt (or resume=DIR)")
@@ -143,7 +146,7 @@ def adapt(G, target: str | None = None, source: str | None = None, *,
     refuse_existing_run(out, _AdaptRun.kind)  # before the encoders load
     require(config.dashboards)
     run = _AdaptRun(G, _encoders(clip, config, G.device), config, out)
-    return run.train(callback, progress)
+    return run.train(callback, progress, stop)
 
 
 def _config(G, target: str, source: str | None, clip, seed: int | None, options: Mapping[str, Any],
@@ -181,12 +184,12 @@ def read_adapt_config(run_dir: str | os.PathLike) -> AdaptConfig:
     return AdaptConfig.from_dict(read_checkpoint_meta(Path(run_dir) / CHECKPOINT, "adapt")["config"])
 
 
-def _resume(G, run_dir: Path, clip, iters, callback, progress) -> Domain:
+def _resume(G, run_dir: Path, clip, iters, callback, progress, stop) -> Domain:
     tensors, meta, config = open_resume(run_dir, "adapt", AdaptConfig, G, iters)
     require(config.dashboards)  # before the encoders load
     run = _AdaptRun(G, _encoders(clip, config, G.device), config, run_dir)
     run.restore(tensors, meta)
-    return run.train(callback, progress)
+    return run.train(callback, progress, stop)
 
 
 class _AdaptRun(TrainingRun):
@@ -212,9 +215,9 @@ class _AdaptRun(TrainingRun):
                      for n, p in e.named_parameters()] if p.requires_grad]
         assert not trainable, f"frozen models have trainable parameters: {trainable[:5]}"
 
-    def train(self, callback: Callback | None = None, progress: bool = True) -> Domain:
+    def train(self, callback: Callback | None = None, progress: bool = True, stop: StopFlag | None = None) -> Domain:
         each_step = None if callback is None else (lambda step, values: callback(step, values, self.domain.detach()))
-        return super().train(each_step, progress)
+        return super().train(each_step, progress, stop)
 
     def losses(self) -> dict[str, torch.Tensor]:
         c = self.config

@@ -41,7 +41,7 @@ from ..photos import image_digest, to_tensor
 from .adapt import DOMAIN_FILE
 from .latents import sample_training_latents, training_seed
 from .dashboards import require
-from .loop import TrainingRun, open_resume
+from .loop import StopFlag, TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
 from .run_dir import refuse_existing_run
 
@@ -116,14 +116,14 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
                 clip: Sequence[str | ClipEncoder] | None = None, out_dir: str | os.PathLike | None = None,
                 resume: str | os.PathLike | None = None, callback: Callback | None = None, progress: bool = True,
                 config: ImageAdaptConfig | None = None, lpips: torch.nn.Module | None = None,
-                detector=None, **options: Any) -> Domain:
+                detector=None, stop: StopFlag | None = None, **options: Any) -> Domain:
     """Adapt frozen ``G`` to the domain of one reference ``image`` (optionally steered by a
     ``target`` prompt too); returns the trained Domain, which carries the reference's latent.
 
     ``options`` are :class:`ImageAdaptConfig` fields (``iters``, ``batch``, ``lr``, ``losses``,
     ``align``, ``inversion``, ``lpips_backbone``, ...). ``lpips``: a loaded LPIPS module (else
     loaded from the config's ``lpips_backbone``). ``detector``: the face detector when ``align`` is on. ``resume=DIR``
-    continues a saved run (``iters`` may extend it).
+    continues a saved run (``iters`` may extend it). ``stop``: as for :func:`~hyperdomain.adapt`.
     """
     if resume is not None:
         unknown = set(options) - {"iters"}
@@ -133,7 +133,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
         require(config.dashboards)  # before the encoders load
         run = _ImageRun(G, _encoders(clip, config, G.device), config, Path(resume), lpips, detector)
         run.restore(tensors, meta)
-        return run.train(callback, progress)
+        return run.train(callback, progress, stop)
     if config is None:
         if image is None:
             raise HyperdomainError("adapt --image: give a reference image (or resume=DIR)")
@@ -151,7 +151,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
     refuse_existing_run(out, _ImageRun.kind)  # before the encoders load
     require(config.dashboards)
     run = _ImageRun(G, _encoders(clip, config, G.device), config, out, lpips, detector)
-    return run.train(callback, progress)
+    return run.train(callback, progress, stop)
 
 
 def read_image_adapt_config(run_dir: str | os.PathLike) -> ImageAdaptConfig:
@@ -203,9 +203,9 @@ class _ImageRun(TrainingRun):
         self.optimizer = torch.optim.Adam([self.domain], lr=c.lr, betas=c.betas)
         self._source_rows: torch.Tensor | None = None
 
-    def train(self, callback: Callback | None = None, progress: bool = True) -> Domain:
+    def train(self, callback: Callback | None = None, progress: bool = True, stop: StopFlag | None = None) -> Domain:
         each_step = None if callback is None else (lambda step, values: callback(step, values, self.domain.detach()))
-        return super().train(each_step, progress)
+        return super().train(each_step, progress, stop)
 
     # ------------------------------------------------------------------ a step
     def losses(self) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from tqdm import tqdm
@@ -53,6 +53,12 @@ from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run
 log = logging.getLogger(__name__)
 
 Callback = Callable[[int, Mapping[str, float]], Any]
+
+
+class StopFlag(Protocol):
+    """What ``train(stop=...)`` polls between steps (``threading.Event`` is one)."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -146,13 +152,17 @@ class TrainingRun:
         self._kept_step = self.step
 
     # ------------------------------------------------------------------ the loop
-    def train(self, callback: Callback | None = None, progress: bool = True) -> Any:
+    def train(self, callback: Callback | None = None, progress: bool = True, stop: StopFlag | None = None) -> Any:
+        """Run to ``config.iters`` steps; with ``stop`` (e.g. a ``threading.Event``), end early at the
+        first step boundary after ``stop.is_set()``: the run saves and writes its outputs as at the
+        end (the result holds the steps taken; ``resume`` continues it). This is how a thread other
+        than the main one stops a run: signals reach only the main thread."""
         try:
-            return self._train(callback, progress)
+            return self._train(callback, progress, stop)
         finally:
             self.dashboards.close()
 
-    def _train(self, callback: Callback | None, progress: bool) -> Any:
+    def _train(self, callback: Callback | None, progress: bool, stop_flag: StopFlag | None = None) -> Any:
         c = self.config
         self._guarded(self._prepare_dir)
         self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0], save=False)
@@ -163,10 +173,14 @@ class TrainingRun:
         try:
             with deferred_interrupt() as interrupted:
                 while self.step < c.iters:
-                    stop, failed = any_rank(self.dist, [interrupted.is_set(), self._write_error is not None])
+                    stop, failed, asked = any_rank(self.dist, [interrupted.is_set(), self._write_error is not None,
+                                                               stop_flag is not None and stop_flag.is_set()])
                     self._raise_if_a_write_failed(failed)
                     if stop:
                         raise RunInterrupted(interrupted.signum)
+                    if asked:
+                        log.info("stopped on request at step %d/%d", self.step, c.iters)
+                        break
                     started = time.perf_counter()
                     values = mean_over_ranks(self.dist, self._one_step())
                     self._guarded(self._append_log, values)

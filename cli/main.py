@@ -834,6 +834,10 @@ from . import animate_command  # noqa: E402  (built from this module's shared op
 
 main.add_command(animate_command.build(sys.modules[__name__]))
 
+from . import serve_command  # noqa: E402
+
+main.add_command(serve_command.build(sys.modules[__name__]))
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

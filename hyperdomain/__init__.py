@@ -29,6 +29,7 @@ from .stylize import Stylized, stylize
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.image import ImageAdaptConfig, adapt_image
+from .webapp import serve
 
 __all__ = [
     "AdaptConfig",
@@ -67,6 +68,7 @@ __all__ = [
     "mix",
     "save_grid",
     "save_images",
+    "serve",
     "verify_dataset",
     "weights_home",
 ]

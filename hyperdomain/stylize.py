@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -39,9 +39,11 @@ class Stylized:
 def stylize(G, photos: Sequence[str | os.PathLike | Image.Image] = (), domains: Sequence[Domain] = (), *,
             latents: Sequence[Latent] = (), config: InversionConfig | None = None, align: bool | None = None,
             detector=None, lpips: torch.nn.Module | None = None, lpips_backbone: str | os.PathLike = "imagenet",
-            noise_mode: str = "const", progress: bool = True) -> list[Stylized]:
+            noise_mode: str = "const", progress: bool = True,
+            callback: Callable[[int, dict[str, float]], None] | None = None) -> list[Stylized]:
     """Each photo (inverted now, in one batch) and each given latent (an earlier inversion),
-    rendered in every domain. A latent carries no photo: its row shows the reconstruction twice."""
+    rendered in every domain. A latent carries no photo: its row shows the reconstruction twice.
+    ``callback(step, losses)`` runs after each inversion step (a page's progress bar)."""
     if not photos and not latents:
         raise HyperdomainError("stylize: give photos or latent files")
     for d in domains:
@@ -52,7 +54,7 @@ def stylize(G, photos: Sequence[str | os.PathLike | Image.Image] = (), domains: 
     if photos:
         prepared = [prepare_photo(G, p, align, detector) for p in photos]
         inverted = invert(G, prepared, config, align=False, lpips=lpips, lpips_backbone=lpips_backbone,
-                          progress=progress)
+                          progress=progress, callback=callback)
         for p, img, lat in zip(photos, prepared, inverted):
             name = Path(p).stem if not isinstance(p, Image.Image) else lat.meta["image"]
             lat.meta["image"] = Path(p).name if not isinstance(p, Image.Image) else lat.meta["image"]

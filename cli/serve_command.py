@@ -1,0 +1,76 @@
+"""`hyperdomain serve`: the local web app (thin: ``hyperdomain.webapp`` does the work).
+
+Built by :func:`build` from the command group's module (its shared options and error handling),
+as the animate command is.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+EXAMPLES = """
+\b
+Examples:
+  hyperdomain serve                                        # FFHQ, http://127.0.0.1:7860
+  hyperdomain serve -g ffhq --hyper hdn.safetensors -d pixar.safetensors -d anime.safetensors
+  hyperdomain serve -g tiny.pt --clip tiny_clip.json --device cpu --port 8080
+"""
+
+
+def build(cli: ModuleType) -> click.Command:
+    @click.command(name="serve", epilog=EXAMPLES)
+    @cli.generator_option
+    @click.option("--domain", "-d", "domains", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="A domain file to explore; repeatable (more can be added in the page).")
+    @click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path),
+                  help="A hypernetwork file: the page turns typed prompts into domains.")
+    @click.option("--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder [default: its own].")
+    @click.option("--clip", "clip", multiple=True, metavar="SPEC",
+                  help="CLIP model(s) for runs started in the page [default: ViT-B/32 + ViT-B/16].")
+    @cli.photo_options
+    @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hyperdomain-app"),
+                  show_default=True, help="Where the page's runs, downloads and photos are written.")
+    @click.option("--host", default="127.0.0.1", show_default=True,
+                  help="The address to listen on (0.0.0.0: every interface; anyone who reaches it can use the app).")
+    @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+    @click.option("--no-check", is_flag=True, help="Accept domains made for a generator with another fingerprint.")
+    @cli.device_option
+    @cli.user_errors
+    def serve(generator, domains, hyper, hyper_clip, clip, align, detector, detector_weights, lpips_vgg, steps, lr,
+              pca_samples, work_dir, host, port, no_check, device):
+        """A local web app: explore domains and prompts, adapt in the background, put photos in domains.
+
+        Needs the extra: pip install 'hyperdomain[ui]'. Gradio's analytics are off; Ctrl-C stops it.
+        """
+        from hyperdomain.webapp.server import is_loopback, require_gradio
+
+        require_gradio()  # one line before any model loads
+        if work_dir.exists() and not work_dir.is_dir():
+            raise cli.UserError(f"--work-dir {work_dir}: exists and is not a folder")
+        import hyperdomain as hd
+        from hyperdomain.webapp import load_models, server
+
+        det = None
+        if align:
+            from hyperdomain.face_detectors import detector as face_detector
+
+            def det():
+                return face_detector(detector, detector_weights)
+        models = load_models(
+            generator, list(domains), hyper=hyper, hyper_clip=cli.absolute_spec(hyper_clip) if hyper_clip else None,
+            clip=[cli.absolute_spec(c) for c in clip] or None,
+            lpips_backbone=cli.absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet", align=align,
+            detector=det, inversion=hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples),
+            work_dir=work_dir.resolve(), device=cli.resolve_device(device), check=not no_check)
+        if not is_loopback(host):
+            click.echo(f"warning: listening on {host}: anyone who can reach this machine can use the app and "
+                       f"start runs on it", err=True)
+        running = server.start(models, host, port, block=False)
+        click.echo(f"hyperdomain app on {running.url} (generator {models.G.name}, {len(models.domains)} domain(s)"
+                   f"{', a hypernetwork' if models.hyper is not None else ''}); files in {work_dir}; Ctrl-C stops it")
+        running.block()  # Ctrl-C or SIGTERM: a run in progress stops at its next step and saves
+        click.echo("stopped", err=True)
+
+    return serve

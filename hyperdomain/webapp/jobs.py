@@ -1,0 +1,194 @@
+"""The Adapt panel's background run: one at a time per server, watched, stoppable, never lost.
+
+A run trains in a thread with a run folder under the app's ``runs/`` (checkpoints, log, domain
+file: the same as ``hyperdomain adapt --out``), so a stopped or failed run is resumable from the
+command line. Stop sets the run's ``stop`` flag: it ends at the next step boundary and saves, as
+Ctrl-C does for the CLI (signals reach only the main thread).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import HyperdomainError
+from .models import AppModels
+
+log = logging.getLogger(__name__)
+
+ITERS = (1, 5000)
+LR = (1e-5, 1.0)
+PREVIEW_N = 4
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A snapshot of the panel's run for the page (``version`` grows with every change)."""
+
+    state: str = "idle"  # idle, loading, running, done, stopped, failed
+    what: str = ""
+    step: int = 0
+    iters: int = 0
+    losses: tuple[tuple[int, str, float], ...] = ()  # (step, loss name, value)
+    preview: np.ndarray | None = None  # source row over domain row, uint8 [H, W, 3]
+    message: str = ""
+    run_dir: Path | None = None
+    domain_file: Path | None = None
+    domain_name: str | None = None
+    version: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ("loading", "running")
+
+
+@dataclass
+class Runs:
+    """The server's one adaptation slot."""
+
+    models: AppModels
+    _status: RunStatus = field(default_factory=RunStatus)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def status(self) -> RunStatus:
+        with self._lock:
+            return self._status
+
+    def _set(self, **changes: Any) -> None:
+        with self._lock:
+            self._status = replace(self._status, **changes, version=self._status.version + 1)
+
+    def start(self, target: str = "", source: str = "", image: str | Path | None = None, iters: int = 300,
+              lr: float | None = None, seed: int = 0) -> RunStatus:
+        """Start a text run (``target``), or a one-shot run (``image``, optionally steered by ``target``);
+        refused with one line while another run is going."""
+        from ..training.adapt import slug
+        from .explore import _integer, _number
+
+        target = (target or "").strip()
+        source = (source or "").strip() or None
+        if image is None and not target:
+            raise HyperdomainError("target: type a prompt for the new domain (or give a reference image)")
+        if len(target) > 1000 or any(ord(c) < 32 for c in target):
+            raise HyperdomainError("target: a prompt is one line of at most 1000 characters")
+        iters = _integer("iterations", iters, *ITERS)
+        lr = None if lr in (None, "") else _number("learning rate", lr, *LR)
+        seed = _integer("seed", seed, 0, 2**31 - 1)
+        if image is not None:
+            from ..photos import read_photo
+
+            read_photo(image)  # a broken upload is named now, not in the thread
+        what = " + ".join(([f"image {Path(image).name}"] if image is not None else []) + ([repr(target)] if target else []))
+        with self._lock:
+            if self._status.busy:
+                s = self._status
+                raise HyperdomainError(f"a run is already going ({s.what}, step {s.step}/{s.iters}): one run at a "
+                                       f"time per server; stop it or wait for it")
+            run_dir = _new_run_dir(self.models.work_dir / "runs", slug(target) if target else slug(Path(image).stem))
+            self._stop = threading.Event()
+            self._status = RunStatus(state="loading", what=what, iters=iters, run_dir=run_dir,
+                                     message="loading the models", version=self._status.version + 1)
+            args = dict(target=target or None, source=source, image=image, iters=iters, lr=lr, seed=seed,
+                        run_dir=run_dir, stop=self._stop)
+            self._thread = threading.Thread(target=self._run, kwargs=args, name="hyperdomain-adapt", daemon=True)
+            self._thread.start()
+            return self._status
+
+    def stop(self) -> RunStatus:
+        """Ask the run to end at the next step boundary (it saves); a no-op when none is going."""
+        with self._lock:
+            busy = self._status.busy
+        if busy:
+            self._stop.set()
+            self._set(message="stopping at the end of this step")
+        return self.status()
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        return self.status()
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self, target, source, image, iters, lr, seed, run_dir: Path, stop: threading.Event) -> None:
+        import torch
+
+        import hyperdomain as hd
+
+        m = self.models
+        every = max(1, iters // 10)
+        source_row = None
+
+        def each_step(step: int, values, domain_vector) -> None:
+            nonlocal source_row
+            losses = tuple((step, k, float(v)) for k, v in values.items())
+            preview = None
+            if step == 1 or step % every == 0 or step == iters:
+                if source_row is None:
+                    source_row = m.G.sample(PREVIEW_N, truncation=0.7, seed=seed)
+                adapted = m.G.sample(PREVIEW_N, domain=domain_vector, truncation=0.7, seed=seed)
+                preview = hd.make_grid(torch.cat([source_row, adapted]), nrow=PREVIEW_N).numpy()
+            with self._lock:
+                s = self._status
+                self._status = replace(s, state="running", step=step, losses=s.losses + losses,
+                                       preview=preview if preview is not None else s.preview,
+                                       message="stopping at the end of this step" if stop.is_set() else
+                                       f"step {step}/{iters}", version=s.version + 1)
+
+        started = time.monotonic()
+        try:
+            encoders = m.clip_encoders()
+            options = dict(iters=iters, seed=seed, out_dir=run_dir, callback=each_step, progress=False, stop=stop,
+                           clip=encoders, generator=m.generator_spec)
+            if lr is not None:
+                options["lr"] = lr
+            if stop.is_set():
+                raise _Stopped()
+            self._set(state="running", message="step 0/%d" % iters)
+            if image is not None:
+                d = hd.adapt_image(m.G, image=image, target=target, lpips=m.lpips(), detector=m.face_detector(),
+                                   align=bool(m.align), inversion=m.inversion, source=source,
+                                   lpips_backbone=m.lpips_backbone, **options)
+            else:
+                d = hd.adapt(m.G, target, source, **options)
+        except _Stopped:
+            self._set(state="stopped", message="stopped before the first step; nothing was trained")
+            return
+        except HyperdomainError as e:
+            self._set(state="failed", message=str(e))
+            return
+        except Exception as e:  # the server keeps going; the traceback goes to its log
+            log.exception("adaptation run failed")
+            self._set(state="failed", message=f"the run failed: {type(e).__name__}: {e}"[:500])
+            return
+        name = m.add_domain(d, run_dir.name)
+        steps = int(d.meta.get("iterations", iters))
+        state = "stopped" if steps < iters else "done"
+        took = time.monotonic() - started
+        self._set(state=state, step=steps, domain_file=run_dir / "domain.safetensors", domain_name=name,
+                  message=(f"stopped at step {steps}/{iters} and saved" if state == "stopped" else
+                           f"done: {steps} steps in {took:.0f} s") + f"; the domain is {name!r} in Explore and "
+                  f"Photo; the run folder {run_dir} resumes with hyperdomain adapt --resume")
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _new_run_dir(runs: Path, name: str) -> Path:
+    runs.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        path = runs / (name if k == 1 else f"{name}_{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            k += 1

@@ -79,7 +79,7 @@ class Runs:
         if len(target) > 1000 or any(ord(c) < 32 for c in target):
             raise HyperdomainError("target: a prompt is one line of at most 1000 characters")
         iters = _integer("iterations", iters, *ITERS)
-        lr = None if lr in (None, "") else _number("learning rate", lr, *LR)
+        lr = None if lr is None or str(lr).strip() == "" else _number("learning rate", lr, *LR)
         seed = _integer("seed", seed, 0, 2**31 - 1)
         if image is not None:
             from ..photos import read_photo

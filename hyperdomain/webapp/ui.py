@@ -19,6 +19,7 @@ from .models import NONE, PROMPT, SOURCE, AppModels
 log = logging.getLogger(__name__)
 
 TITLE = "hyperdomain"
+DEFAULT_PROMPT = "3D render in the style of Pixar"  # what the page shows first when a hypernetwork is loaded
 STOP_WAIT = 120.0  # seconds Stop waits for the run to save before it answers (the page polls on after)
 
 
@@ -61,7 +62,8 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                 with gr.Column(scale=1):
                     domain = gr.Dropdown(choices, value=first_choice, label="Domain", elem_id="explore-domain",
                                          allow_custom_value=True)
-                    prompt = gr.Textbox(label="Prompt (hypernetwork)", visible=has_hyper, elem_id="explore-prompt",
+                    prompt = gr.Textbox(DEFAULT_PROMPT if has_hyper else "", label="Prompt (hypernetwork)",
+                                        visible=has_hyper, elem_id="explore-prompt",
                                         placeholder="e.g. Anime painting; Enter renders")
                     strength = gr.Slider(*explore.STRENGTH, value=1.0, step=0.05, label="Strength",
                                          elem_id="explore-strength")
@@ -79,7 +81,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                     upload = gr.File(label="Add a domain file (.safetensors)", file_types=[".safetensors"],
                                      elem_id="explore-upload")
                 with gr.Column(scale=2):
-                    grid = gr.Image(label="Samples", format="png", type="numpy", interactive=False,
+                    grid = gr.Image(label="Samples", format="png", type="numpy", interactive=False, height=420,
                                     elem_id="explore-grid")
                     with gr.Row():
                         save_button = gr.Button("Save grid and domain", elem_id="explore-save")
@@ -99,6 +101,8 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
 
             @page_errors
             def on_render(*values):
+                if any(v is None for v in values):  # a number field being edited (emptied) in the page
+                    return gr.skip()
                 return explore.render(models, explore.ExploreSettings(*values))
 
             @page_errors
@@ -145,7 +149,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                     reference = gr.File(label="Reference image (one-shot; optional)", elem_id="adapt-image")
                     iters = gr.Number(100 if G.resolution < 256 else 300, precision=0, label="Steps",
                                       elem_id="adapt-iters")  # checked by Runs.start, which names it
-                    lr = gr.Number(None, label="Learning rate (empty: the trainer's default)", elem_id="adapt-lr")
+                    lr = gr.Textbox("", label="Learning rate (empty: the trainer's default)", elem_id="adapt-lr")
                     run_seed = gr.Number(0, precision=0, label="Seed", elem_id="adapt-seed")
                     with gr.Row():
                         start = gr.Button("Start", variant="primary", elem_id="adapt-start")
@@ -154,6 +158,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                     status = gr.Markdown("No run yet.", elem_id="adapt-status")
                     curve = gr.LinePlot(x="step", y="value", color="loss", label="Losses", elem_id="adapt-losses")
                     preview = gr.Image(label="Source (top) and adapted (bottom)", format="png", interactive=False,
+                                       height=260,
                                        elem_id="adapt-preview")
                     result = gr.File(label="Domain", interactive=False, elem_id="adapt-domain")
             seen = gr.State(-1)
@@ -197,7 +202,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                                              elem_id="photo-run")
                 with gr.Column(scale=2):
                     photo_grid = gr.Image(label="Photo, reconstruction, then each domain", format="png",
-                                          interactive=False, elem_id="photo-grid")
+                                          interactive=False, height=260, elem_id="photo-grid")
                     photo_files = gr.File(label="Latent and images", file_count="multiple", interactive=False,
                                           elem_id="photo-files")
 

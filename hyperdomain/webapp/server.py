@@ -11,6 +11,9 @@ from .jobs import Runs
 from .models import AppModels
 
 UI_EXTRA = "pip install 'hyperdomain[ui]'"
+# small generators' grids shown at the panel's size with square pixels, not at 32 px in a corner
+CSS = ("#explore-grid img, #adapt-preview img, #photo-grid img "
+       "{image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}")
 
 
 def require_gradio() -> None:
@@ -74,7 +77,7 @@ def start(models: AppModels, host: str = "127.0.0.1", port: int | None = 7860, b
     try:
         _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=quiet,
                                show_error=True, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
-                               allowed_paths=[str(models.work_dir.resolve())], footer_links=["api"])
+                               allowed_paths=[str(models.work_dir.resolve())], footer_links=["api"], css=CSS)
     except OSError as e:
         raise HyperdomainError(f"cannot listen on {host}:{port} ({e}); choose another --port") from None
     server = Server(app, url, runs)

@@ -49,6 +49,15 @@ def app_error(client, *args, api_name):
     return str(e.value)
 
 
+def test_the_server_is_local_and_quiet(server):
+    from urllib.parse import urlparse
+
+    import os
+
+    assert urlparse(server.url).hostname == "127.0.0.1"
+    assert server.app.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
 # ------------------------------------------------------------------------------------------ Explore
 def test_explore_renders_what_the_api_renders(client, files):
     for kw, want in [

@@ -74,6 +74,7 @@ def browser(tmp_path_factory):
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1400,1300", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
@@ -124,10 +125,27 @@ def toast_text(driver):
     return " ".join(t.text for t in driver.find_elements("css selector", "[data-testid=toast-body]"))
 
 
+def requested_urls(driver) -> list[str]:
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
 def test_the_app_in_a_browser(browser, server, files, artifacts, tmp_path):
     d = browser
     d.get(server.url)
     first = until(lambda: grid_src(d), what="the first grid")
+    # the page is whole without the internet: every request goes to the app itself
+    from urllib.parse import urlparse
+
+    urls = requested_urls(d)
+    assert urls and all(urlparse(u).hostname in ("127.0.0.1", "localhost") for u in urls
+                        if urlparse(u).scheme in ("http", "https", "ws", "wss")), sorted(set(urls))[:20]
     # type a prompt: the hypernetwork's domain for it, at once
     type_into(css(d, "#explore-prompt textarea"), "Anime painting")
     typed = until(lambda: grid_src(d) != first and grid_src(d), what="the grid for the typed prompt")

@@ -161,7 +161,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                                        height=260,
                                        elem_id="adapt-preview")
                     result = gr.File(label="Domain", interactive=False, elem_id="adapt-domain")
-            seen = gr.State(-1)
+            seen = gr.State(None)  # [status version, domain names] the page shows
 
             @page_errors
             def on_start(target_text, source_text, image, steps, rate, seed_value):
@@ -175,14 +175,20 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                 return _status_line(s), str(s.domain_file) if s.domain_file is not None and not s.busy else None
 
             def on_tick(last):
-                s = runs.status()
-                if s.version == last:
-                    return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last
+                """The run's state for the page, sent only when it changed; the domain lists only when a
+                domain was added (not at every step, which would disturb a list being chosen from)."""
+                s, names = runs.status(), models.choices()
+                if last == [s.version, names]:
+                    return (gr.skip(),) * 7 + (last,)
+                new_names = not last or last[1] != names
+
+                def listed(choices):
+                    return gr.update(choices=choices) if new_names else gr.skip()
+
                 finished = s.domain_file is not None and not s.busy
                 return (_status_line(s), _loss_table(s), s.preview if s.preview is not None else gr.skip(),
-                        str(s.domain_file) if finished else None,
-                        gr.update(choices=models.choices()), gr.update(choices=[NONE] + models.choices()),
-                        gr.update(choices=models.choices()[1:]), s.version)
+                        str(s.domain_file) if finished else None, listed(names), listed([NONE] + names),
+                        listed(names[1:]), [s.version, names])
 
             start.click(on_start, [target, source, reference, iters, lr, run_seed], status, api_name="adapt_start")
             stop.click(on_stop, None, [status, result], api_name="adapt_stop")

@@ -44,6 +44,12 @@ def build(cli: ModuleType) -> click.Command:
 
         Needs the extra: pip install 'hyperdomain[ui]'. Gradio's analytics are off; Ctrl-C stops it.
         """
+        import os
+
+        # The page's requests run on a pool of server threads, each with its own OpenMP team; teams
+        # that spin while idle (the default) take the cores from the one rendering. torch reads
+        # this when it loads, which no command has done yet.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from hyperdomain.webapp.server import is_loopback, require_gradio
 
         require_gradio()  # one line before any model loads

@@ -1,6 +1,7 @@
 """The web app (hyperdomain serve) through its API with gradio_client, on tiny models; and the
 pieces behind it without a server. The browser test is tests/test_serve_browser.py."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,11 @@ def test_one_shot_run_from_an_uploaded_image(client, server, files):
     assert s.state == "done", s.message
     d = hd.Domain.load(s.domain_file)
     assert d.meta["iterations"] == 2 and d.style_latent is not None
+    # the run keeps its own copy of the upload, so it resumes after the server's temporary file is gone
+    from hyperdomain.training.image import read_image_adapt_config
+
+    kept = Path(read_image_adapt_config(s.run_dir).image)
+    assert kept.parent == server.runs.models.work_dir / "uploads" and kept.read_bytes() == files.photo.read_bytes()
 
 
 # ------------------------------------------------------------------------------------------ Photo

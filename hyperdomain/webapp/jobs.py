@@ -85,6 +85,7 @@ class Runs:
             from ..photos import read_photo
 
             read_photo(image)  # a broken upload is named now, not in the thread
+            image = _keep_upload(Path(image), self.models.work_dir / "uploads")
         what = " + ".join(([f"image {Path(image).name}"] if image is not None else []) + ([repr(target)] if target else []))
         with self._lock:
             if self._status.busy:
@@ -180,6 +181,20 @@ class Runs:
 
 class _Stopped(Exception):
     pass
+
+
+def _keep_upload(path: Path, folder: Path) -> Path:
+    """A copy of an uploaded reference image in the app's folder: the run records its path, and a
+    resume reads it again long after the server's temporary upload is gone."""
+    import hashlib
+    import shutil
+
+    data = path.read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / f"{hashlib.sha256(data).hexdigest()[:12]}_{path.name}"
+    if not kept.is_file():
+        shutil.copyfile(path, kept)
+    return kept
 
 
 def _new_run_dir(runs: Path, name: str) -> Path:

@@ -57,7 +57,8 @@ def dataset_command(cli: ModuleType) -> click.Command:
                   help="webdataset: tar shards; folder: source/, <domain>/, views/ trees.")
     @click.option("--shard-size", cls=LibraryDefault, owner=make_function, type=int, help="Samples per shard.")
     @click.option("--batch", cls=LibraryDefault, owner=make_function, type=int,
-                  help="Images per generator pass (a setting: it fixes float rounding, so a resume keeps it).")
+                  help="Images per step, in passes of 8 (speed and memory only: the bytes never depend on it, "
+                       "and a resume may change it).")
     @click.option("--verify", is_flag=True,
                   help="Re-read the dataset and check it against its index (without -n: only that).")
     @click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")

@@ -1,4 +1,5 @@
-"""`hyperdomain dataset ARGS` in this process, stalling for good inside generator pass K + 1 after
+"""`hyperdomain dataset ARGS` in this process, stalling for good inside step K + 1 (a call of
+``render_rows``: ``--batch`` images rounded up to whole 8-row passes) after
 writing READY: the test then kills it mid-shard with SIGKILL.
 
     python tests/dataset_worker.py READY K dataset --generator ... --out DIR

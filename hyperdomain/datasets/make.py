@@ -22,7 +22,7 @@ from ..domain import Domain
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
 from ..training.run_dir import RunInterrupted, deferred_interrupt
-from .render import Encoder, domain_table, passes, render_rows, sample_rows
+from .render import Encoder, domain_table, render_rows, sample_rows, steps
 from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, DatasetSettings, check_counts,
                        DomainsArg, domain_digest, named_domains, prepare_out_dir)
 from .shards import open_writer, partial_path, remove_partial, shard_digest
@@ -37,10 +37,10 @@ __all__ = ["make_dataset", "dataset_settings", "sample_record"]
 
 def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain]], *, seed: int = 0,
                      truncation: float = 0.7, views: int = 0, sigma: float = 0.2, size: int | None = None,
-                     format: str = "png", quality: int = 95, layout: str = "webdataset", shard_size: int = 100,
-                     batch: int = 16) -> DatasetSettings:
+                     format: str = "png", quality: int = 95, layout: str = "webdataset", shard_size: int = 100
+                     ) -> DatasetSettings:
     """Checked settings for ``make_dataset`` (named domains as from ``named_domains``)."""
-    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1), batch=(batch, 1))
+    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1))
     size = G.resolution if size is None else size
     check_counts(size=(size, 1))
     if size > G.resolution:
@@ -57,17 +57,23 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
     return DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
         format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
-        batch=int(batch),
         generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
         domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
                       for name, d in domains))
 
 
-def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor) -> str:
-    """A sample's JSON record: what made it, so any image can be traced and made again."""
+def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
+                  view_z: Sequence[torch.Tensor] = ()) -> str:
+    """A sample's JSON record: what made it, so any image can be traced and made again.
+
+    ``z`` is the index's latent and ``view_z`` the latent of each view (``z + sigma * noise``),
+    both ``[z_dim]`` before truncation: with ``truncation``, ``size``, ``noise_mode`` and
+    ``pass_rows`` they give every image of the sample again (``render_latents``).
+    """
     record = {
         "index": index, "key": f"{index:08d}", "seed": settings.seed, "z": z.tolist(),
-        "truncation": settings.truncation, "noise_mode": settings.noise_mode,
+        "view_z": [v.tolist() for v in view_z],
+        "truncation": settings.truncation, "noise_mode": settings.noise_mode, "pass_rows": settings.pass_rows,
         "views": settings.views, "sigma": settings.sigma, "size": settings.size,
         "domains": [{"name": d["name"], "digest": d["digest"]} for d in settings.domains],
         "generator": settings.generator, "files": settings.member_names(index),
@@ -87,21 +93,24 @@ def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
     ``domains`` is a list of domains (named by prompt or file) or ``(name, Domain)`` pairs, or a
     ``{name: Domain}`` mapping; names become keys and folders (slugged: no dots, unique). ``layout``
     ``"webdataset"`` writes tar shards of ``shard_size`` samples; ``"folder"`` an ImageFolder tree.
-    ``batch`` is the number of images per generator pass (all passes have this shape, so it is a
-    setting: the same settings give the same bytes). A folder holding a dataset of the same
-    settings is resumed (complete shards are kept); any other non-empty folder is refused.
+    Every generator pass has ``PASS_ROWS`` (8) rows, so an image's bytes depend on its index and the
+    settings only; ``batch`` is the number of images per step (rounded up to whole passes, which are
+    queued back to back and copied to the host together): speed and memory, never a byte. A folder
+    holding a dataset of the same settings is resumed (complete shards are kept; ``batch`` may
+    differ); any other non-empty folder is refused.
     Under ``torchrun`` pass ``dist`` (``hyperdomain.distributed.setup()``): rank ``r`` of ``W``
     writes shards ``r, r + W, ...``. Ctrl-C or SIGTERM abandons the current shard (its temporary
     file removed) and raises ``KeyboardInterrupt``.
     """
+    check_counts(batch=(batch, 1))
     named = named_domains(G, domains, check=check)
     settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma, size=size,
-                                format=format, quality=quality, layout=layout, shard_size=shard_size, batch=batch)
+                                format=format, quality=quality, layout=layout, shard_size=shard_size)
     dist = dist or DistInfo(device=G.device)
     out_dir = Path(out_dir)
     settings = _prepare_everywhere(dist, out_dir, settings)
     mine = list(range(dist.rank, settings.num_shards, dist.world))
-    summaries = _write_shards(G, out_dir, settings, [d for _, d in named], mine, dist, progress, threads)
+    summaries = _write_shards(G, out_dir, settings, [d for _, d in named], mine, dist, progress, threads, batch)
     everyone = _gather(dist, summaries)
     index = dataset_index(settings, everyone)
     if dist.is_main:
@@ -138,7 +147,8 @@ def _complete(out_dir: Path, settings: DatasetSettings, shard: int) -> bool:
 
 
 def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, domains: Sequence[Domain],
-                  shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None) -> list[dict[str, Any]]:
+                  shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None,
+                  batch: int) -> list[dict[str, Any]]:
     per_sample = settings.images_per_sample
     done = [s for s in shards if _complete(out_dir, settings, s)]
     total = sum(len(settings.shard_range(s)) for s in shards) * per_sample
@@ -153,7 +163,7 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
         with deferred_interrupt() as stop:
             for shard in shards:
                 if shard not in done:
-                    _write_one(G, out_dir, settings, table, encoder, shard, stop, bar)
+                    _write_one(G, out_dir, settings, table, encoder, shard, batch, stop, bar)
                     log.info("dataset shard %s written by rank %d", settings.shard_name(shard), dist.rank)
                 else:
                     remove_partial(partial_path(out_dir, settings, shard))  # left by a kill after the rename
@@ -165,14 +175,14 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
 
 
 def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor, encoder: Encoder, shard: int,
-               stop, bar) -> None:
+               batch: int, stop, bar) -> None:
     writer = open_writer(out_dir, settings, shard)
     try:
         indices = settings.shard_range(shard)
         rows = [r for i in indices for r in sample_rows(settings, G.z_dim, i)]
         per_sample = settings.images_per_sample
         records, pending = [], []
-        for chunk in passes(rows, settings.batch):
+        for chunk in steps(rows, batch, settings.pass_rows):
             if stop.is_set():
                 raise RunInterrupted(stop.signum)
             pending += zip(chunk, encoder(render_rows(G, chunk, table, settings)))
@@ -182,7 +192,8 @@ def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor,
                 names = settings.member_names(index)
                 for name, (_, data) in zip(names, sample):
                     writer.add(name, data)
-                record = sample_record(settings, index, sample[0][0].z)
+                views = [row.z for row, _ in sample if row.key.startswith("view")]
+                record = sample_record(settings, index, sample[0][0].z, views)
                 writer.add(f"{index:08d}.json", record.encode())
                 records.append(record)
                 bar.update(per_sample)

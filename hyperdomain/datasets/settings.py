@@ -2,6 +2,8 @@
 
 The settings are written first (``settings.json``) and fix every byte of the dataset: a run
 resumes into a folder only with identical settings, and refuses a folder that holds anything else.
+How a run is carried out (``batch``, the encoder threads, the number of ranks) is not a setting:
+it changes no byte.
 """
 from __future__ import annotations
 
@@ -24,19 +26,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..generator import Generator
 
 FORMAT = "hyperdomain.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: passes of PASS_ROWS rows whatever --batch; records hold the views' z
 SETTINGS_FILE = "settings.json"
 INDEX_FILE = "index.json"
 LAYOUTS = ("webdataset", "folder")
 IMAGE_FORMATS = ("png", "jpg", "webp")
 RESERVED_NAMES = ("source", "views", "json")  # keys and folders of every dataset
 NAME_LIMIT = 40
+# Rows in every generator pass of every dataset. Float32 results depend on a pass's shape (kernels
+# and their blocking are picked by batch size; on the CPU a conv takes the Winograd path from 4 rows
+# on), never on which rows share it, so one fixed shape makes an image a function of its latent and
+# domain alone. 8 rows: a short dataset pads little, a 1024 px pass fills a GPU well.
+PASS_ROWS = 8
 
 
 @dataclass(frozen=True)
 class DatasetSettings:
-    """Everything that decides a dataset's bytes (``batch`` too: it fixes the generator passes'
-    shape, and float32 results depend on a pass's shape, not on which rows share it)."""
+    """Everything that decides a dataset's bytes. ``pass_rows`` is the shape of every generator pass
+    (:data:`PASS_ROWS`, not a choice: it is recorded so that a dataset made with another is never
+    resumed or re-rendered with this one)."""
 
     n: int
     seed: int
@@ -48,10 +56,10 @@ class DatasetSettings:
     quality: int
     layout: str
     shard_size: int
-    batch: int
     generator: dict[str, Any]  # name, fingerprint, resolution
     domains: tuple[dict[str, Any], ...] = ()  # name, digest, prompt
     noise_mode: str = "const"
+    pass_rows: int = PASS_ROWS
     version: str = field(default=__version__)
 
     # ----------------------------------------------------------------- derived facts
@@ -205,6 +213,9 @@ def read_settings(out_dir: Path) -> DatasetSettings:
     path = out_dir / SETTINGS_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "batch" in data and "pass_rows" not in data:
+            raise HyperdomainError(f"{path}: made by hyperdomain {data.get('version', '?')}, whose images depend "
+                                   f"on --batch; finish it with that version or make it again in a new folder")
         return DatasetSettings.from_dict(data)
     except OSError as e:
         raise HyperdomainError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -180,6 +180,47 @@ def test_each_record_makes_its_images_again(tmp_path, tiny_G, doms):
     assert (images["00000001.view0.png"].astype(int) - images["00000001.view1.png"]).std() > 1  # views differ
 
 
+def test_views_in_every_domain(tmp_path, tiny_G, doms, tiny_ckpt, domain_files):
+    wds = pytest.importorskip("webdataset")
+    out = tmp_path / "all"
+    index = hd.make_dataset(tiny_G, out, 3, doms, views=2, views_in="all", shard_size=2, batch=5, progress=False)
+    assert index["keys"] == ["source", "pixar_render", "anime", "view0", "view1", "pixar_render.view0",
+                             "pixar_render.view1", "anime.view0", "anime.view1"]
+    assert index["images"] == 3 * 9 and hd.verify_dataset(out) == index
+    samples = list(wds.WebDataset([str(out / s["name"]) for s in index["shards"]], shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in samples] == ["00000000", "00000001", "00000002"]
+    for s in samples:
+        rec = s["json"]
+        assert rec["views_in"] == "all"
+        view_z = torch.tensor(rec["view_z"])  # one latent a view, shared by the source and every domain
+        for d, name in zip(doms, ("pixar_render", "anime")):
+            again = render_latents(tiny_G, view_z, d, truncation=rec["truncation"], pass_rows=rec["pass_rows"])
+            for k in range(2):
+                got = s[f"{name}.view{k}.png"]
+                assert np.array_equal(got, again[k].numpy()), (name, k)
+                assert np.abs(got.astype(int) - s[f"view{k}.png"]).mean() > 5  # in the domain, not the source
+                assert np.abs(got.astype(int) - s[f"{name}.png"]).mean() > 1  # a view, not the anchor
+    # the folder layout: the domains' views under views/<domain>/, the same images
+    folder = tmp_path / "f"
+    hd.make_dataset(tiny_G, folder, 3, doms, views=2, views_in="all", layout="folder", shard_size=2, progress=False)
+    hd.verify_dataset(folder)
+    assert sorted(p.name for p in (folder / "views").iterdir())[-2:] == ["anime", "pixar_render"]
+    assert sorted(p.name for p in (folder / "views" / "anime").iterdir()) == \
+        [f"{i:08d}_{k}.png" for i in range(3) for k in range(2)]
+    assert np.array_equal(np.asarray(Image.open(folder / "views" / "anime" / "00000002_1.png")),
+                          samples[2]["anime.view1.png"])
+    # the default renders the views in the source only; the CLI takes --views-in
+    assert hd.make_dataset(tiny_G, tmp_path / "src", 1, doms, views=2, **FAST)["keys"][-1] == "view1"
+    ckpt, _ = tiny_ckpt
+    r = cli("dataset", "--generator", ckpt, "-d", domain_files[1], "-n", 1, "--views", 1, "--views-in", "all",
+            "--out", tmp_path / "c", "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "index.json").read_text())["keys"] == ["source", "anime", "view0",
+                                                                               "anime.view0"]
+    with pytest.raises(HyperdomainError, match="views_in must be one of source, all, got 'domains'"):
+        hd.make_dataset(tiny_G, tmp_path / "x", 1, doms, views=1, views_in="domains", **FAST)
+
+
 def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     hd.make_dataset(tiny_G, tmp_path / "t", 3, doms, views=1, **FAST)
     index = hd.make_dataset(tiny_G, tmp_path / "f", 3, doms, views=1, layout="folder", shard_size=2, batch=4,

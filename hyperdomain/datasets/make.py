@@ -23,8 +23,8 @@ from ..errors import HyperdomainError
 from ..files.atomic import write_text
 from ..training.run_dir import RunInterrupted, deferred_interrupt
 from .render import Encoder, domain_table, render_rows, sample_rows, steps
-from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, DatasetSettings, check_counts,
-                       DomainsArg, domain_digest, named_domains, prepare_out_dir)
+from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, VIEWS_IN, DatasetSettings,
+                       DomainsArg, check_counts, domain_digest, named_domains, prepare_out_dir)
 from .shards import open_writer, partial_path, remove_partial, shard_digest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,9 +36,9 @@ __all__ = ["make_dataset", "dataset_settings", "sample_record"]
 
 
 def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain]], *, seed: int = 0,
-                     truncation: float = 0.7, views: int = 0, sigma: float = 0.2, size: int | None = None,
-                     format: str = "png", quality: int = 95, layout: str = "webdataset", shard_size: int = 100
-                     ) -> DatasetSettings:
+                     truncation: float = 0.7, views: int = 0, sigma: float = 0.2, views_in: str = "source",
+                     size: int | None = None, format: str = "png", quality: int = 95, layout: str = "webdataset",
+                     shard_size: int = 100) -> DatasetSettings:
     """Checked settings for ``make_dataset`` (named domains as from ``named_domains``)."""
     check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1))
     size = G.resolution if size is None else size
@@ -47,6 +47,8 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
         raise HyperdomainError(f"size {size}: images are only downscaled; the generator makes {G.resolution} px")
     if format not in IMAGE_FORMATS:
         raise HyperdomainError(f"format must be one of {', '.join(IMAGE_FORMATS)}, got {format!r}")
+    if views_in not in VIEWS_IN:
+        raise HyperdomainError(f"views_in must be one of {', '.join(VIEWS_IN)}, got {views_in!r}")
     if layout not in LAYOUTS:
         raise HyperdomainError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -57,6 +59,7 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
     return DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
         format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
+        views_in=views_in,
         generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
         domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
                       for name, d in domains))
@@ -74,7 +77,7 @@ def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
         "index": index, "key": f"{index:08d}", "seed": settings.seed, "z": z.tolist(),
         "view_z": [v.tolist() for v in view_z],
         "truncation": settings.truncation, "noise_mode": settings.noise_mode, "pass_rows": settings.pass_rows,
-        "views": settings.views, "sigma": settings.sigma, "size": settings.size,
+        "views": settings.views, "views_in": settings.views_in, "sigma": settings.sigma, "size": settings.size,
         "domains": [{"name": d["name"], "digest": d["digest"]} for d in settings.domains],
         "generator": settings.generator, "files": settings.member_names(index),
     }
@@ -83,13 +86,16 @@ def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
 
 def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
                  domains: DomainsArg = (), *, seed: int = 0, truncation: float = 0.7,
-                 views: int = 0, sigma: float = 0.2, size: int | None = None, format: str = "png", quality: int = 95,
+                 views: int = 0, sigma: float = 0.2, views_in: str = "source", size: int | None = None,
+                 format: str = "png", quality: int = 95,
                  layout: str = "webdataset", shard_size: int = 100, batch: int = 16, check: bool = True,
                  dist: DistInfo | None = None, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Write a dataset of latent indices ``0..n-1`` into ``out_dir``; return its index.
 
     Per index: the source image, the image in each domain (same latent) and ``views`` latent
-    neighbours ``z + sigma * noise`` (source, truncation applied after), plus a JSON record.
+    neighbours ``z + sigma * noise`` (truncation applied after) in the source, or with
+    ``views_in="all"`` in the source and in every domain (view ``k`` has one latent in all of them:
+    multi-view positives inside a domain, still paired across domains), plus a JSON record.
     ``domains`` is a list of domains (named by prompt or file) or ``(name, Domain)`` pairs, or a
     ``{name: Domain}`` mapping; names become keys and folders (slugged: no dots, unique). ``layout``
     ``"webdataset"`` writes tar shards of ``shard_size`` samples; ``"folder"`` an ImageFolder tree.
@@ -104,8 +110,9 @@ def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
     """
     check_counts(batch=(batch, 1))
     named = named_domains(G, domains, check=check)
-    settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma, size=size,
-                                format=format, quality=quality, layout=layout, shard_size=shard_size)
+    settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma,
+                                views_in=views_in, size=size, format=format, quality=quality, layout=layout,
+                                shard_size=shard_size)
     dist = dist or DistInfo(device=G.device)
     out_dir = Path(out_dir)
     settings = _prepare_everywhere(dist, out_dir, settings)
@@ -192,7 +199,7 @@ def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor,
                 names = settings.member_names(index)
                 for name, (_, data) in zip(names, sample):
                     writer.add(name, data)
-                views = [row.z for row, _ in sample if row.key.startswith("view")]
+                views = [row.z for row, _ in sample[1:] if row.domain == -1]  # the source's views
                 record = sample_record(settings, index, sample[0][0].z, views)
                 writer.add(f"{index:08d}.json", record.encode())
                 records.append(record)

@@ -45,12 +45,14 @@ class Row:
 
 
 def sample_rows(settings: DatasetSettings, z_dim: int, index: int) -> list[Row]:
-    """The rows of one sample, in ``settings.keys`` order."""
+    """The rows of one sample, in ``settings.keys`` order (a view has the same latent in every domain)."""
     z = index_latent(settings.seed, index, z_dim)
+    view_z = [view_latent(settings.seed, index, k, z_dim, settings.sigma) for k in range(settings.views)]
     rows = [Row(index, "source", z, -1)]
     rows += [Row(index, name, z, j) for j, name in enumerate(settings.domain_names)]
-    rows += [Row(index, f"view{k}", view_latent(settings.seed, index, k, z_dim, settings.sigma), -1)
-             for k in range(settings.views)]
+    rows += [Row(index, f"view{k}", v, -1) for k, v in enumerate(view_z)]
+    rows += [Row(index, f"{name}.view{k}", v, j) for j, name in enumerate(settings.view_domains)
+             for k, v in enumerate(view_z)]
     return rows
 
 

@@ -30,6 +30,7 @@ FORMAT_VERSION = 2  # 2: passes of PASS_ROWS rows whatever --batch; records hold
 SETTINGS_FILE = "settings.json"
 INDEX_FILE = "index.json"
 LAYOUTS = ("webdataset", "folder")
+VIEWS_IN = ("source", "all")  # where the views are rendered: the source only, or the source and every domain
 IMAGE_FORMATS = ("png", "jpg", "webp")
 RESERVED_NAMES = ("source", "views", "json")  # keys and folders of every dataset
 NAME_LIMIT = 40
@@ -60,6 +61,7 @@ class DatasetSettings:
     domains: tuple[dict[str, Any], ...] = ()  # name, digest, prompt
     noise_mode: str = "const"
     pass_rows: int = PASS_ROWS
+    views_in: str = "source"
     version: str = field(default=__version__)
 
     # ----------------------------------------------------------------- derived facts
@@ -76,9 +78,17 @@ class DatasetSettings:
         return [d["name"] for d in self.domains]
 
     @property
+    def view_domains(self) -> list[str]:
+        """The domains whose views are rendered too (``views_in="all"``), in order."""
+        return self.domain_names if self.views_in == "all" else []
+
+    @property
     def keys(self) -> list[str]:
-        """The images of one sample, in order: ``source``, each domain, ``view0``, ..."""
-        return ["source"] + self.domain_names + [f"view{k}" for k in range(self.views)]
+        """The images of one sample, in order: ``source``, each domain, ``view0``, ... (the source's
+        views), then with ``views_in="all"`` ``<domain>.view0``, ... for each domain (a dot: domain
+        names never hold one, so these keys never meet a domain's)."""
+        views = [f"view{k}" for k in range(self.views)]
+        return ["source"] + self.domain_names + views + [f"{d}.{v}" for d in self.view_domains for v in views]
 
     @property
     def images_per_sample(self) -> int:
@@ -94,12 +104,14 @@ class DatasetSettings:
 
     def member_names(self, index: int) -> list[str]:
         """A sample's files in a tar (``{index:08d}.{key}.{ext}``, then ``.json``), or its image
-        paths in the folder layout (``source/``, ``<domain>/``, ``views/{index:08d}_{k}``)."""
+        paths in the folder layout (``source/``, ``<domain>/``, ``views/{index:08d}_{k}``, and with
+        ``views_in="all"`` ``views/<domain>/{index:08d}_{k}``), in ``keys`` order."""
         key = f"{index:08d}"
         if self.layout == "webdataset":
             return [f"{key}.{k}.{self.extension}" for k in self.keys] + [f"{key}.json"]
         return ([f"{k}/{key}.{self.extension}" for k in ["source"] + self.domain_names]
-                + [f"views/{key}_{k}.{self.extension}" for k in range(self.views)])
+                + [f"views/{key}_{k}.{self.extension}" for k in range(self.views)]
+                + [f"views/{d}/{key}_{k}.{self.extension}" for d in self.view_domains for k in range(self.views)])
 
     # ----------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:

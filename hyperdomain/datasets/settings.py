@@ -37,7 +37,7 @@ NAME_LIMIT = 40
 # Rows in every generator pass of every dataset. Float32 results depend on a pass's shape (kernels
 # and their blocking are picked by batch size; on the CPU a conv takes the Winograd path from 4 rows
 # on), never on which rows share it, so one fixed shape makes an image a function of its latent and
-# domain alone. 8 rows: a short dataset pads little, a 1024 px pass fills a GPU well.
+# domain alone. 8 rows: a shard's last pass pads at most 7; ``batch`` groups passes into larger steps.
 PASS_ROWS = 8
 
 

@@ -178,6 +178,10 @@ def test_each_record_makes_its_images_again(tmp_path, tiny_G, doms):
         for d, name in zip(doms, ("pixar_render", "anime")):
             assert np.array_equal(render_latents(tiny_G, z, d, **common)[0].numpy(), images[f"{i:08d}.{name}.png"])
     assert (images["00000001.view0.png"].astype(int) - images["00000001.view1.png"]).std() > 1  # views differ
+    with pytest.raises(HyperdomainError, match=r"z must be \[n, 32\], got \[32\]"):
+        render_latents(tiny_G, torch.tensor(records[0]["z"]), truncation=0.7)
+    with pytest.raises(HyperdomainError, match=r"domain must be \(\d+,\) or \[3, \d+\], got \[10\]"):
+        render_latents(tiny_G, view_z, torch.zeros(10), truncation=0.7)
 
 
 def test_views_in_every_domain(tmp_path, tiny_G, doms, tiny_ckpt, domain_files):

@@ -84,14 +84,12 @@ def render_latents(G: "Generator", z: torch.Tensor, domain: "Domain | torch.Tens
     if z.ndim != 2 or z.shape[1] != G.z_dim:
         raise HyperdomainError(f"z must be [n, {G.z_dim}], got {list(z.shape)}")
     n = z.shape[0]
-    if domain is None:
-        d = torch.zeros(n, G.num_domain_params)
-    else:
-        vector = domain.vector if isinstance(domain, Domain) else domain
-        d = vector.reshape(1, -1).expand(n, -1) if vector.ndim == 1 else vector
-    if tuple(d.shape) != (n, G.num_domain_params):
+    vector = torch.zeros(G.num_domain_params) if domain is None else \
+        domain.vector if isinstance(domain, Domain) else domain
+    if tuple(vector.shape) not in ((G.num_domain_params,), (n, G.num_domain_params)):
         raise HyperdomainError(f"domain must be ({G.num_domain_params},) or [{n}, {G.num_domain_params}], "
-                               f"got {list(d.shape)}")
+                               f"got {list(vector.shape)}")
+    d = vector.reshape(1, -1).expand(n, -1) if vector.ndim == 1 else vector
     size = G.resolution if size is None else int(size)
     return _render(G, z.float(), d.to(G.device, torch.float32), float(truncation), size, noise_mode, int(pass_rows))
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import hyperdomain.datasets.make as make
 from cli.main import main
 
-ready, passes, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+ready, steps, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 real = make.render_rows
 calls = []
 
 
 def stalling(*a, **k):
     calls.append(1)
-    if len(calls) > passes:
+    if len(calls) > steps:
         ready.write_text("stalled")
         time.sleep(3600)
     return real(*a, **k)

@@ -4,9 +4,10 @@ For each number of domains per latent (1, 4, 16), a fresh child process builds a
 generator of the given size (port channel widths, channel multiplier 2; 32 px: the tests' tiny
 generator), warms up, then exports latents to a temporary folder with ``hd.make_dataset`` (PNG,
 WebDataset tar shards): every latent in the source and in each domain, so ``1 + domains`` images a
-latent. Figures: images per second of the whole export (render, PNG encoding, tar writing, the
-shard digest) and of rendering alone (the generator passes), medians over --repeats (the two
-interleaved); peak memory
+latent. Every generator pass has 8 rows (the dataset format's fixed pass shape; the last pass of
+the export padded); --batch images a step. Figures: images per second of the whole export (render,
+PNG encoding, tar writing, the shard digest) and of rendering alone (the generator passes),
+medians over --repeats (the two interleaved); peak memory
 of one export (peak RSS growth, sampled every 2 ms, on the CPU; ``torch.cuda.max_memory_allocated``
 growth on a GPU).
 
@@ -54,7 +55,7 @@ def measure_export(size: int, domains: int, images: int, batch: int, repeats: in
 
     import hyperdomain as hd
     from hyperdomain.datasets import dataset_settings
-    from hyperdomain.datasets.render import domain_table, passes, render_rows, sample_rows
+    from hyperdomain.datasets.render import domain_table, render_rows, sample_rows, steps
     from hyperdomain.datasets.settings import named_domains
 
     device = torch.device(device_name)
@@ -66,15 +67,16 @@ def measure_export(size: int, domains: int, images: int, batch: int, repeats: in
 
     def export(i):
         # one shard: passes never span shards, so with several the last pass of each is padded, and
-        # the export would do more passes than the render it is compared with
+        # the export would do more passes than the render it is compared with (both: 8-row passes,
+        # --batch images a step)
         hd.make_dataset(G, tmp / f"run{i}", n, doms, shard_size=n, batch=batch, progress=False)
 
-    settings = dataset_settings(G, n, named_domains(G, doms), batch=batch)
+    settings = dataset_settings(G, n, named_domains(G, doms))
     table = domain_table(G, doms)
     rows = [r for i in range(n) for r in sample_rows(settings, G.z_dim, i)]
 
     def render():
-        for chunk in passes(rows, batch):
+        for chunk in steps(rows, batch, settings.pass_rows):
             render_rows(G, chunk, table, settings)
 
     export("warm")
@@ -135,7 +137,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="Generator resolution (32: the tests' tiny generator).")
     ap.add_argument("--domains", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--images", type=int, default=48, help="Images per export (rounded up to whole latents).")
-    ap.add_argument("--batch", type=int, default=16, help="Images per generator pass.")
+    ap.add_argument("--batch", type=int, default=16, help="Images per export step (passes of 8 rows); rows of the mixed pass.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="Also write the results here.")

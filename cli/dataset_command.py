@@ -46,8 +46,11 @@ def dataset_command(cli: ModuleType) -> click.Command:
     @click.option("--seed", cls=LibraryDefault, owner=make_function, type=SEED)
     @click.option("--truncation", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0, 2.0))
     @click.option("--views", cls=LibraryDefault, owner=make_function, type=int,
-                  help="Latent neighbours z + sigma * noise per index (of the source).")
+                  help="Latent neighbours z + sigma * noise per index (see --views-in).")
     @click.option("--sigma", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0))
+    @click.option("--views-in", cls=LibraryDefault, owner=make_function, type=click.Choice(["source", "all"]),
+                  help="Render the views in the source only, or in the source and every domain (positives "
+                       "inside a domain; view k has one latent in all).")
     @click.option("--size", type=int,
                   help="Downscale to this many pixels a side (antialiased) [default: the generator's].")
     @click.option("--format", "fmt", cls=LibraryDefault, owner=make_function, field="format",
@@ -57,7 +60,8 @@ def dataset_command(cli: ModuleType) -> click.Command:
                   help="webdataset: tar shards; folder: source/, <domain>/, views/ trees.")
     @click.option("--shard-size", cls=LibraryDefault, owner=make_function, type=int, help="Samples per shard.")
     @click.option("--batch", cls=LibraryDefault, owner=make_function, type=int,
-                  help="Images per generator pass (a setting: it fixes float rounding, so a resume keeps it).")
+                  help="Images per step, in passes of 8 (speed and memory only: the bytes never depend on it, "
+                       "and a resume may change it).")
     @click.option("--verify", is_flag=True,
                   help="Re-read the dataset and check it against its index (without -n: only that).")
     @click.option("--no-check", is_flag=True, help="Allow domains or a hypernetwork made for another fingerprint.")
@@ -66,7 +70,7 @@ def dataset_command(cli: ModuleType) -> click.Command:
     @click.pass_context
     @cli.user_errors
     def dataset(ctx, generator, domains, hyper, prompts, prompt_list, hyper_clip, n, out, seed, truncation, views,
-                sigma, size, fmt, quality, layout, shard_size, batch, verify, no_check, progress, device):
+                sigma, views_in, size, fmt, quality, layout, shard_size, batch, verify, no_check, progress, device):
         """Write a dataset: each latent index in the source and in every domain (paired), with views."""
         import hyperdomain as hd
         from hyperdomain import distributed
@@ -106,9 +110,9 @@ def dataset_command(cli: ModuleType) -> click.Command:
                 named += list(zip(words, net.domains(words)))
             try:
                 index = hd.make_dataset(G, out, n, named, seed=seed, truncation=truncation, views=views,
-                                        sigma=sigma, size=size, format=fmt, quality=quality, layout=layout,
-                                        shard_size=shard_size, batch=batch, check=not no_check, dist=dist,
-                                        progress=progress)
+                                        sigma=sigma, views_in=views_in, size=size, format=fmt, quality=quality,
+                                        layout=layout, shard_size=shard_size, batch=batch, check=not no_check,
+                                        dist=dist, progress=progress)
             except KeyboardInterrupt as stop:
                 signum = getattr(stop, "signum", signal.SIGINT)
                 if dist.is_main:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import hyperdomain as hd
-from hyperdomain.datasets import dataset_settings, index_latent, render_samples, view_latent
+from hyperdomain.datasets import dataset_settings, index_latent, read_settings, render_latents, render_samples, view_latent
 from hyperdomain.datasets.settings import named_domains, unique_names
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.images import to_uint8
@@ -72,7 +72,7 @@ def test_names_are_key_safe_and_unique():
 # ------------------------------------------------------------------------------------ determinism
 def test_an_index_renders_the_same_in_any_pass_order_and_company(tiny_G, doms):
     named = named_domains(tiny_G, doms)
-    s = dataset_settings(tiny_G, 10, named, views=2, batch=4)
+    s = dataset_settings(tiny_G, 10, named, views=2)
     alone = render_samples(tiny_G, s, doms, [7])[7]
     crowd = render_samples(tiny_G, s, doms, [9, 3, 7, 0, 1])[7]
     assert list(alone) == s.keys == ["source", "pixar_render", "anime", "view0", "view1"]
@@ -84,10 +84,40 @@ def test_an_index_renders_the_same_in_any_pass_order_and_company(tiny_G, doms):
     for got, want in ((alone["anime"], plain[0]), (alone["view1"], plain[1])):
         assert (got.int() - want.int()).abs().max() <= 1 and (got != want).float().mean() < 0.01
     assert (alone["anime"].int() - alone["source"].int()).abs().float().mean() > 5  # the domain changes the image
-    # another pass size changes float32 rounding only: at most one level, on a few values
-    other = render_samples(tiny_G, dataset_settings(tiny_G, 10, named, views=2, batch=3), doms, [7])[7]
-    diff = torch.stack([(other[k].int() - alone[k].int()).abs() for k in s.keys])
+    # the records' latents make the images again, in the dataset's pass shape: exactly
+    again = render_latents(tiny_G, z, torch.stack([doms[1].vector, torch.zeros_like(doms[1].vector)]),
+                           truncation=0.7)
+    assert torch.equal(again[0], alone["anime"]) and torch.equal(again[1], alone["view1"])
+    # another pass shape changes float32 rounding only: at most one level, on a few values
+    other = render_latents(tiny_G, z, torch.stack([doms[1].vector, torch.zeros_like(doms[1].vector)]),
+                           truncation=0.7, pass_rows=3)
+    diff = (other.int() - again.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def test_batch_changes_no_byte_and_a_resume_may_change_it(tmp_path, tiny_G, doms):
+    # 7 samples of 4 images in shards of 3: 12 rows a shard, 4 in the last; no batch divides them all
+    for b in (1, 3, 5):
+        hd.make_dataset(tiny_G, tmp_path / f"b{b}", 7, doms, views=1, shard_size=3, batch=b, progress=False)
+    trees = [tree(tmp_path / f"b{b}") for b in (1, 3, 5)]
+    shards = [name for name in trees[0] if name.startswith("shard-")]
+    assert len(shards) == 3
+    for other in trees[1:]:
+        assert [n for n in shards if other[n] != trees[0][n]] == []  # the shards first: images and records
+        assert other == trees[0]  # and everything else: settings and index hold no batch
+    renders = render_samples(tiny_G, read_settings(tmp_path / "b1"), doms, range(7))
+    images = {k: v for name in shards for k, v in tar_images(tmp_path / "b1" / name).items()}
+    assert len(images) == 7 * 4
+    for i in range(7):
+        for key in ("source", "pixar_render", "anime", "view0"):
+            assert np.array_equal(images[f"{i:08d}.{key}.png"], renders[i][key].numpy()), (i, key)
+    # a dataset made with --batch 1, cut after its first shard, is finished with --batch 5
+    cut = tmp_path / "cut"
+    hd.make_dataset(tiny_G, cut, 7, doms, views=1, shard_size=3, batch=1, progress=False)
+    for name in ("index.json", "shard-000001.tar", "shard-000002.tar"):
+        (cut / name).unlink()
+    hd.make_dataset(tiny_G, cut, 7, doms, views=1, shard_size=3, batch=5, progress=False)
+    assert tree(cut) == trees[0]
 
 
 def test_shard_size_does_not_change_the_images(tmp_path, tiny_G, doms):
@@ -126,6 +156,75 @@ def test_webdataset_reads_the_shards_and_images_equal_the_renders(tmp_path, tiny
     assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o644)}
 
 
+def test_each_record_makes_its_images_again(tmp_path, tiny_G, doms):
+    out = tmp_path / "r"
+    hd.make_dataset(tiny_G, out, 4, doms, views=3, sigma=0.5, seed=2, size=16, truncation=0.6, shard_size=4,
+                    batch=8, progress=False)
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        records = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+    images = tar_images(out / "shard-000000.tar")
+    for rec in records:
+        i = rec["index"]
+        view_z = torch.tensor(rec["view_z"])
+        assert view_z.shape == (3, tiny_G.z_dim)  # each view's latent, before truncation
+        assert torch.equal(view_z[2], view_latent(2, i, 2, tiny_G.z_dim, 0.5))
+        assert not torch.equal(view_z[0], view_z[1]) and not torch.equal(view_z[0], torch.tensor(rec["z"]))
+        common = dict(truncation=rec["truncation"], size=rec["size"], noise_mode=rec["noise_mode"],
+                      pass_rows=rec["pass_rows"])
+        views = render_latents(tiny_G, view_z, **common)  # the source's views
+        for k in range(3):
+            assert np.array_equal(views[k].numpy(), images[f"{i:08d}.view{k}.png"]), (i, k)
+        z = torch.tensor(rec["z"])[None]
+        for d, name in zip(doms, ("pixar_render", "anime")):
+            assert np.array_equal(render_latents(tiny_G, z, d, **common)[0].numpy(), images[f"{i:08d}.{name}.png"])
+    assert (images["00000001.view0.png"].astype(int) - images["00000001.view1.png"]).std() > 1  # views differ
+    with pytest.raises(HyperdomainError, match=r"z must be \[n, 32\], got \[32\]"):
+        render_latents(tiny_G, torch.tensor(records[0]["z"]), truncation=0.7)
+    with pytest.raises(HyperdomainError, match=r"domain must be \(\d+,\) or \[3, \d+\], got \[10\]"):
+        render_latents(tiny_G, view_z, torch.zeros(10), truncation=0.7)
+
+
+def test_views_in_every_domain(tmp_path, tiny_G, doms, tiny_ckpt, domain_files):
+    wds = pytest.importorskip("webdataset")
+    out = tmp_path / "all"
+    index = hd.make_dataset(tiny_G, out, 3, doms, views=2, views_in="all", shard_size=2, batch=5, progress=False)
+    assert index["keys"] == ["source", "pixar_render", "anime", "view0", "view1", "pixar_render.view0",
+                             "pixar_render.view1", "anime.view0", "anime.view1"]
+    assert index["images"] == 3 * 9 and hd.verify_dataset(out) == index
+    samples = list(wds.WebDataset([str(out / s["name"]) for s in index["shards"]], shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in samples] == ["00000000", "00000001", "00000002"]
+    for s in samples:
+        rec = s["json"]
+        assert rec["views_in"] == "all"
+        view_z = torch.tensor(rec["view_z"])  # one latent a view, shared by the source and every domain
+        for d, name in zip(doms, ("pixar_render", "anime")):
+            again = render_latents(tiny_G, view_z, d, truncation=rec["truncation"], pass_rows=rec["pass_rows"])
+            for k in range(2):
+                got = s[f"{name}.view{k}.png"]
+                assert np.array_equal(got, again[k].numpy()), (name, k)
+                assert np.abs(got.astype(int) - s[f"view{k}.png"]).mean() > 5  # in the domain, not the source
+                assert np.abs(got.astype(int) - s[f"{name}.png"]).mean() > 1  # a view, not the anchor
+    # the folder layout: the domains' views under views/<domain>/, the same images
+    folder = tmp_path / "f"
+    hd.make_dataset(tiny_G, folder, 3, doms, views=2, views_in="all", layout="folder", shard_size=2, progress=False)
+    hd.verify_dataset(folder)
+    assert sorted(p.name for p in (folder / "views").iterdir())[-2:] == ["anime", "pixar_render"]
+    assert sorted(p.name for p in (folder / "views" / "anime").iterdir()) == \
+        [f"{i:08d}_{k}.png" for i in range(3) for k in range(2)]
+    assert np.array_equal(np.asarray(Image.open(folder / "views" / "anime" / "00000002_1.png")),
+                          samples[2]["anime.view1.png"])
+    # the default renders the views in the source only; the CLI takes --views-in
+    assert hd.make_dataset(tiny_G, tmp_path / "src", 1, doms, views=2, **FAST)["keys"][-1] == "view1"
+    ckpt, _ = tiny_ckpt
+    r = cli("dataset", "--generator", ckpt, "-d", domain_files[1], "-n", 1, "--views", 1, "--views-in", "all",
+            "--out", tmp_path / "c", "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "index.json").read_text())["keys"] == ["source", "anime", "view0",
+                                                                               "anime.view0"]
+    with pytest.raises(HyperdomainError, match="views_in must be one of source, all, got 'domains'"):
+        hd.make_dataset(tiny_G, tmp_path / "x", 1, doms, views=1, views_in="domains", **FAST)
+
+
 def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     hd.make_dataset(tiny_G, tmp_path / "t", 3, doms, views=1, **FAST)
     index = hd.make_dataset(tiny_G, tmp_path / "f", 3, doms, views=1, layout="folder", shard_size=2, batch=4,
@@ -138,12 +237,20 @@ def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     records = [json.loads(line) for s in ("shard-000000.jsonl", "shard-000001.jsonl")
                for line in files[s].decode().splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2] and records[2]["files"][1] == "pixar_render/00000002.png"
+    assert [len(r["view_z"]) for r in records] == [1, 1, 1]
     tars = tar_images(tmp_path / "t" / "shard-000000.tar")
     for i in range(3):
         for key, rel in (("source", f"source/{i:08d}.png"), ("anime", f"anime/{i:08d}.png"),
                          ("view0", f"views/{i:08d}_0.png")):
             assert np.array_equal(tars[f"{i:08d}.{key}.png"], np.asarray(Image.open(tmp_path / "f" / rel)))
     assert hd.verify_dataset(tmp_path / "f") == index
+    # a record whose view latent is not the view's is found
+    lines = files["shard-000001.jsonl"].decode().splitlines()
+    bad = json.loads(lines[0])
+    bad["view_z"][0][3] += 0.5
+    (tmp_path / "f" / "shard-000001.jsonl").write_text(json.dumps(bad, sort_keys=True) + "\n")
+    with pytest.raises(HyperdomainError, match="record of sample 2: view_z is not the latents of index 2's 1 views"):
+        hd.verify_dataset(tmp_path / "f")
 
 
 def test_size_and_formats(tmp_path, tiny_G, doms):
@@ -156,7 +263,7 @@ def test_size_and_formats(tmp_path, tiny_G, doms):
     hd.verify_dataset(tmp_path / "w")
     hd.make_dataset(tiny_G, tmp_path / "p", 1, [], size=16, **FAST)
     small = tar_images(tmp_path / "p" / "shard-000000.tar")["00000000.source.png"].astype(np.float32)
-    full = render_samples(tiny_G, dataset_settings(tiny_G, 1, [], batch=4), [], [0])[0]["source"].float()
+    full = render_samples(tiny_G, dataset_settings(tiny_G, 1, []), [], [0])[0]["source"].float()
     box = full.reshape(16, 2, 16, 2, 3).mean((1, 3)).numpy()  # an antialiased downscale is near the 2x2 mean,
     naive = full[::2, ::2].numpy()  # nearer than every other pixel is
     assert np.abs(small - box).mean() < 0.5 * np.abs(naive - box).mean()
@@ -192,9 +299,9 @@ def test_resume_keeps_complete_shards_and_equals_an_uninterrupted_run(tmp_path, 
     out = tmp_path / "cut"
     real, calls = make.render_rows, []
 
-    def interrupting(*a, **k):  # Ctrl-C in the middle of shard 1 (3 passes a shard: 3 samples x 4 images)
+    def interrupting(*a, **k):  # Ctrl-C in the middle of shard 1 (3 samples x 4 images: steps of 8 and 4)
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **k)
 
@@ -217,8 +324,18 @@ def test_a_folder_is_resumed_only_with_the_same_settings(tmp_path, tiny_G, doms)
         hd.make_dataset(tiny_G, out, 3, doms, truncation=0.5, **FAST)
     with pytest.raises(HyperdomainError, match=r"other settings \(domains: \['pixar_render', 'anime'\] there"):
         hd.make_dataset(tiny_G, out, 3, doms[:1], **FAST)
-    with pytest.raises(HyperdomainError, match=r"other settings \(batch: 4 there, 5 now\)"):
-        hd.make_dataset(tiny_G, out, 3, doms, shard_size=3, batch=5, progress=False)
+    with pytest.raises(HyperdomainError, match=r"other settings \(views: 0 there, 1 now\)"):
+        hd.make_dataset(tiny_G, out, 3, doms, views=1, **FAST)
+    stored = json.loads((out / "settings.json").read_text())  # a dataset made with another pass shape
+    (out / "settings.json").write_text(json.dumps({**stored, "pass_rows": 4}))
+    with pytest.raises(HyperdomainError, match=r"other settings \(pass_rows: 4 there, 8 now\)"):
+        hd.make_dataset(tiny_G, out, 3, doms, **FAST)
+    old = {k: v for k, v in stored.items() if k != "pass_rows"}  # one made before passes had a fixed shape
+    (out / "settings.json").write_text(json.dumps({**old, "batch": 4}))
+    with pytest.raises(HyperdomainError, match=r"settings.json: made by hyperdomain .* whose images depend on --batch"):
+        hd.make_dataset(tiny_G, out, 3, doms, **FAST)
+    (out / "settings.json").write_text(json.dumps(stored))
+    assert hd.make_dataset(tiny_G, out, 3, doms, shard_size=3, batch=5, progress=False)["samples"] == 3
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -368,21 +485,22 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _cli_args(ckpt, domain_files, out, n=9):
+def _cli_args(ckpt, domain_files, out, n=9, shard_size=2, batch=3):
     return ["dataset", "--generator", str(ckpt), "-d", str(domain_files[0]), "-d", str(domain_files[1]), "-n", str(n),
-            "--views", "1", "--shard-size", "2", "--batch", "3", "--out", str(out), "--device", "cpu", "--no-progress"]
+            "--views", "1", "--shard-size", str(shard_size), "--batch", str(batch), "--out", str(out), "--device", "cpu",
+            "--no-progress"]
 
 
 @pytest.mark.slow  # three processes
 def test_sigkill_mid_shard_then_resume_is_byte_identical(tmp_path, tiny_ckpt, domain_files):
     ckpt, _ = tiny_ckpt
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, whole)], cwd=ROOT, env=_env(),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, whole, shard_size=3)], cwd=ROOT,
+                   env=_env(), check=True, capture_output=True, timeout=300)
     ready = tmp_path / "stalled"
-    # the worker stalls in the 5th generator pass, inside shard 1 (2 samples x 4 images: passes 4-6 of 3 images)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dataset_worker.py"), str(ready), "4",
-                             *_cli_args(ckpt, domain_files, cut)], cwd=ROOT, env=_env(),
+    # the worker stalls in its 4th step, inside shard 1 (3 samples x 4 images: a step of 8 rows, then 4)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dataset_worker.py"), str(ready), "3",
+                             *_cli_args(ckpt, domain_files, cut, shard_size=3)], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not ready.exists():
@@ -393,8 +511,9 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(tmp_path, tiny_ckpt, do
     partial = cut / ".shard-000001.tar.partial"
     assert partial.is_file()  # killed with a shard half made
     assert sorted(p.name for p in cut.glob("shard-*")) == ["shard-000000.tar"]  # no reader takes it for complete
-    r = subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, cut)], cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    # resumed with another --batch: it changes no byte
+    r = subprocess.run([sys.executable, "-m", "cli.main", *_cli_args(ckpt, domain_files, cut, shard_size=3, batch=16)],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert tree(cut) == tree(whole)
 

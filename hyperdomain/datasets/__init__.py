@@ -5,10 +5,10 @@ units of work for any number of processes or nodes.
 """
 from .latents import index_latent, stream_seed, view_latent
 from .make import dataset_settings, make_dataset, sample_record
-from .render import render_samples
+from .render import render_latents, render_samples
 from .settings import DatasetSettings, read_settings
 from .verify import verify_dataset
 from .views import DomainViews
 
 __all__ = ["DatasetSettings", "DomainViews", "dataset_settings", "index_latent", "make_dataset", "read_settings",
-           "render_samples", "sample_record", "stream_seed", "verify_dataset", "view_latent"]
+           "render_latents", "render_samples", "sample_record", "stream_seed", "verify_dataset", "view_latent"]

@@ -22,9 +22,9 @@ from ..domain import Domain
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
 from ..training.run_dir import RunInterrupted, deferred_interrupt
-from .render import Encoder, domain_table, passes, render_rows, sample_rows
-from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, DatasetSettings, check_counts,
-                       DomainsArg, domain_digest, named_domains, prepare_out_dir)
+from .render import Encoder, domain_table, render_rows, sample_rows, steps
+from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, VIEWS_IN, DatasetSettings,
+                       DomainsArg, check_counts, domain_digest, named_domains, prepare_out_dir)
 from .shards import open_writer, partial_path, remove_partial, shard_digest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,17 +36,19 @@ __all__ = ["make_dataset", "dataset_settings", "sample_record"]
 
 
 def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain]], *, seed: int = 0,
-                     truncation: float = 0.7, views: int = 0, sigma: float = 0.2, size: int | None = None,
-                     format: str = "png", quality: int = 95, layout: str = "webdataset", shard_size: int = 100,
-                     batch: int = 16) -> DatasetSettings:
+                     truncation: float = 0.7, views: int = 0, sigma: float = 0.2, views_in: str = "source",
+                     size: int | None = None, format: str = "png", quality: int = 95, layout: str = "webdataset",
+                     shard_size: int = 100) -> DatasetSettings:
     """Checked settings for ``make_dataset`` (named domains as from ``named_domains``)."""
-    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1), batch=(batch, 1))
+    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1))
     size = G.resolution if size is None else size
     check_counts(size=(size, 1))
     if size > G.resolution:
         raise HyperdomainError(f"size {size}: images are only downscaled; the generator makes {G.resolution} px")
     if format not in IMAGE_FORMATS:
         raise HyperdomainError(f"format must be one of {', '.join(IMAGE_FORMATS)}, got {format!r}")
+    if views_in not in VIEWS_IN:
+        raise HyperdomainError(f"views_in must be one of {', '.join(VIEWS_IN)}, got {views_in!r}")
     if layout not in LAYOUTS:
         raise HyperdomainError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -57,18 +59,25 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
     return DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
         format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
-        batch=int(batch),
+        views_in=views_in,
         generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
         domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
                       for name, d in domains))
 
 
-def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor) -> str:
-    """A sample's JSON record: what made it, so any image can be traced and made again."""
+def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
+                  view_z: Sequence[torch.Tensor] = ()) -> str:
+    """A sample's JSON record: what made it, so any image can be traced and made again.
+
+    ``z`` is the index's latent and ``view_z`` the latent of each view (``z + sigma * noise``),
+    both ``[z_dim]`` before truncation: with ``truncation``, ``size``, ``noise_mode`` and
+    ``pass_rows`` they give every image of the sample again (``render_latents``).
+    """
     record = {
         "index": index, "key": f"{index:08d}", "seed": settings.seed, "z": z.tolist(),
-        "truncation": settings.truncation, "noise_mode": settings.noise_mode,
-        "views": settings.views, "sigma": settings.sigma, "size": settings.size,
+        "view_z": [v.tolist() for v in view_z],
+        "truncation": settings.truncation, "noise_mode": settings.noise_mode, "pass_rows": settings.pass_rows,
+        "views": settings.views, "views_in": settings.views_in, "sigma": settings.sigma, "size": settings.size,
         "domains": [{"name": d["name"], "digest": d["digest"]} for d in settings.domains],
         "generator": settings.generator, "files": settings.member_names(index),
     }
@@ -77,31 +86,38 @@ def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor) -> str
 
 def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
                  domains: DomainsArg = (), *, seed: int = 0, truncation: float = 0.7,
-                 views: int = 0, sigma: float = 0.2, size: int | None = None, format: str = "png", quality: int = 95,
+                 views: int = 0, sigma: float = 0.2, views_in: str = "source", size: int | None = None,
+                 format: str = "png", quality: int = 95,
                  layout: str = "webdataset", shard_size: int = 100, batch: int = 16, check: bool = True,
                  dist: DistInfo | None = None, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Write a dataset of latent indices ``0..n-1`` into ``out_dir``; return its index.
 
     Per index: the source image, the image in each domain (same latent) and ``views`` latent
-    neighbours ``z + sigma * noise`` (source, truncation applied after), plus a JSON record.
+    neighbours ``z + sigma * noise`` (truncation applied after) in the source, or with
+    ``views_in="all"`` in the source and in every domain (view ``k`` has one latent in all of them:
+    multi-view positives inside a domain, still paired across domains), plus a JSON record.
     ``domains`` is a list of domains (named by prompt or file) or ``(name, Domain)`` pairs, or a
     ``{name: Domain}`` mapping; names become keys and folders (slugged: no dots, unique). ``layout``
     ``"webdataset"`` writes tar shards of ``shard_size`` samples; ``"folder"`` an ImageFolder tree.
-    ``batch`` is the number of images per generator pass (all passes have this shape, so it is a
-    setting: the same settings give the same bytes). A folder holding a dataset of the same
-    settings is resumed (complete shards are kept); any other non-empty folder is refused.
+    Every generator pass has ``PASS_ROWS`` (8) rows, so an image's bytes depend on its index and the
+    settings only; ``batch`` is the number of images per step (rounded up to whole passes, which are
+    queued back to back and copied to the host together): speed and memory, never a byte. A folder
+    holding a dataset of the same settings is resumed (complete shards are kept; ``batch`` may
+    differ); any other non-empty folder is refused.
     Under ``torchrun`` pass ``dist`` (``hyperdomain.distributed.setup()``): rank ``r`` of ``W``
     writes shards ``r, r + W, ...``. Ctrl-C or SIGTERM abandons the current shard (its temporary
     file removed) and raises ``KeyboardInterrupt``.
     """
+    check_counts(batch=(batch, 1))
     named = named_domains(G, domains, check=check)
-    settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma, size=size,
-                                format=format, quality=quality, layout=layout, shard_size=shard_size, batch=batch)
+    settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma,
+                                views_in=views_in, size=size, format=format, quality=quality, layout=layout,
+                                shard_size=shard_size)
     dist = dist or DistInfo(device=G.device)
     out_dir = Path(out_dir)
     settings = _prepare_everywhere(dist, out_dir, settings)
     mine = list(range(dist.rank, settings.num_shards, dist.world))
-    summaries = _write_shards(G, out_dir, settings, [d for _, d in named], mine, dist, progress, threads)
+    summaries = _write_shards(G, out_dir, settings, [d for _, d in named], mine, dist, progress, threads, batch)
     everyone = _gather(dist, summaries)
     index = dataset_index(settings, everyone)
     if dist.is_main:
@@ -138,7 +154,8 @@ def _complete(out_dir: Path, settings: DatasetSettings, shard: int) -> bool:
 
 
 def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, domains: Sequence[Domain],
-                  shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None) -> list[dict[str, Any]]:
+                  shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None,
+                  batch: int) -> list[dict[str, Any]]:
     per_sample = settings.images_per_sample
     done = [s for s in shards if _complete(out_dir, settings, s)]
     total = sum(len(settings.shard_range(s)) for s in shards) * per_sample
@@ -153,7 +170,7 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
         with deferred_interrupt() as stop:
             for shard in shards:
                 if shard not in done:
-                    _write_one(G, out_dir, settings, table, encoder, shard, stop, bar)
+                    _write_one(G, out_dir, settings, table, encoder, shard, batch, stop, bar)
                     log.info("dataset shard %s written by rank %d", settings.shard_name(shard), dist.rank)
                 else:
                     remove_partial(partial_path(out_dir, settings, shard))  # left by a kill after the rename
@@ -165,14 +182,14 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
 
 
 def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor, encoder: Encoder, shard: int,
-               stop, bar) -> None:
+               batch: int, stop, bar) -> None:
     writer = open_writer(out_dir, settings, shard)
     try:
         indices = settings.shard_range(shard)
         rows = [r for i in indices for r in sample_rows(settings, G.z_dim, i)]
         per_sample = settings.images_per_sample
         records, pending = [], []
-        for chunk in passes(rows, settings.batch):
+        for chunk in steps(rows, batch, settings.pass_rows):
             if stop.is_set():
                 raise RunInterrupted(stop.signum)
             pending += zip(chunk, encoder(render_rows(G, chunk, table, settings)))
@@ -182,7 +199,8 @@ def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor,
                 names = settings.member_names(index)
                 for name, (_, data) in zip(names, sample):
                     writer.add(name, data)
-                record = sample_record(settings, index, sample[0][0].z)
+                views = [row.z for row, _ in sample[1:] if row.domain == -1]  # the source's views
+                record = sample_record(settings, index, sample[0][0].z, views)
                 writer.add(f"{index:08d}.json", record.encode())
                 records.append(record)
                 bar.update(per_sample)

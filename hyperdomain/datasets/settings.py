@@ -2,6 +2,8 @@
 
 The settings are written first (``settings.json``) and fix every byte of the dataset: a run
 resumes into a folder only with identical settings, and refuses a folder that holds anything else.
+How a run is carried out (``batch``, the encoder threads, the number of ranks) is not a setting:
+it changes no byte.
 """
 from __future__ import annotations
 
@@ -24,19 +26,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..generator import Generator
 
 FORMAT = "hyperdomain.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: passes of PASS_ROWS rows whatever --batch; records hold the views' z
 SETTINGS_FILE = "settings.json"
 INDEX_FILE = "index.json"
 LAYOUTS = ("webdataset", "folder")
+VIEWS_IN = ("source", "all")  # where the views are rendered: the source only, or the source and every domain
 IMAGE_FORMATS = ("png", "jpg", "webp")
 RESERVED_NAMES = ("source", "views", "json")  # keys and folders of every dataset
 NAME_LIMIT = 40
+# Rows in every generator pass of every dataset. Float32 results depend on a pass's shape (kernels
+# and their blocking are picked by batch size; on the CPU a conv takes the Winograd path from 4 rows
+# on), never on which rows share it, so one fixed shape makes an image a function of its latent and
+# domain alone. 8 rows: a shard's last pass pads at most 7; ``batch`` groups passes into larger steps.
+PASS_ROWS = 8
 
 
 @dataclass(frozen=True)
 class DatasetSettings:
-    """Everything that decides a dataset's bytes (``batch`` too: it fixes the generator passes'
-    shape, and float32 results depend on a pass's shape, not on which rows share it)."""
+    """Everything that decides a dataset's bytes. ``pass_rows`` is the shape of every generator pass
+    (:data:`PASS_ROWS`, not a choice: it is recorded so that a dataset made with another is never
+    resumed or re-rendered with this one)."""
 
     n: int
     seed: int
@@ -48,10 +57,11 @@ class DatasetSettings:
     quality: int
     layout: str
     shard_size: int
-    batch: int
     generator: dict[str, Any]  # name, fingerprint, resolution
     domains: tuple[dict[str, Any], ...] = ()  # name, digest, prompt
     noise_mode: str = "const"
+    pass_rows: int = PASS_ROWS
+    views_in: str = "source"
     version: str = field(default=__version__)
 
     # ----------------------------------------------------------------- derived facts
@@ -68,9 +78,17 @@ class DatasetSettings:
         return [d["name"] for d in self.domains]
 
     @property
+    def view_domains(self) -> list[str]:
+        """The domains whose views are rendered too (``views_in="all"``), in order."""
+        return self.domain_names if self.views_in == "all" else []
+
+    @property
     def keys(self) -> list[str]:
-        """The images of one sample, in order: ``source``, each domain, ``view0``, ..."""
-        return ["source"] + self.domain_names + [f"view{k}" for k in range(self.views)]
+        """The images of one sample, in order: ``source``, each domain, ``view0``, ... (the source's
+        views), then with ``views_in="all"`` ``<domain>.view0``, ... for each domain (a dot: domain
+        names never hold one, so these keys never meet a domain's)."""
+        views = [f"view{k}" for k in range(self.views)]
+        return ["source"] + self.domain_names + views + [f"{d}.{v}" for d in self.view_domains for v in views]
 
     @property
     def images_per_sample(self) -> int:
@@ -86,12 +104,14 @@ class DatasetSettings:
 
     def member_names(self, index: int) -> list[str]:
         """A sample's files in a tar (``{index:08d}.{key}.{ext}``, then ``.json``), or its image
-        paths in the folder layout (``source/``, ``<domain>/``, ``views/{index:08d}_{k}``)."""
+        paths in the folder layout (``source/``, ``<domain>/``, ``views/{index:08d}_{k}``, and with
+        ``views_in="all"`` ``views/<domain>/{index:08d}_{k}``), in ``keys`` order."""
         key = f"{index:08d}"
         if self.layout == "webdataset":
             return [f"{key}.{k}.{self.extension}" for k in self.keys] + [f"{key}.json"]
         return ([f"{k}/{key}.{self.extension}" for k in ["source"] + self.domain_names]
-                + [f"views/{key}_{k}.{self.extension}" for k in range(self.views)])
+                + [f"views/{key}_{k}.{self.extension}" for k in range(self.views)]
+                + [f"views/{d}/{key}_{k}.{self.extension}" for d in self.view_domains for k in range(self.views)])
 
     # ----------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +225,9 @@ def read_settings(out_dir: Path) -> DatasetSettings:
     path = out_dir / SETTINGS_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "batch" in data and "pass_rows" not in data:
+            raise HyperdomainError(f"{path}: made by hyperdomain {data.get('version', '?')}, whose images depend "
+                                   f"on --batch; finish it with that version or make it again in a new folder")
         return DatasetSettings.from_dict(data)
     except OSError as e:
         raise HyperdomainError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -87,7 +87,7 @@ class TarShardWriter:
 
 
 class FolderShardWriter:
-    """The ImageFolder-style layout: ``source/``, ``<domain>/``, ``views/``; the shard's JSON
+    """The ImageFolder-style layout: ``source/``, ``<domain>/``, ``views/`` (``views/<domain>/``); the shard's JSON
     records go to ``shard-NNNNNN.jsonl`` (one line per sample), written last."""
 
     def __init__(self, out_dir: Path, settings: DatasetSettings, shard: int):
@@ -102,7 +102,7 @@ class FolderShardWriter:
         if name.endswith(".json"):  # records go to the shard's .jsonl file
             return
         path = self.tmp / name
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
         self.names.append(name)
@@ -112,7 +112,7 @@ class FolderShardWriter:
             with open(self.tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         for name in self.names:
-            (self.out_dir / name).parent.mkdir(exist_ok=True)
+            (self.out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp / name, self.out_dir / name)
         marker = self.tmp / self.final.name
         with open(marker, "w", encoding="utf-8") as f:

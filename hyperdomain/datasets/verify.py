@@ -8,9 +8,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 from PIL import Image
 
 from ..errors import HyperdomainError
+from .latents import index_latent, view_latent
 from .settings import FORMAT, INDEX_FILE, DatasetSettings, read_settings
 from .shards import shard_digest
 
@@ -148,5 +150,16 @@ def _record_problem(data: bytes | None, settings: DatasetSettings, index: int) -
     for key, value in expected.items():
         if record.get(key) != value:
             return f"{key} is {str(record.get(key))[:60]}, expected {str(value)[:60]}"
+    try:  # the latents are the index's and its views' (a record is how an image is made again)
+        z = torch.tensor(record.get("z"), dtype=torch.float32)
+        view_z = torch.tensor(record.get("view_z"), dtype=torch.float32).reshape(-1, z.shape[-1])
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return "z or view_z is not a list of numbers"
+    z_dim = z.shape[-1] if z.ndim == 1 else -1
+    if z_dim < 1 or not torch.equal(z, index_latent(settings.seed, index, z_dim)):
+        return f"z is not index {index}'s latent for seed {settings.seed}"
+    want = [view_latent(settings.seed, index, k, z_dim, settings.sigma) for k in range(settings.views)]
+    if view_z.shape[0] != settings.views or not all(torch.equal(a, b) for a, b in zip(view_z, want)):
+        return f"view_z is not the latents of index {index}'s {settings.views} views"
     return None
 

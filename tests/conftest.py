@@ -1,5 +1,6 @@
 import argparse
 import os
+import shutil
 
 # Huge pages for large CPU tensors, as the `hyperdomain` command runs; torch reads this once, at its
 # first allocation, so it is set here, before torch is imported.
@@ -94,15 +95,99 @@ def tiny_clip(tiny_clip_config):
 
 # ---- the compiled kernels: on a GPU, or their host emulation on the CPU ----------------------
 
-@pytest.fixture(scope="session")
-def emulated_ops(tmp_path_factory):
-    """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
-    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+# A build run by a helper process: prints its BuildInfo as JSON on its last line.
+_BUILD_SCRIPT = """
+import json, sys
+from stylegan2_ops import _build
+kind, root = sys.argv[1], sys.argv[2]
+if kind == "extension":
+    _, info = _build.build_extension(arch_list=("9.0",), build_dir=root)  # explicit arch: no GPU needed
+else:
+    _, info = _build.build_host_emulation(build_dir=root)
+print(json.dumps(info))
+"""
+
+
+class BackgroundBuild:
+    """One compiled build (``kind``: "extension", the CUDA extension for sm_90, or "emulation",
+    its host emulation) made by a helper process at the lowest CPU priority into ``root``, a
+    cache root of its own, so it runs on whatever CPU the tests leave idle. ``info()`` waits for
+    it (at full speed then: the tests wait too) and returns its BuildInfo; loading the module
+    from ``root`` afterwards hits the cache."""
+
+    def __init__(self, kind: str, root):
+        import subprocess
+        import sys
+
+        self.kind, self.root = kind, root
+        self._proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, kind, str(root)], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True, preexec_fn=lambda: os.nice(19))
+        self._info = None
+
+    def info(self) -> dict:
+        import json
+
+        if self._info is None:
+            out, err = self._proc.communicate()
+            if self._proc.returncode != 0:
+                raise RuntimeError(f"the {self.kind} build failed (exit {self._proc.returncode}):\n{err[-6000:]}")
+            self._info = json.loads(out.strip().splitlines()[-1])
+        return self._info
+
+    def stop(self):
+        """Ends the helper and its compilers if the session ends before the build was needed."""
+        import signal
+
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.communicate()
+
+
+def _needs_emulation(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return "emulated_ops" in item.fixturenames or (
+        callspec is not None and callspec.params.get("kernel_device") == "emulated")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ops_builds(request, tmp_path_factory):
+    """The session's compiled builds, started together before its first test, each only if a
+    selected test needs it and its tools are here: "emulation" for ``emulated_ops`` (and the
+    kernel tests' emulated half), "extension" for tests/test_ops_build.py's ``built``. They
+    take about 45 s each on 2 cores; in the background they overlap the tests before them and
+    each other instead of adding up."""
     from stylegan2_ops import _build
 
-    if _build.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")
-    module, _ = _build.build_host_emulation(build_dir=tmp_path_factory.mktemp("ops_emulation"))
+    items = request.session.items
+    builds = {}
+    if any(_needs_emulation(i) for i in items) and _build.find_cuda_home() is not None:
+        builds["emulation"] = BackgroundBuild("emulation", tmp_path_factory.mktemp("ops_emulation"))
+    if NVCC is not None and any("built" in i.fixturenames for i in items):
+        builds["extension"] = BackgroundBuild("extension", tmp_path_factory.mktemp("ops_cache"))
+    yield builds
+    for build in builds.values():
+        build.stop()
+
+
+@pytest.fixture(scope="session")
+def emulated_ops(ops_builds, tmp_path_factory):
+    """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
+    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores, in the
+    background from the session's start (``ops_builds``)."""
+    from stylegan2_ops import _build
+
+    if "emulation" in ops_builds:
+        ops_builds["emulation"].info()
+        root = ops_builds["emulation"].root
+    else:
+        if _build.find_cuda_home() is None:
+            pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")
+        root = tmp_path_factory.mktemp("ops_emulation")
+    module, _ = _build.build_host_emulation(build_dir=root)
     return module
 
 

@@ -5,6 +5,11 @@ import shutil
 # Huge pages for large CPU tensors, as the `hyperdomain` command runs; torch reads this once, at its
 # first allocation, so it is set here, before torch is imported.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# OpenMP's idle threads sleep at once instead of spinning. The tests run thousands of tiny
+# parallel regions (the CPU library splits even small tensors over torch.get_num_threads()
+# threads); on a machine busy with other work a spinning or descheduled worker stalls each of
+# them, which made gradcheck tests up to 20 times slower. libgomp reads this when torch loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

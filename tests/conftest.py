@@ -119,7 +119,7 @@ print(json.dumps(info))
 class BackgroundBuild:
     """One compiled build (``kind``: "extension", the CUDA extension for sm_90, or "emulation",
     its host emulation) made by a helper process at the lowest CPU priority into ``root``, a
-    cache root of its own, so it runs on whatever CPU the tests leave idle. ``info()`` waits for
+    cache root of its own, so the tests running meanwhile keep their CPU. ``info()`` waits for
     it (at full speed then: the tests wait too) and returns its BuildInfo; loading the module
     from ``root`` afterwards hits the cache."""
 
@@ -158,36 +158,56 @@ def _needs_emulation(item) -> bool:
         callspec is not None and callspec.params.get("kernel_device") == "emulated")
 
 
-@pytest.fixture(scope="session", autouse=True)
+class OpsBuilds:
+    """The compiled builds a session needs ("emulation", "extension"), all started together the
+    first time a test needs one of them: the host emulation is one long compile and the
+    extension's is led by one (ops.cpp), so on 2 cores they take about as long together as
+    either alone, and the one needed later finishes while other tests run."""
+
+    def __init__(self, roots: dict):
+        self._roots, self._builds = roots, {}
+
+    def get(self, kind: str) -> "BackgroundBuild | None":
+        if kind not in self._roots:
+            return None
+        if not self._builds:
+            self._builds = {k: BackgroundBuild(k, root) for k, root in self._roots.items()}
+        return self._builds[kind]
+
+    def stop(self):
+        for build in self._builds.values():
+            build.stop()
+
+
+@pytest.fixture(scope="session")
 def ops_builds(request, tmp_path_factory):
-    """The session's compiled builds, started together before its first test, each only if a
-    selected test needs it and its tools are here: "emulation" for ``emulated_ops`` (and the
-    kernel tests' emulated half), "extension" for tests/test_ops_build.py's ``built``. They
-    take about 45 s each on 2 cores; in the background they overlap the tests before them and
-    each other instead of adding up."""
+    """The session's :class:`OpsBuilds`: "emulation" if a selected test needs ``emulated_ops`` (the
+    kernel tests' emulated half) and the CUDA headers are here, "extension" if one needs
+    tests/test_ops_build.py's ``built`` and nvcc is here."""
     from stylegan2_ops import _build
 
     items = request.session.items
-    builds = {}
+    roots = {}
     if any(_needs_emulation(i) for i in items) and _build.find_cuda_home() is not None:
-        builds["emulation"] = BackgroundBuild("emulation", tmp_path_factory.mktemp("ops_emulation"))
+        roots["emulation"] = tmp_path_factory.mktemp("ops_emulation")
     if NVCC is not None and any("built" in i.fixturenames for i in items):
-        builds["extension"] = BackgroundBuild("extension", tmp_path_factory.mktemp("ops_cache"))
+        roots["extension"] = tmp_path_factory.mktemp("ops_cache")
+    builds = OpsBuilds(roots)
     yield builds
-    for build in builds.values():
-        build.stop()
+    builds.stop()
 
 
 @pytest.fixture(scope="session")
 def emulated_ops(ops_builds, tmp_path_factory):
     """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
-    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores, in the
-    background from the session's start (``ops_builds``)."""
+    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores, together
+    with the extension's build (``ops_builds``)."""
     from stylegan2_ops import _build
 
-    if "emulation" in ops_builds:
-        ops_builds["emulation"].info()
-        root = ops_builds["emulation"].root
+    build = ops_builds.get("emulation")
+    if build is not None:
+        build.info()
+        root = build.root
     else:
         if _build.find_cuda_home() is None:
             pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")

@@ -246,12 +246,12 @@ assert st["state"] == "failed" and st["strict"] is True, st
 @pytest.fixture(scope="module")
 def built(ops_builds, tmp_path_factory):
     """(module, BuildInfo of the build, cache root, seconds): the extension for sm_90, compiled
-    and linked in this session (by conftest's ``ops_builds``, in the background from the
-    session's start), then loaded here from its cache root."""
+    and linked in this session (by conftest's ``ops_builds``, together with the host emulation),
+    then loaded here from its cache root."""
     if NVCC is None:
         pytest.skip("nvcc not found on PATH or at /usr/local/cuda/bin/nvcc: cannot compile the extension")
-    if "extension" in ops_builds:
-        build = ops_builds["extension"]
+    build = ops_builds.get("extension")
+    if build is not None:
         info, root = build.info(), build.root
         module, _ = _build.build_extension(arch_list=("9.0",), build_dir=root)
         return module, info, root, info["build_seconds"]

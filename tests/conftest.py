@@ -1,9 +1,15 @@
 import argparse
 import os
+import shutil
 
 # Huge pages for large CPU tensors, as the `hyperdomain` command runs; torch reads this once, at its
 # first allocation, so it is set here, before torch is imported.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# OpenMP's idle threads sleep at once instead of spinning. The tests run thousands of tiny
+# parallel regions (the CPU library splits even small tensors over torch.get_num_threads()
+# threads); on a machine busy with other work a spinning or descheduled worker stalls each of
+# them, which made gradcheck tests up to 20 times slower. libgomp reads this when torch loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -94,15 +100,119 @@ def tiny_clip(tiny_clip_config):
 
 # ---- the compiled kernels: on a GPU, or their host emulation on the CPU ----------------------
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+# A build run by a helper process: prints its BuildInfo as JSON on its last line.
+_BUILD_SCRIPT = """
+import json, sys
+from stylegan2_ops import _build
+kind, root = sys.argv[1], sys.argv[2]
+if kind == "extension":
+    _, info = _build.build_extension(arch_list=("9.0",), build_dir=root)  # explicit arch: no GPU needed
+else:
+    _, info = _build.build_host_emulation(build_dir=root)
+print(json.dumps(info))
+"""
+
+
+class BackgroundBuild:
+    """One compiled build (``kind``: "extension", the CUDA extension for sm_90, or "emulation",
+    its host emulation) made by a helper process at the lowest CPU priority into ``root``, a
+    cache root of its own, so the tests running meanwhile keep their CPU. ``info()`` waits for
+    it (at full speed then: the tests wait too) and returns its BuildInfo; loading the module
+    from ``root`` afterwards hits the cache."""
+
+    def __init__(self, kind: str, root):
+        import subprocess
+        import sys
+
+        self.kind, self.root = kind, root
+        self._proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, kind, str(root)], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True, preexec_fn=lambda: os.nice(19))
+        self._info = None
+
+    def info(self) -> dict:
+        import json
+
+        if self._info is None:
+            out, err = self._proc.communicate()
+            if self._proc.returncode != 0:
+                raise RuntimeError(f"the {self.kind} build failed (exit {self._proc.returncode}):\n{err[-6000:]}")
+            self._info = json.loads(out.strip().splitlines()[-1])
+        return self._info
+
+    def stop(self):
+        """Ends the helper and its compilers if the session ends before the build was needed."""
+        import signal
+
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.communicate()
+
+
+def _needs_emulation(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return "emulated_ops" in item.fixturenames or (
+        callspec is not None and callspec.params.get("kernel_device") == "emulated")
+
+
+class OpsBuilds:
+    """The compiled builds a session needs ("emulation", "extension"), all started together the
+    first time a test needs one of them: the host emulation is one long compile and the
+    extension's is led by one (ops.cpp), so on 2 cores they take about as long together as
+    either alone, and the one needed later finishes while other tests run."""
+
+    def __init__(self, roots: dict):
+        self._roots, self._builds = roots, {}
+
+    def get(self, kind: str) -> "BackgroundBuild | None":
+        if kind not in self._roots:
+            return None
+        if not self._builds:
+            self._builds = {k: BackgroundBuild(k, root) for k, root in self._roots.items()}
+        return self._builds[kind]
+
+    def stop(self):
+        for build in self._builds.values():
+            build.stop()
+
+
 @pytest.fixture(scope="session")
-def emulated_ops(tmp_path_factory):
-    """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
-    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores."""
+def ops_builds(request, tmp_path_factory):
+    """The session's :class:`OpsBuilds`: "emulation" if a selected test needs ``emulated_ops`` (the
+    kernel tests' emulated half) and the CUDA headers are here, "extension" if one needs
+    tests/test_ops_build.py's ``built`` and nvcc is here."""
     from stylegan2_ops import _build
 
-    if _build.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")
-    module, _ = _build.build_host_emulation(build_dir=tmp_path_factory.mktemp("ops_emulation"))
+    items = request.session.items
+    roots = {}
+    if any(_needs_emulation(i) for i in items) and _build.find_cuda_home() is not None:
+        roots["emulation"] = tmp_path_factory.mktemp("ops_emulation")
+    if NVCC is not None and any("built" in i.fixturenames for i in items):
+        roots["extension"] = tmp_path_factory.mktemp("ops_cache")
+    builds = OpsBuilds(roots)
+    yield builds
+    builds.stop()
+
+
+@pytest.fixture(scope="session")
+def emulated_ops(ops_builds, tmp_path_factory):
+    """The extension's test build (``stylegan2_ops._build.build_host_emulation``): the .cu kernels
+    and ops.cpp compiled for the CPU. Built once per session, about 40 s on 2 cores, together
+    with the extension's build (``ops_builds``)."""
+    from stylegan2_ops import _build
+
+    build = ops_builds.get("emulation")
+    if build is not None:
+        build.info()
+        root = build.root
+    else:
+        if _build.find_cuda_home() is None:
+            pytest.skip("no CUDA toolkit headers: cannot build the kernels' host emulation")
+        root = tmp_path_factory.mktemp("ops_emulation")
+    module, _ = _build.build_host_emulation(build_dir=root)
     return module
 
 

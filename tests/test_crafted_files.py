@@ -1,5 +1,6 @@
 """Crafted, malformed and non-finite files and numbers: each refused with one line (issue 15, cases 5, 6, 8)."""
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -12,7 +13,7 @@ from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.run_checkpoints import CHECKPOINT
 from hyperdomain.hypernet import HyperConfig, HyperDomainNet
 
-from conftest import assert_user_error, cli
+from conftest import assert_user_error, cli, make_tiny_generator
 
 
 def _rewrite(src, dst, tensors=None, **meta):
@@ -134,10 +135,18 @@ def test_pickle_nesting_just_under_the_bound_still_loads(tmp_path):
         load_torch_file(tmp_path / "deep.pt")
 
 
+@pytest.fixture(scope="module")
+def pristine_run(tmp_path_factory, tiny_clip):
+    """A run folder of 2 adaptation steps of the tiny generator, made once for the module."""
+    out = tmp_path_factory.mktemp("crafted") / "run"
+    hd.adapt(make_tiny_generator(), "Sketch", clip=[tiny_clip], iters=2, batch=2, out_dir=out, progress=False)
+    return out
+
+
 @pytest.fixture
-def run_checkpoint(tmp_path, tiny_G, tiny_clip):
-    out = tmp_path / "run"
-    hd.adapt(tiny_G, "Sketch", clip=[tiny_clip], iters=2, batch=2, out_dir=out, progress=False)
+def run_checkpoint(tmp_path, pristine_run):
+    """The checkpoint of a copy of ``pristine_run`` of this test's own, to damage."""
+    out = shutil.copytree(pristine_run, tmp_path / "run")
     return out / CHECKPOINT
 
 

@@ -28,13 +28,17 @@ HELD_OUT = ["Charcoal drawing", "Bronze bust", "Stained glass"]
 FAST = dict(width=64, templates="single", test_domains=None, sample_every=0, checkpoint_every=0, lr=1e-3)
 
 
-@pytest.fixture
-def lists(tmp_path):
-    train = tmp_path / "train.txt"
+def _write_lists(folder: Path) -> tuple[Path, Path]:
+    train = folder / "train.txt"
     train.write_text("# tiny list\n" + "\n".join(PROMPTS[:3]) + "\n" + "\n".join(p + " - Photo" for p in PROMPTS[3:]) + "\n")
-    test = tmp_path / "test.txt"
+    test = folder / "test.txt"
     test.write_text("\n".join(HELD_OUT) + "\n")
     return train, test
+
+
+@pytest.fixture
+def lists(tmp_path):
+    return _write_lists(tmp_path)
 
 
 def run(G, clip, train_list, **kw):
@@ -305,22 +309,51 @@ def test_cli_user_errors(tmp_path, tiny_ckpt, tiny_clip_config, lists):
 
 
 # ------------------------------------------------------------------------------------ DDP
-def _torchrun(nproc: int, *args, timeout=300):
+def _torchrun(nproc: int, *args, timeout=300, expect_ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
+WORKER = ROOT / "tests" / "ddp_worker.py"
+# The DDP runs of tests/ddp_worker.py that the tests below assert on: OUT_DIR name -> ITERS and options
+DDP_RUNS = {
+    "ddp": [4],  # with the convex hull, a checkpoint every 2 steps
+    "share": [3, "--no-convex-hull", "--checkpoint-every", 0],
+    "poison": [6, "--poison-rank", 1, "--checkpoint-every", 0, "--no-convex-hull"],
+    "full": [5, "--fail-write"],
+}
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, tiny_clip_config):
+    """One torchrun launch (2 processes) making every run of DDP_RUNS, one after another in the
+    same process group (a launch is mostly its imports): (the finished launch, the folder holding
+    each run's OUT_DIR, the training list). Two of the runs stop, so the launch exits nonzero."""
+    root = tmp_path_factory.mktemp("ddp_runs")
+    train, _ = _write_lists(root)
+    args = []
+    for name, opts in DDP_RUNS.items():
+        args += ["--then"] * bool(args) + [root / name, *opts]
+    proc = _torchrun(2, WORKER, tiny_clip_config, train, *args, expect_ok=False)
+    return proc, root, train
+
+
+def _stopped(proc, out) -> list[str]:
+    """The ranks on which the run in ``out`` stopped with an error (ddp_worker's marker files)."""
+    return sorted(p.name for p in out.glob("stopped_rank*.txt"))
+
+
 @pytest.mark.slow  # torchrun with 2 processes
-def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_config, lists):
+def test_ddp_two_processes_keep_ranks_identical_and_resume(tiny_clip_config, ddp_runs):
     from safetensors.torch import load_file
 
-    train, _ = lists
-    out = tmp_path / "ddp"
-    worker = ROOT / "tests" / "ddp_worker.py"
-    _torchrun(2, worker, out, tiny_clip_config, train, 4)
+    proc, root, train = ddp_runs
+    out = root / "ddp"
+    assert _stopped(proc, out) == [], proc.stdout[-3000:] + proc.stderr[-3000:]  # finished on both ranks
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # weights and BN buffers
     # with the convex hull each rank mixes over the whole global batch: both see all 8 domains of the step
@@ -330,7 +363,7 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, tiny_clip_c
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 4 and meta["world"] == 2
     # resume the 2-process run on 1 process: it continues from step 4
-    _torchrun(1, worker, out, tiny_clip_config, train, 6, "--resume")
+    _torchrun(1, WORKER, tiny_clip_config, train, out, 6, "--resume")
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 7))
     assert hd.HyperDomainNet.load(out / "hypernet.safetensors").meta["iterations"] == 6
@@ -370,15 +403,10 @@ def test_hard_interrupt_inside_a_step_saves_the_steps_start(tmp_path, tiny_G, ti
 
 
 @pytest.mark.slow  # torchrun with 2 processes
-def test_ddp_non_finite_loss_on_one_rank_stops_both(tmp_path, tiny_clip_config, lists):
-    train, _ = lists
-    out = tmp_path / "poison"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(out), str(tiny_clip_config), str(train), "6", "--poison-rank", "1",
-           "--checkpoint-every", "0", "--no-convex-hull"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+def test_ddp_non_finite_loss_on_one_rank_stops_both(ddp_runs):
+    proc, root, _ = ddp_runs
+    out = root / "poison"
+    assert proc.returncode != 0 and _stopped(proc, out) == ["stopped_rank0.txt", "stopped_rank1.txt"]
     assert proc.stdout.count("STOPPED: step 3: loss is not finite") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     _, meta = load_checkpoint(out / "checkpoint.safetensors", "hyper")
     assert meta["step"] == 1  # no periodic checkpoints: the NaN guard's save of the last state with finite losses
@@ -400,12 +428,11 @@ def test_cli_train_hyper_under_torchrun(tmp_path, tiny_ckpt, tiny_clip_config, l
 
 
 @pytest.mark.slow  # torchrun with 2 processes
-def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_config, lists):
+def test_ddp_ranks_take_their_own_share_of_the_global_batch(ddp_runs):
     """Without the convex hull, rank 0 trains on the first half of the step's domains, rank 1 on the rest."""
-    train, _ = lists
-    out = tmp_path / "share"
-    _torchrun(2, ROOT / "tests" / "ddp_worker.py", out, tiny_clip_config, train, 3, "--no-convex-hull",
-              "--checkpoint-every", "0")
+    proc, root, _ = ddp_runs
+    out = root / "share"
+    assert _stopped(proc, out) == [], proc.stdout[-3000:] + proc.stderr[-3000:]  # finished on both ranks
     p0, p1 = (json.loads((out / f"picks_rank{r}.json").read_text()) for r in (0, 1))
     for step in range(3):
         expected = draw_domains(0, step, 8, len(PROMPTS), convex=False)[0].tolist()
@@ -414,15 +441,10 @@ def test_ddp_ranks_take_their_own_share_of_the_global_batch(tmp_path, tiny_clip_
 
 
 @pytest.mark.slow  # torchrun with 2 processes
-def test_ddp_write_failure_on_rank_0_stops_every_rank(tmp_path, tiny_clip_config, lists):
+def test_ddp_write_failure_on_rank_0_stops_every_rank(ddp_runs):
     """A failed write on rank 0 must not leave rank 1 waiting in a collective: both stop, one line each."""
-    train, _ = lists
-    out = tmp_path / "full"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(out), str(tiny_clip_config), str(train), "5", "--fail-write"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    proc, root, _ = ddp_runs
+    assert proc.returncode != 0 and _stopped(proc, root / "full") == ["stopped_rank0.txt", "stopped_rank1.txt"]
     assert proc.stdout.count("STOPPED: rank 0 could not write") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "No space left on device" in proc.stdout
 

@@ -13,7 +13,7 @@ import stylegan2_ops as ops
 from stylegan2_ops import _build
 from stylegan2_ops.bias_act import _bias_act_ref
 
-NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+from conftest import NVCC
 
 
 # ---- dispatch and fallback (no compiler needed) ----------------------------------------------
@@ -244,9 +244,17 @@ assert st["state"] == "failed" and st["strict"] is True, st
 # ---- the real compile + link (about a minute on 2 cores) ------------------------------------
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(ops_builds, tmp_path_factory):
+    """(module, BuildInfo of the build, cache root, seconds): the extension for sm_90, compiled
+    and linked in this session (by conftest's ``ops_builds``, together with the host emulation),
+    then loaded here from its cache root."""
     if NVCC is None:
         pytest.skip("nvcc not found on PATH or at /usr/local/cuda/bin/nvcc: cannot compile the extension")
+    build = ops_builds.get("extension")
+    if build is not None:
+        info, root = build.info(), build.root
+        module, _ = _build.build_extension(arch_list=("9.0",), build_dir=root)
+        return module, info, root, info["build_seconds"]
     root = tmp_path_factory.mktemp("ops_cache")
     start = time.perf_counter()
     module, info = _build.build_extension(arch_list=("9.0",), build_dir=root)  # explicit arch: no GPU needed

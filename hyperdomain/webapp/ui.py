@@ -113,12 +113,11 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
             def on_animate(*values, progress=gr.Progress()):
                 *values, mode, fmt, frames, fps = values
                 s = explore.ExploreSettings(*values)
-                total = int(frames) if mode != "strength" else int(frames)
                 done = [0]
 
-                def tick():
+                def tick():  # the panel's animations have no way back: `frames` frames in all
                     done[0] += 1
-                    progress(min(done[0] / max(total, 1), 1.0), desc="rendering frames")
+                    progress(min(done[0] / max(int(frames), 1), 1.0), desc="rendering frames")
 
                 return [str(explore.export_animation(models, s, mode, fmt, frames, fps, on_frame=tick))]
 

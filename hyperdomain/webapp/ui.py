@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 from ..errors import HyperdomainError
@@ -21,6 +22,15 @@ log = logging.getLogger(__name__)
 TITLE = "hyperdomain"
 DEFAULT_PROMPT = "3D render in the style of Pixar"  # what the page shows first when a hypernetwork is loaded
 STOP_WAIT = 120.0  # seconds Stop waits for the run to save before it answers (the page polls on after)
+
+
+# where Gradio keeps an upload: <temp>/gradio/<sha256 of the file>/<its name>
+_UPLOAD_FOLDER = re.compile(r"\S*/gradio/[0-9a-f]{16,}/")
+
+
+def page_message(text: str) -> str:
+    """A message for the page: an upload named as the user named it, not by Gradio's temp path."""
+    return _UPLOAD_FOLDER.sub("", text)
 
 
 def page_errors(fn):
@@ -35,10 +45,10 @@ def page_errors(fn):
         except gr.Error:
             raise
         except HyperdomainError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(page_message(str(e)), print_exception=False) from None
         except Exception as e:
             log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"{type(e).__name__}: {e}"[:500], print_exception=False) from None
+            raise gr.Error(page_message(f"{type(e).__name__}: {e}")[:500], print_exception=False) from None
     return wrapper
 
 

@@ -53,22 +53,19 @@ def build(cli: ModuleType) -> click.Command:
         from hyperdomain.webapp.server import is_loopback, require_gradio
 
         require_gradio()  # one line before any model loads
-        if work_dir.exists() and not work_dir.is_dir():
-            raise cli.UserError(f"--work-dir {work_dir}: exists and is not a folder")
         import hyperdomain as hd
         from hyperdomain.webapp import load_models, server
 
-        det = None
-        if align:
+        def det():  # made when a photo is first aligned (--align, or a face generator by default)
             from hyperdomain.face_detectors import detector as face_detector
 
-            def det():
-                return face_detector(detector, detector_weights)
+            return face_detector(detector, detector_weights)
+
         models = load_models(
             generator, list(domains), hyper=hyper, hyper_clip=cli.absolute_spec(hyper_clip) if hyper_clip else None,
             clip=[cli.absolute_spec(c) for c in clip] or None,
             lpips_backbone=cli.absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet", align=align,
-            detector=det, inversion=hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples),
+            detector=None if align is False else det, inversion=hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples),
             work_dir=work_dir.resolve(), device=cli.resolve_device(device), check=not no_check)
         if not is_loopback(host):
             click.echo(f"warning: listening on {host}: anyone who can reach this machine can use the app and "

@@ -197,7 +197,7 @@ def test_photo_in_the_chosen_domains(client, server, files):
     with torch.no_grad():
         want = G.synthesis(latent.ws[None].expand(2, -1, -1), domain=doms, noise_mode="const")
     assert np.array_equal(grid[2:34, 2 + 2 * 34:2 + 2 * 34 + 32], hd.make_grid(want[:1]).numpy()[2:34, 2:34])
-    assert latent.meta["settings"]["steps"] == 2 if "settings" in latent.meta else True
+    assert latent.meta["inversion"]["steps"] == 2
     assert "no domain named" in app_error(client, gradio_client.handle_file(str(files.photo)), ["nope"], "", 2,
                                           api_name="/photo")
 

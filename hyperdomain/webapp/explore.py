@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from ..domain import Domain, mix
 from ..errors import HyperdomainError
 from ..images import make_grid
-from .models import NONE, PROMPT, SOURCE, AppModels
+from .models import NONE, PROMPT, SOURCE, AppModels, integer_in, number_in
 
 STRENGTH = (0.0, 1.5)
 MIX = (0.0, 1.0)
@@ -44,29 +43,12 @@ class ExploreSettings:
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in (("strength", STRENGTH), ("mix", MIX), ("truncation", TRUNCATION)):
-            object.__setattr__(self, name, _number(name, getattr(self, name), lo, hi))
-        object.__setattr__(self, "seed", _integer("seed", self.seed, 0, SEED_MAX))
-        object.__setattr__(self, "count", _integer("count", self.count, *COUNT))
+            object.__setattr__(self, name, number_in(name, getattr(self, name), lo, hi))
+        object.__setattr__(self, "seed", integer_in("seed", self.seed, 0, SEED_MAX))
+        object.__setattr__(self, "count", integer_in("count", self.count, *COUNT))
         for name in ("domain", "second", "prompt", "second_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise HyperdomainError(f"{name}: expected text, got {type(getattr(self, name)).__name__}")
-
-
-def _number(name: str, value, lo: float, hi: float) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise HyperdomainError(f"{name}: expected a number in [{lo:g}, {hi:g}], got {value!r}"[:200]) from None
-    if not math.isfinite(x) or not lo <= x <= hi:
-        raise HyperdomainError(f"{name} {value!r}: must be a number in [{lo:g}, {hi:g}]"[:200])
-    return x
-
-
-def _integer(name: str, value, lo: int, hi: int) -> int:
-    x = _number(name, value, lo, hi)
-    if x != int(x):
-        raise HyperdomainError(f"{name} {value!r}: must be a whole number in [{lo}, {hi}]")
-    return int(x)
 
 
 def explore_domain(models: AppModels, s: ExploreSettings) -> Domain | None:
@@ -80,10 +62,13 @@ def explore_domain(models: AppModels, s: ExploreSettings) -> Domain | None:
     return mix([first, second], [1.0 - s.mix, s.mix]).scaled(s.strength)
 
 
+def _samples(models: AppModels, s: ExploreSettings, d: Domain | None):
+    return models.G.sample(s.count, domain=d, truncation=s.truncation, seed=s.seed)
+
+
 def render(models: AppModels, s: ExploreSettings) -> np.ndarray:
     """The grid ``[H, W, 3]`` uint8 (``hd.make_grid`` of the samples)."""
-    images = models.G.sample(s.count, domain=explore_domain(models, s), truncation=s.truncation, seed=s.seed)
-    return make_grid(images).numpy()
+    return make_grid(_samples(models, s, explore_domain(models, s))).numpy()
 
 
 def domain_name(s: ExploreSettings) -> str:
@@ -112,8 +97,7 @@ def save_downloads(models: AppModels, s: ExploreSettings) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = _stem(s, "grid")
     d = explore_domain(models, s)
-    images = models.G.sample(s.count, domain=d, truncation=s.truncation, seed=s.seed)
-    files = [save_grid(images, folder / f"{stem}.png")]
+    files = [save_grid(_samples(models, s, d), folder / f"{stem}.png")]
     if d is None:
         d = Domain.zeros(models.G)
     meta = {**d.meta, "explore": asdict(s)}
@@ -134,8 +118,8 @@ def export_animation(models: AppModels, s: ExploreSettings, mode: str = "strengt
         raise HyperdomainError(f"animation mode {mode!r}: expected one of {list(ANIMATION_MODES)}")
     if fmt not in ANIMATION_FORMATS:
         raise HyperdomainError(f"animation format {fmt!r}: expected one of {list(ANIMATION_FORMATS)}")
-    frames = _integer("frames", frames, *FRAMES)
-    fps = _number("fps", fps, *FPS)
+    frames = integer_in("frames", frames, *FRAMES)
+    fps = number_in("fps", fps, *FPS)
     current = explore_domain(models, s)
     if mode == "strength":
         domains = [current if current is not None else Domain.zeros(models.G)]

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import HyperdomainError
-from .models import AppModels
+from ..training.adapt import DOMAIN_FILE, AdaptConfig, slug
+from .models import AppModels, check_prompt, integer_in, number_in
 
 log = logging.getLogger(__name__)
 
 ITERS = (1, 5000)
 LR = (1e-5, 1.0)
 PREVIEW_N = 4
+STOPPING = "stopping at the end of this step"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class RunStatus:
     what: str = ""
     step: int = 0
     iters: int = 0
-    losses: tuple[tuple[int, str, float], ...] = ()  # (step, loss name, value)
+    losses: tuple[tuple[int, str, float], ...] = ()  # (step, loss name, value), filled in by Runs.status
     preview: np.ndarray | None = None  # source row over domain row, uint8 [H, W, 3]
     message: str = ""
     run_dir: Path | None = None
@@ -56,31 +58,27 @@ class Runs:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _losses: list[tuple[int, str, float]] = field(default_factory=list)  # appended by the run, copied when asked
 
     def status(self) -> RunStatus:
         with self._lock:
-            return self._status
+            return replace(self._status, losses=tuple(self._losses))
 
     def _set(self, **changes: Any) -> None:
         with self._lock:
             self._status = replace(self._status, **changes, version=self._status.version + 1)
 
-    def start(self, target: str = "", source: str = "", image: str | Path | None = None, iters: int = 300,
-              lr: float | None = None, seed: int = 0) -> RunStatus:
+    def start(self, target: str = "", source: str = "", image: str | Path | None = None,
+              iters: int = AdaptConfig.iters, lr: float | None = None, seed: int = 0) -> RunStatus:
         """Start a text run (``target``), or a one-shot run (``image``, optionally steered by ``target``);
         refused with one line while another run is going."""
-        from ..training.adapt import slug
-        from .explore import _integer, _number
-
-        target = (target or "").strip()
-        source = (source or "").strip() or None
+        target = check_prompt(target, "target")
+        source = check_prompt(source, "source") or None
         if image is None and not target:
             raise HyperdomainError("target: type a prompt for the new domain (or give a reference image)")
-        if len(target) > 1000 or any(ord(c) < 32 for c in target):
-            raise HyperdomainError("target: a prompt is one line of at most 1000 characters")
-        iters = _integer("iterations", iters, *ITERS)
-        lr = None if lr is None or str(lr).strip() == "" else _number("learning rate", lr, *LR)
-        seed = _integer("seed", seed, 0, 2**31 - 1)
+        iters = integer_in("iterations", iters, *ITERS)
+        lr = None if lr is None or str(lr).strip() == "" else number_in("learning rate", lr, *LR)
+        seed = integer_in("seed", seed, 0, 2**31 - 1)
         if image is not None:
             from ..photos import read_photo
 
@@ -94,6 +92,7 @@ class Runs:
                                        f"time per server; stop it or wait for it")
             run_dir = _new_run_dir(self.models.work_dir / "runs", slug(target) if target else slug(Path(image).stem))
             self._stop = threading.Event()
+            self._losses = []
             self._status = RunStatus(state="loading", what=what, iters=iters, run_dir=run_dir,
                                      message="loading the models", version=self._status.version + 1)
             args = dict(target=target or None, source=source, image=image, iters=iters, lr=lr, seed=seed,
@@ -108,7 +107,7 @@ class Runs:
             busy = self._status.busy
         if busy:
             self._stop.set()
-            self._set(message="stopping at the end of this step")
+            self._set(message=STOPPING)
         return self.status()
 
     def wait(self, timeout: float | None = None) -> RunStatus:
@@ -125,23 +124,24 @@ class Runs:
 
         m = self.models
         every = max(1, iters // 10)
+        truncation = AdaptConfig.sample_truncation  # as the run folder's sample grids
         source_row = None
 
         def each_step(step: int, values, domain_vector) -> None:
             nonlocal source_row
-            losses = tuple((step, k, float(v)) for k, v in values.items())
             preview = None
             if step == 1 or step % every == 0 or step == iters:
                 if source_row is None:
-                    source_row = m.G.sample(PREVIEW_N, truncation=0.7, seed=seed)
-                adapted = m.G.sample(PREVIEW_N, domain=domain_vector, truncation=0.7, seed=seed)
+                    source_row = m.G.sample(PREVIEW_N, truncation=truncation, seed=seed)
+                adapted = m.G.sample(PREVIEW_N, domain=domain_vector, truncation=truncation, seed=seed)
                 preview = hd.make_grid(torch.cat([source_row, adapted]), nrow=PREVIEW_N).numpy()
             with self._lock:
+                self._losses.extend((step, k, float(v)) for k, v in values.items())
                 s = self._status
-                self._status = replace(s, state="running", step=step, losses=s.losses + losses,
+                self._status = replace(s, state="running", step=step,
                                        preview=preview if preview is not None else s.preview,
-                                       message="stopping at the end of this step" if stop.is_set() else
-                                       f"step {step}/{iters}", version=s.version + 1)
+                                       message=STOPPING if stop.is_set() else f"step {step}/{iters}",
+                                       version=s.version + 1)
 
         started = time.monotonic()
         try:
@@ -154,8 +154,10 @@ class Runs:
                 raise _Stopped()
             self._set(state="running", message="step 0/%d" % iters)
             if image is not None:
-                d = hd.adapt_image(m.G, image=image, target=target, lpips=m.lpips(), detector=m.face_detector(),
-                                   align=bool(m.align), inversion=m.inversion, source=source,
+                aligning = m.align is True  # a reference is used as it is unless asked (ImageAdaptConfig.align)
+                d = hd.adapt_image(m.G, image=image, target=target, lpips=m.lpips(),
+                                   detector=m.face_detector() if aligning else None, align=aligning,
+                                   inversion=m.inversion, source=source,
                                    lpips_backbone=m.lpips_backbone, **options)
             else:
                 d = hd.adapt(m.G, target, source, **options)
@@ -173,7 +175,7 @@ class Runs:
         steps = int(d.meta.get("iterations", iters))
         state = "stopped" if steps < iters else "done"
         took = time.monotonic() - started
-        self._set(state=state, step=steps, domain_file=run_dir / "domain.safetensors", domain_name=name,
+        self._set(state=state, step=steps, domain_file=run_dir / DOMAIN_FILE, domain_name=name,
                   message=(f"stopped at step {steps}/{iters} and saved" if state == "stopped" else
                            f"done: {steps} steps in {took:.0f} s") + f"; the domain is {name!r} in Explore and "
                   f"Photo; the run folder {run_dir} resumes with hyperdomain adapt --resume")
@@ -187,13 +189,15 @@ def _keep_upload(path: Path, folder: Path) -> Path:
     """A copy of an uploaded reference image in the app's folder: the run records its path, and a
     resume reads it again long after the server's temporary upload is gone."""
     import hashlib
-    import shutil
+
+    from ..files.atomic import atomic_path
 
     data = path.read_bytes()
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / f"{hashlib.sha256(data).hexdigest()[:12]}_{path.name}"
     if not kept.is_file():
-        shutil.copyfile(path, kept)
+        with atomic_path(kept) as tmp:
+            tmp.write_bytes(data)
     return kept
 
 

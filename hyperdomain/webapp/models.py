@@ -2,6 +2,7 @@
 the heavier models (CLIP for training, LPIPS and a face detector for photos) on first use."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -16,6 +17,34 @@ from ..inversion import InversionConfig
 SOURCE = "source"  # the generator as it is (no domain)
 PROMPT = "prompt (hypernetwork)"  # the domain the hypernetwork predicts for the typed prompt
 NONE = "none"
+MAX_PROMPT = 1000
+
+
+def number_in(name: str, value, lo: float, hi: float) -> float:
+    """``value`` as a finite float in ``[lo, hi]``, or one line naming ``name`` (values a page sends
+    are checked as received: an API call can send what no slider allows)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise HyperdomainError(f"{name}: expected a number in [{lo:g}, {hi:g}], got {value!r}"[:200]) from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise HyperdomainError(f"{name} {value!r}: must be a number in [{lo:g}, {hi:g}]"[:200])
+    return x
+
+
+def integer_in(name: str, value, lo: int, hi: int) -> int:
+    x = number_in(name, value, lo, hi)
+    if x != int(x):
+        raise HyperdomainError(f"{name} {value!r}: must be a whole number in [{lo}, {hi}]")
+    return int(x)
+
+
+def check_prompt(text: str, what: str) -> str:
+    """A prompt typed in the page: one line of at most ``MAX_PROMPT`` characters, stripped."""
+    text = (text or "").strip()
+    if len(text) > MAX_PROMPT or any(ord(c) < 32 for c in text):
+        raise HyperdomainError(f"{what}: a prompt is one line of at most {MAX_PROMPT} characters")
+    return text
 
 
 @dataclass
@@ -51,11 +80,9 @@ class AppModels:
         if choice == PROMPT:
             if self.hyper is None:
                 raise HyperdomainError(f"{what}: no hypernetwork was loaded (hyperdomain serve --hyper FILE)")
-            prompt = (prompt or "").strip()
+            prompt = check_prompt(prompt, what)
             if not prompt:
                 raise HyperdomainError(f"{what}: type a prompt for the hypernetwork")
-            if len(prompt) > 1000 or any(ord(c) < 32 for c in prompt):
-                raise HyperdomainError(f"{what}: a prompt is one line of at most 1000 characters")
             return self.hyper.domain(prompt)
         with self._lock:
             found = self.domains.get(choice)
@@ -65,10 +92,10 @@ class AppModels:
 
     def add_domain_file(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Load a domain file for this generator and name it (its file's stem, made unique)."""
-        d = Domain.load(path, generator=self.G, check=self.check)
-        return self.add_domain(d, name or Path(str(d.meta.get("file", path))).stem)
+        return self.add_domain(Domain.load(path), name or Path(path).stem)
 
     def add_domain(self, d: Domain, name: str) -> str:
+        """Offer ``d`` in the panels under ``name`` (made unique); refused when it does not fit ``G``."""
         d.check_compatible(self.G, fingerprint=self.check)
         base = re.sub(r"\s+", " ", str(name)).strip()[:60] or "domain"
         with self._lock:
@@ -99,7 +126,12 @@ class AppModels:
 
         return self.once("lpips", lambda: load_lpips(self.G.device, self.lpips_backbone))
 
+    def aligns(self) -> bool:
+        """Whether photos are aligned: as asked, else for face generators (as ``invert`` decides)."""
+        return self.align if self.align is not None else getattr(self.G, "alignment", None) == "ffhq"
+
     def face_detector(self):
+        """The detector for aligning photos (``None``: the library's default one)."""
         if self.detector is None:
             return None
         return self.once("detector", self.detector)

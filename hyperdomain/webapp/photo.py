@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import HyperdomainError
-from .models import PROMPT, AppModels
+from .models import PROMPT, AppModels, integer_in
 
 STEPS = (1, 5000)
 MAX_DOMAINS = 16
@@ -23,7 +23,6 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
     for ``prompt``) as a grid ``[H, W, 3]`` uint8, and the files written (latent, row PNG)."""
     import hyperdomain as hd
     from ..photos import read_photo
-    from .explore import _integer
 
     if photo is None:
         raise HyperdomainError("photo: upload a photo first")
@@ -33,15 +32,18 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
     if len(chosen) > MAX_DOMAINS:
         raise HyperdomainError(f"domains: at most {MAX_DOMAINS} at once, got {len(chosen)}")
     domains = [models.domain(c, prompt, "domain") for c in chosen]
-    config = models.inversion if steps in (None, "") else replace(models.inversion, steps=_integer("inversion steps", steps, *STEPS))
+    config = models.inversion if steps in (None, "") else \
+        replace(models.inversion, steps=integer_in("inversion steps", steps, *STEPS))
     total = config.steps
 
     def each(step: int, losses) -> None:
         if on_step is not None:
             on_step(step, total)
 
-    [row] = hd.stylize(models.G, [photo], domains, config=config, align=models.align,
-                       detector=models.face_detector(), lpips=models.lpips(), progress=False, callback=each)
+    aligning = models.aligns()
+    [row] = hd.stylize(models.G, [photo], domains, config=config, align=aligning,
+                       detector=models.face_detector() if aligning else None, lpips=models.lpips(), progress=False,
+                       callback=each)
     folder = models.work_dir / "photos"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(photo).read_bytes()).hexdigest()[:8]

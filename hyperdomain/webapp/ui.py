@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import HyperdomainError
+from ..training.adapt import AdaptConfig
 from . import explore, jobs, photo
 from .models import NONE, PROMPT, SOURCE, AppModels
 
@@ -156,7 +157,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                                         elem_id="adapt-target")
                     source = gr.Textbox(value=G.source_prompt, label="Source prompt", elem_id="adapt-source")
                     reference = gr.File(label="Reference image (one-shot; optional)", elem_id="adapt-image")
-                    iters = gr.Number(100 if G.resolution < 256 else 300, precision=0, label="Steps",
+                    iters = gr.Number(AdaptConfig.iters, precision=0, label="Steps",
                                       elem_id="adapt-iters")  # checked by Runs.start, which names it
                     lr = gr.Textbox("", label="Learning rate (empty: the trainer's default)", elem_id="adapt-lr")
                     run_seed = gr.Number(0, precision=0, label="Seed", elem_id="adapt-seed")

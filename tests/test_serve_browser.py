@@ -176,6 +176,14 @@ def test_the_app_in_a_browser(browser, server, files, artifacts, tmp_path):
     downloaded = hd.Domain.load(domain_file, generator=server.runs.models.G)
     assert downloaded.meta["iterations"] == s.step and 3 <= s.step < 400
     d.save_screenshot(str(artifacts / "webapp-adapt-stopped.png"))
+    # a run that ends by itself: the page learns it by polling and offers its domain
+    type_into(css(d, "#adapt-iters input"), "3")
+    css(d, "#adapt-start").click()
+    until(lambda: "Done" in css(d, "#adapt-status").text, what="the second run's end")
+    second = until(lambda: css(d, "#adapt-domain a").get_attribute("href") not in (None, link)
+                   and css(d, "#adapt-domain a").get_attribute("href"), what="the second run's download link")
+    (tmp_path / "second.safetensors").write_bytes(urllib.request.urlopen(second, timeout=30).read())
+    assert hd.Domain.load(tmp_path / "second.safetensors").meta["iterations"] == 3
 
     # Photo: a broken file is a message in the page; the server goes on
     open_tab(d, "Photo")

@@ -234,21 +234,22 @@ def test_serve_command_checks_before_loading(tmp_path, files):
 
 
 @pytest.mark.slow
-def test_serve_command_listens_on_loopback_and_ctrl_c_stops_it(tmp_path, files):
-    """The real command in a process: it says where it listens (127.0.0.1), serves the page, and
-    exits on Ctrl-C."""
+@pytest.mark.parametrize("signum, port", [(2, 7990), (15, 7991)])  # Ctrl-C, SIGTERM
+def test_serve_command_listens_on_loopback_and_a_signal_stops_it_saving_the_run(tmp_path, files, signum, port):
+    """The real command in a process: it says where it listens (127.0.0.1) and serves the page; on
+    Ctrl-C or SIGTERM a run in progress stops at its next step and saves before the server exits."""
+    import json
     import os
     import re
-    import signal
     import subprocess
     import sys
     import urllib.request
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "-g", files.generator, "--port", "7990",
-                             "--work-dir", tmp_path / "work", "--device", "cpu", "--hyper", files.hyper,
-                             "--hyper-clip", files.clip_config],
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "-g", files.generator, "--port", str(port),
+                             "--work-dir", work, "--device", "cpu", "--hyper", files.hyper,
+                             "--hyper-clip", files.clip_config, "--clip", files.clip_config],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
     try:
@@ -258,10 +259,27 @@ def test_serve_command_listens_on_loopback_and_ctrl_c_stops_it(tmp_path, files):
             if "hyperdomain app on" in line:
                 break
         url = re.search(r"hyperdomain app on (\S+)", "".join(lines)).group(1)
-        assert url.startswith("http://127.0.0.1:7990"), lines
+        assert url.startswith(f"http://127.0.0.1:{port}"), lines
         assert b"<html" in urllib.request.urlopen(url, timeout=30).read()
-        proc.send_signal(signal.SIGINT)
+        gradio_client.Client(url, verbose=False).predict("Sketch", "Photo", None, 5000, "", 0,
+                                                         api_name="/adapt_start")
+        log = work / "runs" / "sketch" / "log.jsonl"
+        wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2)
+        proc.send_signal(signum)
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+    steps = len(log.read_text().splitlines())
+    d = hd.Domain.load(work / "runs" / "sketch" / "domain.safetensors")
+    assert 2 <= d.meta["iterations"] == steps < 5000
+    assert json.loads(log.read_text().splitlines()[-1])["step"] == steps
+    assert (work / "runs" / "sketch" / "checkpoint.safetensors").is_file()
+
+
+def test_serve_without_gradio_says_how_to_get_it(tmp_path, files, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    assert_user_error(cli("serve", "-g", files.generator, "--work-dir", tmp_path / "w"), "pip install 'hyperdomain[ui]'")
+    assert not (tmp_path / "w").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -36,11 +37,18 @@ def read_photo(path: str | os.PathLike) -> Image.Image:
                     raise HyperdomainError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels; images up to "
                                            f"{MAX_PIXELS // 1_000_000} megapixels are read (downscale it first)")
                 img.load()  # decode now: a truncated file fails here, not later
+                fmt = img.format
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img)
+                rgb.info["source_format"] = fmt  # what the bytes were (PNG, JPEG, ...), whatever the file's name
     except HyperdomainError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))  # PIL says how large, before decoding anything
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too large"
+        raise HyperdomainError(f"{path}: {size}; images up to {MAX_PIXELS // 1_000_000} megapixels are read "
+                               f"(downscale it first)") from None
+    except UnidentifiedImageError:
         raise HyperdomainError(f"{path}: not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged data
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__

@@ -29,7 +29,8 @@ def files(tmp_path_factory, tiny_clip_config):
 def server(files, tmp_path_factory):
     from hyperdomain.webapp.server import start
 
-    running = start(load_app_models(files, tmp_path_factory.mktemp("serve_work")), port=None, block=False)
+    running = start(load_app_models(files, tmp_path_factory.mktemp("serve_work")), port=None, block=False,
+                    max_upload_mb=1)
     yield running
     running.close()
 
@@ -200,6 +201,195 @@ def test_photo_in_the_chosen_domains(client, server, files):
     assert latent.meta["inversion"]["steps"] == 2
     assert "no domain named" in app_error(client, gradio_client.handle_file(str(files.photo)), ["nope"], "", 2,
                                           api_name="/photo")
+
+
+# ------------------------------------------------------------------------------------------ attacks
+def http(url, path="/", method="GET", headers=None, body=None):
+    """A raw request (any Host or Origin header): (status, headers, body bytes)."""
+    import http.client
+    from urllib.parse import quote, urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.putrequest(method, quote(path, safe="/=:?&"), skip_host=True)
+        sent = {"Host": u.netloc, **(headers or {})}
+        if body is not None:
+            sent["Content-Length"] = str(len(body))
+        for k, v in sent.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def poc_png(path: Path) -> Path:
+    """A valid PNG whose text chunk is an HTML page with a script (a stored-XSS payload when served as HTML)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("comment", "<html><script>document.title='pwned';window.pwned=1</script></html>")
+    Image.fromarray(np.full((72, 72, 3), 128, np.uint8)).save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def test_an_upload_named_html_is_kept_by_content_and_never_served(client, server, files, tmp_path):
+    poc = poc_png(tmp_path / "poc.html")
+    client.predict("", "Photo", gradio_client.handle_file(str(poc)), 1, None, 0, api_name="/adapt_start")
+    s = server.runs.wait(300)
+    from hyperdomain.training.image import read_image_adapt_config
+
+    kept = Path(read_image_adapt_config(s.run_dir).image)
+    work = server.runs.models.work_dir
+    import hashlib
+
+    assert kept == work / "uploads" / (hashlib.sha256(poc.read_bytes()).hexdigest() + ".png"), kept
+    assert "poc.html" in s.what  # the page names it as the user did
+    # nothing under the work folder but downloads/ is served: not the upload, not the run folder, not the marker
+    for private in (kept, s.run_dir / "checkpoint.safetensors", s.run_dir / "config.json", work / ".hyperdomain-app"):
+        status, _, body = http(server.url, f"/gradio_api/file={private}")
+        assert status == 403, (private, status, body[:200])
+    # what the page offers is served, from downloads/
+    assert s.download.parent == work / "downloads" and hd.Domain.load(s.download).meta["iterations"] == 1
+    # Gradio's own copy of the upload is never HTML to a browser
+    status, headers, body = http(server.url, "/gradio_api/upload", "POST",
+                                 *multipart("poc.html", poc.read_bytes(), "text/html"))
+    import json
+
+    assert status == 200
+    [uploaded] = json.loads(body)
+    status, headers, _ = http(server.url, f"/gradio_api/file={uploaded}")
+    assert status == 200 and "html" not in headers["content-type"] and headers["content-disposition"].startswith(
+        "attachment"), headers
+
+
+@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"Host": "evil.example:7860"},
+                                     {"Host": "127.0.0.1.nip.io"}, {"Host": ""}])
+def test_requests_for_another_host_are_refused(server, headers):
+    status, _, body = http(server.url, "/", headers=headers)
+    assert status == 403 and b"refused" in body and b"--allow-host" in body, (status, body[:200])
+    status, _, _ = http(server.url, "/gradio_api/info", headers=headers)
+    assert status == 403
+
+
+def test_requests_from_another_origin_are_refused(server):
+    from urllib.parse import urlparse
+
+    port = urlparse(server.url).port
+    body = b'{"data": [], "fn_index": 0}'
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null", f"http://127.0.0.1:{port + 1}"):
+        status, _, text = http(server.url, "/gradio_api/queue/join", "POST",
+                               {"Origin": origin, "Content-Type": "application/json"}, body)
+        assert status == 403 and b"Origin" in text, (origin, status)
+    # the page's own origin, under either loopback name, is served
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        status, _, _ = http(server.url, "/", headers={"Host": host, "Origin": f"http://{host}"})
+        assert status == 200, host
+
+
+def multipart(name: str, data: bytes, content_type: str = "image/png") -> tuple[dict, bytes]:
+    return ({"Content-Type": "multipart/form-data; boundary=XyZ"},
+            f'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n--XyZ--\r\n")
+
+
+def test_uploads_over_the_limit_are_refused(client, server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (1024 * 1024 + 10))  # the test server takes 1 MB
+    message = app_error(client, gradio_client.handle_file(str(big)), ["sketch"], "", 2, api_name="/photo")
+    assert "exceeds the maximum file size of 1048576 bytes" in message, message
+    # the server itself refuses it too (a client that does not look at the page's limit)
+    status, _, body = http(server.url, "/gradio_api/upload", "POST", *multipart("big.png", big.read_bytes()))
+    assert status == 413, (status, body[:200])
+    assert http(server.url, "/gradio_api/upload", "POST", *multipart("small.png", b"\0" * 1000))[0] == 200
+
+
+def test_a_server_with_passwords_and_a_proxy_name(files, tmp_path):
+    from hyperdomain.webapp.server import start
+
+    running = start(load_app_models(files, tmp_path / "work"), port=None, block=False, auth=[("ada", "s3cret")],
+                    allow_hosts=["hd.example.org"])
+    try:
+        with pytest.raises(Exception):
+            gradio_client.Client(running.url, verbose=False)  # no password
+        with pytest.raises(Exception):
+            gradio_client.Client(running.url, auth=("ada", "wrong"), verbose=False)
+        c = gradio_client.Client(running.url, auth=("ada", "s3cret"), verbose=False)
+        assert read_rgb(c.predict(*explore_args(count=1), api_name="/explore")).shape == (36, 36, 3)
+        # the proxy's name is answered (here the login page), other names are not
+        assert http(running.url, "/", headers={"Host": "hd.example.org"})[0] == 200
+        assert http(running.url, "/", headers={"Host": "hd.example.org", "Origin": "https://hd.example.org"})[0] == 200
+        assert http(running.url, "/", headers={"Host": "other.example.org"})[0] == 403
+    finally:
+        running.close()
+
+
+def test_host_policy():
+    from hyperdomain.webapp.access import HostPolicy
+
+    local = HostPolicy("127.0.0.1")
+    assert all(local.host_ok(h) for h in ("127.0.0.1", "localhost", "LOCALHOST", "::1", "127.0.0.2"))
+    assert not any(local.host_ok(h) for h in ("evil.example", "10.0.0.1", "", None, "127.0.0.1.evil.example"))
+    lan = HostPolicy("0.0.0.0", ["hd.example.org"])
+    assert lan.host_ok("192.168.1.20") and lan.host_ok("hd.example.org") and lan.host_ok("localhost")
+    assert not lan.host_ok("evil.example")
+    one = HostPolicy("192.168.1.20")
+    assert one.host_ok("192.168.1.20") and not one.host_ok("localhost") and not one.host_ok("192.168.1.21")
+    assert local.origin_ok("http://127.0.0.1:7860", "127.0.0.1:7860")
+    assert not local.origin_ok("http://127.0.0.1:7861", "127.0.0.1:7860")
+    assert not local.origin_ok("null", "127.0.0.1:7860") and not local.origin_ok("file://x", "127.0.0.1:7860")
+    assert lan.origin_ok("https://hd.example.org", "127.0.0.1:7860")
+
+
+def test_work_folders_holding_other_files_are_refused(tmp_path, files):
+    from hyperdomain.webapp.access import MARKER, check_work_dir, claim_work_dir
+
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    for call in (check_work_dir, claim_work_dir):
+        with pytest.raises(HyperdomainError, match="not the app's .Documents, notes.txt."):
+            call(home)
+    assert sorted(p.name for p in home.iterdir()) == ["Documents", "notes.txt"]  # nothing written
+    r = cli("serve", "-g", files.generator, "--work-dir", home)
+    assert_user_error(r, "--work-dir", "notes.txt", "new or empty folder")
+    # new, empty, and an earlier app's folder (its own sub-folders, with or without the marker) are fine
+    for ok in (tmp_path / "new", tmp_path / "empty", tmp_path / "old_app"):
+        ok.mkdir(exist_ok=True) if ok.name != "new" else None
+    (tmp_path / "old_app" / "runs").mkdir()
+    (tmp_path / "old_app" / "downloads").mkdir()
+    for ok in (tmp_path / "new", tmp_path / "empty", tmp_path / "old_app"):
+        assert claim_work_dir(ok) == ok.resolve() and (ok / MARKER).is_file() and (ok / "downloads").is_dir()
+    (tmp_path / "old_app" / "mine.txt").write_text("a file of my own, later")
+    assert check_work_dir(tmp_path / "old_app")  # once the app's (the marker), what is added later is not refused
+
+
+def test_serve_refuses_bad_access_options(tmp_path, files):
+    assert_user_error(cli("serve", "-g", files.generator, "--host", "999.1.1.1"), "--host", "999.1.1.1")
+    assert_user_error(cli("serve", "-g", files.generator, "--auth", "nopassword"), "--auth", "USER:PASS")
+    (tmp_path / "users.txt").write_text("# users\n\n")
+    assert_user_error(cli("serve", "-g", files.generator, "--auth-file", tmp_path / "users.txt"), "no USER:PASS")
+    r = cli("serve", "-g", files.generator, "--max-upload-mb", "0")
+    assert r.exit_code == 2 and "--max-upload-mb" in r.output
+    from hyperdomain.webapp.access import parse_auth
+
+    (tmp_path / "users.txt").write_text("# users\nada:pa:ss\n bob:x\n")
+    assert parse_auth(["eve:1"], [tmp_path / "users.txt"]) == [("eve", "1"), ("ada", "pa:ss"), ("bob", "x")]
+
+
+def test_page_messages_hide_the_upload_folder(monkeypatch, tmp_path):
+    from hyperdomain.webapp.ui import page_message
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "my temp"))
+    path = f"{tmp_path}/my temp/{'a' * 64}/face.png"
+    assert page_message(f"{path}: not an image PIL can read") == "face.png: not an image PIL can read"
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    import tempfile
+
+    path = f"{tempfile.gettempdir()}/gradio/{'b' * 64}/face.png"
+    assert page_message(f"{path}: truncated") == "face.png: truncated"
 
 
 # ------------------------------------------------------------------------------------------ pieces

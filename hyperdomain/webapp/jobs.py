@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import HyperdomainError
+from ..files.atomic import atomic_path
 from ..training.adapt import DOMAIN_FILE, AdaptConfig, slug
+from .access import PUBLISHED
 from .models import AppModels, check_prompt, integer_in, number_in
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ ITERS = (1, 5000)
 LR = (1e-5, 1.0)
 PREVIEW_N = 4
 STOPPING = "stopping at the end of this step"
+UPLOADS = "uploads"  # private: reference images kept for runs
+UPLOAD_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif",
+                     "MPO": "jpg", "PPM": "ppm", "TGA": "tga"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ class RunStatus:
     preview: np.ndarray | None = None  # source row over domain row, uint8 [H, W, 3]
     message: str = ""
     run_dir: Path | None = None
-    domain_file: Path | None = None
+    domain_file: Path | None = None  # the run folder's domain file
+    download: Path | None = None  # its copy in the served downloads/ (what the page offers)
     domain_name: str | None = None
     version: int = 0
 
@@ -82,9 +88,9 @@ class Runs:
         if image is not None:
             from ..photos import read_photo
 
-            read_photo(image)  # a broken upload is named now, not in the thread
-            image = _keep_upload(Path(image), self.models.work_dir / "uploads")
-        what = " + ".join(([f"image {Path(image).name}"] if image is not None else []) + ([repr(target)] if target else []))
+            shown = Path(image).name  # as the user named it; the copy is named by its content
+            image = keep_upload(Path(image), read_photo(image), self.models.work_dir / UPLOADS)
+        what = " + ".join(([f"image {shown!r}"] if image is not None else []) + ([repr(target)] if target else []))
         with self._lock:
             if self._status.busy:
                 s = self._status
@@ -175,7 +181,8 @@ class Runs:
         steps = int(d.meta.get("iterations", iters))
         state = "stopped" if steps < iters else "done"
         took = time.monotonic() - started
-        self._set(state=state, step=steps, domain_file=run_dir / DOMAIN_FILE, domain_name=name,
+        download = publish(run_dir / DOMAIN_FILE, m.work_dir / PUBLISHED / f"{run_dir.name}_step{steps}.safetensors")
+        self._set(state=state, step=steps, domain_file=run_dir / DOMAIN_FILE, download=download, domain_name=name,
                   message=(f"stopped at step {steps}/{iters} and saved" if state == "stopped" else
                            f"done: {steps} steps in {took:.0f} s") + f"; the domain is {name!r} in Explore and "
                   f"Photo; the run folder {run_dir} resumes with hyperdomain adapt --resume")
@@ -185,20 +192,33 @@ class _Stopped(Exception):
     pass
 
 
-def _keep_upload(path: Path, folder: Path) -> Path:
-    """A copy of an uploaded reference image in the app's folder: the run records its path, and a
-    resume reads it again long after the server's temporary upload is gone."""
+def keep_upload(path: Path, decoded, folder: Path) -> Path:
+    """A copy of an uploaded reference image in the app's private ``uploads/``: the run records its
+    path, and a resume reads it again long after the server's temporary upload is gone.
+
+    Named by its content (sha256) with the extension of the format PIL decoded (``decoded``, the
+    image read from it), never by the name the user gave: a "photo" named ``x.html`` is kept as
+    ``<sha256>.png``, and the folder is not served anyway.
+    """
     import hashlib
 
-    from ..files.atomic import atomic_path
-
     data = path.read_bytes()
+    ext = UPLOAD_EXTENSIONS.get(decoded.info.get("source_format") or "", "img")
     folder.mkdir(parents=True, exist_ok=True)
-    kept = folder / f"{hashlib.sha256(data).hexdigest()[:12]}_{path.name}"
+    kept = folder / f"{hashlib.sha256(data).hexdigest()}.{ext}"
     if not kept.is_file():
         with atomic_path(kept) as tmp:
             tmp.write_bytes(data)
     return kept
+
+
+def publish(path: Path, target: Path) -> Path:
+    """A copy of a file the app made (a run's domain) in the served ``downloads/``."""
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(path.read_bytes())
+    return target
 
 
 def _new_run_dir(runs: Path, name: str) -> Path:

@@ -1,5 +1,5 @@
 """The Photo panel's work: a person's photo inverted once and shown in the chosen domains
-(``hd.stylize``), with the latent and the row written to the app's folder."""
+(``hd.stylize``), with the latent and the row written to the app's ``downloads/``."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import HyperdomainError
+from ..training.adapt import slug
+from .access import PUBLISHED
 from .models import PROMPT, AppModels, integer_in
 
 STEPS = (1, 5000)
@@ -44,11 +46,11 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
     [row] = hd.stylize(models.G, [photo], domains, config=config, align=aligning,
                        detector=models.face_detector() if aligning else None, lpips=models.lpips(), progress=False,
                        callback=each)
-    folder = models.work_dir / "photos"
+    folder = models.work_dir / PUBLISHED  # offered for download: named by our slug and digests, never as uploaded
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(photo).read_bytes()).hexdigest()[:8]
     names = "+".join(_label(c, prompt) for c in chosen) or "source"
-    stem = f"{Path(photo).stem[:40]}_{digest}_{config.steps}"
+    stem = f"photo_{slug(Path(photo).stem, 30)}_{digest}_{config.steps}"
     latent_file = row.latent.save(folder / f"{stem}.safetensors")
     grid_file = hd.save_grid(row.row(), folder / f"{stem}_{hashlib.sha256(names.encode()).hexdigest()[:8]}.png",
                              nrow=len(chosen) + 2)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import HyperdomainError
 from ..training.adapt import AdaptConfig
 from . import explore, jobs, photo
+from .access import PUBLISHED
 from .models import NONE, PROMPT, SOURCE, AppModels
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,15 @@ DEFAULT_PROMPT = "3D render in the style of Pixar"  # what the page shows first 
 STOP_WAIT = 120.0  # seconds Stop waits for the run to save before it answers (the page polls on after)
 
 
-# where Gradio keeps an upload: <temp>/gradio/<sha256 of the file>/<its name>
-_UPLOAD_FOLDER = re.compile(r"\S*/gradio/[0-9a-f]{16,}/")
-
-
 def page_message(text: str) -> str:
-    """A message for the page: an upload named as the user named it, not by Gradio's temp path."""
-    return _UPLOAD_FOLDER.sub("", text)
+    """A message for the page: an upload named as the user named it, not by the server's path to
+    Gradio's copy (``<upload folder>/<sha256 of the file>/<its name>``; the folder is
+    ``$GRADIO_TEMP_DIR`` when set)."""
+    from gradio.utils import get_upload_folder
+
+    for folder in {str(get_upload_folder()), str(Path(get_upload_folder()).resolve())}:
+        text = re.sub(re.escape(folder.rstrip("/")) + r"/[0-9a-f]{16,}/", "", text)
+    return text
 
 
 def page_errors(fn):
@@ -64,7 +67,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
     first_choice = PROMPT if has_hyper else (choices[1] if len(choices) > 1 else SOURCE)
     intro = (f"Generator **{G.name}** ({G.resolution} px, {G.num_domain_params} domain numbers)"
              + (f"; hypernetwork **{Path(str(models.hyper.meta.get('file', 'loaded'))).name}**" if has_hyper else "")
-             + f"; {len(models.domains)} domain file(s). Files this page writes go to `{models.work_dir}`.")
+             + f"; {len(models.domains)} domain file(s). Files this page makes for download go to `{models.work_dir / PUBLISHED}`.")
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## hyperdomain\n{intro}")
@@ -182,7 +185,7 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
             def on_stop():
                 runs.stop()
                 s = runs.wait(STOP_WAIT)  # the end of the current step, then the save
-                return _status_line(s), str(s.domain_file) if s.domain_file is not None and not s.busy else None
+                return _status_line(s), str(s.download) if s.download is not None and not s.busy else None
 
             def on_tick(last):
                 """The run's state for the page, sent only when it changed; the domain lists only when a
@@ -195,9 +198,9 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                 def listed(choices):
                     return gr.update(choices=choices) if new_names else gr.skip()
 
-                finished = s.domain_file is not None and not s.busy
+                finished = s.download is not None and not s.busy
                 return (_status_line(s), _loss_table(s), s.preview if s.preview is not None else gr.skip(),
-                        str(s.domain_file) if finished else None, listed(names), listed([NONE] + names),
+                        str(s.download) if finished else None, listed(names), listed([NONE] + names),
                         listed(names[1:]), [s.version, names])
 
             start.click(on_start, [target, source, reference, iters, lr, run_seed], status, api_name="adapt_start")

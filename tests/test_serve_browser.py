@@ -20,6 +20,7 @@ from serve_fixtures import expected_grid, load_app_models, make_files, read_rgb
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+REBOUND = "rebound.test"
 
 
 def _need(ok: bool, why: str) -> None:
@@ -72,7 +73,9 @@ def browser(tmp_path_factory):
     # as root in a container, with no network: no sandbox, no GPU, no background connections
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1300", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+                "--window-size=1400,1300", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+                # a name that resolves to this machine, as a DNS-rebinding page's name would
+                f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
@@ -198,3 +201,41 @@ def test_the_app_in_a_browser(browser, server, files, artifacts, tmp_path):
     type_into(until(lambda: css(d, "#explore-strength input[type=number]")), "1.5")
     again = until(lambda: grid_src(d) != moved and grid_src(d), what="a grid after the error")
     assert np.array_equal(fetch_rgb(again, tmp_path, "again.png"), expected_grid(files, 8, 0, 0.7, 1.5))
+
+
+def test_the_browser_cannot_be_turned_against_the_app(browser, server, files, artifacts, tmp_path):
+    """A stored-XSS upload (a PNG named .html holding a script) never runs; a page on another name
+    that resolves to 127.0.0.1 (DNS rebinding) gets nothing from the app."""
+    from urllib.parse import quote, urlparse
+
+    from test_serve import poc_png
+
+    d = browser
+    d.get(server.url)
+    open_tab(d, "Adapt")
+    poc = poc_png(tmp_path / "poc.html")
+    until(lambda: css(d, "#adapt-image input[type=file]")).send_keys(str(poc))
+    until(lambda: css(d, "#adapt-image a").get_attribute("href"), what="the upload's link")
+    upload_link = css(d, "#adapt-image a").get_attribute("href")
+    type_into(css(d, "#adapt-iters input"), "1")
+    css(d, "#adapt-start").click()
+    until(lambda: "Done" in css(d, "#adapt-status").text, timeout=300, what="the one-shot run's end")
+    s = server.runs.status()
+    kept = server.runs.models.work_dir / "uploads"
+    [kept_file] = [p for p in kept.iterdir() if p.read_bytes() == poc.read_bytes()]
+    assert kept_file.suffix == ".png"
+    # every place the upload could be reached: Gradio's copy (the page's link), the kept copy, the run folder
+    for url in (upload_link, f"{server.url.rstrip('/')}/gradio_api/file={quote(str(kept_file))}",
+                f"{server.url.rstrip('/')}/gradio_api/file={quote(str(s.run_dir / 'config.json'))}"):
+        d.get(url)
+        time.sleep(0.5)
+        assert d.title != "pwned" and d.execute_script("return window.pwned === undefined"), url
+    d.save_screenshot(str(artifacts / "webapp-upload-not-served.png"))
+    # DNS rebinding: the same server under another name answers nothing but the refusal
+    port = urlparse(server.url).port
+    d.get(f"http://{REBOUND}:{port}/")
+    body = css(d, "body").text
+    assert "refused" in body and "--allow-host" in body and not d.find_elements("css selector", "#explore-grid"), body
+    d.save_screenshot(str(artifacts / "webapp-rebinding-refused.png"))
+    d.get(server.url)  # the app itself still answers
+    until(lambda: grid_src(d), what="the grid after the attacks")

@@ -92,12 +92,26 @@ class ClipSpec:
     def is_config_file(self) -> bool:
         return self.name.endswith(".json")
 
+    def __str__(self) -> str:
+        """The spec as text again: ``NAME[:TAG][=FILE]``."""
+        tag = f":{self.tag}" if self.tag and not self.is_config_file else ""
+        return f"{self.name}{tag}" + (f"={self.weights}" if self.weights else "")
+
     @property
     def label(self) -> str:
         """A short stable name recorded in artifacts (``ViT-B-32:openai``, ``tiny.json``)."""
         if self.is_config_file:
             return Path(self.name).name + ("" if self.weights else ":random")
         return f"{self.name}:{self.tag}"
+
+
+def run_spec(clip: "str | ClipSpec | ClipEncoder") -> str:
+    """What a run records for a CLIP model so that a resume loads the same one from any folder: the
+    spec with absolute paths (an encoder's own, as :func:`load_clip` made it; its label when it was
+    built by hand)."""
+    if isinstance(clip, ClipEncoder):
+        return clip.spec or clip.label
+    return absolute_spec(str(clip))
 
 
 def absolute_spec(spec: str) -> str:
@@ -121,13 +135,14 @@ class ClipEncoder(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, label: str, antialias: bool = False,
-                 precision: str = "auto"):
+                 precision: str = "auto", spec: str | None = None):
         super().__init__()
         from open_clip import get_model_preprocess_cfg
 
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.label = label
+        self.spec = spec  # the spec it was loaded from, paths absolute (what runs record); None: built by hand
         self.antialias = antialias
         if precision not in ("auto", "fp32", "fp16", "bf16"):
             raise HyperdomainError(f"clip precision must be auto, fp32, fp16 or bf16, got {precision!r}")
@@ -256,7 +271,8 @@ def load_clip(specs: Sequence[str | ClipSpec | ClipEncoder] = DEFAULT_CLIP,
             continue
         spec = s if isinstance(s, ClipSpec) else ClipSpec.parse(s)
         model, tokenizer = _build(spec)
-        out.append(ClipEncoder(model, tokenizer, spec.label, antialias=antialias, precision=precision).to(device))
+        out.append(ClipEncoder(model, tokenizer, spec.label, antialias=antialias, precision=precision,
+                               spec=absolute_spec(str(spec))).to(device))
     labels = [e.label for e in out]
     if len(set(labels)) != len(labels):
         raise HyperdomainError(f"--clip: the same model is named twice ({labels})")

@@ -4,7 +4,8 @@ The ``lpips`` package supplies the network and its calibrated linear layers (shi
 v0.1, the version the paper's code uses). The VGG16 backbone's ImageNet weights are torchvision's
 file, fetched on first use like the generators (``vgg16`` in the manifest; taken from torch's own
 download cache when it is already there) and read without unpickling code. ``backbone="random"``
-builds the same network on a random VGG16: for tests, and never for real use.
+builds the same network on a random VGG16 (seeded: the same one in every process): for tests,
+and never for real use.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def load_lpips(device: str | torch.device = "cpu", backbone: str | os.PathLike =
     """
     import lpips  # imported here: it pulls in scipy, which only the image features need
 
-    with warnings.catch_warnings():  # lpips builds torchvision's VGG with a deprecated argument
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # lpips builds torchvision's VGG with a deprecated argument
+        torch.manual_seed(0)  # "random" is the same network in every process: a resumed run keeps its loss
         model = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     if str(backbone) != "random":
         path = resolve_model("vgg16") if str(backbone) == "imagenet" else Path(backbone)

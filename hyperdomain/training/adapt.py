@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, templates
+from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
 from ..config import DEFAULT_SOURCE_PROMPT
 from ..domain import Domain, generator_meta
 from ..errors import HyperdomainError
@@ -161,7 +161,7 @@ def _config(G, target: str, source: str | None, clip, seed: int | None, options:
     settings = {**from_recipe, **given}
     if seed is not None:
         settings["seed"] = seed
-    clip_specs = tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in (clip or DEFAULT_CLIP))
+    clip_specs = tuple(run_spec(c) for c in (clip or DEFAULT_CLIP))
     try:
         return AdaptConfig(target=target, source=source or getattr(G, "source_prompt", None) or AdaptConfig.source,
                            clip=clip_specs, **settings)

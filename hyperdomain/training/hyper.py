@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, absolute_spec, check_models, load_clip, templates
+from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
 from ..config import DEFAULT_SOURCE_PROMPT
 from ..distributed import DistInfo, broadcast_buffers
 from ..domain import generator_meta
@@ -237,14 +237,9 @@ def train_hyper(G, config: HyperTrainConfig | None = None, *, clip: Sequence[str
     else:
         config = HyperTrainConfig(**options) if config is None else replace(config, **options)
         # for a new run the models passed in define it (and are recorded in its config)
-        if clip is not None:
-            config = replace(config, clip=tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in clip))
-        if input_clip is not None:
-            config = replace(config, input_clip=input_clip.label if isinstance(input_clip, ClipEncoder)
-                             else str(input_clip))
         # files named by the specs are recorded absolute: a resume or an export from another folder finds them
-        config = replace(config, clip=tuple(absolute_spec(c) for c in config.clip),
-                         input_clip=absolute_spec(config.input_clip))
+        config = replace(config, clip=tuple(run_spec(c) for c in (clip if clip is not None else config.clip)),
+                         input_clip=run_spec(input_clip if input_clip is not None else config.input_clip))
     out = Path(out_dir) if out_dir is not None else None
     if resume is None:  # on every rank, before DDP's first collective: no rank sees rank 0's new files
         refuse_existing_run(out, _HyperRun.kind)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, templates
+from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
 from ..config import DEFAULT_SOURCE_PROMPT
 from ..domain import Domain, generator_meta
 from ..errors import HyperdomainError
@@ -143,7 +143,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
         options = {k: v for k, v in options.items() if v is not None}
         if target is not None and "losses" not in options:
             options["losses"] = LossWeights(**{**asdict(_default_losses()), "text_direction": 1.0})
-        clip_specs = tuple(c.label if isinstance(c, ClipEncoder) else str(c) for c in (clip or DEFAULT_CLIP))
+        clip_specs = tuple(run_spec(c) for c in (clip or DEFAULT_CLIP))
         config = ImageAdaptConfig(image=str(Path(image).resolve()) if Path(image).exists() else str(image),
                                   target=target, source=options.pop("source", None) or G.source_prompt,
                                   clip=clip_specs, **options)

@@ -48,6 +48,7 @@ from ..errors import HyperdomainError, StorageError
 from ..files.atomic import write_error
 from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
 from .dashboards import Dashboards, open_dashboards, require
+from .run_inputs import check_inputs_unchanged, digest_inputs
 from .run_dir import RunInterrupted, append_log, deferred_interrupt, prepare_run_dir, sample_name
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class TrainingRun:
         self._rng_at_step_start = None if rng is None else rng.get_state()
         self._write_error: HyperdomainError | None = None  # rank 0's first failed write, told to every rank at the next step
         self._snapshots: list[_Snapshot] = []  # the starts of the previous and the current step
+        self.inputs: dict[str, str] | None = None  # the run's input files' digests (run_inputs), set on rank 0
         self.dashboards = Dashboards()  # TensorBoard / W&B (config.dashboards), opened by train on rank 0
 
     @property
@@ -135,7 +137,8 @@ class TrainingRun:
         tensors = dict(self.state_tensors())
         if self.rng is not None:
             tensors["rng"] = self._rng_at_step_start
-        meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G), **self.checkpoint_meta()}
+        meta = {"config": self.config.to_dict(), "step": self.step, **generator_meta(self.G), "inputs": self.inputs,
+                **self.checkpoint_meta()}
         self._tried_step = self.step
         path = save_checkpoint(self.out_dir / CHECKPOINT, self.kind, tensors, meta, self.optimizer)
         self.saved_step = self._kept_step = self.step
@@ -150,6 +153,7 @@ class TrainingRun:
             self._rng_at_step_start = self.rng.get_state()
         self.step = int(meta["step"])
         self._kept_step = self.step
+        self.inputs = meta.get("inputs")  # checked against the files by open_resume
 
     # ------------------------------------------------------------------ the loop
     def train(self, callback: Callback | None = None, progress: bool = True, stop: StopFlag | None = None) -> Any:
@@ -164,6 +168,8 @@ class TrainingRun:
 
     def _train(self, callback: Callback | None, progress: bool, stop_flag: StopFlag | None = None) -> Any:
         c = self.config
+        if self.writes and self.inputs is None:  # a new run: what it is made from, as it is now
+            self.inputs = digest_inputs(c)
         self._guarded(self._prepare_dir)
         self._raise_if_a_write_failed(any_rank(self.dist, [self._write_error is not None])[0], save=False)
         if self.writes and getattr(c, "dashboards", ()):
@@ -342,6 +348,10 @@ def open_resume(run_dir: Path, kind: str, config_cls: type, G: Any,
             f"{run_dir}: the run was trained on generator {meta['generator']!r} (fingerprint "
             f"{meta['generator_fingerprint']}), not on {G.name!r} (fingerprint {G.fingerprint})"
         )
+    recorded = meta.get("inputs")
+    if recorded is not None and not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
+        raise HyperdomainError(f"{run_dir / CHECKPOINT}: checkpoint metadata 'inputs' must map files to digests")
+    meta["inputs"] = check_inputs_unchanged(recorded, config, run_dir)
     return tensors, meta, config
 
 

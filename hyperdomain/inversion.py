@@ -11,11 +11,12 @@ last activation, where latents are roughly Gaussian), minus its mean, in the PCA
 mapped latents, divided by the components' standard deviations, squared and averaged. It keeps
 the latent where the generator's latents live, so the photo edits and stylises like a sample.
 
-Deliberate differences from the paper's code: the generator's noise is its constant buffers
-(``noise_mode="const"``) rather than fresh noise each step, so a latent reproduces its photo
-exactly wherever it is rendered again; a photo that is not aligned is centre-cropped to a square
-rather than squeezed; the PCA is computed in closed form (the covariance's eigenvectors, what
-IncrementalPCA converges to) and cached by generator fingerprint as safetensors.
+As in the paper's II2S (``randomize_noise=False``), the generator renders with its constant noise
+buffers (``noise_mode="const"``), so a latent reproduces its photo exactly wherever it is
+rendered again. Deliberate differences from the paper's code: a photo that is not aligned is
+centre-cropped to a square rather than squeezed; the PCA is computed in closed form (the
+covariance's eigenvectors, what IncrementalPCA converges to) and cached by generator fingerprint
+as safetensors.
 """
 from __future__ import annotations
 

@@ -13,7 +13,11 @@ ensemble (image embeddings L2-normalised), on
 - optionally ``text_direction`` (given ``target``): the text adaptation's direction loss, so a
   prompt and an image can steer one run together.
 
-Paper defaults: 100 steps, batch 4, Adam lr 0.01, style mixing 0.9. Everything else (run folder,
+Paper defaults: 100 steps, batch 4, Adam lr 0.01, style mixing 0.9. One deliberate difference from
+the paper's trainer, which renders ``G(w_ref)`` and ``G_d(w_ref)`` with fresh random noise at every
+step: both render here with the constant noise the reference was inverted with (the reconstruction
+losses then compare the render the inversion fitted) and ``E(G(w_ref))`` is encoded once, saving a
+generator and a CLIP pass per step. Everything else (run folder,
 resume, Ctrl-C, non-finite stops, files) is the shared loop's. The domain file carries the
 reference's latent (``style_latent``), which the paper's one-shot grids mix into layers 7 and up.
 """

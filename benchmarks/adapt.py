@@ -45,8 +45,8 @@ CONFIGS = {
 def build_generator(size: int, device):
     import torch
 
-    from hyperdomain.config import GeneratorConfig, port_channels
-    from hyperdomain.generator import Generator
+    from hyperdomain.model.config import GeneratorConfig, port_channels
+    from hyperdomain.model.generator import Generator
 
     torch.manual_seed(0)
     if size == 32:
@@ -60,7 +60,7 @@ def build_clip(name: str, device):
     import open_clip
     import torch
 
-    from hyperdomain.clip import ClipEncoder
+    from hyperdomain.guidance.clip import ClipEncoder
 
     torch.manual_seed(0)
     if name == "tiny":
@@ -139,7 +139,7 @@ def measure(config: str, batch: int, repeats: int, device_name: str) -> dict:
 
     from hyperdomain.training.adapt import AdaptConfig, _AdaptRun
     from hyperdomain.training.latents import sample_training_latents
-    from hyperdomain.losses import direction_loss
+    from hyperdomain.guidance.losses import direction_loss
 
     device = torch.device(device_name)
     size, clips = CONFIGS[config]

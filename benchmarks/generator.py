@@ -40,8 +40,8 @@ PATHS = ("activation", "weight")
 def build(size: int, device, seed: int = 0):
     import torch
 
-    from hyperdomain.config import GeneratorConfig, port_channels
-    from hyperdomain.generator import Generator
+    from hyperdomain.model.config import GeneratorConfig, port_channels
+    from hyperdomain.model.generator import Generator
 
     torch.manual_seed(seed)
     cfg = GeneratorConfig(resolution=size, style_dim=512, n_mlp=8, channels=port_channels(size, 2))
@@ -107,7 +107,7 @@ def measure_one(size: int, path: str, batch: int, repeats: int, device_name: str
             src = G.synthesis(w)
         (G.synthesis(w, domain=d) - src).square().mean().backward()
 
-    from stylegan2_ops import winograd
+    from stylegan2_ops.cpu import winograd
 
     out = {"size": size, "path": path, "batch": batch, "device": device_name,
            "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"), "winograd": winograd.enabled()}

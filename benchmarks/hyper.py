@@ -37,7 +37,7 @@ from adapt import (CONFIGS, RssSampler, _mem_now, _mem_peak, _rss, _sync, build_
 def measure(config: str, batch: int, repeats: int, device_name: str, prompts: int) -> dict:
     import torch
 
-    from hyperdomain.domain_list import builtin_domain_list, read_domain_list
+    from hyperdomain.guidance.domain_lists import builtin_domain_list, read_domain_list
     from hyperdomain.training.hyper import HyperTrainConfig, _HyperRun
 
     device = torch.device(device_name)

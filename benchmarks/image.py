@@ -46,8 +46,8 @@ def measure(config: str, photos: int, repeats: int, device_name: str) -> dict:
     from PIL import Image
 
     import hyperdomain as hd
-    from hyperdomain.inversion import _optimise, latent_pca
-    from hyperdomain.perceptual import load_lpips
+    from hyperdomain.image.inversion import _optimise, latent_pca
+    from hyperdomain.image.perceptual import load_lpips
 
     device = torch.device(device_name)
     size, clips = CONFIGS[config]
@@ -70,7 +70,7 @@ def measure(config: str, photos: int, repeats: int, device_name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HYPERDOMAIN_HOME"] = tmp  # the reference's inversion is cached there, not in the user's folder
         imgs[0].resize((max(size, 64), max(size, 64))).save(Path(tmp) / "ref.png")
-        from hyperdomain.training.image import ImageAdaptConfig, _ImageRun
+        from hyperdomain.training.one_shot import ImageAdaptConfig, _ImageRun
 
         cfg = ImageAdaptConfig(image=str(Path(tmp) / "ref.png"), clip=tuple(e.label for e in encoders),
                                inversion=hd.InversionConfig(steps=1, pca_samples=2000), sample_every=0,

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the CLI does
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `hyperdomain serve` does (see cli/serve_command.py)
 
@@ -56,7 +58,7 @@ def measure(size: int, count: int, repeats: int) -> dict:
             direct.append(time.perf_counter() - t)
             t = time.perf_counter()
             path = client.predict(*args, api_name="/explore")
-            hd.images.Image.open(path).load()
+            Image.open(path).load()
             served.append(time.perf_counter() - t)
     finally:
         server.close()

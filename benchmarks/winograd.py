@@ -27,7 +27,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from stylegan2_ops import winograd
+    from stylegan2_ops.cpu import winograd
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)

@@ -75,7 +75,7 @@ def build(cli: ModuleType) -> click.Command:
     def animate(generator, domains, hyper, prompts, hyper_clip, with_source, mode, frames, fps, n, nrow, size, seed,
                 truncation, walk_keys, bounce, loop, quality, batch_size, out, no_check, overwrite, device):
         """Animate a grid of seeds: a domain's strength, a morph through domains, or a latent walk."""
-        from hyperdomain.animation import check_animation_file, frame_count
+        from hyperdomain.media.animation import check_animation_file, frame_count
         from hyperdomain.files.kinds import ANIMATION
 
         if prompts and hyper is None:

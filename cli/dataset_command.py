@@ -102,7 +102,7 @@ def dataset_command(cli: ModuleType) -> click.Command:
                                     f"{G.resolution} px")
             named = [(p.stem, hd.Domain.load(p, generator=G, check=not no_check)) for p in domains]
             if hyper is not None:
-                from hyperdomain.domain_list import read_domain_list
+                from hyperdomain.guidance.domain_lists import read_domain_list
 
                 words = list(prompts) + ([d.target for d in read_domain_list(prompt_list, G.source_prompt)]
                                          if prompt_list else [])

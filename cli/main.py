@@ -81,7 +81,7 @@ def absolute_path(name_or_path) -> str:
 
 def absolute_spec(spec: str) -> str:
     """``--clip NAME[:TAG][=FILE]`` with FILE (and a config .json NAME) made absolute."""
-    from hyperdomain.clip import absolute_spec as absolute
+    from hyperdomain.guidance.clip import absolute_spec as absolute
 
     return absolute(spec)
 
@@ -338,7 +338,7 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
     from hyperdomain.training.adapt import DOMAIN_FILE, slug
 
     from hyperdomain.files.run_checkpoints import run_kind
-    from hyperdomain.training.image import read_image_adapt_config
+    from hyperdomain.training.one_shot import read_image_adapt_config
     from hyperdomain.training.dashboards import parse_dashboards, require
     from hyperdomain.training.run_dir import refuse_existing_run
 
@@ -369,14 +369,14 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
     try:
         if kind == "image":
             if resume is not None:
-                from hyperdomain.perceptual import load_lpips
+                from hyperdomain.image.perceptual import load_lpips
 
                 lpips = None if lpips_vgg is None else load_lpips(dev, lpips_vgg)  # e.g. the run's file moved
                 domain = hd.adapt_image(G, resume=resume, clip=clips, iters=iters, lpips=lpips, progress=progress)
             else:
                 det = None
                 if align:
-                    from hyperdomain.face_detectors import detector as face_detector
+                    from hyperdomain.image.face_detectors import detector as face_detector
 
                     det = face_detector(detector, detector_weights)
                 domain = hd.adapt_image(G, image, target, clip=clips, out_dir=out, progress=progress, detector=det,
@@ -422,7 +422,7 @@ def photo_options(fn):
 
 def check_photos(photos) -> None:
     """Read every photo once before the models load: a bad one is named in seconds, not after them."""
-    from hyperdomain.photos import read_photo
+    from hyperdomain.image.photos import read_photo
 
     for p in photos:
         read_photo(p)
@@ -431,12 +431,12 @@ def check_photos(photos) -> None:
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
     """The detector (when aligning), LPIPS and inversion settings the photo options ask for."""
     import hyperdomain as hd
-    from hyperdomain.perceptual import load_lpips
+    from hyperdomain.image.perceptual import load_lpips
 
     aligning = align if align is not None else G.alignment == "ffhq"
     det = None
     if aligning:
-        from hyperdomain.face_detectors import detector as face_detector
+        from hyperdomain.image.face_detectors import detector as face_detector
 
         det = face_detector(detector, detector_weights)
     lpips = load_lpips(G.device, absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet")
@@ -463,10 +463,10 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
       hyperdomain stylize --latent latents/me.safetensors --domain pixar.safetensors --out styled/
     """
     import hyperdomain as hd
-    from hyperdomain.files.kinds import IMAGE, LATENT_FILE
+    from hyperdomain.files.kinds import IMAGE, LATENT_KIND
 
     names = unique_stems(photos)
-    check_outputs([("--out", out / f"{n}.safetensors", LATENT_FILE) for n in names]
+    check_outputs([("--out", out / f"{n}.safetensors", LATENT_KIND) for n in names]
                   + [("--out", out / f"{n}.png", IMAGE) for n in names],
                   [*photos, generator, detector_weights, lpips_vgg], overwrite)
     check_photos(photos)
@@ -517,7 +517,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
       hyperdomain stylize me.jpg --hyper hdn.safetensors -p "Pixar" -p "Mosaic" --out styled/
     """
     import hyperdomain as hd
-    from hyperdomain.files.kinds import IMAGE, LATENT_FILE
+    from hyperdomain.files.kinds import IMAGE, LATENT_KIND
     from hyperdomain.training.adapt import slug
 
     if not photos and not latents:
@@ -532,7 +532,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
     columns = unique_names(["photo", "reconstruction"] + [p.stem for p in domains] + [slug(q) for q in prompts])
     labels = columns[2:]
     outputs = [("--out", out / f"{n}.png", IMAGE) for n in names]
-    outputs += [("--out", out / f"{n}.safetensors", LATENT_FILE) for n in names[:len(photos)]]
+    outputs += [("--out", out / f"{n}.safetensors", LATENT_KIND) for n in names[:len(photos)]]
     if separate is not None:
         outputs += [("--separate", separate / f"{n}_{c}.png", IMAGE) for n in names for c in columns]
     check_outputs(outputs, [*photos, *latents, *domains, hyper, generator, spec_file(hyper_clip), detector_weights,
@@ -679,9 +679,9 @@ def export(hyper, prompt, out, hyper_clip, overwrite):
       hyperdomain export --hyper runs/hyper/hypernet.safetensors --prompt "Anime painting" --out anime.safetensors
     """
     import hyperdomain as hd
-    from hyperdomain.files.kinds import DOMAIN_FILE
+    from hyperdomain.files.kinds import DOMAIN_KIND
 
-    check_outputs([("--out", out, DOMAIN_FILE)], [hyper, spec_file(hyper_clip)], overwrite)
+    check_outputs([("--out", out, DOMAIN_KIND)], [hyper, spec_file(hyper_clip)], overwrite)
     net = hd.HyperDomainNet.load(hyper)
     if hyper_clip:
         net.text_encoder(absolute_spec(hyper_clip))
@@ -723,7 +723,7 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
       hyperdomain evaluate --hyper runs/hyper/hypernet.safetensors --prompts builtin:heldout -n 100 -o held.csv
     """
     import hyperdomain as hd
-    from hyperdomain.evaluation import format_table, write_results
+    from hyperdomain.guidance.evaluation import format_table, write_results
     from hyperdomain.files.kinds import RESULTS
 
     for o in outs:
@@ -737,7 +737,7 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
     net = load_hyper(hyper, G, no_check, hyper_clip) if hyper is not None else None
     all_prompts = list(prompts)
     if prompt_list:
-        from hyperdomain.domain_list import read_domain_list
+        from hyperdomain.guidance.domain_lists import read_domain_list
 
         all_prompts += [d.target for d in read_domain_list(prompt_list, G.source_prompt)]
     rows = hd.evaluate(G, loaded, hypernet=net, prompts=all_prompts, source=with_source, clip=absolute_spec(clip),
@@ -753,7 +753,7 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
 @user_errors
 def info(file):
     """Print what a generator checkpoint, domain file or foreign checkpoint holds."""
-    from hyperdomain.files.describe import describe
+    from hyperdomain.model.describe import describe
 
     for key, value in describe(file).items():
         click.echo(f"{key:>22}: {value}")
@@ -776,11 +776,11 @@ def import_(checkpoint, out, prompt, source_prompt, overwrite):
       hyperdomain import mapper_large_resample_td.pt --out hdn.safetensors
     """
     import hyperdomain as hd
-    from hyperdomain.files.kinds import DOMAIN_FILE, HYPERNET_FILE
-    from hyperdomain.files.paper_files import paper_model_type
+    from hyperdomain.files.kinds import DOMAIN_KIND, HYPERNET_KIND
+    from hyperdomain.model.paper_checkpoints import paper_model_type
 
     mapper = paper_model_type(checkpoint) == "mapper"  # a HyperDomainNet: written as a hypernetwork file
-    check_outputs([("--out", out, HYPERNET_FILE if mapper else DOMAIN_FILE)], [checkpoint], overwrite)
+    check_outputs([("--out", out, HYPERNET_KIND if mapper else DOMAIN_KIND)], [checkpoint], overwrite)
     if mapper:
         net = hd.import_hypernet(checkpoint)
         net.save(out)

@@ -130,12 +130,12 @@ def sample_method():
 
 
 def template_sets() -> Sequence[str]:
-    from hyperdomain.clip import TEMPLATE_SETS
+    from hyperdomain.guidance.clip import TEMPLATE_SETS
 
     return TEMPLATE_SETS
 
 
 def noise_modes() -> Sequence[str]:
-    from hyperdomain.generator import NOISE_MODES
+    from hyperdomain.model.generator import NOISE_MODES
 
     return NOISE_MODES

@@ -84,7 +84,7 @@ def build(cli: ModuleType) -> click.Command:
         from hyperdomain.webapp import load_models, server
 
         def det():  # made when a photo is first aligned (--align, or a face generator by default)
-            from hyperdomain.face_detectors import detector as face_detector
+            from hyperdomain.image.face_detectors import detector as face_detector
 
             return face_detector(detector, detector_weights)
 

@@ -9,27 +9,29 @@ Public API::
     hd.save_grid(images, "pixar.png")
 """
 from ._version import __version__
-from .animation import animate
-from .clip import ClipEncoder, ClipSpec, load_clip
-from .config import GeneratorConfig
-from . import data, datasets
+from .media.animation import animate
+from .guidance.clip import ClipEncoder, ClipSpec, load_clip
+from .model.config import GeneratorConfig
+from . import datasets
 from .datasets import make_dataset, verify_dataset
-from .domain import Domain, mix
+from .model.domain import Domain, mix
 from .errors import HyperdomainError, StorageError
-from .evaluation import evaluate
-from .files.paper_files import import_checkpoint, import_hypernet
+from .guidance.evaluation import evaluate
+from .model.paper_checkpoints import import_checkpoint, import_hypernet
 from .files.pretrained import download, load_manifest, weights_home
-from .generator import Generator, load_generator
-from .hypernet import HyperConfig, HyperDomainNet
-from .images import make_grid, save_grid, save_images
-from .inversion import InversionConfig, invert
-from .latent import Latent
-from .losses import LossWeights
-from .stylize import Stylized, stylize
+from .model.generator import Generator, load_generator
+from .model.hypernet import HyperConfig, HyperDomainNet
+from .media.grids import make_grid, save_grid, save_images
+from .image.inversion import InversionConfig, invert
+from .model.latent import Latent
+from .guidance.losses import LossWeights
+from .image.stylize import Stylized, stylize
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
-from .training.image import ImageAdaptConfig, adapt_image
+from .training.one_shot import ImageAdaptConfig, adapt_image
 from .webapp import serve
+
+data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live with the datasets
 
 __all__ = [
     "AdaptConfig",

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from . import _build, cpu_library
+from . import _build
+from .cpu import library as cpu_library
 from .bias_act import bias_act
 from .modulated_conv import modulated_conv2d, pin_modulated_conv2d
 from .modulation import demod_coefficients, modulated_input
-from .upfirdn2d import setup_filter, upfirdn2d
+from .upfirdn2d import blur_kernel, setup_filter, upfirdn2d
 
-__all__ = ["modulated_conv2d", "pin_modulated_conv2d", "bias_act", "upfirdn2d", "setup_filter", "modulated_input",
+__all__ = ["modulated_conv2d", "pin_modulated_conv2d", "bias_act", "upfirdn2d", "setup_filter", "blur_kernel", "modulated_input",
            "demod_coefficients", "status"]
 
 

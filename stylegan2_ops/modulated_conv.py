@@ -33,7 +33,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from . import _build, demod_act, winograd, winograd_native
+from . import _build
+from .cpu import demod_act, winograd, winograd_native
 from .bias_act import ACTS, _bias_act_ref, bias_act
 from .modulation import demod_coefficients, modulated_input
 from .upfirdn2d import _upfirdn2d_ref, upfirdn2d

@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _build, cpu_library
+from . import _build
+from .cpu import library as cpu_library
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -198,6 +199,12 @@ def _grad_padding(x_shape, y_shape, f_shape, up, down, pad) -> tuple[int, int, i
     oh, ow = y_shape[2], y_shape[3]
     return (fw - 1 - pad[0], w * ux - ow * dx + pad[0] - ux + 1,
             fh - 1 - pad[2], h * uy - oh * dy + pad[2] - uy + 1)
+
+
+def blur_kernel(factor: int) -> torch.Tensor:
+    """StyleGAN2's 2-D ``[1,3,3,1]`` resampling kernel as the PyTorch port stores it (its ``blur.kernel``
+    buffers): normalised, times ``factor**2`` so that upsampling by ``factor`` keeps the gain."""
+    return setup_filter([1.0, 3.0, 3.0, 1.0], gain=factor**2, separable=False)
 
 
 def setup_filter(f, normalize: bool = True, flip_filter: bool = False, gain: float = 1, separable: bool | None = None,

@@ -14,8 +14,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hyperdomain.config import GeneratorConfig  # noqa: E402
-from hyperdomain.generator import Generator  # noqa: E402
+from hyperdomain.model.config import GeneratorConfig  # noqa: E402
+from hyperdomain.model.generator import Generator  # noqa: E402
 
 TINY = GeneratorConfig(resolution=32, style_dim=32, n_mlp=2, channels=(32, 32, 32, 32))
 
@@ -84,7 +84,7 @@ def make_tiny_clip(config_path, seed: int = 0):
 
     import open_clip
 
-    from hyperdomain.clip import ClipEncoder
+    from hyperdomain.guidance.clip import ClipEncoder
 
     cfg = json.loads(open(config_path).read())
     cfg = cfg.get("model_cfg", cfg)

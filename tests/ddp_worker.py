@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_tiny_generator, nan_on_call  # noqa: E402
 
 from hyperdomain import distributed  # noqa: E402
-from hyperdomain.clip import load_clip  # noqa: E402
+from hyperdomain.guidance.clip import load_clip  # noqa: E402
 from hyperdomain.errors import HyperdomainError  # noqa: E402
 from hyperdomain.training.hyper import train_hyper  # noqa: E402
 
@@ -45,7 +45,7 @@ def split_runs(argv: list[str]) -> list[list[str]]:
 def train_one(dist, clip_json: str, domains: str, args: list[str]) -> bool:
     """One run of ``args`` (OUT_DIR ITERS [options]); False if it stopped with a HyperdomainError.
     Every patch it makes is undone before it returns."""
-    import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it
+    import hyperdomain.guidance.losses as losses_module  # where the trainer's loss assembly finds it
     import hyperdomain.training.hyper as ht
 
     out, iters = Path(args[0]), int(args[1])

@@ -29,7 +29,7 @@ def make_files(folder: Path, clip_config: Path) -> TinyFiles:
     """A tiny generator checkpoint, a domain file for it and one for another generator, a tiny
     hypernetwork (prompts embedded by the tiny random CLIP), a photo and a broken "photo"."""
     import hyperdomain as hd
-    from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+    from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
     folder.mkdir(parents=True, exist_ok=True)
     G = make_tiny_generator()
@@ -59,7 +59,7 @@ def make_files(folder: Path, clip_config: Path) -> TinyFiles:
 
 
 def load_app_models(files: TinyFiles, work_dir: Path):
-    from hyperdomain.inversion import InversionConfig
+    from hyperdomain.image.inversion import InversionConfig
     from hyperdomain.webapp import load_models
 
     return load_models(files.generator, [files.domain], hyper=files.hyper, hyper_clip=str(files.clip_config),

@@ -9,9 +9,9 @@ import torch
 import hyperdomain as hd
 from hyperdomain.training.adapt import AdaptConfig, adapt_step
 from hyperdomain.training.latents import sample_training_latents
-from hyperdomain.clip import templates
+from hyperdomain.guidance.clip import templates
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.losses import LossWeights, direction_loss
+from hyperdomain.guidance.losses import LossWeights, direction_loss, l2_loss
 
 from conftest import assert_user_error, cli, make_tiny_generator, nan_on_call, sigterm_after_first_step
 
@@ -82,7 +82,7 @@ def test_step_combines_losses_over_the_ensemble(tiny_G, tiny_clip_config):
         assert parts[name].item() == pytest.approx(single[0][name].item() + single[1][name].item(), rel=1e-5)
     expected_total = sum(wt * parts[n].item() for n, wt in w.as_dict().items())
     assert parts["total"].item() == pytest.approx(expected_total, rel=1e-5)
-    assert parts["l2"].item() == pytest.approx(hd.losses.l2_loss(d, tiny_G.domain_dims).item())
+    assert parts["l2"].item() == pytest.approx(l2_loss(d, tiny_G.domain_dims).item())
 
 
 def test_training_latents_follow_the_paper(tiny_G):
@@ -192,7 +192,7 @@ def test_resume_refuses_another_generator(tmp_path, tiny_G, tiny_clip):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, monkeypatch):
-    import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it
+    import hyperdomain.guidance.losses as losses_module  # where the trainer's loss assembly finds it
 
     real = losses_module.direction_loss
     monkeypatch.setattr(losses_module, "direction_loss", nan_on_call(real, 5))

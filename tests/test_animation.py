@@ -9,9 +9,9 @@ import torch
 from PIL import Image, ImageSequence
 
 import hyperdomain as hd
-from hyperdomain import animation
+from hyperdomain.media import animation
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.images import make_grid
+from hyperdomain.media.grids import make_grid
 
 from conftest import assert_user_error, cli
 

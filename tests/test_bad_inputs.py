@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import hyperdomain as hd
-from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
 from conftest import (TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator,
                       sigterm_after_first_step)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hyperdomain.files.generator_files import nvidia_to_port, read_generator_file
-from hyperdomain.layers import blur_kernel
+from stylegan2_ops import blur_kernel
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.restricted_unpickler import load_nvidia_pickle, load_torch_file
 
@@ -200,7 +200,7 @@ def test_nvidia_snapshot_plain_data(nvidia, tmp_path):
 
 
 def test_generator_from_nvidia_pickle_gives_same_images(nvidia, tmp_path):
-    from hyperdomain.generator import generator_from_state
+    from hyperdomain.model.generator import generator_from_state
 
     G, sd, latent_avg = _tiny_state()
     path = write_snapshot(nvidia, tmp_path / "snap.pkl", port_to_nvidia(nvidia, sd, latent_avg))
@@ -416,7 +416,7 @@ def test_nvidia_pickle_gives_nvidias_images(nvidia, tmp_path, conv_clamp):
     """A pickle of parameters drawn in NVIDIA's layout, read and converted, gives the images of the
     transcribed StyleGAN2-ADA forward pass: mapping with truncation to w_avg, and synthesis from
     per-layer W+ latents (so each layer's latent index counts too)."""
-    from hyperdomain.generator import generator_from_state
+    from hyperdomain.model.generator import generator_from_state
 
     p = nvidia_parameters()
     path = write_snapshot(nvidia, tmp_path / "nv.pkl", nvidia_network(nvidia, p, conv_clamp))

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from cli.main import main
-from hyperdomain.domain import Domain
+from hyperdomain.model.domain import Domain
 
 from conftest import assert_user_error, cli as run, make_tiny_generator
 
@@ -39,7 +39,7 @@ def test_sample_rows_per_domain(tmp_path, tiny_ckpt, domains, tiny_G):
     # the source row holds exactly what the library samples
     import numpy as np
 
-    from hyperdomain.images import make_grid
+    from hyperdomain.media.grids import make_grid
 
     expected = make_grid(tiny_G.sample(4, seed=3, truncation=0.7), nrow=4)
     got = torch.from_numpy(np.array(img))[: 34 + 2]
@@ -123,6 +123,7 @@ def test_option_defaults_are_the_librarys():
 
     import hyperdomain as hd
     from cli.options import LibraryDefault
+    from hyperdomain.webapp.server import start
 
     # what the library itself takes when nothing is given: a config built with no options, a signature
     taken = {hd.AdaptConfig: dataclasses.asdict(hd.AdaptConfig(target="x")),
@@ -132,7 +133,8 @@ def test_option_defaults_are_the_librarys():
              hd.evaluate: {k: p.default for k, p in inspect.signature(hd.evaluate).parameters.items()},
              hd.animate: {k: p.default for k, p in inspect.signature(hd.animate).parameters.items()},
              hd.Generator.sample: {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()},
-             hd.make_dataset: {k: p.default for k, p in inspect.signature(hd.make_dataset).parameters.items()}}
+             hd.make_dataset: {k: p.default for k, p in inspect.signature(hd.make_dataset).parameters.items()},
+             start: {k: p.default for k, p in inspect.signature(start).parameters.items()}}
     checked = 0
     for name, command in main.commands.items():
         ctx = command.make_context(name, [], resilient_parsing=True)  # what the command gets with no options

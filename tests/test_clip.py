@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from hyperdomain.clip import ClipSpec, load_clip, templates
+from hyperdomain.guidance.clip import ClipSpec, load_clip, templates
 from hyperdomain.errors import HyperdomainError
 
 from conftest import TINY_CLIP_CONFIG, make_tiny_clip
@@ -149,7 +149,7 @@ def test_config_wrapped_in_model_cfg(tmp_path):
 
 def test_openai_models_are_built_with_quickgelu(monkeypatch, tmp_path):
     """OpenAI's weights were trained with QuickGELU; open_clip's ViT-B-32 config alone builds GELU."""
-    import hyperdomain.clip as clip_module
+    import hyperdomain.guidance.clip as clip_module
 
     loaded = []
     monkeypatch.setattr(clip_module, "_load_weights", lambda model, path: loaded.append(path))

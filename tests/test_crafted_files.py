@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import hyperdomain as hd
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.run_checkpoints import CHECKPOINT
-from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
 from conftest import assert_user_error, cli, make_tiny_generator
 

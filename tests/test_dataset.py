@@ -19,7 +19,7 @@ import hyperdomain as hd
 from hyperdomain.datasets import dataset_settings, index_latent, read_settings, render_latents, render_samples, view_latent
 from hyperdomain.datasets.settings import named_domains, unique_names
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.images import to_uint8
+from hyperdomain.media.grids import to_uint8
 
 from conftest import assert_user_error, cli, make_tiny_generator
 
@@ -453,7 +453,7 @@ def test_cli_bad_input_gives_one_line(tmp_path, tiny_ckpt, domain_files, tiny_cl
     other.save(tmp_path / "big.safetensors")
     assert_user_error(cli(*base, "-n", 3, "-d", tmp_path / "big.safetensors", "--out", out), "big.safetensors", "convs")
     # a prompt list with errors: every problem named, before any model is loaded
-    from hyperdomain.hypernet import HyperConfig, HyperDomainNet
+    from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
     G = make_tiny_generator()
     net = HyperDomainNet(HyperConfig(domain_dims=G.domain_dims, input_dim=32, width=16, block_width=16),

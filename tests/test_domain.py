@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from hyperdomain.config import GeneratorConfig
-from hyperdomain.domain import Domain, mix
+from hyperdomain.model.config import GeneratorConfig
+from hyperdomain.model.domain import Domain, mix
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.atomic import _umask
 

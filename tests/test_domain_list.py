@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from hyperdomain.domain_list import (
+from hyperdomain.guidance.domain_lists import (
     BUILTIN_LISTS,
     DomainPrompt,
     builtin_domain_list,

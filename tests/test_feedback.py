@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hyperdomain as hd
-from hyperdomain import clip as clip_module
+from hyperdomain.guidance import clip as clip_module
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.training import hyper as hyper_module
 
@@ -136,7 +136,7 @@ class _RecordingBar:
 
 
 def test_evaluate_progress_counts_images(monkeypatch, tiny_G, tiny_clip):
-    from hyperdomain import evaluation
+    from hyperdomain.guidance import evaluation
 
     _RecordingBar.made = []
     monkeypatch.setattr(evaluation, "tqdm", _RecordingBar)

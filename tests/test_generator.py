@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyperdomain.config import GeneratorConfig, port_channels
-from hyperdomain.domain import Domain
+from hyperdomain.model.config import GeneratorConfig, port_channels
+from hyperdomain.model.domain import Domain
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.generator import Generator, config_from_state_dict, generator_from_state
+from hyperdomain.model.generator import Generator, config_from_state_dict, generator_from_state
 
 from conftest import TINY, make_tiny_generator
 
@@ -313,7 +313,7 @@ def test_domain_gradient_matches_weight_side(G64):
 
 def test_conv_clamp_limits_each_layer_output_like_nvidia():
     """NVIDIA's networks clamp each layer's output (after the lrelu gain) at conv_clamp."""
-    from hyperdomain.layers import StyledConv
+    from hyperdomain.model.layers import StyledConv
 
     torch.manual_seed(7)
     free, clamped = StyledConv(8, 8, 16, upsample=False, clamp=None), StyledConv(8, 8, 16, upsample=False, clamp=0.5)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import hyperdomain as hd
-from hyperdomain.clip import templates
+from hyperdomain.guidance.clip import templates
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.evaluation import quality_and_diversity
+from hyperdomain.guidance.evaluation import quality_and_diversity
 from hyperdomain.training.hyper import _seed_for, convex_weights, draw_domains, resample_on_cone
-from hyperdomain.hypernet import HyperDomainNet
-from hyperdomain.losses import direction_loss, tt_direction_loss
+from hyperdomain.model.hypernet import HyperDomainNet
+from hyperdomain.guidance.losses import direction_loss, tt_direction_loss
 from hyperdomain.files.run_checkpoints import load_checkpoint
 
 from conftest import assert_user_error, cli, nan_on_call
@@ -171,7 +171,7 @@ def test_files_round_trip(tmp_path, tiny_G, tiny_clip, lists):
 
 
 def test_non_finite_loss_keeps_the_last_good_state(tmp_path, tiny_G, tiny_clip, lists, monkeypatch):
-    import hyperdomain.losses as losses_module  # where the trainer's loss assembly finds it
+    import hyperdomain.guidance.losses as losses_module  # where the trainer's loss assembly finds it
 
     train, _ = lists
     real = losses_module.tt_direction_loss
@@ -233,7 +233,7 @@ def test_evaluate_rows(tiny_G, tiny_clip, lists, tmp_path):
     zero = hd.Domain.zeros(tiny_G, prompt="Photo")
     z = hd.evaluate(tiny_G, [zero], source=True, clip=tiny_clip, n=6, progress=False)
     assert (z[0].quality, z[0].diversity) == (z[-1].quality, z[-1].diversity) and z[-1].name == "source"
-    from hyperdomain.evaluation import write_results
+    from hyperdomain.guidance.evaluation import write_results
 
     write_results(rows, tmp_path / "r.json")
     write_results(rows, tmp_path / "r.csv")

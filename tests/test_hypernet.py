@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyperdomain.domain import Domain
+from hyperdomain.model.domain import Domain
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.files.paper_files import import_hypernet
-from hyperdomain.hypernet import HyperConfig, HyperDomainNet
-from hyperdomain.files.describe import describe
-from hyperdomain.files.paper_files import import_checkpoint, paper_conv_dims
+from hyperdomain.model.paper_checkpoints import import_hypernet
+from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
+from hyperdomain.model.describe import describe
+from hyperdomain.model.paper_checkpoints import import_checkpoint, paper_conv_dims
 from hyperdomain.files.restricted_unpickler import load_torch_file, load_torch_file_omegaconf
 
 TINY = HyperConfig(domain_dims=(6, 6, 5, 3), input_dim=12, width=10, block_width=8, backbone_blocks=2, head_blocks=1)

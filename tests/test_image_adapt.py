@@ -7,9 +7,9 @@ from PIL import Image
 
 import hyperdomain as hd
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.inversion import InversionConfig
-from hyperdomain.perceptual import load_lpips
-from hyperdomain.training.image import ImageAdaptConfig, adapt_image
+from hyperdomain.image.inversion import InversionConfig
+from hyperdomain.image.perceptual import load_lpips
+from hyperdomain.training.one_shot import ImageAdaptConfig, adapt_image
 
 QUICK = InversionConfig(steps=10, pca_samples=500)
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from hyperdomain import losses
+from hyperdomain.guidance import losses
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.losses import (LossWeights, cosine, direction_loss, global_loss, indomain_loss, l2_loss,
+from hyperdomain.guidance.losses import (LossWeights, cosine, direction_loss, global_loss, indomain_loss, l2_loss,
                                 tt_direction_loss)
 
 

@@ -219,7 +219,8 @@ import torch
 import torch.nn.functional as F
 import hyperdomain
 import stylegan2_ops
-from stylegan2_ops import cpu_library, demod_act, modulated_conv, winograd_native
+from stylegan2_ops import modulated_conv
+from stylegan2_ops.cpu import library as cpu_library, demod_act, winograd_native
 x, w = torch.randn(4, 8, 16, 16), torch.randn(8, 8, 3, 3) / 8
 f = stylegan2_ops.setup_filter([1, 3, 3, 1])
 with warnings.catch_warnings(record=True) as record:

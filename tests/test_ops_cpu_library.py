@@ -1,4 +1,4 @@
-"""The CPU library's C ABI (csrc/cpu_kernels.h), its typed wrappers (stylegan2_ops.cpu_library) and
+"""The CPU library's C ABI (csrc/cpu_kernels.h), its typed wrappers (stylegan2_ops.cpu.library) and
 its build targets: -march=native and the portable baseline give bit-identical results."""
 from __future__ import annotations  # annotations as strings, as in cpu_library
 
@@ -11,7 +11,8 @@ import subprocess
 import pytest
 import torch
 
-from stylegan2_ops import _build, cpu_library
+from stylegan2_ops import _build
+from stylegan2_ops.cpu import library as cpu_library
 
 HEADER_TEXT = cpu_library.HEADER.read_text()
 needs_library = pytest.mark.skipif(not cpu_library.available(), reason="no C++ compiler for the CPU library")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import stylegan2_ops as ops
-from stylegan2_ops import cpu_library, demod_act
+from stylegan2_ops.cpu import library as cpu_library, demod_act
 
 pytestmark = pytest.mark.skipif(not cpu_library.available(), reason="no C++ compiler for the CPU library")
 

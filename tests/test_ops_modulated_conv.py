@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import stylegan2_ops as ops
-from stylegan2_ops import cpu_library
+from stylegan2_ops.cpu import library as cpu_library
 from stylegan2_ops.modulated_conv import _ActivationSideConv, _modulated_conv2d_ref, _pointwise
 
 
@@ -124,7 +124,7 @@ def test_activation_side_equals_the_reference_with_gradients(case):
 def test_float32_cpu_library_path_against_the_float64_reference(up, monkeypatch):
     """The generator's shapes at batch 4 where the C++ library takes the conv and the fused tail:
     images and the domain gradient against the float64 reference, with the native calls counted."""
-    from stylegan2_ops import demod_act, winograd_native
+    from stylegan2_ops.cpu import demod_act, winograd_native
 
     calls = []
     for module, name in ((winograd_native, "conv3x3"), (winograd_native, "conv_transpose3x3"),

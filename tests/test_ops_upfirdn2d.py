@@ -267,7 +267,7 @@ def test_cuda_second_order_matches_ref(kernel_device):
 
 # ---- the C++ CPU filter (csrc/fir_cpu.cpp): float32, up = down = 1, separable filters ----------
 
-from stylegan2_ops import cpu_library  # noqa: E402
+from stylegan2_ops.cpu import library as cpu_library  # noqa: E402
 
 needs_cpu_library = pytest.mark.skipif(not cpu_library.available(), reason="no C++ compiler for the CPU library")
 FIR_CASES = [  # filter, padding [px0, px1, py0, py1], flip, gain

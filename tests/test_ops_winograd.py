@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylegan2_ops import winograd
-from stylegan2_ops.winograd import ALPHA, M, R
+from stylegan2_ops.cpu import winograd
+from stylegan2_ops.cpu.winograd import ALPHA, M, R
 
 
 def test_transforms_are_exact_in_rational_arithmetic():

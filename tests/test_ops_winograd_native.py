@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylegan2_ops import _build, cpu_library, winograd, winograd_native
+from stylegan2_ops import _build
+from stylegan2_ops.cpu import library as cpu_library, winograd, winograd_native
 
 pytestmark = pytest.mark.skipif(not winograd_native.available(), reason="no C++ compiler for the CPU library")
 
@@ -182,7 +183,7 @@ def test_the_generator_on_the_library_matches_direct_convs(monkeypatch):
 
     from conftest import make_tiny_generator
 
-    from stylegan2_ops import demod_act
+    from stylegan2_ops.cpu import demod_act
 
     fir = importlib.import_module("stylegan2_ops.upfirdn2d")
     monkeypatch.setattr(winograd, "MIN_PIXELS", 0)
@@ -231,7 +232,8 @@ def test_without_the_library_convs_warn_once_and_stay_right(monkeypatch):
     import warnings
 
     import stylegan2_ops
-    from stylegan2_ops import demod_act, modulated_conv
+    from stylegan2_ops import modulated_conv
+    from stylegan2_ops.cpu import demod_act
 
     calls = []
 

@@ -75,7 +75,7 @@ def test_file_kinds(tmp_path, f):
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("RGB", (4, 4)).save(tmp_path / "x.jpg")
     Image.new("RGB", (4, 4)).save(tmp_path / "x.webp")
-    expected = {f.domains[0]: kinds.DOMAIN_FILE, f.hyper: kinds.HYPERNET_FILE, f.latent: kinds.LATENT_FILE,
+    expected = {f.domains[0]: kinds.DOMAIN_KIND, f.hyper: kinds.HYPERNET_KIND, f.latent: kinds.LATENT_KIND,
                 f.run / CHECKPOINT: "adapt run checkpoint", f.gen: kinds.TORCH_CHECKPOINT, f.td: kinds.TORCH_CHECKPOINT,
                 f.photo: kinds.IMAGE, tmp_path / "x.jpg": kinds.IMAGE, tmp_path / "x.webp": kinds.IMAGE,
                 tmp_path / "r.json": kinds.RESULTS, tmp_path / "r.csv": kinds.RESULTS,
@@ -86,7 +86,7 @@ def test_file_kinds(tmp_path, f):
 
 
 def test_image_suffixes_are_the_ones_images_are_written_as():
-    from hyperdomain.images import _FORMATS
+    from hyperdomain.media.grids import _FORMATS
 
     assert set(kinds.IMAGE_SUFFIXES) == set(_FORMATS)
 

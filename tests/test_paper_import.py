@@ -5,9 +5,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from hyperdomain.domain import Domain
+from hyperdomain.model.domain import Domain
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.files.paper_files import import_checkpoint, paper_conv_dims
+from hyperdomain.model.paper_checkpoints import import_checkpoint, paper_conv_dims
 
 
 def _paper_state(dims, seed=0):
@@ -32,7 +32,7 @@ def test_ffhq_dims_are_the_papers():
     assert len(dims) == 17 and sum(dims) == 6048
     assert dims[:3] == (512, 512, 512) and dims[-2:] == (64, 32)
     assert paper_conv_dims(256) == (512,) * 10 + (256, 256, 128)
-    from hyperdomain.config import GeneratorConfig, port_channels  # the generator's own layout agrees
+    from hyperdomain.model.config import GeneratorConfig, port_channels  # the generator's own layout agrees
     for size in (256, 512, 1024):
         assert GeneratorConfig(size, 512, 8, port_channels(size)).domain_dims == paper_conv_dims(size)
 

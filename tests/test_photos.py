@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hyperdomain.alignment import FacePoints, align, align_face, ffhq_quad
+from hyperdomain.image.alignment import FacePoints, align, align_face, ffhq_quad
 from hyperdomain.errors import HyperdomainError
-from hyperdomain.face_detectors import points_from_68, points_from_mediapipe, MEDIAPIPE_EYE_LEFT, MEDIAPIPE_EYE_RIGHT
-from hyperdomain.images import downsample_bicubic
-from hyperdomain.photos import MAX_PIXELS, image_digest, read_photo, to_tensor
+from hyperdomain.image.face_detectors import points_from_68, points_from_mediapipe, MEDIAPIPE_EYE_LEFT, MEDIAPIPE_EYE_RIGHT
+from hyperdomain.media.grids import downsample_bicubic
+from hyperdomain.image.photos import MAX_PIXELS, image_digest, read_photo, to_tensor
 
 
 def _gradient(w=96, h=80):
@@ -78,7 +78,7 @@ def test_sizes_are_bounded(tmp_path, monkeypatch):
     Image.fromarray(_gradient(40, 200)).save(tmp_path / "thin.png")
     with pytest.raises(HyperdomainError, match=r"thin\.png: 40x200 is too small; images need at least 64"):
         read_photo(tmp_path / "thin.png")
-    monkeypatch.setattr("hyperdomain.photos.MAX_PIXELS", 96 * 80 - 1)
+    monkeypatch.setattr("hyperdomain.image.photos.MAX_PIXELS", 96 * 80 - 1)
     Image.fromarray(_gradient()).save(tmp_path / "big.png")
     with pytest.raises(HyperdomainError, match=r"big\.png: 96x80 is 0 megapixels; images up to 0 megapixels"):
         read_photo(tmp_path / "big.png")
@@ -231,7 +231,7 @@ def test_detector_landmark_conventions():
 
 
 def test_detector_backends_fail_in_one_line(monkeypatch, tmp_path):
-    import hyperdomain.face_detectors as fd
+    import hyperdomain.image.face_detectors as fd
 
     monkeypatch.setattr(fd, "_installed", lambda module: False)
     with pytest.raises(HyperdomainError, match=r"needs a landmark detector: pip install 'hyperdomain\[faces\]'"):

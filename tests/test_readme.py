@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import hyperdomain as hd
-from hyperdomain import hypernet
-from hyperdomain.perceptual import load_lpips
+from hyperdomain.model import hypernet
+from hyperdomain.image.perceptual import load_lpips
 
 from conftest import make_tiny_clip
 

@@ -9,13 +9,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import hyperdomain as hd
-from hyperdomain.clip import load_clip
+from hyperdomain.guidance.clip import load_clip
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.run_checkpoints import CHECKPOINT
-from hyperdomain.inversion import InversionConfig
-from hyperdomain.perceptual import load_lpips
+from hyperdomain.image.inversion import InversionConfig
+from hyperdomain.image.perceptual import load_lpips
 from hyperdomain.training.adapt import read_adapt_config
-from hyperdomain.training.image import adapt_image
+from hyperdomain.training.one_shot import adapt_image
 
 from conftest import assert_user_error, cli, make_tiny_clip
 

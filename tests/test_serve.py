@@ -175,7 +175,7 @@ def test_one_shot_run_from_an_uploaded_image(client, server, files):
     d = hd.Domain.load(s.domain_file)
     assert d.meta["iterations"] == 2 and d.style_latent is not None
     # the run keeps its own copy of the upload, so it resumes after the server's temporary file is gone
-    from hyperdomain.training.image import read_image_adapt_config
+    from hyperdomain.training.one_shot import read_image_adapt_config
 
     kept = Path(read_image_adapt_config(s.run_dir).image)
     assert kept.parent == server.runs.models.work_dir / "uploads" and kept.read_bytes() == files.photo.read_bytes()
@@ -238,7 +238,7 @@ def test_an_upload_named_html_is_kept_by_content_and_never_served(client, server
     poc = poc_png(tmp_path / "poc.html")
     client.predict("", "Photo", gradio_client.handle_file(str(poc)), 1, None, 0, api_name="/adapt_start")
     s = server.runs.wait(300)
-    from hyperdomain.training.image import read_image_adapt_config
+    from hyperdomain.training.one_shot import read_image_adapt_config
 
     kept = Path(read_image_adapt_config(s.run_dir).image)
     work = server.runs.models.work_dir

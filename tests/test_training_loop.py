@@ -10,7 +10,7 @@ from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.run_checkpoints import CHECKPOINT, load_checkpoint
 from hyperdomain.training.loop import TrainingRun, open_resume
 from hyperdomain.training.run_config import run_config_from_dict, run_config_to_dict
-from hyperdomain.losses import LossWeights
+from hyperdomain.guidance.losses import LossWeights
 
 
 @dataclass(frozen=True)

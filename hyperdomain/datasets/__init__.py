@@ -8,7 +8,7 @@ from .make import dataset_settings, make_dataset, sample_record
 from .render import render_latents, render_samples
 from .settings import DatasetSettings, read_settings
 from .verify import verify_dataset
-from .views import DomainViews
+from .views import DomainViews, PairPlan
 
-__all__ = ["DatasetSettings", "DomainViews", "dataset_settings", "index_latent", "make_dataset", "read_settings",
+__all__ = ["DatasetSettings", "DomainViews", "PairPlan", "dataset_settings", "index_latent", "make_dataset", "read_settings",
            "render_latents", "render_samples", "sample_record", "stream_seed", "verify_dataset", "view_latent"]

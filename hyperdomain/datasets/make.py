@@ -18,7 +18,7 @@ import torch.distributed
 from tqdm import tqdm
 
 from ..distributed import DistInfo, any_rank
-from ..domain import Domain
+from ..model.domain import Domain
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
 from ..training.run_dir import RunInterrupted, deferred_interrupt
@@ -28,7 +28,7 @@ from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUT
 from .shards import open_writer, partial_path, remove_partial, shard_digest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..generator import Generator
+    from ..model.generator import Generator
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..domain import Domain
+from ..model.domain import Domain
 from ..errors import HyperdomainError
 from .latents import index_latent, view_latent
 from .settings import PASS_ROWS, DatasetSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..generator import Generator
+    from ..model.generator import Generator
 
 __all__ = ["Row", "sample_rows", "render_rows", "render_latents", "encode_image", "render_samples", "steps"]
 
@@ -109,7 +109,7 @@ def _render(G: "Generator", z: torch.Tensor, domains: torch.Tensor, truncation: 
         if size != images.shape[-1]:
             images = F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True,
                                    align_corners=False)
-        # as hyperdomain.images.to_uint8, on the device: a quarter of the bytes to copy back
+        # as hyperdomain.media.grids.to_uint8, on the device: a quarter of the bytes to copy back
         out.append(((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
     return torch.cat(out).cpu()  # one copy back (and one wait) for a group of passes queued back to back
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 import torch
 
 from .._version import __version__
-from ..domain import Domain
+from ..model.domain import Domain
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..generator import Generator
+    from ..model.generator import Generator
 
 FORMAT = "hyperdomain.dataset"
 FORMAT_VERSION = 2  # 2: passes of PASS_ROWS rows whatever --batch; records hold the views' z

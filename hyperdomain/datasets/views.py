@@ -15,13 +15,13 @@ import torch.distributed
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..domain import Domain
+from ..model.domain import Domain
 from ..errors import HyperdomainError
 from .latents import stream_seed
 from .render import domain_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..generator import Generator
+    from ..model.generator import Generator
 
 __all__ = ["DomainViews", "PairPlan", "PAIRS"]
 

@@ -1,5 +1,6 @@
 """Every file hyperdomain reads or writes, one module per kind, none of them ever running code
-found in a file.
+found in a file. These modules import no model: they read and write tensors, metadata and bytes
+(the model's own files are read by ``hyperdomain.model``, through them).
 
 | module | reads / writes |
 |---|---|
@@ -8,8 +9,6 @@ found in a file.
 | ``run_checkpoints`` | resumable training checkpoints: trained tensors, optimizer and RNG state |
 | ``restricted_unpickler`` | foreign pickles and ``torch.save`` files: tensors and plain data only |
 | ``generator_files`` | StyleGAN2 generator checkpoints (the PyTorch port's, NVIDIA's network pickles) |
-| ``paper_files`` | the HyperDomainNet authors' released domain and hypernetwork checkpoints |
 | ``pretrained`` | the manifest of known weights, verified downloads, where files live |
-| ``describe`` | what any of these files holds (``hyperdomain info``) |
 | ``kinds`` | what kind of file an existing path is, from its first bytes (so no output replaces another kind) |
 """

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 import torch
 
+from stylegan2_ops import blur_kernel
+
 from ..errors import HyperdomainError
-from ..layers import blur_kernel
 from .restricted_unpickler import PERSISTENT_CLASS_KEY, load_nvidia_pickle, load_torch_file, sniff
 
 __all__ = ["read_generator_file", "from_port", "nvidia_to_port", "flatten_nvidia_state"]

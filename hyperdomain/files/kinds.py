@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .safetensors_files import DOMAIN, HYPERNET, LATENT, PCA, checkpoint_kind
 
-DOMAIN_FILE = "domain file"
-HYPERNET_FILE = "hypernetwork file"
-LATENT_FILE = "latent file"
+DOMAIN_KIND = "domain file"
+HYPERNET_KIND = "hypernetwork file"
+LATENT_KIND = "latent file"
 IMAGE = "image"
 ANIMATION = "animation"  # what `hyperdomain animate` writes: a GIF or WebP (IMAGE when read back) or a VIDEO
 VIDEO = "video"
@@ -26,11 +26,11 @@ EMPTY = "empty file"
 FOLDER = "folder"
 OTHER = "file of unknown kind"
 
-# the suffixes hyperdomain.images writes (a test keeps the two lists equal)
+# the suffixes hyperdomain.media.grids writes (a test keeps the two lists equal)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-ANIMATION_SUFFIXES = (".gif", ".webp", ".mp4")  # the suffixes hyperdomain.animation writes
+ANIMATION_SUFFIXES = (".gif", ".webp", ".mp4")  # the suffixes hyperdomain.media.animation writes
 
-_OWN = {DOMAIN: DOMAIN_FILE, HYPERNET: HYPERNET_FILE, LATENT: LATENT_FILE, PCA: "cached latent PCA"}
+_OWN = {DOMAIN: DOMAIN_KIND, HYPERNET: HYPERNET_KIND, LATENT: LATENT_KIND, PCA: "cached latent PCA"}
 # the command whose runs each trainer's checkpoint belongs to
 _RUNS = {"adapt": "adapt", "image": "adapt --image", "hyper": "train-hyper"}
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
@@ -108,7 +108,7 @@ def _format_kind(fmt: str) -> str:
 
 def _is_results(path: Path) -> bool:
     """Whether a .json or .csv file holds ``hyperdomain evaluate`` rows (they have quality and
-    diversity columns; see ``hyperdomain.evaluation.write_results``)."""
+    diversity columns; see ``hyperdomain.guidance.evaluation.write_results``)."""
     if path.stat().st_size > _TEXT_LIMIT:
         return False
     try:

@@ -6,7 +6,9 @@
 | ``latents`` | one step's W+ latents and noise for the source and adapted passes (the paper's scheme) |
 | ``run_dir`` | a run folder's files besides the checkpoint; Ctrl-C deferred to a step boundary |
 | ``run_config`` | the checks and plain-data form every trainer config shares |
+| ``run_inputs`` | what a run was made from (files by path and sha256), checked when it resumes |
 | ``adapt`` | text-driven adaptation of one domain vector (``hd.adapt``) |
+| ``one_shot`` | one-shot adaptation from a reference image (``hd.adapt_image``) |
 | ``hyper`` | the multi-domain hypernetwork trainer (``hd.train_hyper``), one or many processes |
 
 A new trainer subclasses ``TrainingRun`` with its losses and what it trains; it adds no loop.

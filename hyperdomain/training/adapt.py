@@ -22,13 +22,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
-from ..config import DEFAULT_SOURCE_PROMPT
-from ..domain import Domain, generator_meta
+from ..guidance.clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
+from ..model.config import DEFAULT_SOURCE_PROMPT
+from ..model.domain import Domain, generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
-from ..images import save_grid
-from ..losses import LossWeights, clip_losses
+from ..media.grids import save_grid
+from ..guidance.losses import LossWeights, clip_losses
 from .latents import TrainingBatch, sample_training_latents, training_seed
 from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume

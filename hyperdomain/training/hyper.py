@@ -38,17 +38,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
-from ..config import DEFAULT_SOURCE_PROMPT
+from ..guidance.clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
+from ..model.config import DEFAULT_SOURCE_PROMPT
 from ..distributed import DistInfo, broadcast_buffers
-from ..domain import generator_meta
-from ..domain_list import read_domain_list
+from ..model.domain import generator_meta
+from ..guidance.domain_lists import read_domain_list
 from ..errors import HyperdomainError
 from ..files.atomic import write_text
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
-from ..hypernet import HyperConfig, HyperDomainNet
-from ..images import save_grid
-from ..losses import TEXT_LOSSES, LossWeights, clip_losses
+from ..model.hypernet import HyperConfig, HyperDomainNet
+from ..media.grids import save_grid
+from ..guidance.losses import TEXT_LOSSES, LossWeights, clip_losses
 from .latents import sample_training_latents
 from .loop import Callback, TrainingRun, open_resume
 from .run_config import check_run_config, run_config_from_dict, run_config_to_dict

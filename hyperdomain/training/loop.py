@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from ..distributed import DistInfo, any_rank, mean_over_ranks
-from ..domain import generator_meta
+from ..model.domain import generator_meta
 from ..errors import HyperdomainError, StorageError
 from ..files.atomic import write_error
 from ..files.run_checkpoints import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint

@@ -5,10 +5,10 @@ import math
 from dataclasses import asdict
 from typing import Any, Mapping
 
-from ..clip import templates
-from ..config import check_config_keys
+from ..guidance.clip import templates
+from ..model.config import check_config_keys
 from ..errors import HyperdomainError
-from ..losses import LossWeights
+from ..guidance.losses import LossWeights
 from .dashboards import parse_dashboards
 
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..clip import ClipSpec
+from ..guidance.clip import ClipSpec
 from ..errors import HyperdomainError
 
 log = logging.getLogger(__name__)

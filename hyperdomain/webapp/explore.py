@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..domain import Domain, mix
+from ..model.domain import Domain, mix
 from ..errors import HyperdomainError
-from ..images import make_grid
+from ..media.grids import make_grid
 from .models import NONE, PROMPT, SOURCE, AppModels, integer_in, number_in
 
 STRENGTH = (0.0, 1.5)
@@ -91,7 +91,7 @@ def _stem(s: ExploreSettings, what: str) -> str:
 
 def save_downloads(models: AppModels, s: ExploreSettings) -> list[Path]:
     """The grid (PNG) and the current domain (``.safetensors``) as files in the app's folder."""
-    from ..images import save_grid
+    from ..media.grids import save_grid
 
     folder = models.work_dir / "downloads"
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def export_animation(models: AppModels, s: ExploreSettings, mode: str = "strengt
     the panel's strength; ``morph``, the first domain to the second (each at the panel's strength);
     ``walk``, from the panel's seed to the next in the current domain. Its last frame of the way out
     is the grid the panel shows (for ``morph`` with the mix slider at 1)."""
-    from ..animation import animate
+    from ..media.animation import animate
 
     if mode not in ANIMATION_MODES:
         raise HyperdomainError(f"animation mode {mode!r}: expected one of {list(ANIMATION_MODES)}")

@@ -86,7 +86,7 @@ class Runs:
         lr = None if lr is None or str(lr).strip() == "" else number_in("learning rate", lr, *LR)
         seed = integer_in("seed", seed, 0, 2**31 - 1)
         if image is not None:
-            from ..photos import read_photo
+            from ..image.photos import read_photo
 
             shown = Path(image).name  # as the user named it; the copy is named by its content
             image = keep_upload(Path(image), read_photo(image), self.models.work_dir / UPLOADS)

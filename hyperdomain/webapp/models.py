@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..domain import Domain
+from ..model.domain import Domain
 from ..errors import HyperdomainError
-from ..inversion import InversionConfig
+from ..image.inversion import InversionConfig
 
 SOURCE = "source"  # the generator as it is (no domain)
 PROMPT = "prompt (hypernetwork)"  # the domain the hypernetwork predicts for the typed prompt
@@ -117,12 +117,12 @@ class AppModels:
             return self._loaded[key]
 
     def clip_encoders(self) -> list:
-        from ..clip import DEFAULT_CLIP, load_clip
+        from ..guidance.clip import DEFAULT_CLIP, load_clip
 
         return self.once("clip", lambda: load_clip(list(self.clip or DEFAULT_CLIP), device=self.G.device))
 
     def lpips(self):
-        from ..perceptual import load_lpips
+        from ..image.perceptual import load_lpips
 
         return self.once("lpips", lambda: load_lpips(self.G.device, self.lpips_backbone))
 
@@ -145,8 +145,8 @@ def load_models(generator: str | os.PathLike = "ffhq", domains: Sequence[str | o
                 device: str = "cpu", check: bool = True) -> AppModels:
     """Load what ``hyperdomain serve`` shows: the generator (a manifest name or a file), domain
     files and a hypernetwork for it. CLIP, LPIPS and the detector load when first needed."""
-    from ..generator import load_generator
-    from ..hypernet import HyperDomainNet
+    from ..model.generator import load_generator
+    from ..model.hypernet import HyperDomainNet
 
     G = load_generator(generator, device=device)
     spec = str(generator) if not Path(generator).exists() else str(Path(generator).resolve())

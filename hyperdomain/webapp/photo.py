@@ -24,7 +24,7 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
     """The row photo, reconstruction, then each chosen domain (``PROMPT``: the hypernetwork's domain
     for ``prompt``) as a grid ``[H, W, 3]`` uint8, and the files written (latent, row PNG)."""
     import hyperdomain as hd
-    from ..photos import read_photo
+    from ..image.photos import read_photo
 
     if photo is None:
         raise HyperdomainError("photo: upload a photo first")

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from .clip import ClipEncoder, ClipSpec, load_clip
+from ..guidance.clip import ClipEncoder, ClipSpec, load_clip
 from .config import DEFAULT_SOURCE_PROMPT, config_from_dict, config_to_dict
 from .domain import Domain
-from .errors import HyperdomainError
-from .files.safetensors_files import HYPERNET, float32_tensor, json_field, read_own_file, write_own_file
+from ..errors import HyperdomainError
+from .compatibility import check_fits, origin
+from ..files.safetensors_files import HYPERNET, float32_tensor, json_field, read_own_file, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -201,7 +202,7 @@ class HyperDomainNet(nn.Module):
             trained = self.meta.get("input_clip")  # None for networks imported without one recorded
             if trained and enc.label != trained:
                 raise HyperdomainError(
-                    f"hypernetwork{_origin(self)} takes prompts embedded by CLIP {trained}, not {enc.label}")
+                    f"hypernetwork{origin(self.meta)} takes prompts embedded by CLIP {trained}, not {enc.label}")
             self._clip[:] = [enc]
             self._embeddings = {}
         if not self._clip:
@@ -226,14 +227,14 @@ class HyperDomainNet(nn.Module):
             if not label.split(":")[0].endswith(".json"):
                 raise
             raise HyperdomainError(
-                f"hypernetwork{_origin(self)} embeds prompts with the CLIP model config {label} "
+                f"hypernetwork{origin(self.meta)} embeds prompts with the CLIP model config {label} "
                 f"({spec or 'no path recorded'}), which is not found from here; pass it: --hyper-clip "
                 f"/path/{label.split(':')[0]}[=WEIGHTS] (Python: hdn.text_encoder(spec))") from None
 
     def embed(self, prompts: "list[str]", clip: "str | ClipEncoder | None" = None) -> torch.Tensor:
         """Unit CLIP embeddings ``[N, input_dim]`` of the bare prompts (cached per prompt)."""
         if self.meta.get("input") == "image":
-            raise HyperdomainError(f"hypernetwork{_origin(self)} maps CLIP image embeddings (an im2im network), "
+            raise HyperdomainError(f"hypernetwork{origin(self.meta)} maps CLIP image embeddings (an im2im network), "
                                    f"not prompts; use domain_from_embedding with an image embedding")
         enc = self.text_encoder(clip)
         missing = [q for q in dict.fromkeys(prompts) if q not in self._embeddings]
@@ -276,17 +277,11 @@ class HyperDomainNet(nn.Module):
         The layout (per-conv widths) must always match; with ``fingerprint`` the generator weights
         recorded in the network (when recorded) must be ``G``'s too.
         """
-        fp = self.meta.get("generator_fingerprint")
+        mismatch = None
         if tuple(self.domain_dims) != tuple(G.domain_dims):
-            raise HyperdomainError(
-                f"hypernetwork{_origin(self)} makes domains of {self.config.num_domain_params} numbers in "
-                f"{len(self.domain_dims)} convs, but generator {G.name!r} needs {G.num_domain_params} in "
-                f"{len(G.domain_dims)} convs; it was made for generator {self.meta.get('generator', '?')!r}")
-        if fingerprint and fp and fp != G.fingerprint:
-            raise HyperdomainError(
-                f"hypernetwork{_origin(self)} was trained for generator {self.meta.get('generator')!r} (fingerprint "
-                f"{fp}), not for {G.name!r} (fingerprint {G.fingerprint}); skip this check to use it anyway "
-                f"(check=False, --no-check)")
+            mismatch = (f"makes domains of {self.config.num_domain_params} numbers in {len(self.domain_dims)} convs, "
+                        f"but generator {G.name!r} needs {G.num_domain_params} in {len(G.domain_dims)} convs")
+        check_fits("hypernetwork", self.meta, G, mismatch, fingerprint=fingerprint)
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
@@ -350,6 +345,3 @@ def check_state(net: nn.Module, sd: Mapping[str, Any], path: Path) -> None:
             shape = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise HyperdomainError(f"{path}: {k} has shape {shape}, expected {list(t.shape)}")
 
-
-def _origin(net: HyperDomainNet) -> str:
-    return f" {net.meta['file']}" if net.meta.get("file") else ""

@@ -33,20 +33,20 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from ._version import __version__
+from .._version import __version__
 from .alignment import Detector, align_face
-from .domain import generator_meta
-from .errors import HyperdomainError
+from ..model.domain import generator_meta
+from ..errors import HyperdomainError
 from .face_detectors import detector as default_detector
-from .files.pretrained import weights_home
-from .files.safetensors_files import PCA, read_own_file, write_own_file
-from .images import downsample_bicubic
-from .latent import Latent
+from ..files.pretrained import weights_home
+from ..files.safetensors_files import PCA, read_own_file, write_own_file
+from ..media.grids import downsample_bicubic
+from ..model.latent import Latent
 from .perceptual import load_lpips, lpips_distance
 from .photos import image_digest, read_photo, to_tensor
 
 PCA_FORMAT_VERSION = 1
-NOISE_MODES = ("const", "random")
+INVERSION_NOISE_MODES = ("const", "random")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class InversionConfig:
                    "finite weights >= 0"),
                   (self.l2 + self.lpips > 0, "l2/lpips", "not both 0 (nothing would tie the latent to the photo)"),
                   (self.pca_samples >= 2, "pca_samples", ">= 2"), (self.loss_size >= 8, "loss_size", ">= 8"),
-                  (self.noise_mode in NOISE_MODES, "noise_mode", f"one of {NOISE_MODES}"), (self.seed >= 0, "seed", ">= 0")]
+                  (self.noise_mode in INVERSION_NOISE_MODES, "noise_mode", f"one of {INVERSION_NOISE_MODES}"), (self.seed >= 0, "seed", ">= 0")]
         for ok, name, expected in checks:
             if not ok:
                 raise HyperdomainError(f"invert: {name} must be {expected}, got {getattr(self, name.split('/')[0])!r}")

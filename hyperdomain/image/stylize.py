@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from .domain import Domain
-from .errors import HyperdomainError
+from ..model.domain import Domain
+from ..errors import HyperdomainError
 from .inversion import InversionConfig, invert, prepare_photo
-from .latent import Latent
+from ..model.latent import Latent
 from .photos import to_tensor
 
 

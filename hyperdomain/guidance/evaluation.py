@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from .clip import ClipEncoder, load_clip, templates
-from .domain import Domain
-from .domain_list import prompt_key
-from .errors import HyperdomainError
-from .files.atomic import atomic_path
+from ..model.domain import Domain
+from .domain_lists import prompt_key
+from ..errors import HyperdomainError
+from ..files.atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .hypernet import HyperDomainNet
+    from ..model.hypernet import HyperDomainNet
 
 __all__ = ["EvalRow", "evaluate", "quality_and_diversity", "write_results", "format_table"]
 

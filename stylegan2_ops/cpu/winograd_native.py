@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu_library, winograd
+from . import library as cpu_library, winograd
 
 TILES_PER_CHUNK = 256  # GEMM columns per chunk: [A*A, O, C] @ [A*A, C, 256]; the scratch is 2 x 19 MB at 512 channels
 TILE = winograd.M

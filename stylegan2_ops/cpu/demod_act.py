@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_library
-from .bias_act import LRELU_ALPHA, LRELU_GAIN
+from . import library as cpu_library
+from ..bias_act import LRELU_ALPHA, LRELU_GAIN
 
 
 def applies(x: torch.Tensor, dcoefs: torch.Tensor, add: torch.Tensor | None, bias: torch.Tensor) -> bool:

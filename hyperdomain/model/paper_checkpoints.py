@@ -30,12 +30,12 @@ from typing import Any, Mapping
 
 import torch
 
-from ..config import DEFAULT_SOURCE_PROMPT
-from ..domain import Domain
+from .config import DEFAULT_SOURCE_PROMPT
+from .domain import Domain
 from ..errors import HyperdomainError
-from ..hypernet import ACTIVATIONS, HyperConfig, HyperDomainNet, check_state
-from .pretrained import load_manifest
-from .restricted_unpickler import load_torch_file_omegaconf
+from .hypernet import ACTIVATIONS, HyperConfig, HyperDomainNet, check_state
+from ..files.pretrained import load_manifest
+from ..files.restricted_unpickler import load_torch_file_omegaconf
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import HyperdomainError
+from ..errors import HyperdomainError
 
 MIN_SIDE = 64  # pixels: below this there is no face to invert
 MAX_PIXELS = 50_000_000  # 50 megapixels: a decoded RGB image that size already takes 150 MB

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import HyperdomainError
-from .files.restricted_unpickler import load_torch_file
+from ..errors import HyperdomainError
+from ..files.restricted_unpickler import load_torch_file
 
 log = logging.getLogger(__name__)
 

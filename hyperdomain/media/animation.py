@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .domain import Domain
-from .errors import HyperdomainError, StorageError
-from .files.atomic import atomic_path
-from .files.kinds import ANIMATION_SUFFIXES
-from .images import make_grid
+from ..model.domain import Domain
+from ..errors import HyperdomainError, StorageError
+from ..files.atomic import atomic_path
+from ..files.kinds import ANIMATION_SUFFIXES
+from .grids import make_grid
 
 __all__ = ["MODES", "ANIMATION_SUFFIXES", "animate", "animation_frames", "frame_count", "key_positions",
            "slerp", "write_animation"]

@@ -15,16 +15,6 @@ from torch import nn
 
 import stylegan2_ops as ops
 
-_BLUR = (1.0, 3.0, 3.0, 1.0)
-
-
-def blur_kernel(factor: int) -> torch.Tensor:
-    """The port's 2-D ``[1,3,3,1]`` kernel, normalised and times ``factor**2`` (keeps the gain)."""
-    k = torch.tensor(_BLUR)
-    k = k[None, :] * k[:, None]
-    return k / k.sum() * factor**2
-
-
 class PixelNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
@@ -63,7 +53,7 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
         self.upsample = upsample
         if upsample:
-            self.blur = _Filter(blur_kernel(2))
+            self.blur = _Filter(ops.blur_kernel(2))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, domain: torch.Tensor | None = None, *,
                 noise: torch.Tensor | None = None, bias: torch.Tensor | None = None, act: str = "linear",
@@ -117,7 +107,7 @@ class ToRGB(nn.Module):
         self.clamp = clamp
         if upsample:
             # the port stores this kernel as `upsample.kernel`; a submodule keeps that key
-            self.upsample = _Filter(blur_kernel(2))
+            self.upsample = _Filter(ops.blur_kernel(2))
 
     def forward(self, x, w, skip=None):
         out = self.conv(x, w, bias=self.bias.view(3), clamp=self.clamp)

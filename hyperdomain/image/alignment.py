@@ -6,7 +6,7 @@ below the eyes, its side set by the larger of the eye distance and the eye-mouth
 aligned the same way inverts far better. The geometry (:func:`ffhq_quad`) is a pure function of
 four points; :func:`align` renders the quad (reflect-padding and blurring what lies outside the
 photo, as the recipe does); :func:`align_face` finds the points with a landmark detector, which
-is pluggable (:mod:`hyperdomain.face_detectors`).
+is pluggable (:mod:`hyperdomain.image.face_detectors`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import HyperdomainError
+from ..errors import HyperdomainError
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from .alignment import Detector, FacePoints
-from .errors import HyperdomainError
-from .files.pretrained import resolve_model
+from ..errors import HyperdomainError
+from ..files.pretrained import resolve_model
 
 BACKENDS = ("auto", "dlib", "mediapipe")
 

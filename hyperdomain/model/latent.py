@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import HyperdomainError
-from .files.safetensors_files import LATENT, float32_tensor, json_field, read_own_file, write_own_file
+from ..errors import HyperdomainError
+from .compatibility import check_fits
+from ..files.safetensors_files import LATENT, float32_tensor, json_field, read_own_file, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -39,16 +40,11 @@ class Latent:
 
     def check_compatible(self, G: "Generator", fingerprint: bool = True) -> None:
         """One line when this latent does not fit ``G`` (shape; with ``fingerprint``, the weights)."""
-        name, fp = self.meta.get("generator", "?"), self.meta.get("generator_fingerprint")
+        mismatch = None
         if tuple(self.ws.shape) != (G.num_ws, G.w_dim):
-            raise HyperdomainError(
-                f"latent{_origin(self)} is {list(self.ws.shape)}, but generator {G.name!r} takes W+ "
-                f"[{G.num_ws}, {G.w_dim}]; it was made for generator {name!r}")
-        if fingerprint and fp and fp != G.fingerprint:
-            raise HyperdomainError(
-                f"latent{_origin(self)} was inverted with generator {name!r} (fingerprint {fp}), not {G.name!r} "
-                f"(fingerprint {G.fingerprint}); invert the photo again for this generator, or skip this check "
-                f"(check=False, --no-check)")
+            mismatch = f"is {list(self.ws.shape)}, but generator {G.name!r} takes W+ [{G.num_ws}, {G.w_dim}]"
+        check_fits("latent", self.meta, G, mismatch, fingerprint=fingerprint, made="was inverted with", other="not",
+                   hint="invert the photo again for this generator, or skip this check (check=False, --no-check)")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the latent file atomically."""
@@ -74,6 +70,3 @@ class Latent:
             latent.check_compatible(generator, fingerprint=check)
         return latent
 
-
-def _origin(latent: Latent) -> str:
-    return f" {latent.meta['file']}" if latent.meta.get("file") else ""

@@ -1,6 +1,6 @@
 """One-shot adaptation: a domain vector from one reference image (the paper's ``im2im_single``).
 
-The reference is inverted first (II2S, :mod:`hyperdomain.inversion`; cached, so a second run
+The reference is inverted first (II2S, :mod:`hyperdomain.image.inversion`; cached, so a second run
 with the same image and settings reuses it). Then the domain vector trains, summed over the CLIP
 ensemble (image embeddings L2-normalised), on
 
@@ -31,17 +31,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._version import __version__
-from ..clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
-from ..config import DEFAULT_SOURCE_PROMPT
-from ..domain import Domain, generator_meta
+from ..guidance.clip import DEFAULT_CLIP, ClipEncoder, check_models, load_clip, run_spec, templates
+from ..model.config import DEFAULT_SOURCE_PROMPT
+from ..model.domain import Domain, generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
-from ..images import downsample_bicubic, save_grid
-from ..inversion import InversionConfig, invert_cached, prepare_photo
-from ..latent import Latent
-from ..losses import IMAGE_LOSSES, LossWeights, image_losses
-from ..perceptual import load_lpips, lpips_distance
-from ..photos import image_digest, to_tensor
+from ..media.grids import downsample_bicubic, save_grid
+from ..image.inversion import InversionConfig, invert_cached, prepare_photo
+from ..model.latent import Latent
+from ..guidance.losses import IMAGE_LOSSES, LossWeights, image_losses
+from ..image.perceptual import load_lpips, lpips_distance
+from ..image.photos import image_digest, to_tensor
 from .adapt import DOMAIN_FILE
 from .latents import sample_training_latents, training_seed
 from .dashboards import require

@@ -1,7 +1,7 @@
 """The paper's losses, as small pure functions of embeddings and images.
 
 Image embeddings are L2-normalised rows ``[B, E]``. Text embeddings are template means
-(see :mod:`hyperdomain.clip`): only their directions matter, every CLIP loss below is built on
+(see :mod:`hyperdomain.guidance.clip`): only their directions matter, every CLIP loss below is built on
 cosines. Pairwise losses use each unordered pair ``i < j`` once. The one-shot (image) losses sit
 beside them: the reference image's embeddings play the part of the text, and two reconstruction
 losses tie the adapted generator's rendering of the reference's own latent to the reference.
@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import HyperdomainError
+from ..errors import HyperdomainError
 
 __all__ = [
     "LossWeights", "clip_losses", "image_losses", "cosine", "direction_loss", "global_loss", "indomain_loss",

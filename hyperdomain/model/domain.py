@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .errors import HyperdomainError
-from .files.safetensors_files import DOMAIN, check_format, float32_tensor, json_field, read_safetensors, write_own_file
+from ..errors import HyperdomainError
+from .compatibility import check_fits
+from ..files.safetensors_files import DOMAIN, check_format, float32_tensor, json_field, read_safetensors, write_own_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generator import Generator
@@ -85,24 +86,14 @@ class Domain:
         The layout (per-conv dims) must always match; with ``fingerprint`` the generator
         weights recorded in the domain (when recorded) must be ``G``'s too.
         """
-        name = self.meta.get("generator", "?")
-        fp = self.meta.get("generator_fingerprint")
+        mismatch = None
         if self.dims != tuple(G.domain_dims):
-            raise HyperdomainError(
-                f"domain{_origin(self)} has {len(self)} numbers in {len(self.dims)} convs, but generator "
-                f"{G.name!r} (fingerprint {G.fingerprint}) needs {G.num_domain_params} in "
-                f"{len(G.domain_dims)} convs; the domain was made for generator {name!r}"
-                + (f" (fingerprint {fp})" if fp else "")
-            )
-        if self.style_latent is not None and tuple(self.style_latent.shape) != (G.num_ws, G.w_dim):
-            raise HyperdomainError(
-                f"domain{_origin(self)} carries a style latent of shape {list(self.style_latent.shape)}, but generator "
-                f"{G.name!r} takes W+ [{G.num_ws}, {G.w_dim}]")
-        if fingerprint and fp and fp != G.fingerprint:
-            raise HyperdomainError(
-                f"domain{_origin(self)} was trained for generator {name!r} (fingerprint {fp}), not for "
-                f"{G.name!r} (fingerprint {G.fingerprint}); skip this check to use it anyway (check=False, --no-check)"
-            )
+            mismatch = (f"has {len(self)} numbers in {len(self.dims)} convs, but generator {G.name!r} (fingerprint "
+                        f"{G.fingerprint}) needs {G.num_domain_params} in {len(G.domain_dims)} convs")
+        elif self.style_latent is not None and tuple(self.style_latent.shape) != (G.num_ws, G.w_dim):
+            mismatch = (f"carries a style latent of shape {list(self.style_latent.shape)}, but generator {G.name!r} "
+                        f"takes W+ [{G.num_ws}, {G.w_dim}]")
+        check_fits("domain", self.meta, G, mismatch, fingerprint=fingerprint)
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
@@ -167,6 +158,3 @@ def generator_meta(G: "Generator") -> dict[str, Any]:
     """The generator facts every domain records."""
     return {"generator": G.name, "generator_fingerprint": G.fingerprint, "resolution": G.resolution}
 
-
-def _origin(d: Domain) -> str:
-    return f" {d.meta['file']}" if d.meta.get("file") else ""

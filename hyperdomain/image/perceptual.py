@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import HyperdomainError
-from .files.pretrained import resolve_model
-from .files.restricted_unpickler import load_torch_file
+from ..errors import HyperdomainError
+from ..files.pretrained import resolve_model
+from ..files.restricted_unpickler import load_torch_file
 
 
 def load_lpips(device: str | torch.device = "cpu", backbone: str | os.PathLike = "imagenet") -> nn.Module:

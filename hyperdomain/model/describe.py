@@ -6,15 +6,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..domain import Domain
+from .domain import Domain
 from ..errors import HyperdomainError
-from ..generator import generator_from_state
-from ..hypernet import HyperDomainNet
-from ..latent import Latent
-from .generator_files import from_port, read_generator_file
-from .restricted_unpickler import load_torch_file_omegaconf, sniff
-from .run_checkpoints import read_checkpoint_meta
-from .safetensors_files import HYPERNET, LATENT, checkpoint_kind, read_safetensors
+from .generator import generator_from_state
+from .hypernet import HyperDomainNet
+from .latent import Latent
+from ..files.generator_files import from_port, read_generator_file
+from ..files.restricted_unpickler import load_torch_file_omegaconf, sniff
+from ..files.run_checkpoints import read_checkpoint_meta
+from ..files.safetensors_files import HYPERNET, LATENT, checkpoint_kind, read_safetensors
 
 # the command that continues each trainer's runs
 _RESUME_COMMANDS = {"adapt": "adapt", "image": "adapt", "hyper": "train-hyper"}

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import DEFAULT_SOURCE_PROMPT
-from .errors import HyperdomainError
+from ..model.config import DEFAULT_SOURCE_PROMPT
+from ..errors import HyperdomainError
 
 __all__ = ["DomainPrompt", "read_domain_list", "parse_domain_list", "builtin_domain_list",
            "BUILTIN_LISTS"]
@@ -122,7 +122,7 @@ def builtin_domain_list(name: str) -> Path:
     """Path of a list shipped with the package: ``"train"`` or ``"heldout"`` (disjoint prompts)."""
     if name not in BUILTIN_LISTS:
         raise HyperdomainError(f"unknown built-in domain list {name!r}; expected one of {', '.join(BUILTIN_LISTS)}")
-    resource = resources.files("hyperdomain").joinpath("data").joinpath(f"domains_{name}.txt")
+    resource = resources.files("hyperdomain.guidance").joinpath(f"domains_{name}.txt")
     # A normal (or editable) install keeps package data as real files; only a zipped install
     # would not, and nothing here is zip-safe anyway (CUDA extensions, open_clip).
     if not isinstance(resource, Path) or not resource.is_file():

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .errors import HyperdomainError
+from ..errors import HyperdomainError
 
 # The source domain of a generator that names none (the manifest gives each known generator its
 # own: "Photo of a cat", ...): what the target prompts are contrasted with.

@@ -26,7 +26,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import torch
 
-from . import _build
+from .. import _build
 
 HEADER = _build.CSRC / "cpu_kernels.h"
 

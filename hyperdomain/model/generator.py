@@ -12,9 +12,9 @@ from torch import nn
 
 from .config import DEFAULT_SOURCE_PROMPT, GeneratorConfig
 from .domain import Domain
-from .errors import HyperdomainError
-from .files.generator_files import read_generator_file
-from .files.pretrained import ManifestEntry, resolve
+from ..errors import HyperdomainError
+from ..files.generator_files import read_generator_file
+from ..files.pretrained import ManifestEntry, resolve
 from .layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
 
 log = logging.getLogger(__name__)

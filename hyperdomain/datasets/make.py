@@ -58,17 +58,17 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
         raise HyperdomainError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     check_ranges(quality=(quality, 1, 100))
     check_numbers(truncation=(truncation, 0.0, MAX_TRUNCATION), sigma=(sigma, 0.0, MAX_SIGMA))
-    per_sample = (1 + len(domains)) * (1 + views) if views_in == "all" else 1 + len(domains) + views
-    problem = shard_images_problem(n, shard_size, per_sample)
-    if problem:
-        raise HyperdomainError(f"shard_size {shard_size}: {problem}")
-    return DatasetSettings(
+    settings = DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
         format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
         views_in=views_in,
         generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
         domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
                       for name, d in domains))
+    problem = shard_images_problem(n, shard_size, settings.images_per_sample)
+    if problem:
+        raise HyperdomainError(f"shard_size {shard_size}: {problem}")
+    return settings
 
 
 def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,

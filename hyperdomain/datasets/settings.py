@@ -304,7 +304,11 @@ def read_settings(out_dir: Path) -> DatasetSettings:
     problem = _settings_problem(data)
     if problem:
         raise HyperdomainError(f"{path}: {problem}"[:400])
-    return DatasetSettings.from_dict({**data, "format_version": version})
+    settings = DatasetSettings.from_dict({**data, "format_version": version})
+    problem = shard_images_problem(settings.n, settings.shard_size, settings.images_per_sample)
+    if problem:
+        raise HyperdomainError(f"{path}: field 'shard_size' {settings.shard_size}: {problem}")
+    return settings
 
 
 # keys every dataset's settings.json has held: a file without "dataset_format" is format 2 only if it has them all
@@ -359,8 +363,7 @@ def _settings_problem(data: dict[str, Any]) -> str | None:
             return f"field {name!r} must be one of {', '.join(choices)}, got {str(data[name])[:40]!r}"
     if not isinstance(data.get("version", ""), str):
         return "field 'version' must be a string"
-    return _generator_problem(data["generator"], data["size"]) or _domains_problem(data.get("domains", [])) \
-        or shard_images_problem(data["n"], data["shard_size"], _images_per_sample(data))
+    return _generator_problem(data["generator"], data["size"]) or _domains_problem(data.get("domains", []))
 
 
 def _generator_problem(generator: Any, size: Any) -> str | None:
@@ -388,11 +391,6 @@ def _domains_problem(domains: Any) -> str | None:
             return f"field 'domains' holds the name {str(d['name'])[:40]!r}: not a dataset's domain name"
         names.append(d["name"])
     return None
-
-
-def _images_per_sample(data: dict[str, Any]) -> int:
-    domains = len(data.get("domains", []))
-    return (1 + domains) * (1 + data["views"]) if data.get("views_in") == "all" else 1 + domains + data["views"]
 
 
 def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, Any, Any]:

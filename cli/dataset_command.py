@@ -27,6 +27,27 @@ Examples:
 """
 
 
+def check_numbers(cli: ModuleType, *, n: int, views: int, shard_size: int, batch: int, size: int | None, quality: int,
+                  sigma: float) -> None:
+    """Every number in the library's bounds, before a model is loaded or a file written: one line naming the option."""
+    from hyperdomain.datasets import settings as s
+
+    for option, value, low, high in (("--num", n, 1, s.MAX_N), ("--views", views, 0, s.MAX_VIEWS),
+                                     ("--shard-size", shard_size, 1, s.MAX_SHARD_SIZE),
+                                     ("--batch", batch, 1, s.MAX_BATCH), ("--size", size, 1, s.MAX_RESOLUTION),
+                                     ("--quality", quality, 1, 100)):
+        problem = s.range_problem(value, low, high) if value is not None else None
+        if problem:
+            raise cli.UserError(f"{option}: expected {problem}")
+    problem = s.range_problem(sigma, 0.0, s.MAX_SIGMA, integer=False)
+    if problem:
+        raise cli.UserError(f"--sigma: expected {problem} (the views' spread around their latent)")
+    per_sample = 1 + views  # the domains are not known yet: the library checks the shard again with them
+    problem = s.shard_images_problem(n, shard_size, per_sample)
+    if problem:
+        raise cli.UserError(f"--shard-size {shard_size} with --views {views}: {problem}")
+
+
 def dataset_command(cli: ModuleType) -> click.Command:
     """The command, built on ``cli.main``'s shared helpers (passed in: ``python -m cli.main`` runs that
     module as ``__main__``, so importing it from here would load a second copy)."""
@@ -46,8 +67,9 @@ def dataset_command(cli: ModuleType) -> click.Command:
     @click.option("--seed", cls=LibraryDefault, owner=make_function, type=SEED)
     @click.option("--truncation", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0, 2.0))
     @click.option("--views", cls=LibraryDefault, owner=make_function, type=int,
-                  help="Latent neighbours z + sigma * noise per index (see --views-in).")
-    @click.option("--sigma", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0))
+                  help="Latent neighbours z + sigma * noise per index (see --views-in), at most 1000.")
+    @click.option("--sigma", cls=LibraryDefault, owner=make_function, type=FiniteFloat(0.0),
+                  help="The views' spread, at most 10.")
     @click.option("--views-in", cls=LibraryDefault, owner=make_function, type=click.Choice(["source", "all"]),
                   help="Render the views in the source only, or in the source and every domain (positives "
                        "inside a domain; view k has one latent in all).")
@@ -57,7 +79,8 @@ def dataset_command(cli: ModuleType) -> click.Command:
                   type=click.Choice(["png", "jpg", "webp"]))
     @click.option("--quality", cls=LibraryDefault, owner=make_function, type=int, help="jpg/webp quality, 1-100.")
     @click.option("--layout", cls=LibraryDefault, owner=make_function, type=click.Choice(["webdataset", "folder"]),
-                  help="webdataset: tar shards; folder: source/, <domain>/, views/ trees.")
+                  help="webdataset: tar shards; folder: one folder a domain (an ImageFolder class), source/ and "
+                       "<domain>/, their views in view<k>/ inside them.")
     @click.option("--shard-size", cls=LibraryDefault, owner=make_function, type=int, help="Samples per shard.")
     @click.option("--batch", cls=LibraryDefault, owner=make_function, type=int,
                   help="Images per step, in passes of 8 (speed and memory only: the bytes never depend on it, "
@@ -82,12 +105,8 @@ def dataset_command(cli: ModuleType) -> click.Command:
             click.echo(f"{out}: verified {index['samples']} samples, {index['images']} images in "
                        f"{len(index['shards'])} shards")
             return
-        for option, value, low in (("--num", n, 1), ("--views", views, 0), ("--shard-size", shard_size, 1),
-                                   ("--batch", batch, 1), ("--size", size, 1), ("--quality", quality, 1)):
-            if value is not None and value < low:
-                raise cli.UserError(f"{option}: expected an integer >= {low}, got {value}")
-        if quality > 100:
-            raise cli.UserError(f"--quality: expected an integer <= 100, got {quality}")
+        check_numbers(cli, n=n, views=views, shard_size=shard_size, batch=batch, size=size, quality=quality,
+                      sigma=sigma)
         if (prompts or prompt_list) and hyper is None:
             raise cli.UserError("--prompt/--prompts need --hyper FILE (a hypernetwork that maps prompts to domains)")
         if hyper is not None and not (prompts or prompt_list):

@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import struct
+import tarfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -226,6 +227,47 @@ def test_a_full_file_system_is_one_line(corpus, small_tmpfs):
             assert_storage_error(result, str(fs.path / name), "No space left on device")
     assert fs.files() == []
     assert _checksums(corpus["root"]) == before
+
+
+@pytest.mark.parametrize("option,value,fragment", [
+    ("--sigma", "1e39", "--sigma: expected a finite number in [0, 10], got 1e+39"),
+    ("--num", str(2**63), "--num: expected an integer in [1, 100000000], got 9223372036854775808"),
+    ("--views", str(10**9), "--views: expected an integer in [0, 1000], got 1000000000"),
+    ("--batch", str(10**6), "--batch: expected an integer in [1, 1024], got 1000000"),
+    ("--shard-size", str(10**9), "--shard-size: expected an integer in [1, 100000], got 1000000000"),
+    ("--quality", "1000", "--quality: expected an integer in [1, 100], got 1000"),
+    ("--truncation", "1e39", "--truncation"),
+    ("--seed", "-1", "--seed"),
+])
+def test_dataset_numbers_out_of_range_write_nothing(corpus, tmp_path, option, value, fragment):
+    """Every number of `dataset` is bounded before a model is loaded or a file written."""
+    out = tmp_path / "ds"
+    args = {"--num": "2", "--views": "1", option: value}
+    r = cli("dataset", "--generator", corpus["gen"], "-d", corpus["domain"], *[a for kv in args.items() for a in kv],
+            "--out", out, "--device", "cpu", "--no-progress")
+    assert_user_error(r, fragment)
+    assert not out.exists()
+
+
+def test_a_full_file_system_during_a_dataset_is_one_line(corpus, small_tmpfs):
+    """A disk that fills while a shard is written: exit 1 (the storage's fault), one line; complete shards
+    kept whole, no temporary one; with the space back, the same command finishes the dataset."""
+    fs = small_tmpfs(256)
+    fs.fill(leave=14 * 4096)  # settings.json and two shards of about 5 pages, their digests; not a third
+    out = fs.path / "ds"
+    args = ["dataset", "--generator", corpus["gen"], "-d", corpus["domain"], "-n", 10, "--shard-size", 2, "--out",
+            out, "--device", "cpu", "--no-progress"]
+    assert_storage_error(cli(*args), str(out), "shard-00000", "No space left on device")
+    left = fs.files()
+    shards = [name for name in left if name.endswith(".tar")]
+    assert "ds/settings.json" in left and shards and not [n for n in left if n.endswith(".partial")], left
+    for name in shards:
+        with tarfile.open(fs.path / name) as tar:
+            assert len(tar.getmembers()) == 2 * 3  # whole: 2 samples of source, domain, record
+        assert f"ds/.{Path(name).name}.digest" in left or name == shards[-1], left  # the last may miss it: rewritten
+    fs.free()
+    r = cli(*args, "--verify")
+    assert r.exit_code == 0 and "10 samples, 20 images in 5 shards" in r.stdout, r.output
 
 
 @pytest.mark.slow

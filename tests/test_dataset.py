@@ -2,7 +2,9 @@
 import errno
 import io
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from hyperdomain.datasets.settings import named_domains, unique_names
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.media.grids import to_uint8
 
-from conftest import assert_user_error, cli, make_tiny_generator
+from conftest import assert_storage_error, assert_user_error, cli, make_tiny_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(shard_size=3, batch=4, progress=False)
@@ -204,14 +206,14 @@ def test_views_in_every_domain(tmp_path, tiny_G, doms, tiny_ckpt, domain_files):
                 assert np.array_equal(got, again[k].numpy()), (name, k)
                 assert np.abs(got.astype(int) - s[f"view{k}.png"]).mean() > 5  # in the domain, not the source
                 assert np.abs(got.astype(int) - s[f"{name}.png"]).mean() > 1  # a view, not the anchor
-    # the folder layout: the domains' views under views/<domain>/, the same images
+    # the folder layout: each domain's views inside its own folder, <domain>/view<k>/, the same images
     folder = tmp_path / "f"
     hd.make_dataset(tiny_G, folder, 3, doms, views=2, views_in="all", layout="folder", shard_size=2, progress=False)
     hd.verify_dataset(folder)
-    assert sorted(p.name for p in (folder / "views").iterdir())[-2:] == ["anime", "pixar_render"]
-    assert sorted(p.name for p in (folder / "views" / "anime").iterdir()) == \
-        [f"{i:08d}_{k}.png" for i in range(3) for k in range(2)]
-    assert np.array_equal(np.asarray(Image.open(folder / "views" / "anime" / "00000002_1.png")),
+    assert sorted(p.name for p in (folder / "anime").iterdir()) == [f"{i:08d}.png" for i in range(3)] + ["view0",
+                                                                                                        "view1"]
+    assert sorted(p.name for p in (folder / "anime" / "view1").iterdir()) == [f"{i:08d}.png" for i in range(3)]
+    assert np.array_equal(np.asarray(Image.open(folder / "anime" / "view1" / "00000002.png")),
                           samples[2]["anime.view1.png"])
     # the default renders the views in the source only; the CLI takes --views-in
     assert hd.make_dataset(tiny_G, tmp_path / "src", 1, doms, views=2, **FAST)["keys"][-1] == "view1"
@@ -232,7 +234,7 @@ def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     files = tree(tmp_path / "f")
     assert sorted(f for f in files if f.endswith(".png")) == sorted(
         [f"{d}/{i:08d}.png" for d in ("source", "pixar_render", "anime") for i in range(3)]
-        + [f"views/{i:08d}_0.png" for i in range(3)])
+        + [f"source/view0/{i:08d}.png" for i in range(3)])
     assert {"settings.json", "index.json", "shard-000000.jsonl", "shard-000001.jsonl"} <= set(files)
     records = [json.loads(line) for s in ("shard-000000.jsonl", "shard-000001.jsonl")
                for line in files[s].decode().splitlines()]
@@ -241,7 +243,7 @@ def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     tars = tar_images(tmp_path / "t" / "shard-000000.tar")
     for i in range(3):
         for key, rel in (("source", f"source/{i:08d}.png"), ("anime", f"anime/{i:08d}.png"),
-                         ("view0", f"views/{i:08d}_0.png")):
+                         ("view0", f"source/view0/{i:08d}.png")):
             assert np.array_equal(tars[f"{i:08d}.{key}.png"], np.asarray(Image.open(tmp_path / "f" / rel)))
     assert hd.verify_dataset(tmp_path / "f") == index
     # a record whose view latent is not the view's is found
@@ -251,6 +253,78 @@ def test_folder_layout_holds_the_same_images(tmp_path, tiny_G, doms):
     (tmp_path / "f" / "shard-000001.jsonl").write_text(json.dumps(bad, sort_keys=True) + "\n")
     with pytest.raises(HyperdomainError, match="record of sample 2: view_z is not the latents of index 2's 1 views"):
         hd.verify_dataset(tmp_path / "f")
+
+
+def test_folder_layout_is_one_imagefolder_class_a_domain(tmp_path, tiny_G, doms):
+    """torchvision's ImageFolder walks every image under root/<class>/: the classes are exactly the source
+    and the domains, and each holds only its own domain's images, views included."""
+    from torchvision.datasets import ImageFolder
+
+    out = tmp_path / "f"
+    hd.make_dataset(tiny_G, out, 3, doms, views=2, views_in="all", layout="folder", shard_size=2, progress=False)
+    folder = ImageFolder(str(out))
+    assert folder.classes == ["anime", "pixar_render", "source"]
+    renders = render_samples(tiny_G, read_settings(out), doms, range(3))
+    counts = dict.fromkeys(folder.classes, 0)
+    for path, label in folder.samples:
+        name = folder.classes[label]
+        rel = Path(path).relative_to(out / name)
+        view = rel.parent.name  # "" for the anchor, "view<k>" for a view
+        key = name if not view else (view if name == "source" else f"{name}.{view}")
+        assert np.array_equal(np.asarray(Image.open(path)), renders[int(rel.stem)][key].numpy()), path
+        counts[name] += 1
+    assert counts == {"anime": 9, "pixar_render": 9, "source": 9}
+    # the anchors alone, as the README says: views are the images in a view<k>/ folder
+    anchors = ImageFolder(str(out), is_valid_file=lambda p: not re.fullmatch(r"view\d+", Path(p).parent.name))
+    assert len(anchors) == 9 and all(Path(p).parent.parent == out for p, _ in anchors.samples)
+    # the views rendered in the source only: all under source/
+    hd.make_dataset(tiny_G, tmp_path / "s", 2, doms, views=1, layout="folder", **FAST)
+    folder = ImageFolder(str(tmp_path / "s"))
+    assert folder.classes == ["anime", "pixar_render", "source"]
+    assert [folder.classes[c] for _, c in folder.samples].count("source") == 4
+
+
+def _as_format_2(out: Path) -> None:
+    """Turn a dataset into what format 2 wrote: no format in settings.json, no digest records, and in the
+    folder layout every view under views/."""
+    import dataclasses
+
+    from hyperdomain.datasets.shards import shard_digest
+
+    new = read_settings(out)
+    old = dataclasses.replace(new, format_version=2)
+    for i in range(new.n):
+        for a, b in zip(new.member_names(i), old.member_names(i)):
+            if a != b:
+                (out / b).parent.mkdir(parents=True, exist_ok=True)
+                (out / a).rename(out / b)
+    for d in sorted(out.rglob("view*"), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    for p in out.glob(".shard-*.digest"):
+        p.unlink()
+    (out / "settings.json").write_text(json.dumps(old.to_dict(), indent=2, sort_keys=True) + "\n")
+    index = json.loads((out / "index.json").read_text())
+    index.update(settings=old.to_dict(), format_version=2)
+    for k, entry in enumerate(index["shards"]):
+        entry["sha256"], entry["bytes"] = shard_digest(out, old, k)
+    (out / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("layout", ["folder", "webdataset"])
+def test_a_format_2_dataset_is_verified_and_never_resumed(tmp_path, tiny_G, doms, layout):
+    out = tmp_path / "old"
+    hd.make_dataset(tiny_G, out, 3, doms, views=1, layout=layout, shard_size=2, progress=False)
+    _as_format_2(out)
+    assert "dataset_format" not in json.loads((out / "settings.json").read_text())
+    if layout == "folder":
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["anime", "pixar_render", "source", "views"]
+    assert hd.verify_dataset(out)["samples"] == 3  # still readable
+    before = tree(out)
+    with pytest.raises(HyperdomainError, match=r"settings.json: a dataset of format 2, made by hyperdomain .*this "
+                                               r"version resumes only format 3.*make it again in a new folder") as e:
+        hd.make_dataset(tiny_G, out, 3, doms, views=1, layout=layout, shard_size=2, progress=False)
+    assert "\n" not in str(e.value) and tree(out) == before
 
 
 def test_size_and_formats(tmp_path, tiny_G, doms):
@@ -308,13 +382,62 @@ def test_resume_keeps_complete_shards_and_equals_an_uninterrupted_run(tmp_path, 
     monkeypatch.setattr(make, "render_rows", interrupting)
     with pytest.raises(KeyboardInterrupt):
         hd.make_dataset(tiny_G, out, 6, doms, views=1, **FAST)
-    assert sorted(p.name for p in out.iterdir()) == ["settings.json", "shard-000000.tar"]  # no temporary shard
+    # no temporary shard; the complete one with the digest it was written with
+    assert sorted(p.name for p in out.iterdir()) == [".shard-000000.tar.digest", "settings.json", "shard-000000.tar"]
     first = (out / "shard-000000.tar").stat().st_mtime_ns
     monkeypatch.setattr(make, "render_rows", real)
     (out / ".shard-000001.tar.partial").write_bytes(b"left by a kill")
     hd.make_dataset(tiny_G, out, 6, doms, views=1, **FAST)
     assert tree(out) == tree(whole)
     assert (out / "shard-000000.tar").stat().st_mtime_ns == first  # kept, not written again
+
+
+def test_running_the_export_again_writes_a_damaged_shard_again(tmp_path, tiny_ckpt, domain_files, caplog):
+    """A resume checks each complete shard against the digest recorded when it was written: never re-hashes and
+    trusts it. A damaged shard, or one whose digest record is gone, is written again, one warning a shard."""
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "ds"
+    base = ["dataset", "--generator", ckpt, "-d", domain_files[0], "-n", 5, "--shard-size", 3, "--out", out,
+            "--device", "cpu", "--no-progress"]
+    assert cli(*base).exit_code == 0
+    index = (out / "index.json").read_bytes()
+    shard, first = out / "shard-000001.tar", out / "shard-000000.tar"
+    good, kept = shard.read_bytes(), first.stat().st_mtime_ns
+    damaged = bytearray(good)
+    damaged[600] ^= 0xFF  # inside the first image
+    shard.write_bytes(bytes(damaged))
+    assert_user_error(cli("dataset", "--out", out, "--verify"), "shard-000001.tar", "the index says")
+    with caplog.at_level(logging.WARNING):
+        r = cli(*base)  # the same command again
+    assert r.exit_code == 0, r.output
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(warned) == 1 and str(shard) in warned[0] and "writing it again" in warned[0], warned
+    assert shard.read_bytes() == good and (out / "index.json").read_bytes() == index
+    assert first.stat().st_mtime_ns == kept  # the sound shard is kept
+    assert cli("dataset", "--out", out, "--verify").exit_code == 0
+    # a shard whose digest record is missing (a kill between its rename and the record) is not trusted either
+    (out / ".shard-000000.tar.digest").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert cli(*base).exit_code == 0
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(warned) == 1 and str(first) in warned[0] and "no record of the digest" in warned[0], warned
+    assert first.stat().st_mtime_ns != kept and (out / ".shard-000000.tar.digest").is_file()
+    assert (out / "index.json").read_bytes() == index
+
+
+def test_the_folder_layout_writes_a_damaged_shard_again(tmp_path, tiny_G, doms, caplog):
+    out = tmp_path / "f"
+    index = hd.make_dataset(tiny_G, out, 4, doms, views=1, layout="folder", shard_size=2, batch=4, progress=False)
+    image = out / "anime" / "00000003.png"
+    good = image.read_bytes()
+    image.write_bytes(good[:-20])  # truncated after the dataset was finished
+    with pytest.raises(HyperdomainError, match="shard-000001.jsonl"):
+        hd.verify_dataset(out)
+    with caplog.at_level(logging.WARNING):
+        assert hd.make_dataset(tiny_G, out, 4, doms, views=1, layout="folder", shard_size=2, progress=False) == index
+    assert [r.getMessage() for r in caplog.records if "writing it again" in r.getMessage()] != []
+    assert image.read_bytes() == good and hd.verify_dataset(out) == index
 
 
 def test_a_folder_is_resumed_only_with_the_same_settings(tmp_path, tiny_G, doms):
@@ -346,20 +469,94 @@ def test_a_folder_is_resumed_only_with_the_same_settings(tmp_path, tiny_G, doms)
 
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw,fragment", [
-    (dict(n=0), "n must be an integer >= 1, got 0"),
+    (dict(n=0), r"n must be an integer in \[1, 100000000\], got 0"),
     (dict(n=-3), "n must be"),
-    (dict(views=-1), "views must be an integer >= 0"),
+    (dict(views=-1), r"views must be an integer in \[0, 1000\], got -1"),
     (dict(shard_size=0), "shard_size must be"),
     (dict(batch=0), "batch must be"),
     (dict(size=64), "only downscaled"),
     (dict(format="gif"), "format must be one of png, jpg, webp"),
     (dict(sigma=float("nan")), "sigma must be a finite number"),
+    (dict(sigma=1e39), r"sigma must be a finite number in \[0, 10\], got 1e\+39"),
+    (dict(truncation=1e39), r"truncation must be a finite number in \[0, 2\]"),
+    (dict(n=2**63), r"n must be an integer in \[1, 100000000\], got 9223372036854775808"),
+    (dict(views=10**9), r"views must be an integer in \[0, 1000\], got 1000000000"),
+    (dict(shard_size=10**9), r"shard_size must be an integer in \[1, 100000\]"),
+    (dict(batch=10**9), r"batch must be an integer in \[1, 1024\]"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 9223372036854775807\], got -1"),
+    (dict(n=1000, views=1000, shard_size=1000), "shard_size 1000: a shard would hold 1003000 images"),
 ])
 def test_bad_arguments_write_nothing(tmp_path, tiny_G, doms, kw, fragment):
     args = {"n": 3, **FAST, **kw}
     with pytest.raises(HyperdomainError, match=fragment):
         hd.make_dataset(tiny_G, tmp_path / "x", args.pop("n"), doms, **args)
     assert not (tmp_path / "x").exists()
+
+
+def test_records_are_strict_json_at_the_largest_sigma(tmp_path, tiny_G):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    hd.make_dataset(tiny_G, tmp_path / "s", 1, [], views=2, sigma=10, **FAST)
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
+        record = json.loads(tar.extractfile("00000000.json").read(), parse_constant=refuse)
+    assert torch.tensor(record["view_z"]).isfinite().all()
+    for name in ("settings.json", "index.json", ".shard-000000.tar.digest"):
+        json.loads((tmp_path / "s" / name).read_text(), parse_constant=refuse)
+    images = tar_images(tmp_path / "s" / "shard-000000.tar")
+    assert all(a.std() > 1 for a in images.values())  # views, not black squares
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (dict(shard_size=0), "field 'shard_size' must be an integer in [1, 100000], got 0"),
+    (dict(n="abc"), "field 'n' must be an integer in [1, 100000000], got 'abc'"),
+    (dict(n=1e19), "field 'n' must be an integer in [1, 100000000], got 1e+19"),
+    (dict(n=10**19), "field 'n' must be an integer in [1, 100000000], got 10000000000000000000"),
+    (dict(sigma=float("inf")), "field 'sigma' must be a finite number in [0, 10], got inf"),
+    (dict(truncation=True), "field 'truncation' must be a finite number"),
+    (dict(layout="zip"), "field 'layout' must be one of webdataset, folder, got 'zip'"),
+    (dict(domains=[{"name": "../up", "digest": "0", "prompt": None}]), "field 'domains' holds the name '../up'"),
+    (dict(generator=None), "field 'generator' must hold the generator's name"),
+    (dict(size=1 << 20), "field 'size' must be an integer in [1, 32]"),
+    (dict(theme="dark"), "unexpected field 'theme'"),
+    (dict(n=None), "field 'n' must be an integer"),
+    (dict(format_version=7), "dataset format 7 is not one this version reads"),
+])
+def test_a_hand_edited_settings_file_is_one_line(tmp_path, tiny_G, doms, edit, fragment):
+    out = tmp_path / "d"
+    hd.make_dataset(tiny_G, out, 2, doms, **FAST)
+    path = out / "settings.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    assert_user_error(cli("dataset", "--out", out, "--verify"), str(out), fragment)
+    with pytest.raises(HyperdomainError, match=re.escape(fragment)):
+        hd.make_dataset(tiny_G, out, 2, doms, **FAST)
+
+
+def test_verify_stops_at_settings_that_do_not_fit_the_index(tmp_path, tiny_G, doms):
+    """Settings within bounds that the index does not describe (a hundred million shards): one line, at once."""
+    out = tmp_path / "d"
+    hd.make_dataset(tiny_G, out, 2, doms, **FAST)
+    path = out / "settings.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "n": 10**8, "shard_size": 1}))
+    assert_user_error(cli("dataset", "--out", out, "--verify"), "index.json and settings.json describe different")
+    index = json.loads((out / "index.json").read_text())
+    index["settings"] = json.loads(path.read_text())
+    (out / "index.json").write_text(json.dumps(index))
+    assert_user_error(cli("dataset", "--out", out, "--verify"), "index.json lists 1 shards, the settings give 100000000")
+
+
+def test_another_programs_settings_file_is_not_a_dataset(tmp_path, tiny_G, doms):
+    for content in ('{"theme": "dark"}', "[1, 2]", '{"dataset_format": "other", "n": 3}'):
+        out = tmp_path / "mine"
+        out.mkdir(exist_ok=True)
+        (out / "settings.json").write_text(content)
+        for r in (cli("dataset", "--out", out, "--verify"),):
+            assert_user_error(r, f"{out}: not a hyperdomain dataset folder")
+        with pytest.raises(HyperdomainError, match="not a hyperdomain dataset folder"):
+            hd.make_dataset(tiny_G, out, 2, doms, **FAST)
+        assert [p.name for p in out.iterdir()] == ["settings.json"] and (out / "settings.json").read_text() == content
+    (out / "settings.json").write_text("{not json")
+    assert_user_error(cli("dataset", "--out", out, "--verify"), "settings.json", "not JSON")
 
 
 def test_a_domain_for_another_generator_is_refused(tmp_path, tiny_G, doms):
@@ -391,11 +588,35 @@ def test_a_full_disk_stops_with_one_line_and_keeps_complete_shards(tmp_path, tin
     monkeypatch.setattr(shards.TarShardWriter, "add", add)
     with pytest.raises(HyperdomainError, match=r"shard-000001.tar: cannot write the shard \(No space left on device\)"):
         hd.make_dataset(tiny_G, out, 6, doms, **FAST)
-    assert sorted(p.name for p in out.iterdir()) == ["settings.json", "shard-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [".shard-000000.tar.digest", "settings.json", "shard-000000.tar"]
     with tarfile.open(out / "shard-000000.tar") as tar:
         assert len(tar.getmembers()) == 3 * 4
     with pytest.raises(HyperdomainError, match="cannot create the dataset folder"):
         hd.make_dataset(tiny_G, out / "settings.json" / "sub", 3, doms, **FAST)  # under a file: unwritable
+
+
+def test_an_io_error_in_a_shard_is_a_storage_fault(tmp_path, tiny_ckpt, domain_files, monkeypatch):
+    """EIO (or a full disk) while a shard is written: the storage's fault, exit 1, one line; then a resume finishes."""
+    from hyperdomain.datasets import shards
+
+    ckpt, _ = tiny_ckpt
+    out = tmp_path / "eio"
+    args = ["dataset", "--generator", ckpt, "-d", domain_files[0], "-n", 5, "--shard-size", 3, "--out", out,
+            "--device", "cpu", "--no-progress"]
+    real = shards.TarShardWriter.add
+
+    def add(self, name, data):
+        if name.startswith("00000004"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(self, name, data)
+
+    monkeypatch.setattr(shards.TarShardWriter, "add", add)
+    r = cli(*args)
+    assert_storage_error(r, str(out / "shard-000001.tar"), "cannot write the shard", os.strerror(errno.EIO),
+                         "complete shards are kept")
+    assert sorted(p.name for p in out.iterdir()) == [".shard-000000.tar.digest", "settings.json", "shard-000000.tar"]
+    monkeypatch.setattr(shards.TarShardWriter, "add", real)
+    assert cli(*args, "--verify").exit_code == 0
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -438,8 +659,8 @@ def test_cli_bad_input_gives_one_line(tmp_path, tiny_ckpt, domain_files, tiny_cl
     base = ["dataset", "--generator", ckpt, "--device", "cpu", "--no-progress"]
     out = tmp_path / "o"
     for args, fragments in (
-        (["-n", 0, "--out", out], ["--num", ">= 1, got 0"]),
-        (["-n", 3, "--views", -2, "--out", out], ["--views", ">= 0, got -2"]),
+        (["-n", 0, "--out", out], ["--num", "in [1, 100000000], got 0"]),
+        (["-n", 3, "--views", -2, "--out", out], ["--views", "in [0, 1000], got -2"]),
         (["-n", 3, "--shard-size", 0, "--out", out], ["--shard-size"]),
         (["-n", 3, "--size", 64, "--out", out], ["--size 64", "32 px"]),
         (["--out", out], ["-n/--num is required"]),

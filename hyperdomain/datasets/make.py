@@ -1,14 +1,14 @@
 """``make_dataset``: latent indices ``0..n-1`` rendered in the source and in each domain, as shards.
 
 Shards are the unit of work. Rank ``r`` of ``W`` (``torchrun``) takes shards ``r, r + W, ...``;
-a shard already complete is skipped, so a killed run resumes where it stopped. The last step
-gathers every shard's size and digest into ``index.json``.
+a shard already complete, and still with the digest recorded when it was written, is kept, so a
+killed run resumes where it stopped; any other is written again. The last step gathers every
+shard's recorded size and digest into ``index.json``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -20,12 +20,15 @@ from tqdm import tqdm
 from ..distributed import DistInfo, any_rank
 from ..model.domain import Domain
 from ..errors import HyperdomainError
-from ..files.atomic import write_text
+from ..files.atomic import write_error, write_text
 from ..training.run_dir import RunInterrupted, deferred_interrupt
 from .render import Encoder, domain_table, render_rows, sample_rows, steps
-from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, VIEWS_IN, DatasetSettings,
-                       DomainsArg, check_counts, domain_digest, named_domains, prepare_out_dir)
-from .shards import open_writer, partial_path, remove_partial, shard_digest
+from .settings import (FORMAT, FORMAT_VERSION, IMAGE_FORMATS, INDEX_FILE, LAYOUTS, MAX_BATCH, MAX_N, MAX_RESOLUTION,
+                       MAX_SEED, MAX_SHARD_SIZE, MAX_SIGMA, MAX_TRUNCATION, MAX_VIEWS, VIEWS_IN, DatasetSettings,
+                       DomainsArg, check_numbers, check_ranges, domain_digest, named_domains, prepare_out_dir,
+                       shard_images_problem)
+from .shards import (open_writer, partial_path, read_digest, remove_partial, shard_digest, shard_summary,
+                     write_digest)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.generator import Generator
@@ -39,10 +42,12 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
                      truncation: float = 0.7, views: int = 0, sigma: float = 0.2, views_in: str = "source",
                      size: int | None = None, format: str = "png", quality: int = 95, layout: str = "webdataset",
                      shard_size: int = 100) -> DatasetSettings:
-    """Checked settings for ``make_dataset`` (named domains as from ``named_domains``)."""
-    check_counts(n=(n, 1), views=(views, 0), shard_size=(shard_size, 1))
+    """Checked settings for ``make_dataset`` (named domains as from ``named_domains``): every number in
+    its range (:data:`~hyperdomain.datasets.settings.MAX_N` and the others), one line naming the argument."""
+    check_ranges(n=(n, 1, MAX_N), seed=(seed, 0, MAX_SEED), views=(views, 0, MAX_VIEWS),
+                 shard_size=(shard_size, 1, MAX_SHARD_SIZE))
     size = G.resolution if size is None else size
-    check_counts(size=(size, 1))
+    check_ranges(size=(size, 1, MAX_RESOLUTION))
     if size > G.resolution:
         raise HyperdomainError(f"size {size}: images are only downscaled; the generator makes {G.resolution} px")
     if format not in IMAGE_FORMATS:
@@ -51,18 +56,19 @@ def dataset_settings(G: "Generator", n: int, domains: Sequence[tuple[str, Domain
         raise HyperdomainError(f"views_in must be one of {', '.join(VIEWS_IN)}, got {views_in!r}")
     if layout not in LAYOUTS:
         raise HyperdomainError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise HyperdomainError(f"quality must be an integer in [1, 100], got {quality!r}")
-    for name, value in (("truncation", truncation), ("sigma", sigma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:  # NaN fails too
-            raise HyperdomainError(f"{name} must be a finite number >= 0, got {value!r}")
-    return DatasetSettings(
+    check_ranges(quality=(quality, 1, 100))
+    check_numbers(truncation=(truncation, 0.0, MAX_TRUNCATION), sigma=(sigma, 0.0, MAX_SIGMA))
+    settings = DatasetSettings(
         n=int(n), seed=int(seed), truncation=float(truncation), views=int(views), sigma=float(sigma), size=int(size),
         format=format, quality=int(quality) if format != "png" else 0, layout=layout, shard_size=int(shard_size),
         views_in=views_in,
         generator={"name": G.name, "fingerprint": G.fingerprint, "resolution": G.resolution},
         domains=tuple({"name": name, "digest": domain_digest(d.vector), "prompt": d.meta.get("prompt")}
                       for name, d in domains))
+    problem = shard_images_problem(n, shard_size, settings.images_per_sample)
+    if problem:
+        raise HyperdomainError(f"shard_size {shard_size}: {problem}")
+    return settings
 
 
 def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
@@ -81,7 +87,7 @@ def sample_record(settings: DatasetSettings, index: int, z: torch.Tensor,
         "domains": [{"name": d["name"], "digest": d["digest"]} for d in settings.domains],
         "generator": settings.generator, "files": settings.member_names(index),
     }
-    return json.dumps(record, sort_keys=True)
+    return json.dumps(record, sort_keys=True, allow_nan=False)
 
 
 def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
@@ -102,13 +108,15 @@ def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
     Every generator pass has ``PASS_ROWS`` (8) rows, so an image's bytes depend on its index and the
     settings only; ``batch`` is the number of images per step (rounded up to whole passes, which are
     queued back to back and copied to the host together): speed and memory, never a byte. A folder
-    holding a dataset of the same settings is resumed (complete shards are kept; ``batch`` may
-    differ); any other non-empty folder is refused.
+    holding a dataset of the same settings is resumed (``batch`` may differ): a complete shard is kept
+    if it still has the digest recorded when it was written, any other is written again (a warning
+    a shard); any other non-empty folder is refused. Every number is checked against its bound before
+    a file is written.
     Under ``torchrun`` pass ``dist`` (``hyperdomain.distributed.setup()``): rank ``r`` of ``W``
     writes shards ``r, r + W, ...``. Ctrl-C or SIGTERM abandons the current shard (its temporary
     file removed) and raises ``KeyboardInterrupt``.
     """
-    check_counts(batch=(batch, 1))
+    check_ranges(batch=(batch, 1, MAX_BATCH))
     named = named_domains(G, domains, check=check)
     settings = dataset_settings(G, n, named, seed=seed, truncation=truncation, views=views, sigma=sigma,
                                 views_in=views_in, size=size, format=format, quality=quality, layout=layout,
@@ -121,7 +129,7 @@ def make_dataset(G: "Generator", out_dir: str | os.PathLike, n: int,
     everyone = _gather(dist, summaries)
     index = dataset_index(settings, everyone)
     if dist.is_main:
-        write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
+        write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True, allow_nan=False) + "\n")
         log.info("wrote %s: %d samples, %d images in %d shards", out_dir, settings.n, index["images"],
                  settings.num_shards)
     return index
@@ -149,17 +157,35 @@ def _prepare_everywhere(dist: DistInfo, out_dir: Path, settings: DatasetSettings
     return settings
 
 
-def _complete(out_dir: Path, settings: DatasetSettings, shard: int) -> bool:
-    return (out_dir / settings.shard_name(shard)).is_file()
+def _kept(out_dir: Path, settings: DatasetSettings, shard: int) -> dict[str, Any] | None:
+    """A complete shard's summary, recorded when it was written, if the shard as stored still has that
+    digest; else None: the shard is written again (saying why, when it is there)."""
+    path = out_dir / settings.shard_name(shard)
+    if not path.is_file():
+        return None
+    recorded = read_digest(out_dir, settings, shard)
+    if recorded is None:
+        log.warning("%s: no record of the digest it was written with; writing it again", path)
+        return None
+    try:
+        digest, size = shard_digest(out_dir, settings, shard)
+    except OSError as e:
+        log.warning("%s: cannot be read (%s); writing it again", path, e.strerror or e)
+        return None
+    if (digest, size) != (recorded["sha256"], recorded["bytes"]):
+        log.warning("%s: not the shard that was written (sha256 %s..., recorded %s...); writing it again", path,
+                    digest[:12], recorded["sha256"][:12])
+        return None
+    return recorded
 
 
 def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, domains: Sequence[Domain],
                   shards: Sequence[int], dist: DistInfo, progress: bool, threads: int | None,
                   batch: int) -> list[dict[str, Any]]:
     per_sample = settings.images_per_sample
-    done = [s for s in shards if _complete(out_dir, settings, s)]
+    kept = {s: summary for s in shards if (summary := _kept(out_dir, settings, s)) is not None}
     total = sum(len(settings.shard_range(s)) for s in shards) * per_sample
-    initial = sum(len(settings.shard_range(s)) for s in done) * per_sample
+    initial = sum(len(settings.shard_range(s)) for s in kept) * per_sample
     table = domain_table(G, domains)
     threads = threads if threads is not None else min(4, os.cpu_count() or 1)
     encoder = Encoder(settings.format, settings.quality, threads)
@@ -169,12 +195,14 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
     try:
         with deferred_interrupt() as stop:
             for shard in shards:
-                if shard not in done:
-                    _write_one(G, out_dir, settings, table, encoder, shard, batch, stop, bar)
-                    log.info("dataset shard %s written by rank %d", settings.shard_name(shard), dist.rank)
-                else:
+                if shard in kept:
                     remove_partial(partial_path(out_dir, settings, shard))  # left by a kill after the rename
-                summaries.append(_summary(out_dir, settings, shard))
+                    summaries.append(kept[shard])
+                    continue
+                summary = _write_one(G, out_dir, settings, table, encoder, shard, batch, stop, bar)
+                write_digest(out_dir, settings, shard, summary)
+                log.info("dataset shard %s written by rank %d", settings.shard_name(shard), dist.rank)
+                summaries.append(summary)
     finally:
         bar.close()
         encoder.close()
@@ -182,7 +210,8 @@ def _write_shards(G: "Generator", out_dir: Path, settings: DatasetSettings, doma
 
 
 def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor, encoder: Encoder, shard: int,
-               batch: int, stop, bar) -> None:
+               batch: int, stop, bar) -> dict[str, Any]:
+    """Write one shard; return its summary, from the bytes as written."""
     writer = open_writer(out_dir, settings, shard)
     try:
         indices = settings.shard_range(shard)
@@ -204,25 +233,15 @@ def _write_one(G, out_dir: Path, settings: DatasetSettings, table: torch.Tensor,
                 writer.add(f"{index:08d}.json", record.encode())
                 records.append(record)
                 bar.update(per_sample)
-        writer.commit(records)
+        digest, size = writer.commit(records)
     except OSError as e:
         writer.abort()
-        raise HyperdomainError(f"{writer.final}: cannot write the shard ({e.strerror or e}); complete shards are "
-                               f"kept") from None
+        error = write_error(writer.final, e, "cannot write the shard")
+        raise type(error)(f"{error}; complete shards are kept") from None
     except BaseException:
         writer.abort()
         raise
-
-
-def _summary(out_dir: Path, settings: DatasetSettings, shard: int) -> dict[str, Any]:
-    try:
-        digest, size = shard_digest(out_dir, settings, shard)
-    except OSError as e:
-        raise HyperdomainError(f"{out_dir / settings.shard_name(shard)}: cannot read the shard back "
-                               f"({e.strerror or e})") from None
-    r = settings.shard_range(shard)
-    return {"name": settings.shard_name(shard), "first": r.start, "samples": len(r),
-            "images": len(r) * settings.images_per_sample, "bytes": size, "sha256": digest}
+    return shard_summary(settings, shard, digest, size)
 
 
 def _gather(dist: DistInfo, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

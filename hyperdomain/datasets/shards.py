@@ -6,20 +6,29 @@ shard's record file ``shard-NNNNNN.jsonl``, written last and atomically, marks i
 killed at any moment leaves at most one temporary name per shard (hidden, ``.partial``), which the
 shard's next writer removes. Tar members carry fixed metadata (mtime, owner, mode), so the same
 images give byte-identical shards.
+
+A writer hashes the bytes as it writes them; once the shard is in place its size and sha256 go to
+the shard's digest file (hidden, ``.shard-NNNNNN.tar.digest``, written atomically). A resume keeps a
+shard only if it still has that digest: a shard damaged or changed since, or one whose digest file
+is missing (a kill between the two renames), is written again, never re-hashed and trusted.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any, Sequence
 
-from ..errors import HyperdomainError
+from ..files.atomic import write_error, write_text
 from .settings import DatasetSettings
 
-__all__ = ["partial_path", "TarShardWriter", "FolderShardWriter", "open_writer", "shard_digest", "remove_partial"]
+__all__ = ["partial_path", "TarShardWriter", "FolderShardWriter", "open_writer", "shard_digest", "remove_partial",
+           "digest_path", "shard_summary", "write_digest", "read_digest"]
 
 MTIME = 0  # tar members' fixed metadata: the bytes depend on the images only
 MODE = 0o644
@@ -51,6 +60,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _HashingFile:
+    """A file opened for writing that hashes and counts every byte written through it."""
+
+    def __init__(self, f):
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 class TarShardWriter:
     """A WebDataset shard: a plain (uncompressed) POSIX tar, members in sample order."""
 
@@ -59,7 +84,8 @@ class TarShardWriter:
         self.tmp = partial_path(out_dir, settings, shard)
         remove_partial(self.tmp)
         self._file = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._hashed = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashed, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -68,14 +94,15 @@ class TarShardWriter:
         info.uname = info.gname = ""
         self._tar.addfile(info, io.BytesIO(data))
 
-    def commit(self, records: list[str]) -> Path:
+    def commit(self, records: list[str]) -> tuple[str, int]:
+        """Put the shard in place; return ``(sha256, bytes)`` of what was written."""
         self._tar.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.final)
         _fsync_dir(self.final.parent)
-        return self.final
+        return self._hashed.sha256.hexdigest(), self._hashed.size
 
     def abort(self) -> None:
         for closing in (self._tar.close, self._file.close):
@@ -87,8 +114,9 @@ class TarShardWriter:
 
 
 class FolderShardWriter:
-    """The ImageFolder-style layout: ``source/``, ``<domain>/``, ``views/`` (``views/<domain>/``); the shard's JSON
-    records go to ``shard-NNNNNN.jsonl`` (one line per sample), written last."""
+    """The ImageFolder-style layout: one folder a domain, ``source/`` and ``<domain>/``, their views in
+    ``view{k}/`` inside them; the shard's JSON records go to ``shard-NNNNNN.jsonl`` (one line per
+    sample), written last."""
 
     def __init__(self, out_dir: Path, settings: DatasetSettings, shard: int):
         self.out_dir = out_dir
@@ -97,6 +125,8 @@ class FolderShardWriter:
         remove_partial(self.tmp)
         self.tmp.mkdir()
         self.names: list[str] = []
+        self.hashes: list[tuple[str, str]] = []
+        self.size = 0
 
     def add(self, name: str, data: bytes) -> None:
         if name.endswith(".json"):  # records go to the shard's .jsonl file
@@ -106,8 +136,12 @@ class FolderShardWriter:
         with open(path, "wb") as f:
             f.write(data)
         self.names.append(name)
+        self.hashes.append((name, hashlib.sha256(data).hexdigest()))
+        self.size += len(data)
 
-    def commit(self, records: list[str]) -> Path:
+    def commit(self, records: list[str]) -> tuple[str, int]:
+        """Put the images, then the record file, in place; return ``(sha256, bytes)`` of what was written."""
+        lines = "".join(r + "\n" for r in records).encode("utf-8")
         for name in self.names:  # fsync before the renames, so a complete shard is on disk
             with open(self.tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -115,14 +149,15 @@ class FolderShardWriter:
             (self.out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp / name, self.out_dir / name)
         marker = self.tmp / self.final.name
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write("".join(r + "\n" for r in records))
+        with open(marker, "wb") as f:
+            f.write(lines)
             f.flush()
             os.fsync(f.fileno())
         os.replace(marker, self.final)
         _fsync_dir(self.out_dir)
         remove_partial(self.tmp)
-        return self.final
+        files = self.hashes + [(self.final.name, hashlib.sha256(lines).hexdigest())]
+        return _combined(files), self.size + len(lines)
 
     def abort(self) -> None:
         try:
@@ -132,13 +167,12 @@ class FolderShardWriter:
 
 
 def open_writer(out_dir: Path, settings: DatasetSettings, shard: int):
-    """A writer for one shard; an OSError (unwritable folder, disk full) becomes one line."""
+    """A writer for one shard; an OSError becomes one line (a :class:`StorageError` for a full or failing disk)."""
     cls = TarShardWriter if settings.layout == "webdataset" else FolderShardWriter
     try:
         return cls(out_dir, settings, shard)
     except OSError as e:
-        raise HyperdomainError(f"{partial_path(out_dir, settings, shard)}: cannot write the shard "
-                               f"({e.strerror or e})") from None
+        raise write_error(partial_path(out_dir, settings, shard), e, "cannot write the shard") from None
 
 
 def shard_files(settings: DatasetSettings, shard: int) -> list[str]:
@@ -149,19 +183,57 @@ def shard_files(settings: DatasetSettings, shard: int) -> list[str]:
     return images + [settings.shard_name(shard)]
 
 
+def _combined(files: Sequence[tuple[str, str]]) -> str:
+    """The digest of a shard of several files: of a single file, its sha256; else the sha256 of each
+    file's name and sha256 in order."""
+    if len(files) == 1:
+        return files[0][1]
+    outer = hashlib.sha256()
+    for name, digest in files:
+        outer.update(f"{name}\0{digest}\n".encode())
+    return outer.hexdigest()
+
+
 def shard_digest(out_dir: Path, settings: DatasetSettings, shard: int) -> tuple[str, int]:
     """``(sha256, bytes)`` of a complete shard as stored: of the tar, or, for the folder layout, of
     each file's name and sha256 in order."""
-    total = 0
-    outer = hashlib.sha256()
-    files = shard_files(settings, shard)
-    for name in files:
+    total, files = 0, []
+    for name in shard_files(settings, shard):
         h = hashlib.sha256()
         with open(out_dir / name, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 total += len(chunk)
-        if len(files) == 1:
-            return h.hexdigest(), total
-        outer.update(f"{name}\0{h.hexdigest()}\n".encode())
-    return outer.hexdigest(), total
+        files.append((name, h.hexdigest()))
+    return _combined(files), total
+
+
+# ------------------------------------------------------------------------- digests recorded at write time
+def digest_path(out_dir: Path, settings: DatasetSettings, shard: int) -> Path:
+    """Where a shard's size and sha256 are recorded when it is written (hidden: no ImageFolder class, no shard)."""
+    return out_dir / f".{settings.shard_name(shard)}.digest"
+
+
+def shard_summary(settings: DatasetSettings, shard: int, digest: str, size: int) -> dict[str, Any]:
+    """A shard's entry in ``index.json`` (and its digest file)."""
+    r = settings.shard_range(shard)
+    return {"name": settings.shard_name(shard), "first": r.start, "samples": len(r),
+            "images": len(r) * settings.images_per_sample, "bytes": size, "sha256": digest}
+
+
+def write_digest(out_dir: Path, settings: DatasetSettings, shard: int, summary: dict[str, Any]) -> None:
+    """Record a shard's summary, atomically, once the shard is in place."""
+    write_text(digest_path(out_dir, settings, shard), json.dumps(summary, sort_keys=True) + "\n")
+
+
+def read_digest(out_dir: Path, settings: DatasetSettings, shard: int) -> dict[str, Any] | None:
+    """The summary recorded when the shard was written, or None when there is none that fits this shard."""
+    try:
+        data = json.loads(digest_path(out_dir, settings, shard).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str) \
+            or not re.fullmatch(r"[0-9a-f]{64}", data["sha256"]) or isinstance(data.get("bytes"), bool) \
+            or not isinstance(data.get("bytes"), int):
+        return None
+    return data if data == shard_summary(settings, shard, data["sha256"], data["bytes"]) else None

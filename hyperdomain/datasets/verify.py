@@ -29,13 +29,18 @@ def verify_dataset(out_dir: str | os.PathLike) -> dict[str, Any]:
     out_dir = Path(out_dir)
     settings = read_settings(out_dir)
     index = _read_index(out_dir)
-    problems: list[str] = []
+    listed = {s.get("name"): s for s in index["shards"]}
+    # a mismatch here says all: stop before walking the settings' shards (there may be very many)
     if index.get("settings") != settings.to_dict():
-        problems.append(f"{INDEX_FILE} and settings.json describe different datasets")
-    listed = {s.get("name"): s for s in index.get("shards", [])}
+        raise HyperdomainError(f"{out_dir}: does not match its index: {INDEX_FILE} and settings.json describe "
+                               f"different datasets")
+    if len(listed) != len(index["shards"]) or len(listed) != settings.num_shards:
+        raise HyperdomainError(f"{out_dir}: does not match its index: {INDEX_FILE} lists {len(index['shards'])} "
+                               f"shards, the settings give {settings.num_shards}")
+    problems: list[str] = []
     expected = [settings.shard_name(s) for s in range(settings.num_shards)]
-    if sorted(listed) != expected:
-        problems.append(f"{INDEX_FILE} lists {len(listed)} shards, the settings give {len(expected)}")
+    if set(listed) != set(expected):
+        problems.append(f"{INDEX_FILE} lists shards {sorted(map(str, listed))[:2]}..., expected {expected[:2]}...")
     for shard, name in enumerate(expected):
         if name not in listed:
             continue
@@ -60,7 +65,8 @@ def _read_index(out_dir: Path) -> dict[str, Any]:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise HyperdomainError(f"{path}: cannot read the index ({e})"[:300]) from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("shards"), list) \
+            or not all(isinstance(s, dict) for s in index["shards"]):
         raise HyperdomainError(f"{path}: not a hyperdomain dataset index")
     return index
 

@@ -123,7 +123,7 @@ def test_loss_weights_parse_and_errors():
             LossWeights.parse(bad)
 
 
-def test_clip_losses_sums_over_encoders_and_weights_the_total():
+def test_text_losses_sum_over_encoders_and_weight_the_total():
     gen = torch.Generator().manual_seed(0)
 
     def unit(*shape):
@@ -133,7 +133,8 @@ def test_clip_losses_sums_over_encoders_and_weights_the_total():
     encs = [(unit(4, 8), unit(4, 8), unit(4, 8), unit(4, 8)) for _ in range(2)]  # per-sample texts [B, E]
     domain, dims = torch.randn(4, 6, generator=gen), (2, 4)
     active = {"direction": 1.0, "tt_direction": 0.4, "global": 0.5, "indomain": 2.0, "l2": 0.1}
-    parts = losses.clip_losses(active, iter(encs), domain, dims)
+    embeddings = [losses.Embeddings(s, t, direction=d, target=g) for s, t, d, g in encs]
+    parts = losses.compute_losses(active, iter(embeddings), losses.StepImages(domain, dims))
     want = {
         "direction": sum(losses.direction_loss(s, t, d) for s, t, d, _ in encs),
         "tt_direction": sum(losses.tt_direction_loss(t, g) for _, t, _, g in encs),
@@ -145,12 +146,12 @@ def test_clip_losses_sums_over_encoders_and_weights_the_total():
     for name, value in want.items():
         torch.testing.assert_close(parts[name], value)
     torch.testing.assert_close(parts["total"], sum(active[n] * v for n, v in want.items()))
-    only = losses.clip_losses({"indomain": 1.0}, iter(encs), domain, dims)
+    only = losses.compute_losses({"indomain": 1.0}, iter(embeddings), losses.StepImages(domain, dims))
     assert set(only) == {"indomain", "total"}
 
 
 def test_one_shot_losses_against_their_definitions_one_by_one():
-    """image_losses: each term written out per sample and per encoder with Python loops and
+    """The registry's one-shot losses: each term written out per sample and per encoder with Python loops and
     math.acos-free cosines, the text direction included, clip_ref averaged over the encoders."""
     g = torch.Generator().manual_seed(5)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -163,8 +164,12 @@ def test_one_shot_losses_against_their_definitions_one_by_one():
     domain, dims = rnd(6), (4, 2)
     weights = {"direction": 1.0, "clip_within": 0.5, "clip_ref": 30.0, "l2_rec": 10.0, "lpips_rec": 10.0,
                "text_direction": 2.0, "l2": 3.0}
-    parts = losses.image_losses(weights, iter(encs), rec, ref, lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)),
-                                domain, dims)
+    def embeddings(encs):
+        return iter([losses.Embeddings(src, trg, direction=r - r_src, target=r, ref=r, ref_src=r_src, rec=rec_emb,
+                                       text_direction=text) for src, trg, r, r_src, rec_emb, text in encs])
+
+    images = losses.StepImages(domain, dims, rec=rec, ref=ref, lpips=lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)))
+    parts = losses.compute_losses(weights, embeddings(encs), images)
 
     def cos(a, b):
         return float((a * b).sum() / (a.norm() * b.norm()))
@@ -182,4 +187,27 @@ def test_one_shot_losses_against_their_definitions_one_by_one():
         assert parts[name].item() == pytest.approx(value, rel=1e-10), name
     assert parts["total"].item() == pytest.approx(sum(weights[n] * v for n, v in want.items()), rel=1e-10)
     with pytest.raises(HyperdomainError, match="text_direction needs a target prompt"):
-        losses.image_losses({"text_direction": 1.0}, iter([encs[0][:5] + (None,)]), rec, ref, None, domain, dims)
+        losses.compute_losses({"text_direction": 1.0}, embeddings([encs[0][:5] + (None,)]), images)
+
+
+def test_the_registry_is_what_trainers_and_the_cli_read():
+    """Each loss is declared once: the trainers' defaults, what each may use and the --loss help come
+    from LOSSES (a loss added there reaches all three)."""
+    import hyperdomain as hd
+
+    assert hd.AdaptConfig(target="x").losses == losses.default_weights("adapt") == LossWeights(direction=1)
+    assert hd.ImageAdaptConfig(image="x.png").losses.as_dict() == {
+        "direction": 1.0, "clip_within": 0.5, "clip_ref": 30.0, "l2_rec": 10.0, "lpips_rec": 10.0}
+    assert hd.HyperTrainConfig().losses.as_dict() == {"direction": 1.0, "tt_direction": 0.4}
+    assert losses.losses_of("adapt") == ("direction", "global", "indomain", "l2")
+    assert set(losses.losses_of("image")) == set(losses.LOSSES) - {"tt_direction"}
+    with pytest.raises(HyperdomainError, match="--loss clip_ref: not a loss of text adaptation"):
+        hd.AdaptConfig(target="x", losses={"direction": 1, "clip_ref": 1})
+    with pytest.raises(HyperdomainError, match="--loss tt_direction: not a loss of one-shot adaptation"):
+        hd.ImageAdaptConfig(image="x.png", losses={"tt_direction": 1})
+    for run in ("adapt", "image", "hyper"):
+        text = losses.losses_help(run)
+        assert all(f"{name}: {losses.LOSSES[name].help}" in text for name in losses.losses_of(run))
+    # every loss is computed by exactly one of the two ways, and the weights keep the registry's order
+    assert all((loss.per_encoder is None) != (loss.once is None) for loss in losses.LOSSES.values())
+    assert list(LossWeights(l2=1, direction=2).as_dict()) == ["direction", "l2"]

@@ -1,14 +1,18 @@
-"""The paper's losses, as small pure functions of embeddings and images.
+"""The paper's losses, as small pure functions of embeddings and images, and their registry.
 
 Image embeddings are L2-normalised rows ``[B, E]``. Text embeddings are template means
 (see :mod:`hyperdomain.guidance.clip`): only their directions matter, every CLIP loss below is built on
 cosines. Pairwise losses use each unordered pair ``i < j`` once. The one-shot (image) losses sit
 beside them: the reference image's embeddings play the part of the text, and two reconstruction
 losses tie the adapted generator's rendering of the reference's own latent to the reference.
+
+``LOSSES`` names each loss once, with what it computes, its help and its default weight in each
+trainer (the paper's code keeps such a registry too); trainers compute, default and check their
+losses from it, and the command line prints its help from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -16,8 +20,9 @@ import torch
 from ..errors import HyperdomainError
 
 __all__ = [
-    "LossWeights", "clip_losses", "image_losses", "cosine", "direction_loss", "global_loss", "indomain_loss",
-    "tt_direction_loss", "l2_loss", "clip_within_loss", "TEXT_LOSSES", "IMAGE_LOSSES",
+    "LOSSES", "Loss", "LossWeights", "Embeddings", "StepImages", "compute_losses", "default_weights", "losses_of",
+    "losses_help", "cosine", "direction_loss", "global_loss", "indomain_loss", "tt_direction_loss", "l2_loss",
+    "clip_within_loss",
 ]
 
 _EPS = 1e-8
@@ -88,128 +93,161 @@ def l2_loss(domain: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     return sum((blk**2).mean() for blk in torch.split(d, list(dims), dim=1))
 
 
-def clip_losses(active: Mapping[str, float],
-                per_encoder: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                domain: torch.Tensor, domain_dims: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Each active loss summed over the CLIP encoders, ``l2`` of the domain vector(s), and
-    ``"total"``, the sum weighted by ``active`` (``LossWeights.as_dict()``).
+# ------------------------------------------------------------------------------------- the registry
+@dataclass
+class Embeddings:
+    """One CLIP encoder's view of a training step (image embeddings L2-normalised, ``[B, E]``).
 
-    ``per_encoder`` yields, per encoder: source image embeddings, target image embeddings, the
-    direction text embedding(s) and the target text embedding(s) (``[E]``, or ``[B, E]`` for one
-    domain per sample).
+    ``direction``: what ``direction`` aligns the image change with (the text direction T_trg - T_src,
+    or the reference's image direction E(ref) - E(G(w_ref)) in one-shot runs); ``target``: what
+    ``global`` and ``tt_direction`` compare with (the target text, per sample ``[B, E]`` for a
+    hypernetwork, or the reference's embedding). The one-shot fields are None in text runs.
     """
-    parts: dict[str, torch.Tensor] = {}
 
-    def add(name: str, value: torch.Tensor) -> None:
-        parts[name] = parts[name] + value if name in parts else value
-
-    for src, trg, direction, target in per_encoder:
-        if "direction" in active:
-            add("direction", direction_loss(src, trg, direction))
-        if "tt_direction" in active:
-            add("tt_direction", tt_direction_loss(trg, target))
-        if "global" in active:
-            add("global", global_loss(trg, target))
-        if "indomain" in active:
-            add("indomain", indomain_loss(src, trg))
-    if "l2" in active:
-        parts["l2"] = l2_loss(domain, domain_dims)
-    parts["total"] = sum(active[name] * value for name, value in parts.items())
-    return parts
+    src: torch.Tensor
+    trg: torch.Tensor
+    direction: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    ref: torch.Tensor | None = None  # E(ref) [E]
+    ref_src: torch.Tensor | None = None  # E(G(w_ref)) [E]
+    rec: torch.Tensor | None = None  # E(G_d(w_ref)) [1, E]
+    text_direction: torch.Tensor | None = None  # a one-shot run's optional prompt direction [E]
 
 
-def image_losses(active: Mapping[str, float],
-                 per_encoder: Iterable[tuple[torch.Tensor, ...]], rec: torch.Tensor, ref: torch.Tensor,
-                 lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-                 domain: torch.Tensor, domain_dims: Sequence[int]) -> dict[str, torch.Tensor]:
-    """The one-shot (image-guided) losses, and ``"total"`` weighted by ``active``.
+@dataclass
+class StepImages:
+    """What the losses computed once per step see: the domain vector(s) and, in one-shot runs, the
+    adapted rendering of the reference's latent and the reference at the loss size (``[1, 3, S, S]``)."""
 
-    ``per_encoder`` yields, per encoder: source and adapted image embeddings ``[B, E]``, the
-    reference's ``[E]``, the source rendering of the reference's latent ``[E]``, the adapted one
-    ``[1, E]``, and the text direction ``[E]`` (or None without a target prompt). ``rec``/``ref``:
-    the adapted rendering of the reference's latent and the reference, at the loss size;
-    ``lpips(a, b)`` gives per-image distances. ``direction``, ``clip_within``, ``global``,
-    ``indomain`` and ``text_direction`` are summed over the encoders, ``clip_ref`` averaged (as
-    the paper's code does).
-    """
-    parts: dict[str, torch.Tensor] = {}
-    n = 0
-
-    def add(name: str, value: torch.Tensor) -> None:
-        parts[name] = parts[name] + value if name in parts else value
-
-    for src, trg, ref_emb, ref_src, rec_emb, text_direction in per_encoder:
-        n += 1
-        if "direction" in active:
-            add("direction", direction_loss(src, trg, ref_emb - ref_src))
-        if "clip_within" in active:
-            add("clip_within", clip_within_loss(src, trg, ref_emb, ref_src))
-        if "clip_ref" in active:
-            add("clip_ref", global_loss(rec_emb, ref_emb))
-        if "global" in active:
-            add("global", global_loss(trg, ref_emb))
-        if "indomain" in active:
-            add("indomain", indomain_loss(src, trg))
-        if "text_direction" in active:
-            if text_direction is None:
-                raise HyperdomainError("--loss text_direction needs a target prompt (--target) beside --image")
-            add("text_direction", direction_loss(src, trg, text_direction))
-    if "clip_ref" in parts:
-        parts["clip_ref"] = parts["clip_ref"] / n
-    if "l2_rec" in active:
-        parts["l2_rec"] = (rec - ref).square().mean()
-    if "lpips_rec" in active:
-        parts["lpips_rec"] = lpips(rec, ref).mean()
-    if "l2" in active:
-        parts["l2"] = l2_loss(domain, domain_dims)
-    parts["total"] = sum(active[name] * value for name, value in parts.items())
-    return parts
+    domain: torch.Tensor
+    domain_dims: Sequence[int]
+    rec: torch.Tensor | None = None
+    ref: torch.Tensor | None = None
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-image distances
 
 
-# What each kind of run can weigh: a text run cannot use the reference-image losses and the other way
-# round; tt_direction needs one domain per sample (the hypernetwork).
-TEXT_LOSSES = ("direction", "global", "indomain", "tt_direction", "l2")
-IMAGE_LOSSES = ("direction", "clip_within", "clip_ref", "l2_rec", "lpips_rec", "global", "indomain", "text_direction",
-                "l2")
+def _text_direction(e: Embeddings) -> torch.Tensor:
+    if e.text_direction is None:
+        raise HyperdomainError("--loss text_direction needs a target prompt (--target) beside --image")
+    return direction_loss(e.src, e.trg, e.text_direction)
 
 
 @dataclass(frozen=True)
+class Loss:
+    """A loss of the registry: computed per CLIP encoder (``per_encoder``, summed over the ensemble,
+    or averaged with ``average``) or once per step (``once``); ``weights``: the trainers that can use
+    it (``adapt``, ``image``, ``hyper``) and its default weight in each (0: off unless asked)."""
+
+    help: str
+    weights: Mapping[str, float]
+    per_encoder: Callable[[Embeddings], torch.Tensor] | None = None
+    once: Callable[[StepImages], torch.Tensor] | None = None
+    average: bool = False
+
+
+# Every loss, declared once: the trainers compute and check them from here, the CLI prints their help.
+LOSSES: dict[str, Loss] = {
+    "direction": Loss("1 - cos of the image change with the target's direction (text, or the reference's image)",
+                      {"adapt": 1.0, "image": 1.0, "hyper": 1.0},
+                      per_encoder=lambda e: direction_loss(e.src, e.trg, e.direction)),
+    "global": Loss("1 - cos of the adapted image with the target (text, or the reference)",
+                   {"adapt": 0.0, "image": 0.0, "hyper": 0.0}, per_encoder=lambda e: global_loss(e.trg, e.target)),
+    "indomain": Loss("angle consistency: pairwise cosines of the batch kept as in the source domain",
+                     {"adapt": 0.0, "image": 0.0, "hyper": 0.0}, per_encoder=lambda e: indomain_loss(e.src, e.trg)),
+    "tt_direction": Loss("pairs of domains in a batch: image differences aligned with their text differences",
+                         {"hyper": 0.4}, per_encoder=lambda e: tt_direction_loss(e.trg, e.target)),
+    "clip_within": Loss("each adapted image stands to the reference as its source to the reference's source",
+                        {"image": 0.5}, per_encoder=lambda e: clip_within_loss(e.src, e.trg, e.ref, e.ref_src)),
+    "clip_ref": Loss("1 - cos of the adapted reference latent's image with the reference (mean over the ensemble)",
+                     {"image": 30.0}, per_encoder=lambda e: global_loss(e.rec, e.ref), average=True),
+    "text_direction": Loss("a one-shot run steered by --target too: the text direction loss",
+                           {"image": 0.0}, per_encoder=_text_direction),
+    "l2_rec": Loss("MSE of the adapted reference latent's image to the reference, at the loss size",
+                   {"image": 10.0}, once=lambda i: (i.rec - i.ref).square().mean()),
+    "lpips_rec": Loss("LPIPS of the adapted reference latent's image to the reference, at the loss size",
+                      {"image": 10.0}, once=lambda i: i.lpips(i.rec, i.ref).mean()),
+    "l2": Loss("mean of d^2 per conv, summed over convs (keeps the domain near the source)",
+               {"adapt": 0.0, "image": 0.0, "hyper": 0.0}, once=lambda i: l2_loss(i.domain, i.domain_dims)),
+}
+
+
+def losses_of(run: str) -> tuple[str, ...]:
+    """The losses trainer ``run`` (``adapt``, ``image``, ``hyper``) can use, in registry order."""
+    return tuple(name for name, loss in LOSSES.items() if run in loss.weights)
+
+
+def default_weights(run: str) -> "LossWeights":
+    """Trainer ``run``'s default weights (the paper's)."""
+    return LossWeights({name: loss.weights[run] for name, loss in LOSSES.items() if loss.weights.get(run)})
+
+
+def losses_help(run: str) -> str:
+    """The ``--loss`` option's help for trainer ``run``: every usable loss with what it does."""
+    return "; ".join(f"{name}: {LOSSES[name].help}" for name in losses_of(run))
+
+
+def compute_losses(weights: Mapping[str, float], per_encoder: Iterable[Embeddings],
+                   images: StepImages) -> dict[str, torch.Tensor]:
+    """Each active loss of ``weights`` (``LossWeights.as_dict()``): per-encoder losses summed over
+    the ensemble (``clip_ref`` averaged), the others once; and ``"total"``, the weighted sum."""
+    parts: dict[str, torch.Tensor] = {}
+    active = [(name, LOSSES[name]) for name in weights]
+    n = 0
+    for e in per_encoder:
+        n += 1
+        for name, loss in active:
+            if loss.per_encoder is not None:
+                value = loss.per_encoder(e)
+                parts[name] = parts[name] + value if name in parts else value
+    for name, loss in active:
+        if loss.average and name in parts:
+            parts[name] = parts[name] / n
+        if loss.once is not None:
+            parts[name] = loss.once(images)
+    parts["total"] = sum(weights[name] * value for name, value in parts.items())
+    return parts
+
+
 class LossWeights:
-    """Weights of the losses in the total; 0 switches a loss off. ``global`` is spelled ``global_``."""
+    """Weights of the registry's losses in the total; 0 (or absent) switches a loss off.
 
-    direction: float = 1.0
-    global_: float = 0.0
-    indomain: float = 0.0
-    tt_direction: float = 0.0
-    l2: float = 0.0
-    clip_within: float = 0.0
-    clip_ref: float = 0.0
-    l2_rec: float = 0.0
-    lpips_rec: float = 0.0
-    text_direction: float = 0.0
+    ``LossWeights(direction=1, indomain=0.5)`` or ``LossWeights({"global": 2})`` (``global`` is a
+    keyword, so its keyword spelling is ``global_``); read as attributes (``w.indomain``, ``w.global_``)
+    or as :meth:`as_dict`. With nothing given: ``direction`` 1.
+    """
 
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name.rstrip("_") for f in fields(cls))
+    __slots__ = ("_w",)
 
-    @classmethod
-    def from_mapping(cls, weights: Mapping[str, float]) -> "LossWeights":
-        """From ``{"direction": 1, "indomain": 0.5}``; names not given are 0."""
-        values = dict.fromkeys(cls.names(), 0.0)
-        for name, w in weights.items():
-            if name not in values:
-                raise HyperdomainError(f"--loss: unknown loss {name!r}; expected one of {', '.join(cls.names())}")
+    def __init__(self, weights: Mapping[str, float] | None = None, **by_name: float):
+        given = {**(weights or {}), **{k.rstrip("_"): v for k, v in by_name.items()}}
+        if not given:
+            given = {"direction": 1.0}
+        values = {}
+        for name, w in given.items():
+            if name not in LOSSES:
+                raise HyperdomainError(f"--loss: unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
             try:
                 w = float(w)
             except (TypeError, ValueError):
                 raise HyperdomainError(f"--loss {name}: weight must be a number, got {w!r}") from None
             if not (w >= 0 and w < float("inf")):
                 raise HyperdomainError(f"--loss {name}: weight must be a finite number >= 0, got {w}")
-            values[name] = w
-        out = cls(**{_field(n): v for n, v in values.items()})
-        if not any(out.as_dict().values()):
+            if w > 0:
+                values[name] = w
+        if not values:
             raise HyperdomainError("--loss: every loss weight is 0; nothing to train")
-        return out
+        object.__setattr__(self, "_w", {n: values[n] for n in LOSSES if n in values})  # registry order
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(LOSSES)
+
+    @classmethod
+    def from_mapping(cls, weights: Mapping[str, float]) -> "LossWeights":
+        """From ``{"direction": 1, "indomain": 0.5}``; names not given are 0."""
+        if not weights:
+            raise HyperdomainError("--loss: every loss weight is 0; nothing to train")
+        return cls(dict(weights))
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> "LossWeights":
@@ -222,17 +260,37 @@ class LossWeights:
             pairs[name.strip()] = value.strip()
         return cls.from_mapping(pairs) if pairs else cls()
 
+    def __getattr__(self, name: str) -> float:
+        loss = name.rstrip("_")
+        if loss in LOSSES:
+            return self._w.get(loss, 0.0)
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("LossWeights is immutable")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LossWeights) and self._w == other._w
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._w.items()))
+
+    def __repr__(self) -> str:
+        return f"LossWeights({self._w})"
+
+    def __deepcopy__(self, memo) -> "LossWeights":
+        return self  # immutable
+
+    def __reduce__(self):
+        return (LossWeights, (dict(self._w),))
+
     def as_dict(self) -> dict[str, float]:
         """Only the active losses, by their public names."""
-        return {n: w for n in self.names() if (w := getattr(self, _field(n))) > 0}
+        return dict(self._w)
 
-    def check_usable(self, usable: Sequence[str], what: str) -> None:
-        """One line when an active loss is not one ``what`` can compute."""
-        extra = [n for n in self.as_dict() if n not in usable]
+    def check_usable(self, run: str, what: str) -> None:
+        """One line when an active loss is not one trainer ``run`` can compute."""
+        usable = losses_of(run)
+        extra = [n for n in self._w if n not in usable]
         if extra:
             raise HyperdomainError(f"--loss {extra[0]}: not a loss of {what}; it uses {', '.join(usable)}")
-
-
-def _field(name: str) -> str:
-    """The dataclass field of a loss name (``global`` is a keyword, so its field is ``global_``)."""
-    return name + "_" if name == "global" else name

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -28,70 +28,47 @@ from ..model.domain import Domain, generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..media.grids import save_grid
-from ..guidance.losses import LossWeights, clip_losses
+from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses
 from .latents import TrainingBatch, sample_training_latents, training_seed
 from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume
-from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
+from .run_config import RunConfig
 from .run_dir import refuse_existing_run
 
 __all__ = ["AdaptConfig", "adapt", "read_adapt_config", "adapt_step", "DOMAIN_FILE"]
 
 DOMAIN_FILE = "domain.safetensors"
-TEXT_ADAPT_LOSSES = ("direction", "global", "indomain", "l2")
 Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
 
 
-@dataclass(frozen=True)
-class AdaptConfig:
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig(RunConfig):
     """Everything that defines a single-domain run (stored in its checkpoint and domain file).
 
-    The defaults are the paper's FFHQ settings; a generator's manifest recipe (LSUN cat, car,
-    church) replaces those it names, see :func:`adapt`.
+    The defaults are the paper's FFHQ settings (:class:`RunConfig`'s); a generator's manifest recipe
+    (LSUN cat, car, church) replaces those it names, see :func:`adapt`.
     """
+
+    command: ClassVar[str] = "adapt"
+    run: ClassVar[str] = "adapt"
+    loss_scope: ClassVar[str] = ("text adaptation (the reference-image losses need --image; tt_direction needs "
+                                 "several domains per batch: train-hyper)")
 
     target: str
     source: str = DEFAULT_SOURCE_PROMPT
-    clip: tuple[str, ...] = DEFAULT_CLIP
-    iters: int = 300
-    batch: int = 4
-    lr: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    losses: LossWeights = field(default_factory=LossWeights)
-    mixing: float = 0.9
-    templates: str = "imagenet"
-    seed: int = 0
-    sample_every: int = 50
-    checkpoint_every: int = 50
-    sample_n: int = 6
-    sample_truncation: float = 0.7
     clip_antialias: bool = False
     clip_precision: str = "auto"  # autocast for CLIP: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
-    generator: str | None = None  # the name or path the generator was loaded from (for resume)
-    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
-        check_run_config(self, "adapt", [(self.batch >= 1, "batch", "an integer >= 1")])
-        if self.losses.tt_direction:
-            raise HyperdomainError("--loss tt_direction needs several domains per batch (train-hyper); not for adapt")
-        self.losses.check_usable(TEXT_ADAPT_LOSSES, "text adaptation (the reference-image losses need --image)")
+        super().__post_init__()
         if not (self.losses.direction or self.losses.global_):
             raise HyperdomainError("--loss: direction or global must be > 0, or the target prompt plays no part "
                                    "(e.g. --loss direction=1 --loss indomain=0.5)")
-        if self.losses.indomain and self.batch < 2:
-            raise HyperdomainError("--loss indomain needs --batch of at least 2")
         for what, prompt in (("--target", self.target), ("--source", self.source)):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise HyperdomainError(f"{what}: empty prompt")
         if self.target.strip() == self.source.strip():
             raise HyperdomainError(f"--target and --source are the same prompt ({self.target!r}): no direction to learn")
-
-    def to_dict(self) -> dict[str, Any]:
-        return run_config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AdaptConfig":
-        return run_config_from_dict(cls, d, "adapt")
 
 
 # ------------------------------------------------------------------------------------------ a step
@@ -106,9 +83,9 @@ def adapt_step(G, encoders: Sequence[ClipEncoder], domain: torch.Tensor, batch: 
         src_img = G.synthesis(batch.ws_src, noise=batch.noise_src)
         src_emb = [enc.encode_images(src_img) for enc in encoders]
     trg_img = G.synthesis(batch.ws_trg, domain=domain, noise=batch.noise_trg)
-    per_encoder = ((se, enc.encode_images(trg_img), t["direction"], t["target"])
+    per_encoder = (Embeddings(se, enc.encode_images(trg_img), direction=t["direction"], target=t["target"])
                    for enc, se, t in zip(encoders, src_emb, texts))
-    return clip_losses(weights.as_dict(), per_encoder, domain, G.domain_dims)
+    return compute_losses(weights.as_dict(), per_encoder, StepImages(domain, G.domain_dims))
 
 
 # ------------------------------------------------------------------------------------------ the run

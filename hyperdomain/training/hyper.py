@@ -31,14 +31,14 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .._version import __version__
-from ..guidance.clip import DEFAULT_CLIP, ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
+from ..guidance.clip import ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
 from ..model.config import DEFAULT_SOURCE_PROMPT
 from ..distributed import DistInfo, broadcast_buffers
 from ..model.domain import generator_meta
@@ -48,10 +48,10 @@ from ..files.atomic import write_text
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..model.hypernet import HyperConfig, HyperDomainNet
 from ..media.grids import save_grid
-from ..guidance.losses import TEXT_LOSSES, LossWeights, clip_losses
+from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
 from .latents import sample_training_latents
 from .loop import Callback, TrainingRun, open_resume
-from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
+from .run_config import RunConfig
 from .run_dir import refuse_existing_run
 
 __all__ = ["HyperTrainConfig", "train_hyper", "read_hyper_config", "resample_on_cone", "convex_weights",
@@ -63,58 +63,44 @@ HYPERNET_FILE = "hypernet.safetensors"
 MAX_PARAMETERS = 2_000_000_000  # a bound that catches a mistyped --width before it allocates (paper: 13.9M)
 
 
-def _default_losses() -> LossWeights:
-    return LossWeights(direction=1.0, tt_direction=0.4)
-
-
-@dataclass(frozen=True)
-class HyperTrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class HyperTrainConfig(RunConfig):
     """Everything that defines a hypernetwork run (stored in its checkpoint and output)."""
+
+    command: ClassVar[str] = "train-hyper"
+    run: ClassVar[str] = "hyper"
 
     domains: str = "builtin:train"  # a domain list file, or builtin:train / builtin:heldout
     test_domains: str | None = "builtin:heldout"
-    clip: tuple[str, ...] = DEFAULT_CLIP  # the loss ensemble
     input_clip: str = "ViT-B-32"  # the hypernetwork's input encoder (bare prompt)
     iters: int = 10_000
     batch: int = 8  # global batch, split over the ranks
     lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    losses: LossWeights = field(default_factory=_default_losses)
+    losses: LossWeights = field(default_factory=lambda: default_weights("hyper"))
     convex_hull: bool = True
     resample_cos: float | None = 0.95  # None: no resampling
     crop: float = 0.8  # side fraction of the random crop before CLIP; 1: none
-    mixing: float = 0.9
-    templates: str = "imagenet"
     backbone_blocks: int = HyperConfig.backbone_blocks
     head_blocks: int = HyperConfig.head_blocks
     width: int = HyperConfig.width
-    seed: int = 0
     sample_every: int = 500
     checkpoint_every: int = 500
     sample_n: int = 4
     sample_prompts: int = 6
-    sample_truncation: float = 0.7
     source: str = DEFAULT_SOURCE_PROMPT  # the default source prompt of list lines without one
-    generator: str | None = None
-    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
-        check_run_config(self, "train-hyper", [
+        super().__post_init__()
+        if not (self.losses.direction or self.losses.global_ or self.losses.tt_direction):
+            raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
             (self.batch >= 2, "batch", ">= 2 (BatchNorm, pairwise losses)"),
             (self.resample_cos is None or 0 < self.resample_cos < 1, "resample_cos", "in (0, 1), or None for off"),
             (0 < self.crop <= 1, "crop", "in (0, 1]"),
             (self.backbone_blocks >= 0 and self.head_blocks >= 0, "backbone_blocks/head_blocks", ">= 0"),
-        ])
-        self.losses.check_usable(TEXT_LOSSES, "train-hyper")
-        if not (self.losses.direction or self.losses.global_ or self.losses.tt_direction):
-            raise HyperdomainError("--loss: direction, tt_direction or global must be > 0, or the prompts play no part")
-
-    def to_dict(self) -> dict[str, Any]:
-        return run_config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "HyperTrainConfig":
-        return run_config_from_dict(cls, d, "train-hyper")
+        ]
 
 
 # ----------------------------------------------------------------------------------- augmentations
@@ -409,6 +395,7 @@ class _HyperRun(TrainingRun):
                     t_trg = resample_on_cone(t_trg, c.resample_cos, rng)
                 with torch.no_grad():
                     se = enc.encode_images(src_img)
-                yield se, enc.encode_images(trg_img), (t_trg - t_src).mean(1), t_trg.mean(1)  # texts [b, E]
+                yield Embeddings(se, enc.encode_images(trg_img), direction=(t_trg - t_src).mean(1),
+                                 target=t_trg.mean(1))  # texts [b, E]
 
-        return clip_losses(c.losses.as_dict(), per_encoder(), domains, self.G.domain_dims)
+        return compute_losses(c.losses.as_dict(), per_encoder(), StepImages(domains, self.G.domain_dims))

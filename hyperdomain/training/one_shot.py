@@ -24,9 +24,9 @@ reference's latent (``style_latent``), which the paper's one-shot grids mix into
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -39,14 +39,14 @@ from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..media.grids import downsample_bicubic, save_grid
 from ..image.inversion import InversionConfig, invert_cached, prepare_photo
 from ..model.latent import Latent
-from ..guidance.losses import IMAGE_LOSSES, LossWeights, image_losses
+from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
 from ..image.perceptual import load_lpips, lpips_distance
 from ..image.photos import image_digest, to_tensor
 from .adapt import DOMAIN_FILE
 from .latents import sample_training_latents, training_seed
 from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume
-from .run_config import check_run_config, run_config_from_dict, run_config_to_dict
+from .run_config import RunConfig
 from .run_dir import refuse_existing_run
 
 __all__ = ["ImageAdaptConfig", "adapt_image", "read_image_adapt_config", "REFERENCE_LATENT_FILE"]
@@ -55,30 +55,22 @@ REFERENCE_LATENT_FILE = "reference_latent.safetensors"
 Callback = Callable[[int, Mapping[str, float], torch.Tensor], Any]
 
 
-def _default_losses() -> LossWeights:
-    return LossWeights(direction=1.0, clip_within=0.5, clip_ref=30.0, l2_rec=10.0, lpips_rec=10.0)
-
-
-@dataclass(frozen=True)
-class ImageAdaptConfig:
+@dataclass(frozen=True, kw_only=True)
+class ImageAdaptConfig(RunConfig):
     """Everything that defines a one-shot run (stored in its checkpoint and domain file)."""
+
+    command: ClassVar[str] = "adapt --image"
+    run: ClassVar[str] = "image"
+    loss_scope: ClassVar[str] = "one-shot adaptation"
 
     image: str  # the reference image's path
     target: str | None = None  # an optional prompt that steers the run too (text_direction)
     source: str = DEFAULT_SOURCE_PROMPT  # the text direction's source prompt
-    clip: tuple[str, ...] = DEFAULT_CLIP
     iters: int = 100
-    batch: int = 4
     lr: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    losses: LossWeights = field(default_factory=_default_losses)
-    mixing: float = 0.9
-    templates: str = "imagenet"
-    seed: int = 0
+    losses: LossWeights = field(default_factory=lambda: default_weights("image"))
     sample_every: int = 20
     checkpoint_every: int = 20
-    sample_n: int = 6
-    sample_truncation: float = 0.7
     mix_from: int = 7  # the paper's one-shot grids take W+ layers 7 and up from the reference's latent
     align: bool = False  # the paper's references are used as they are; --align for a raw face photo
     loss_size: int = 256
@@ -86,33 +78,20 @@ class ImageAdaptConfig:
     inversion: InversionConfig = field(default_factory=InversionConfig)
     clip_antialias: bool = False
     clip_precision: str = "auto"
-    generator: str | None = None
-    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
     def __post_init__(self) -> None:
         if isinstance(self.inversion, Mapping):
             object.__setattr__(self, "inversion", InversionConfig(**self.inversion))
-        check_run_config(self, "adapt --image", [
-            (self.batch >= 1, "batch", "an integer >= 1"), (self.mix_from >= 1, "mix_from", ">= 1"),
-            (self.loss_size >= 8, "loss_size", ">= 8")])
-        self.losses.check_usable(IMAGE_LOSSES, "one-shot adaptation")
+        super().__post_init__()
         if not isinstance(self.image, str) or not self.image.strip():
             raise HyperdomainError("--image: no reference image given")
         if self.losses.text_direction and not self.target:
             raise HyperdomainError("--loss text_direction needs a target prompt (--target) beside --image")
         if self.target is not None and (not self.target.strip() or self.target.strip() == self.source.strip()):
             raise HyperdomainError(f"--target {self.target!r}: an empty prompt or the source prompt itself")
-        if self.losses.indomain and self.batch < 2:
-            raise HyperdomainError("--loss indomain needs --batch of at least 2")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = run_config_to_dict(self)
-        d["inversion"] = asdict(self.inversion)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ImageAdaptConfig":
-        return run_config_from_dict(cls, d, "adapt --image")
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [(self.mix_from >= 1, "mix_from", ">= 1"), (self.loss_size >= 8, "loss_size", ">= 8")]
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -146,7 +125,7 @@ def adapt_image(G, image: str | os.PathLike | None = None, target: str | None = 
             raise HyperdomainError(f"adapt --image: unknown options {sorted(unknown)}")
         options = {k: v for k, v in options.items() if v is not None}
         if target is not None and "losses" not in options:
-            options["losses"] = LossWeights(**{**asdict(_default_losses()), "text_direction": 1.0})
+            options["losses"] = LossWeights({**default_weights("image").as_dict(), "text_direction": 1.0})
         clip_specs = tuple(run_spec(c) for c in (clip or DEFAULT_CLIP))
         config = ImageAdaptConfig(image=str(Path(image).resolve()) if Path(image).exists() else str(image),
                                   target=target, source=options.pop("source", None) or G.source_prompt,
@@ -224,10 +203,13 @@ class _ImageRun(TrainingRun):
             for enc, e in zip(self.encoders, self.embeddings):
                 with torch.no_grad():
                     src = enc.encode_images(src_img)
-                yield src, enc.encode_images(trg_img), e["ref"], e["ref_src"], enc.encode_images(rec), e["text"]
+                yield Embeddings(src, enc.encode_images(trg_img), direction=e["ref"] - e["ref_src"], target=e["ref"],
+                                 ref=e["ref"], ref_src=e["ref_src"], rec=enc.encode_images(rec),
+                                 text_direction=e["text"])
 
-        return image_losses(c.losses.as_dict(), per_encoder(), downsample_bicubic(rec, self.factor), self.ref_small,
-                            lambda a, b: lpips_distance(self.lpips, a, b), self.domain, G.domain_dims)
+        images = StepImages(self.domain, G.domain_dims, rec=downsample_bicubic(rec, self.factor), ref=self.ref_small,
+                            lpips=lambda a, b: lpips_distance(self.lpips, a, b))
+        return compute_losses(c.losses.as_dict(), per_encoder(), images)
 
     # ------------------------------------------------------------------ state and files
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -1,57 +1,87 @@
-"""What the trainers' config dataclasses share: checks of the common fields, and plain-data form."""
+"""``RunConfig``: the fields every trainer's config has, their checks, and their plain-data form.
+
+A trainer's config subclasses it (frozen, keyword-only fields), sets ``command`` (named in
+messages) and ``run`` (which losses of the registry it may use, and their defaults), redeclares the
+defaults that differ (the paper's per-trainer settings) and adds its own fields and checks.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Mapping
 
-from ..guidance.clip import templates
-from ..model.config import check_config_keys
 from ..errors import HyperdomainError
+from ..guidance.clip import DEFAULT_CLIP, templates
 from ..guidance.losses import LossWeights
+from ..model.config import check_config_keys
 from .dashboards import parse_dashboards
 
 
-def check_run_config(cfg: Any, what: str, checks: list[tuple[bool, str, str]]) -> None:
-    """A frozen trainer config's ``__post_init__``: normalise the shared fields and check them all.
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """What every run has. Defaults: the paper's single-domain FFHQ settings."""
 
-    ``clip`` and ``betas`` become tuples and ``losses`` a LossWeights; the fields every trainer has
-    and the trainer's own ``checks`` (``(ok, field, expected)``) are checked in one place, so a bad
-    value is one line: ``{what}: {field} must be {expected}, got {value}``.
-    """
-    object.__setattr__(cfg, "clip", tuple(cfg.clip))
-    object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
-    if isinstance(cfg.losses, Mapping):
-        object.__setattr__(cfg, "losses", LossWeights.from_mapping(cfg.losses))
-    if hasattr(cfg, "dashboards"):
-        object.__setattr__(cfg, "dashboards", parse_dashboards(cfg.dashboards))  # refuses an unknown name
-    shared = [
-        (cfg.iters >= 1, "iters", "an integer >= 1"),
-        (cfg.lr > 0 and math.isfinite(cfg.lr), "lr", "a finite number > 0"),
-        (len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)"),
-        (0 <= cfg.mixing <= 1, "mixing", "a probability in [0, 1]"),
-        (cfg.sample_every >= 0 and cfg.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
-        (cfg.sample_n >= 1, "sample_n", ">= 1"),
-        (0 <= cfg.seed < 2**63, "seed", "in [0, 2^63)"),
-        (bool(cfg.clip), "clip", "at least one CLIP model"),
-    ]
-    for ok, name, expected in shared + checks:
-        if not ok:
-            raise HyperdomainError(f"{what}: {name} must be {expected}, got {getattr(cfg, name.split('/')[0])!r}")
-    templates(cfg.templates)  # refuses an unknown template set by name
+    command: ClassVar[str] = "train"  # the command, in messages ("adapt", "adapt --image", "train-hyper")
+    run: ClassVar[str] = ""  # the trainer's name in the loss registry ("adapt", "image", "hyper")
+    loss_scope: ClassVar[str] = ""  # "--loss X: not a loss of {loss_scope}"
 
+    clip: tuple[str, ...] = DEFAULT_CLIP  # the CLIP ensemble of the losses (specs, paths absolute)
+    iters: int = 300
+    batch: int = 4
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    losses: LossWeights = field(default_factory=LossWeights)
+    mixing: float = 0.9  # style-mixing probability of the training latents
+    templates: str = "imagenet"
+    seed: int = 0
+    sample_every: int = 50
+    checkpoint_every: int = 50
+    sample_n: int = 6
+    sample_truncation: float = 0.7
+    generator: str | None = None  # the name or path the generator was loaded from (for resume)
+    dashboards: tuple[str, ...] = ()  # "tensorboard", "wandb": logged beside log.jsonl (rank 0)
 
-def run_config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A trainer config as plain JSON data (losses by their public names)."""
-    d = asdict(cfg)
-    d["losses"] = cfg.losses.as_dict()
-    d["clip"], d["betas"] = list(cfg.clip), list(cfg.betas)
-    if "dashboards" in d:
-        d["dashboards"] = list(cfg.dashboards)
-    return d
+    def __post_init__(self) -> None:
+        """Normalise the shared fields and check them all, then the trainer's own :meth:`checks`:
+        a bad value is one line, ``{command}: {field} must be {expected}, got {value}``."""
+        object.__setattr__(self, "clip", tuple(self.clip))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if isinstance(self.losses, Mapping):
+            object.__setattr__(self, "losses", LossWeights.from_mapping(self.losses))
+        object.__setattr__(self, "dashboards", parse_dashboards(self.dashboards))  # refuses an unknown name
+        shared = [
+            (self.iters >= 1, "iters", "an integer >= 1"),
+            (self.batch >= 1, "batch", "an integer >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"),
+            (0 <= self.mixing <= 1, "mixing", "a probability in [0, 1]"),
+            (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),
+            (self.sample_n >= 1, "sample_n", ">= 1"),
+            (0 <= self.seed < 2**63, "seed", "in [0, 2^63)"),
+            (bool(self.clip), "clip", "at least one CLIP model"),
+        ]
+        for ok, name, expected in shared + self.checks():
+            if not ok:
+                raise HyperdomainError(f"{self.command}: {name} must be {expected}, got "
+                                       f"{getattr(self, name.split('/')[0])!r}")
+        templates(self.templates)  # refuses an unknown template set by name
+        self.losses.check_usable(self.run, self.loss_scope or self.command)
+        if self.losses.indomain and self.batch < 2:
+            raise HyperdomainError("--loss indomain needs --batch of at least 2")
 
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """The trainer's own ``(ok, field, expected)`` checks."""
+        return []
 
-def run_config_from_dict(cls: type, d: Mapping[str, Any], what: str) -> Any:
-    """Inverse of :func:`run_config_to_dict`; unknown keys are refused by name."""
-    check_config_keys(cls, d, what)
-    return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (losses by their public names), as checkpoints and artifacts store it."""
+        d = asdict(self)
+        d["losses"] = self.losses.as_dict()
+        d["clip"], d["betas"], d["dashboards"] = list(self.clip), list(self.betas), list(self.dashboards)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`; unknown keys are refused by name."""
+        check_config_keys(cls, d, cls.command)
+        return cls(**{**d, "losses": LossWeights.from_mapping(d.get("losses", {}))})

@@ -205,11 +205,7 @@ class _AdaptRun(TrainingRun):
         return {"domain": self.domain}
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        if tensors["domain"].shape != self.domain.shape:
-            raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
-                                   f"{self.domain.numel()}")
-        with torch.no_grad():
-            self.domain.copy_(tensors["domain"])
+        restore_domain(self.domain, tensors)
 
     def result(self) -> Domain:
         c = self.config
@@ -232,6 +228,15 @@ class _AdaptRun(TrainingRun):
             self._source_row = self.G.sample(c.sample_n, truncation=c.sample_truncation, seed=c.seed)
         trg = self.G.sample(c.sample_n, domain=self.domain.detach(), truncation=c.sample_truncation, seed=c.seed)
         save_grid(torch.cat([self._source_row, trg]), path, nrow=c.sample_n)
+
+
+def restore_domain(domain: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A single-domain run's trained vector from its checkpoint's ``tensors`` (one line if it does not fit)."""
+    if tensors["domain"].shape != domain.shape:
+        raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
+                               f"{domain.numel()}")
+    with torch.no_grad():
+        domain.copy_(tensors["domain"])
 
 
 def slug(prompt: str, limit: int = 40) -> str:

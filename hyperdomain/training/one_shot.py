@@ -42,7 +42,7 @@ from ..model.latent import Latent
 from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
 from ..image.perceptual import load_lpips, lpips_distance
 from ..image.photos import image_digest, to_tensor
-from .adapt import DOMAIN_FILE
+from .adapt import DOMAIN_FILE, restore_domain
 from .latents import sample_training_latents, training_seed
 from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume
@@ -216,11 +216,8 @@ class _ImageRun(TrainingRun):
         return {"domain": self.domain, "reference_latent": self.w_ref[0]}
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        if tensors["domain"].shape != self.domain.shape:
-            raise HyperdomainError(f"checkpoint domain has {tensors['domain'].numel()} numbers, generator needs "
-                                   f"{self.domain.numel()}")
+        restore_domain(self.domain, tensors)
         with torch.no_grad():
-            self.domain.copy_(tensors["domain"])
             self.w_ref.copy_(tensors["reference_latent"][None])  # the run's own latent, whatever the cache holds
 
     def checkpoint_meta(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .outputs import check_outputs, overwrite_option, spec_file, unique_names, unique_stems
+from .outputs import CommandError, check_outputs, overwrite_option, spec_file, unique_names, unique_stems
 from .options import (SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
                       inversion_config, noise_modes, sample_method, template_sets)
 
@@ -22,13 +22,13 @@ Examples:
 """
 
 
-class UserError(click.ClickException):
+class UserError(CommandError):
     """A bad file or argument: one line on stderr, exit code 2."""
 
     exit_code = 2
 
 
-class StorageFault(click.ClickException):
+class StorageFault(CommandError):
     """The storage failed a write (a full disk, an I/O error): one line on stderr, exit code 1 (the
     environment, not the input)."""
 
@@ -362,6 +362,8 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
         require(dashboards)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
+    if resume is None:
+        check_photos([image] if image is not None else [], G)
     clips = [absolute_spec(c) for c in clip] or None
     settings = dict(batch=batch, lr=lr, losses=hd.LossWeights.parse(losses) if losses else None, mixing=mixing,
                     seed=seed, templates=templates, sample_every=sample_every, checkpoint_every=checkpoint_every,
@@ -420,12 +422,14 @@ def photo_options(fn):
     return fn
 
 
-def check_photos(photos) -> None:
-    """Read every photo once before the models load: a bad one is named in seconds, not after them."""
-    from hyperdomain.photos import read_photo
+def check_photos(photos, G=None) -> None:
+    """Read every photo before the work: before the models load (``G`` None), all but the size, which
+    the generator sets (:func:`hyperdomain.photos.min_photo_side`), so a bad one is named in seconds;
+    with ``G``, the size too, before LPIPS, the detector or a run folder."""
+    from hyperdomain.photos import min_photo_side, read_photo
 
     for p in photos:
-        read_photo(p)
+        read_photo(p, min_photo_side(G.resolution) if G is not None else 1)
 
 
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
@@ -471,6 +475,7 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
                   [*photos, generator, detector_weights, lpips_vgg], overwrite)
     check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
+    check_photos(photos, G)
     aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                    pca_samples)
     latents = hd.invert(G, [str(p) for p in photos], config, align=aligning, detector=det, lpips=lpips,
@@ -539,6 +544,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
                             lpips_vgg], overwrite)
     check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
+    check_photos(photos, G)
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
     if hyper is not None:
         loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))

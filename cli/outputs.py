@@ -18,7 +18,20 @@ overwrite_option = click.option(
     help="Replace existing output files of the same kind (never an input, never a file of another kind).")
 
 
-class OutputError(click.ClickException):
+class CommandError(click.ClickException):
+    """An error the CLI prints as one line, whatever it quotes: a file name holding a newline or
+    another control character is shown escaped (``hyperdomain.errors.one_line``)."""
+
+    def __init__(self, message: str):
+        message = str(message)
+        if not message.isprintable():  # rare: only then is the library (and torch) imported here
+            from hyperdomain.errors import one_line
+
+            message = one_line(message)
+        super().__init__(message)
+
+
+class OutputError(CommandError):
     """An output the command refuses to write: one line, exit code 2 (as the CLI's UserError)."""
 
     exit_code = 2

@@ -35,14 +35,14 @@ from tqdm import tqdm
 from ._version import __version__
 from .alignment import Detector, align_face
 from .domain import generator_meta
-from .errors import HyperdomainError
+from .errors import HyperdomainError, one_line
 from .face_detectors import detector as default_detector
 from .files.pretrained import weights_home
 from .files.safetensors_files import PCA, read_own_file, write_own_file
 from .images import downsample_bicubic
 from .latent import Latent
 from .perceptual import load_lpips, lpips_distance
-from .photos import image_digest, read_photo, to_tensor
+from .photos import image_digest, min_photo_side, read_photo, to_tensor
 
 PCA_FORMAT_VERSION = 1
 NOISE_MODES = ("const", "random")
@@ -129,8 +129,8 @@ def prepare_photo(G, photo: str | os.PathLike | Image.Image, align: bool | None 
                   detector: Detector | Callable[[], Detector] | None = None, what: str | None = None) -> Image.Image:
     """The photo as the generator sees it: aligned as its training images were (``align``: default
     on for face generators, ``G.alignment``) or centre-cropped, at the generator's size."""
-    img = photo if isinstance(photo, Image.Image) else read_photo(photo)
-    what = what or (str(photo) if not isinstance(photo, Image.Image) else "photo")
+    img = photo if isinstance(photo, Image.Image) else read_photo(photo, min_photo_side(G.resolution))
+    what = what or (one_line(photo) if not isinstance(photo, Image.Image) else "photo")
     if align is None:
         align = getattr(G, "alignment", None) == "ffhq"
     if align:

@@ -53,6 +53,18 @@ def _bomb_png() -> bytes:
         + _png_chunk(b"IEND", b"")
 
 
+def _nan_tiff() -> bytes:
+    """A float TIFF (mode F, the size of a photo) whose lower half is NaN: no picture to scale."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((80, 96), 0.5, np.float32)
+    a[40:] = np.nan
+    out = io.BytesIO()
+    Image.fromarray(a, "F").save(out, format="TIFF")
+    return out.getvalue()
+
+
 def _rewritten(src: Path, tensors=None, **meta) -> bytes:
     from safetensors import safe_open
     from safetensors.torch import save
@@ -95,6 +107,8 @@ def corpus(tmp_path_factory):
         "evil-pickle": pickle.dumps(_Evil(marker), protocol=2),
         "deep-pickle": _deep_pickle(50_000),
         "bomb-image": _bomb_png(),
+        "nan-float-tiff": _nan_tiff(),
+        "newline\nname": bytes(range(256)) * 8,  # a name that would split a message in two
     }
     evil = io.BytesIO()
     torch.save(_Evil(marker), evil)
@@ -105,8 +119,9 @@ def corpus(tmp_path_factory):
         z.writestr("deep/byteorder", "little")
         z.writestr("deep/version", "3\n")
     bad["deep-torch-zip"] = deep.getvalue()
-    suffix = {"text": ".png", "bomb-image": ".png", "junk": ".pt", "truncated-generator": ".pt", "evil-pickle": ".pkl",
-              "deep-pickle": ".pkl", "evil-torch-zip": ".pt", "deep-torch-zip": ".pt"}
+    suffix = {"text": ".png", "bomb-image": ".png", "nan-float-tiff": ".tiff", "newline\nname": ".png", "junk": ".pt",
+              "truncated-generator": ".pt", "evil-pickle": ".pkl", "deep-pickle": ".pkl", "evil-torch-zip": ".pt",
+              "deep-torch-zip": ".pt"}
     paths = {}
     for name, data in bad.items():
         paths[name] = bad_dir / f"{name}{suffix.get(name, '.safetensors')}"
@@ -155,6 +170,12 @@ VALID = {("info", "other-generator-domain"), ("info", "hypernet-not-a-domain"), 
          ("export --hyper", "hypernet-not-a-domain"), ("sample --hyper", "hypernet-not-a-domain")}
 
 
+def _slot(slot, corpus, f, out):
+    """The arguments of ``SLOTS[slot]`` with ``f`` in the file's place and outputs under ``out``."""
+    values = {"f": f, "out": out, "run": out / "run", **{k: corpus[k] for k in ("gen", "clip", "domain")}}
+    return [str(a).format(**{k: str(v) for k, v in values.items()}) for a in SLOTS[slot]]
+
+
 @pytest.mark.parametrize("slot", list(SLOTS))
 def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_path):
     before = _checksums(corpus["root"])
@@ -168,9 +189,7 @@ def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_
             run.mkdir(parents=True)
             if path.is_file():
                 shutil.copy(path, run / "checkpoint.safetensors")
-        values = {"f": path, "out": out, "run": run, **{k: corpus[k] for k in ("gen", "clip", "domain")}}
-        args = [str(a).format(**{k: str(v) for k, v in values.items()}) for a in SLOTS[slot]]
-        result = cli(*args)
+        result = cli(*_slot(slot, corpus, path, out))
         err = result.stderr.strip()
         if result.exit_code != 2 or len(err.splitlines()) != 1 or "Traceback" in result.output \
                 or not isinstance(result.exception, SystemExit):
@@ -182,6 +201,17 @@ def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_
     assert not problems, "\n".join(problems)
     assert not corpus["marker"].exists(), "a pickle ran code"
     assert _checksums(corpus["root"]) == before
+
+
+def test_a_photo_that_is_not_a_regular_file_is_named_so(corpus, tmp_path):
+    """A named pipe given as a photo: not "no such file" (it is there), and never opened (that would wait
+    for a writer)."""
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    for slot in ("invert", "adapt --image"):
+        assert_user_error(cli(*_slot(slot, corpus, fifo, tmp_path / "out")),
+                          f"{fifo}: not a regular file (a pipe, device or socket); give an image file")
+    assert not (tmp_path / "out").exists()
 
 
 # Outputs that would replace an input or a file of another kind: refused, the file intact.

@@ -177,6 +177,20 @@ def test_photos_are_prepared_for_the_generator(quiet_G, tmp_path):
         prepare_photo(quiet_G, img, detector=lambda photo: [])
 
 
+def test_a_small_generator_takes_photos_of_its_own_size(quiet_G, tmp_path):
+    """Photos need 64 px a side (a face), or the generator's size when it is smaller: a 32 px
+    generator's own images invert as they are, without upscaling."""
+    from hyperdomain.photos import MIN_SIDE, min_photo_side
+
+    photos, _ = _photos(quiet_G, n=1)
+    photos[0].save(tmp_path / "own.png")
+    assert prepare_photo(quiet_G, tmp_path / "own.png", align=False).size == (32, 32)
+    photos[0].resize((31, 40)).save(tmp_path / "thin.png")
+    with pytest.raises(HyperdomainError, match=r"thin\.png: 31x40 is too small; images need at least 32 pixels"):
+        prepare_photo(quiet_G, tmp_path / "thin.png", align=False)
+    assert min_photo_side(1024) == MIN_SIDE == 64 and min_photo_side(32) == 32
+
+
 def test_bad_settings():
     with pytest.raises(HyperdomainError, match="invert: steps must be an integer >= 1, got 0"):
         InversionConfig(steps=0)

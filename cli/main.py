@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from .outputs import CommandError, check_outputs, overwrite_option, spec_file, unique_names, unique_stems
-from .options import (SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
-                      inversion_config, noise_modes, sample_method, template_sets)
+from .options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function,
+                      hyper_config, image_config, inversion_config, noise_modes, sample_method, template_sets)
 
 EXAMPLES_SAMPLE = """
 \b
@@ -289,7 +289,7 @@ _IMAGE_ONLY = ("align", "mix_from", "inversion_steps", "lpips_vgg", "detector", 
 @click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
               type=click.IntRange(1, 4096))
 @click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
-              type=FiniteFloat(0, min_open=True), help="Adam learning rate.")
+              type=LEARNING_RATE, help="Adam learning rate.")
 @click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True,
               also=(image_config, "with --image"), multiple=True, metavar="NAME=WEIGHT",
               help="Loss weights, repeatable: direction, global, indomain, l2; with --image also clip_within, "
@@ -413,7 +413,7 @@ def photo_options(fn):
                           "'random' checks the pipeline without weights (tests only)."),
         click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
                      help="Inversion steps."),
-        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=FiniteFloat(0, min_open=True),
+        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=LEARNING_RATE,
                      help="The inversion's Adam learning rate."),
         click.option("--pca-samples", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(2),
                      help="Mapped latents behind the P-norm prior (computed once per generator, cached)."),
@@ -586,7 +586,7 @@ Examples:
 @click.option("--iters", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Training steps.")
 @click.option("--batch", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(2),
               help="Global batch (all processes).")
-@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=FiniteFloat(0, min_open=True))
+@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=LEARNING_RATE)
 @click.option("--loss", "losses", cls=LibraryDefault, owner=hyper_config, fallback=True, fallback_help="",
               multiple=True, metavar="NAME=WEIGHT", help="Loss weights, repeatable.")
 @click.option("--convex-hull/--no-convex-hull", cls=LibraryDefault, owner=hyper_config,

@@ -208,7 +208,16 @@ def _optimise(G, photos: list[Image.Image], config: InversionConfig, lpips, pca:
             raise HyperdomainError(f"invert: step {step + 1}: the loss is not finite; try a lower --lr")
         opt.zero_grad(set_to_none=True)
         total.sum().backward()  # a sum: each photo's latent gets its own loss's gradient
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # Adam's step overflows float32 itself (a learning rate past ~3e37)
+            if "overflow" not in str(e):
+                raise
+            raise HyperdomainError(f"invert: step {step + 1}: the optimiser's step overflowed; try a lower --lr "
+                                   f"(got {config.lr:g})") from None
+        if not bool(torch.isfinite(ws).all()):
+            raise HyperdomainError(f"invert: step {step + 1}: the latent is not finite; try a lower --lr "
+                                   f"(got {config.lr:g})")
         values = {k: float(v.detach().mean()) for k, v in parts.items()}
         bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
         if callback is not None:

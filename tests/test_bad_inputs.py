@@ -214,6 +214,19 @@ def test_a_photo_that_is_not_a_regular_file_is_named_so(corpus, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("slot", ["invert", "adapt --image", "adapt --clip", "train-hyper --domains"])
+def test_a_learning_rate_out_of_range_is_refused_at_the_option(slot, corpus, tmp_path):
+    """--lr 1e39 overflowed Adam's float32 step (a traceback; adapt left a run folder without a checkpoint):
+    every --lr is bounded where it is parsed, before any file is read or written."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"")  # never read: the option is refused first
+    f = {"invert": photo, "adapt --image": photo, "adapt --clip": corpus["clip"],
+         "train-hyper --domains": "builtin:train"}[slot]
+    for lr in ("1e39", "0", "inf"):
+        assert_user_error(cli(*_slot(slot, corpus, f, tmp_path / "out"), "--lr", lr), "--lr", "0<x<=1000")
+    assert not (tmp_path / "out").exists()
+
+
 # Outputs that would replace an input or a file of another kind: refused, the file intact.
 def _outputs_onto_inputs(c, tmp):
     gen, clip, domain, hyper = (str(c[k]) for k in ("gen", "clip", "domain", "hyper"))

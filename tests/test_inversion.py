@@ -191,6 +191,29 @@ def test_a_small_generator_takes_photos_of_its_own_size(quiet_G, tmp_path):
     assert min_photo_side(1024) == MIN_SIDE == 64 and min_photo_side(32) == 32
 
 
+def test_a_step_that_is_not_finite_stops_in_one_line(quiet_G, lpips_random, monkeypatch):
+    """A learning rate whose Adam step overflows float32, or a step that leaves the latent non-finite
+    (the last step too, which no later loss would catch): one line naming the step and the rate."""
+    photos, _ = _photos(quiet_G, n=1)
+    pca = latent_pca(quiet_G, 500, cache=False)
+    with pytest.raises(HyperdomainError, match=r"^invert: step 1: the optimiser's step overflowed; try a lower "
+                                               r"--lr \(got 1e\+39\)$"):
+        invert(quiet_G, photos, InversionConfig(steps=3, lr=1e39), align=False, lpips=lpips_random, pca=pca,
+               progress=False)
+    real = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0][0, 0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    with pytest.raises(HyperdomainError, match=r"^invert: step 1: the latent is not finite; try a lower --lr "
+                                               r"\(got 0\.01\)$"):
+        invert(quiet_G, photos, InversionConfig(steps=1), align=False, lpips=lpips_random, pca=pca, progress=False)
+
+
 def test_bad_settings():
     with pytest.raises(HyperdomainError, match="invert: steps must be an integer >= 1, got 0"):
         InversionConfig(steps=0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -43,6 +44,8 @@ from .images import downsample_bicubic
 from .latent import Latent
 from .perceptual import load_lpips, lpips_distance
 from .photos import image_digest, min_photo_side, read_photo, to_tensor
+
+log = logging.getLogger(__name__)
 
 PCA_FORMAT_VERSION = 1
 NOISE_MODES = ("const", "random")
@@ -90,9 +93,9 @@ def latent_pca(G, samples: int = InversionConfig.pca_samples, seed: int = 0, cac
     cached under ``$HYPERDOMAIN_HOME/pca`` (safetensors)."""
     path = weights_home() / "pca" / f"{G.fingerprint}-{samples}-{seed}.safetensors"
     if cache and path.is_file():
-        _, t = read_own_file(path, PCA, PCA_FORMAT_VERSION, "latent PCA")
-        if set(t) == {"mean", "components", "std"} and t["mean"].shape == (G.w_dim,):
-            return LatentPCA(t["mean"].float(), t["components"].float(), t["std"].float())
+        cached = _cached_pca(path, G.w_dim)
+        if cached is not None:
+            return cached
     gen = torch.Generator().manual_seed(int(seed))
     total = torch.zeros(G.w_dim, dtype=torch.float64, device=G.device)
     outer = torch.zeros(G.w_dim, G.w_dim, dtype=torch.float64, device=G.device)
@@ -116,6 +119,35 @@ def latent_pca(G, samples: int = InversionConfig.pca_samples, seed: int = 0, cac
         except HyperdomainError:
             pass  # a read-only weights folder: the PCA is computed again next time
     return pca
+
+
+def _cached_pca(path: Path, w_dim: int) -> LatentPCA | None:
+    """The PCA cached at ``path``, or None (with a warning) when the file is not a sound one for
+    ``w_dim``: damaged, of another shape, non-finite or with a zero deviation. It is a cache: the
+    caller computes the PCA again and replaces it."""
+    try:
+        _, t = read_own_file(path, PCA, PCA_FORMAT_VERSION, "latent PCA")
+        problem = _pca_problem(t, w_dim)
+    except HyperdomainError as e:
+        problem = str(e).removeprefix(f"{path}: ")
+    if problem is None:
+        return LatentPCA(t["mean"].float(), t["components"].float(), t["std"].float())
+    log.warning("%s: %s; computing the latent PCA again", one_line(path), one_line(problem))
+    return None
+
+
+def _pca_problem(t: dict[str, torch.Tensor], w_dim: int) -> str | None:
+    if set(t) != {"mean", "components", "std"}:
+        return f"holds tensors {sorted(t)[:4]}, not mean, components, std"
+    k = t["components"].shape[0] if t["components"].ndim == 2 else -1
+    shapes = {name: list(x.shape) for name, x in t.items()}
+    if not 1 <= k <= w_dim or shapes != {"mean": [w_dim], "components": [k, w_dim], "std": [k]}:
+        return f"shapes {shapes} do not fit latents of {w_dim} numbers"
+    if not all(x.is_floating_point() and bool(torch.isfinite(x).all()) for x in t.values()):
+        return "holds numbers that are not finite floats (NaN or inf)"
+    if not bool((t["std"] > 0).all()):
+        return "holds a standard deviation <= 0"
+    return None
 
 
 def p_norm(ws: torch.Tensor, pca: LatentPCA) -> torch.Tensor:

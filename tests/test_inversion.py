@@ -52,6 +52,37 @@ def test_latent_pca_matches_numpy_and_is_cached(tmp_path, monkeypatch, tiny_G):
     assert torch.equal(again.components, pca.components)
 
 
+def test_a_bad_cached_pca_is_computed_again(tmp_path, monkeypatch, tiny_G, caplog):
+    """The cached PCA is a cache: one of the wrong shape, with NaN, or damaged is computed again and
+    replaced, with a warning, never a traceback or a NaN prior."""
+    from hyperdomain.files.safetensors_files import PCA, write_own_file
+
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path))
+    sound = latent_pca(tiny_G, samples=500, seed=1, cache=False)
+    path = tmp_path / "pca" / f"{tiny_G.fingerprint}-500-1.safetensors"
+    path.parent.mkdir()
+    w = tiny_G.w_dim
+    bad = {
+        "other shape": {"mean": torch.zeros(w), "components": torch.eye(w)[:, :16].contiguous(), "std": torch.ones(w)},
+        "nan": {"mean": torch.zeros(w), "components": torch.eye(w), "std": torch.full((w,), float("nan"))},
+        "zero std": {"mean": torch.zeros(w), "components": torch.eye(w), "std": torch.zeros(w)},
+    }
+    for name, tensors in [*bad.items(), ("damaged", None)]:
+        if tensors is None:
+            path.write_bytes(b"\0" * 100)
+        else:
+            write_own_file(path, PCA, 1, tensors, {})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hyperdomain.inversion"):
+            pca = latent_pca(tiny_G, samples=500, seed=1)
+        assert torch.equal(pca.components, sound.components) and torch.equal(pca.std, sound.std), name
+        assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage()
+                and r.getMessage().endswith("; computing the latent PCA again")], (name, caplog.text)
+        assert torch.equal(latent_pca(tiny_G, samples=500, seed=1).components, sound.components)  # replaced
+    ws = tiny_G.mean_latent()[None, None].expand(1, tiny_G.num_ws, -1)
+    assert torch.isfinite(p_norm(ws, pca)).all()
+
+
 def test_p_norm_is_the_mahalanobis_norm(tiny_G):
     pca = latent_pca(tiny_G, samples=3000, cache=False)
     ws = torch.randn(2, tiny_G.num_ws, 32, dtype=torch.float64)

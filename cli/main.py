@@ -1,10 +1,13 @@
 """`hyperdomain` command group. Thin: every command parses, calls the library, reports."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -35,23 +38,53 @@ class StorageFault(CommandError):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, ``timeout``, Docker and Kubernetes send before they kill), raised
+    where the command is, as Ctrl-C raises KeyboardInterrupt: the same clean-up runs (a temporary
+    file is removed, ffmpeg stopped)."""
+
+    signum = int(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` while a command runs (in the main thread; a trainer's own
+    handler, which saves the run first, takes over inside it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(fn):
     """Turn the library's errors into one-line CLI errors: exit 2 for bad input, 1 for a storage
-    fault (StorageError, or an OSError the library did not name: its file and reason)."""
+    fault (StorageError, or an OSError the library did not name: its file and reason); Ctrl-C or
+    SIGTERM: one line, exit 130 or 143 (128 + the signal, as shells report it)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from hyperdomain.errors import HyperdomainError, StorageError
 
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except StorageError as e:
             raise StorageFault(str(e)) from None
         except HyperdomainError as e:
             raise UserError(str(e)) from None
         except OSError as e:
             raise StorageFault(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt as stop:
+            signum = int(getattr(stop, "signum", signal.SIGINT))
+            click.echo("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted", err=True)
+            sys.exit(128 + signum)
     return wrapper
 
 
@@ -128,8 +161,6 @@ def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool
     """Ctrl-C or SIGTERM during training: say where the run is saved (if it is) and exit 130 or 143
     (128 + the signal, as shells report it). A save that failed (a full disk) is said in the same
     line, with the previous checkpoint, which it left as it was."""
-    import signal
-
     from hyperdomain.files.run_checkpoints import CHECKPOINT
 
     signum = getattr(stop, "signum", signal.SIGINT)

@@ -23,7 +23,7 @@ import hyperdomain as hd
 from hyperdomain.hypernet import HyperConfig, HyperDomainNet
 
 from conftest import (TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator,
-                      sigterm_after_first_step)
+                      sigterm_after_first_step, sigterm_when)
 
 MARKER = "hyperdomain-corpus-pwned"  # what the hostile pickles would create if they ran
 
@@ -289,4 +289,23 @@ def test_a_real_sigterm_saves_train_hyper_in_one_line(corpus, tmp_path):
     assert returncode == 143 and len(lines) == 1, stderr
     assert f"terminated (SIGTERM); the run is saved in {out}" in lines[0]
     assert (out / "checkpoint.safetensors").is_file()
+    assert _checksums(corpus["root"]) == before
+
+
+def test_a_real_sigterm_stops_animate_as_ctrl_c_does(corpus, tmp_path):
+    """SIGTERM while a video is written (ffmpeg at work on its temporary file): one line, exit 143, ffmpeg
+    stopped and its temporary file removed, nothing left (the default action killed Python at once and
+    left ``.a.mp4.XXXX.tmp``, which ffmpeg went on to finish)."""
+    before = _checksums(corpus["root"])
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def writing():
+        return any(p.stat().st_size > 0 for p in out.glob(".a.mp4.*.tmp"))
+
+    args = ["animate", "--generator", corpus["gen"], "--domain", corpus["domain"], "--frames", 100000, "-n", 1,
+            "--out", out / "a.mp4", "--device", "cpu"]
+    returncode, _, stderr = sigterm_when(args, writing)
+    assert returncode == 143 and stderr.strip() == "terminated (SIGTERM)", stderr
+    assert list(out.iterdir()) == []
     assert _checksums(corpus["root"]) == before

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from .outputs import CommandError, check_outputs, overwrite_option, spec_file, unique_names, unique_stems
+from .outputs import (CommandError, check_name_length, check_outputs, overwrite_option, spec_file, unique_names,
+                      unique_stems)
 from .options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function,
                       hyper_config, image_config, inversion_config, noise_modes, sample_method, template_sets)
 
@@ -155,6 +156,13 @@ def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
             raise UserError(f"--mix-from {mix_from}: {path} holds the reference's layers from {first} on only")
         return d.style_latent
     return hd.Latent.load(path, generator=G, check=not no_check).ws
+
+
+def check_run_folder(out: Path) -> None:
+    """A new run folder's name fits the file system (as its checkpoint's, written in it)."""
+    from hyperdomain.files.run_checkpoints import CHECKPOINT
+
+    check_name_length("--out", out / CHECKPOINT)
 
 
 def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool = True) -> None:
@@ -388,6 +396,7 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
             raise UserError(f"--{given[0].replace('_', '-')} is for one-shot runs (--image)")
     if resume is None:  # checked before anything loads
         out = out or Path("runs") / slug(image.stem if image is not None else target)
+        check_run_folder(out)
         refuse_existing_run(out, kind)
         check_photos([image] if image is not None else [])
         require(dashboards)
@@ -673,6 +682,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         if resume is None:  # checked before anything loads
             from hyperdomain.training.run_dir import refuse_existing_run
 
+            check_run_folder(out)
             refuse_existing_run(out, "hyper")
         G = hd.load_generator(generator, device=dist.device)
         if resume is None:

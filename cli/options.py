@@ -86,8 +86,8 @@ class FiniteFloat(click.FloatRange):
         number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
             bounded = self.min is not None or self.max is not None
-            self.fail(f"{value!r} is not a finite number{f' in the range {self._describe_range()}' if bounded else ''}.",
-                      param, ctx)
+            within = f" in the range {self._describe_range()}" if bounded else ""
+            self.fail(f"{value!r} is not a finite number{within}.", param, ctx)
         return super().convert(number, param, ctx)
 
 

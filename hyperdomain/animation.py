@@ -279,9 +279,10 @@ def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float, quality: in
                 if proc is None:
                     size = (f.shape[1], f.shape[0])
                     proc = subprocess.Popen(
-                        [exe, "-y", "-v", "error", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{size[0]}x{size[1]}",
-                         "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an", "-vcodec", "libx264",
-                         "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4", str(tmp)],
+                        [exe, "-y", "-v", "error", "-f", "rawvideo", "-vcodec", "rawvideo",
+                         "-s", f"{size[0]}x{size[1]}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
+                         "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
+                         "-f", "mp4", str(tmp)],
                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
                         start_new_session=True)  # Ctrl-C reaches this process only, which stops ffmpeg
                 elif (f.shape[1], f.shape[0]) != size:

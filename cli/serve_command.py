@@ -19,6 +19,33 @@ Examples:
 """
 
 
+def listen_address(ctx, param, host: str) -> str:
+    """--host checked where it is parsed: an IPv4 address (four numbers 0-255) or a host name that
+    resolves, and one this machine can listen on; else one line saying so, not the server's "choose
+    another --port" (or a traceback, for IPv6) after the models load."""
+    import ipaddress
+    import socket
+
+    hint = "use an address of this machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    try:
+        if ipaddress.ip_address(host).version == 6:  # Gradio builds its URL as host:port, which breaks on one
+            raise click.BadParameter(f"{host!r}: the app listens on IPv4 addresses only; {hint}")
+    except ValueError:
+        if not host or host.replace(".", "").isdigit() or ":" in host:  # meant as an address: not a valid one
+            raise click.BadParameter(f"{host!r} is not a valid IP address; {hint}") from None
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise click.BadParameter(f"{host!r} is not a valid address (no such host name: {e}); {hint}") from None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: any free port; only the address is tried
+    except OSError as e:
+        raise click.BadParameter(f"cannot listen on {host!r} ({e.strerror or e}); {hint}") from None
+    return host
+
+
 def build(cli: ModuleType) -> click.Command:
     @click.command(name="serve", epilog=EXAMPLES)
     @cli.generator_option
@@ -32,7 +59,7 @@ def build(cli: ModuleType) -> click.Command:
     @cli.photo_options
     @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hyperdomain-app"),
                   show_default=True, help="Where the page's runs, downloads and photos are written.")
-    @click.option("--host", default="127.0.0.1", show_default=True,
+    @click.option("--host", default="127.0.0.1", show_default=True, callback=listen_address,
                   help="The address to listen on (0.0.0.0: every interface; anyone who reaches it can use the app).")
     @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
     @click.option("--no-check", is_flag=True, help="Accept domains made for a generator with another fingerprint.")

@@ -227,6 +227,18 @@ def test_a_learning_rate_out_of_range_is_refused_at_the_option(slot, corpus, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_serve_names_a_host_that_is_no_address(corpus, tmp_path):
+    """--host 999.1.1.1 loaded every model, then said "choose another --port"; an IPv6 address a traceback
+    from Gradio. Both are refused where the option is parsed, saying what is wrong with the host."""
+    base = ["serve", "--generator", corpus["gen"], "--work-dir", tmp_path / "w", "--host"]
+    assert_user_error(cli(*base, "999.1.1.1"), "--host", "'999.1.1.1' is not a valid IP address; use an address of "
+                      "this machine, e.g. 127.0.0.1")
+    assert_user_error(cli(*base, "no-such-host.invalid"), "--host", "'no-such-host.invalid' is not a valid address "
+                      "(no such host name")
+    assert_user_error(cli(*base, "::1"), "--host", "'::1': the app listens on IPv4 addresses only")
+    assert not (tmp_path / "w").exists()
+
+
 # Outputs that would replace an input or a file of another kind: refused, the file intact.
 def _outputs_onto_inputs(c, tmp):
     gen, clip, domain, hyper = (str(c[k]) for k in ("gen", "clip", "domain", "hyper"))

@@ -173,6 +173,24 @@ def test_latent_files(tmp_path, quiet_G, tiny_G):
     bad.save(tmp_path / "nan.safetensors")
     with pytest.raises(HyperdomainError, match=r"nan\.safetensors: latent file tensor .latent. holds 192 non-finite numbers"):
         Latent.load(tmp_path / "nan.safetensors")
+    # float64: finite there, past float32 (and an int64 one): the path named once, the range said
+    from safetensors.torch import save_file
+
+    from hyperdomain.files.safetensors_files import LATENT
+
+    header = {"format": LATENT, "format_version": "1"}
+    save_file({"latent": torch.full((6, 32), 1e300, dtype=torch.float64)}, tmp_path / "wide.safetensors", header)
+    with pytest.raises(HyperdomainError) as e:
+        Latent.load(tmp_path / "wide.safetensors")
+    assert str(e.value) == f"{tmp_path / 'wide.safetensors'}: latent file tensor 'latent' holds 192 numbers beyond " \
+                           f"float32's range (magnitude over 3.4e+38)"
+    save_file({"latent": torch.zeros(6, 32, dtype=torch.int64)}, tmp_path / "int.safetensors", header)
+    with pytest.raises(HyperdomainError) as e:
+        Latent.load(tmp_path / "int.safetensors")
+    assert str(e.value).count("int.safetensors") == 1, str(e.value)
+    save_file({"latent": torch.zeros(6, 32, 2)}, tmp_path / "3d.safetensors", header)
+    with pytest.raises(HyperdomainError, match=r"3d\.safetensors: a latent is W\+ \[num_ws, w_dim\], got shape"):
+        Latent.load(tmp_path / "3d.safetensors")
 
 
 def test_cached_inversion_runs_once(quiet_G, lpips_random, tmp_path, monkeypatch):

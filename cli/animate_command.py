@@ -50,8 +50,8 @@ def build(cli: ModuleType) -> click.Command:
                        "walk for none]")
     @click.option("--frames", cls=LibraryDefault, owner=animate_function, type=click.IntRange(2, 100_000),
                   help="Frames of the way out (--bounce adds the way back).")
-    @click.option("--fps", cls=LibraryDefault, owner=animate_function, type=FiniteFloat(0, 120, min_open=True),
-                  help="Frames per second (GIF: at most 50).")
+    @click.option("--fps", cls=LibraryDefault, owner=animate_function, type=FiniteFloat(),
+                  help="Frames per second, from 0.01 (GIF: at most 50, WebP and MP4 120).")
     @click.option("-n", "--num", "n", cls=LibraryDefault, owner=animate_function, field="n",
                   type=click.IntRange(1, 1024), help="Images (seeds) in the grid.")
     @click.option("--nrow", type=click.IntRange(1), help="Images per grid row [default: a square grid].")

@@ -1,17 +1,21 @@
 """`hyperdomain` command group. Thin: every command parses, calls the library, reports."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
-from .outputs import check_outputs, overwrite_option, spec_file, unique_names, unique_stems
-from .options import (SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function, hyper_config, image_config,
-                      inversion_config, noise_modes, sample_method, template_sets)
+from .outputs import (CommandError, check_name_length, check_outputs, overwrite_option, spec_file, unique_names,
+                      unique_stems)
+from .options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, adapt_config, evaluate_function,
+                      hyper_config, image_config, inversion_config, noise_modes, sample_method, template_sets)
 
 EXAMPLES_SAMPLE = """
 \b
@@ -22,36 +26,66 @@ Examples:
 """
 
 
-class UserError(click.ClickException):
+class UserError(CommandError):
     """A bad file or argument: one line on stderr, exit code 2."""
 
     exit_code = 2
 
 
-class StorageFault(click.ClickException):
+class StorageFault(CommandError):
     """The storage failed a write (a full disk, an I/O error): one line on stderr, exit code 1 (the
     environment, not the input)."""
 
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, ``timeout``, Docker and Kubernetes send before they kill), raised
+    where the command is, as Ctrl-C raises KeyboardInterrupt: the same clean-up runs (a temporary
+    file is removed, ffmpeg stopped)."""
+
+    signum = int(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` while a command runs (in the main thread; a trainer's own
+    handler, which saves the run first, takes over inside it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(fn):
     """Turn the library's errors into one-line CLI errors: exit 2 for bad input, 1 for a storage
-    fault (StorageError, or an OSError the library did not name: its file and reason)."""
+    fault (StorageError, or an OSError the library did not name: its file and reason); Ctrl-C or
+    SIGTERM: one line, exit 130 or 143 (128 + the signal, as shells report it)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from hyperdomain.errors import HyperdomainError, StorageError
 
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except StorageError as e:
             raise StorageFault(str(e)) from None
         except HyperdomainError as e:
             raise UserError(str(e)) from None
         except OSError as e:
             raise StorageFault(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt as stop:
+            signum = int(getattr(stop, "signum", signal.SIGINT))
+            click.echo("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted", err=True)
+            sys.exit(128 + signum)
     return wrapper
 
 
@@ -124,12 +158,17 @@ def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
     return hd.Latent.load(path, generator=G, check=not no_check).ws
 
 
+def check_run_folder(out: Path) -> None:
+    """A new run folder's name fits the file system (as its checkpoint's, written in it)."""
+    from hyperdomain.files.run_checkpoints import CHECKPOINT
+
+    check_name_length("--out", out / CHECKPOINT)
+
+
 def interrupted(ctx, out: Path, command: str, stop: KeyboardInterrupt, say: bool = True) -> None:
     """Ctrl-C or SIGTERM during training: say where the run is saved (if it is) and exit 130 or 143
     (128 + the signal, as shells report it). A save that failed (a full disk) is said in the same
     line, with the previous checkpoint, which it left as it was."""
-    import signal
-
     from hyperdomain.files.run_checkpoints import CHECKPOINT
 
     signum = getattr(stop, "signum", signal.SIGINT)
@@ -289,7 +328,7 @@ _IMAGE_ONLY = ("align", "mix_from", "inversion_steps", "lpips_vgg", "detector", 
 @click.option("--batch", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
               type=click.IntRange(1, 4096))
 @click.option("--lr", cls=LibraryDefault, owner=adapt_config, fallback=True, also=(image_config, "with --image"),
-              type=FiniteFloat(0, min_open=True), help="Adam learning rate.")
+              type=LEARNING_RATE, help="Adam learning rate.")
 @click.option("--loss", "losses", cls=LibraryDefault, owner=adapt_config, fallback=True,
               also=(image_config, "with --image"), multiple=True, metavar="NAME=WEIGHT",
               help="Loss weights, repeatable: direction, global, indomain, l2; with --image also clip_within, "
@@ -357,11 +396,14 @@ def adapt(ctx, target, image, source, generator, clip, iters, batch, lr, losses,
             raise UserError(f"--{given[0].replace('_', '-')} is for one-shot runs (--image)")
     if resume is None:  # checked before anything loads
         out = out or Path("runs") / slug(image.stem if image is not None else target)
+        check_run_folder(out)
         refuse_existing_run(out, kind)
         check_photos([image] if image is not None else [])
         require(dashboards)
     dev = resolve_device(device)
     G = hd.load_generator(generator, device=dev)
+    if resume is None:
+        check_photos([image] if image is not None else [], G)
     clips = [absolute_spec(c) for c in clip] or None
     settings = dict(batch=batch, lr=lr, losses=hd.LossWeights.parse(losses) if losses else None, mixing=mixing,
                     seed=seed, templates=templates, sample_every=sample_every, checkpoint_every=checkpoint_every,
@@ -411,7 +453,7 @@ def photo_options(fn):
                           "'random' checks the pipeline without weights (tests only)."),
         click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
                      help="Inversion steps."),
-        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=FiniteFloat(0, min_open=True),
+        click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=LEARNING_RATE,
                      help="The inversion's Adam learning rate."),
         click.option("--pca-samples", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(2),
                      help="Mapped latents behind the P-norm prior (computed once per generator, cached)."),
@@ -420,12 +462,14 @@ def photo_options(fn):
     return fn
 
 
-def check_photos(photos) -> None:
-    """Read every photo once before the models load: a bad one is named in seconds, not after them."""
-    from hyperdomain.image.photos import read_photo
+def check_photos(photos, G=None) -> None:
+    """Read every photo before the work: before the models load (``G`` None), all but the size, which
+    the generator sets (:func:`hyperdomain.image.photos.min_photo_side`), so a bad one is named in seconds;
+    with ``G``, the size too, before LPIPS, the detector or a run folder."""
+    from hyperdomain.image.photos import min_photo_side, read_photo
 
     for p in photos:
-        read_photo(p)
+        read_photo(p, min_photo_side(G.resolution) if G is not None else 1)
 
 
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
@@ -471,6 +515,7 @@ def invert(photos, generator, out, align, detector, detector_weights, lpips_vgg,
                   [*photos, generator, detector_weights, lpips_vgg], overwrite)
     check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
+    check_photos(photos, G)
     aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                    pca_samples)
     latents = hd.invert(G, [str(p) for p in photos], config, align=aligning, detector=det, lpips=lpips,
@@ -539,6 +584,7 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, out
                             lpips_vgg], overwrite)
     check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
+    check_photos(photos, G)
     loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
     if hyper is not None:
         loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))
@@ -580,7 +626,7 @@ Examples:
 @click.option("--iters", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(1), help="Training steps.")
 @click.option("--batch", cls=LibraryDefault, owner=hyper_config, type=click.IntRange(2),
               help="Global batch (all processes).")
-@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=FiniteFloat(0, min_open=True))
+@click.option("--lr", cls=LibraryDefault, owner=hyper_config, type=LEARNING_RATE)
 @click.option("--loss", "losses", cls=LibraryDefault, owner=hyper_config, fallback=True, fallback_help="",
               multiple=True, metavar="NAME=WEIGHT", help="Loss weights, repeatable.")
 @click.option("--convex-hull/--no-convex-hull", cls=LibraryDefault, owner=hyper_config,
@@ -636,6 +682,7 @@ def train_hyper(ctx, domains, test_domains, generator, clip, input_clip, iters, 
         if resume is None:  # checked before anything loads
             from hyperdomain.training.run_dir import refuse_existing_run
 
+            check_run_folder(out)
             refuse_existing_run(out, "hyper")
         G = hd.load_generator(generator, device=dist.device)
         if resume is None:

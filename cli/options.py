@@ -85,11 +85,18 @@ class FiniteFloat(click.FloatRange):
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
+            bounded = self.min is not None or self.max is not None
+            within = f" in the range {self._describe_range()}" if bounded else ""
+            self.fail(f"{value!r} is not a finite number{within}.", param, ctx)
         return super().convert(number, param, ctx)
 
 
 SEED = click.IntRange(0, 2**63 - 1)  # what torch's generators take
+# Every --lr (adapt, train-hyper, invert, stylize, serve): Adam moves each number by about lr a step,
+# and what it trains (domain vectors, latents, weights) is of order 1, so a larger rate only blows
+# up; past ~3e37 Adam's step overflows float32 itself.
+MAX_LR = 1000
+LEARNING_RATE = FiniteFloat(0, MAX_LR, min_open=True)
 
 
 # ---- where the defaults live (functions, so nothing is imported until asked) ---------------------

@@ -18,7 +18,20 @@ overwrite_option = click.option(
     help="Replace existing output files of the same kind (never an input, never a file of another kind).")
 
 
-class OutputError(click.ClickException):
+class CommandError(click.ClickException):
+    """An error the CLI prints as one line, whatever it quotes: a file name holding a newline or
+    another control character is shown escaped (``hyperdomain.errors.one_line``)."""
+
+    def __init__(self, message: str):
+        message = str(message)
+        if not message.isprintable():  # rare: only then is the library (and torch) imported here
+            from hyperdomain.errors import one_line
+
+            message = one_line(message)
+        super().__init__(message)
+
+
+class OutputError(CommandError):
     """An output the command refuses to write: one line, exit code 2 (as the CLI's UserError)."""
 
     exit_code = 2
@@ -58,6 +71,7 @@ def check_outputs(outputs: Sequence[tuple[str, Path, str]], inputs: Iterable, ov
     folders: set[Path] = set()
     for option, path, kind in outputs:
         path = Path(path)
+        check_name_length(option, path)  # first: a name too long fails every other look at the path
         if kind == IMAGE and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise OutputError(f"{option} {path}: unknown image type {path.suffix!r}; use one of "
                               f"{', '.join(IMAGE_SUFFIXES)}")
@@ -109,6 +123,50 @@ def _check_folder(option: str, path: Path) -> None:
         raise OutputError(f"{option} {path}: cannot write there, {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path}: cannot write in {folder} (permission denied)")
+
+
+def check_name_length(option: str, path: Path) -> None:
+    """Refuse, before any work, a file the file system cannot name: the file's name (as the temporary
+    name it is first written under) or a folder still to be made longer than NAME_MAX, or the whole
+    path longer than PATH_MAX, each as the nearest existing folder's file system counts them."""
+    from hyperdomain.files.atomic import temp_name_length
+
+    path = Path(path)
+    folder = path.absolute().parent
+    while not _exists(folder) and folder != folder.parent:
+        folder = folder.parent
+    name_max, path_max = _limit(folder, "PC_NAME_MAX", 255), _limit(folder, "PC_PATH_MAX", 4096)
+    new = path.absolute().relative_to(folder).parts
+    for i, part in enumerate(new):
+        size = len(os.fsencode(part))
+        used = temp_name_length(part) if i == len(new) - 1 else size  # the file is first written as .NAME.XXXXXXXX.tmp
+        if used > name_max:
+            raise OutputError(f"{option} {path}: the name {_short(part)!r} is too long for this file system ({size} "
+                              f"bytes; at most {size - used + name_max} here)")
+    longest = len(os.fsencode(str(path))) + temp_name_length(path.name) - len(os.fsencode(path.name))
+    if longest >= path_max:
+        raise OutputError(f"{option} {_short(str(path), 120)}: the path is too long for this file system "
+                          f"({longest} bytes with its temporary name; under {path_max} here)")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:  # missing, or a name too long to look up (Path.exists raises for that)
+        return False
+    return True
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    try:
+        return int(os.pathconf(folder, name))
+    except (OSError, ValueError):  # not reported (-1 or unsupported): the common Linux limits
+        return default
+
+
+def _short(name: str, width: int = 60) -> str:
+    """A long name in a message: its start and end (the whole of it fills screens)."""
+    return name if len(name) <= width else f"{name[:width // 2 - 2]}...{name[-(width // 2 - 2):]}"
 
 
 def spec_file(spec: str | None) -> str | None:

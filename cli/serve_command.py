@@ -29,6 +29,18 @@ Examples:
 """
 
 
+def listen_address(ctx, param, host: str) -> str:
+    """--host checked where it is parsed (:func:`hyperdomain.webapp.access.check_bind_host`), not by the
+    server's "choose another --port" (or a traceback, for IPv6) after the models load."""
+    from hyperdomain.errors import HyperdomainError
+    from hyperdomain.webapp.access import check_bind_host
+
+    try:
+        return check_bind_host(host)
+    except HyperdomainError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def build(cli: ModuleType) -> click.Command:
     @click.command(name="serve", epilog=EXAMPLES)
     @cli.generator_option
@@ -43,7 +55,7 @@ def build(cli: ModuleType) -> click.Command:
     @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hyperdomain-app"),
                   show_default=True, help="Where the page's runs, uploads and downloads are written: a new or "
                   "empty folder, or one an earlier serve made (only its downloads/ is served).")
-    @click.option("--host", default="127.0.0.1", show_default=True,
+    @click.option("--host", default="127.0.0.1", show_default=True, callback=listen_address,
                   help="The address to listen on (0.0.0.0: every interface; anyone who reaches it can use the app: "
                   "add --auth).")
     @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
@@ -71,12 +83,10 @@ def build(cli: ModuleType) -> click.Command:
         # that spin while idle (the default) take the cores from the one rendering. torch reads
         # this when it loads, which no command has done yet.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from hyperdomain.webapp.access import (check_bind_host, check_upload_limit, check_work_dir, is_loopback,
-                                               parse_auth)
+        from hyperdomain.webapp.access import check_upload_limit, check_work_dir, is_loopback, parse_auth
         from hyperdomain.webapp.server import require_gradio
 
         require_gradio()  # one line each, before any model loads
-        check_bind_host(host)
         users = parse_auth(auth, auth_files)
         check_upload_limit(max_upload_mb)
         work_dir = check_work_dir(work_dir)

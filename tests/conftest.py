@@ -336,6 +336,13 @@ def small_tmpfs(tmp_path):
 def sigterm_after_first_step(args, out, timeout: float = 120):
     """Run ``python -m cli.main ARGS`` from the repository, send it a real SIGTERM once its run folder
     ``out`` logs a step, and return (returncode, stdout, stderr)."""
+    log = out / "log.jsonl"
+    return sigterm_when(args, lambda: log.is_file() and bool(log.read_text().strip()), timeout)
+
+
+def sigterm_when(args, ready, timeout: float = 120):
+    """Run ``python -m cli.main ARGS`` from the repository, send it a real SIGTERM once ``ready()`` is
+    true, and return (returncode, stdout, stderr)."""
     import signal
     import subprocess
     import sys
@@ -346,7 +353,7 @@ def sigterm_after_first_step(args, out, timeout: float = 120):
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
-    while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():
+    while not ready():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

@@ -174,8 +174,13 @@ def test_bad_requests_are_one_line_before_any_work(tmp_path, tiny_G, doms, monke
     bad = [
         (dict(path=tmp_path / "a.avi"), "unknown animation type '.avi'"),
         (dict(frames=1), "frames must be in [2,"),
-        (dict(fps=60), "fps 60: must be in (0, 50] for .gif"),
+        (dict(fps=60), "fps 60: must be in [0.01, 50] for .gif"),
         (dict(fps=float("nan")), "fps nan"),
+        (dict(fps=0.001), "fps 0.001: must be in [0.01, 50] for .gif"),  # a delay past GIF's 655 s
+        (dict(path=tmp_path / "a.webp", fps=1e-300), "fps 1e-300: must be in [0.01, 120] for .webp"),
+        (dict(path=tmp_path / "a.mp4", fps=1e-300), "fps 1e-300: must be in [0.01, 120] for .mp4"),
+        (dict(path=tmp_path / "a.webp", n=1024, nrow=1), "frames of 36x34818 px are larger than .webp holds (16383"),
+        (dict(path=tmp_path / "a.mp4", n=600, nrow=600), "frames of 20402x36 px are larger than .mp4 holds (16384"),
         (dict(mode="morph"), "mode morph needs at least 2 domains, got 1"),
         (dict(mode="walk", domains=doms), "mode walk needs at most 1 domain, got 2"),
         (dict(mode="strength", domains=[]), "mode strength needs exactly 1 domain, got 0"),
@@ -193,6 +198,29 @@ def test_bad_requests_are_one_line_before_any_work(tmp_path, tiny_G, doms, monke
             hd.animate(tiny_G, args.pop("path"), args.pop("mode"), args.pop("domains"), **args)
         assert fragment in str(e.value) and "\n" not in str(e.value), (change, str(e.value))
     assert not calls and not list(tmp_path.iterdir())
+
+
+def test_ffmpegs_own_messages_become_one_line(tmp_path, tiny_G, doms, monkeypatch, capfd):
+    """ffmpeg failing (here a rate of 0, past the fps check) prints nothing of its own: its reason is the
+    error's one line, and no file or temp file is left."""
+    monkeypatch.setattr(animation, "MIN_FPS", 0.0)
+    with pytest.raises(HyperdomainError) as e:
+        hd.animate(tiny_G, tmp_path / "a.mp4", "strength", doms[0], frames=2, n=1, fps=1e-300)
+    assert str(e.value) == (f"{tmp_path / 'a.mp4'}: ffmpeg could not write the video (Unable to parse \"framerate\" "
+                            f"option value \"0\" as video rate)")
+    assert capfd.readouterr().err == "" and not list(tmp_path.iterdir())
+
+
+def test_a_huge_nrow_is_one_row(tmp_path, tiny_G, doms, files):
+    """--nrow past the images (10^9 allocated a frame terabytes wide) makes one row, as torchvision's grids."""
+    frames = read_frames(hd.animate(tiny_G, tmp_path / "a.webp", "strength", doms[0], frames=2, n=3, nrow=10**9,
+                                    seed=SEED, truncation=TRUNC))
+    assert frames[0].shape == (36, 3 * 34 + 2, 3)
+    assert make_grid(torch.zeros(3, 3, 32, 32), nrow=10**9).shape == (36, 104, 3)
+    r = cli("animate", "-g", files[0], "-d", files[1][0], "--frames", 2, "-n", 3, "--nrow", 1000000000,
+            "--out", tmp_path / "b.gif", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert read_frames(tmp_path / "b.gif")[0].shape == (36, 104, 3)
 
 
 def test_mp4_without_the_extra_names_it(tmp_path, tiny_G, doms, monkeypatch):
@@ -267,7 +295,10 @@ def test_cli_bad_input_is_one_line(tmp_path, files, monkeypatch):
     out = tmp_path / "a.gif"
     base = ["animate", "-g", gen, "--out", out]
     assert_user_error(cli(*base, "-d", d0, "--frames", 1), "--frames")
-    assert_user_error(cli(*base, "-d", d0, "--fps", 55), "fps 55: must be in (0, 50] for .gif")
+    assert_user_error(cli(*base, "-d", d0, "--fps", 55), "fps 55: must be in [0.01, 50] for .gif")
+    assert_user_error(cli(*base, "-d", d0, "--fps", 0.001), "fps 0.001: must be in [0.01, 50] for .gif")
+    assert_user_error(cli("animate", "-g", gen, "--out", tmp_path / "a.webp", "-d", d0, "--fps", "1e-300"),
+                      "fps 1e-300: must be in [0.01, 120] for .webp")
     assert_user_error(cli(*base, "-d", d0, "--mode", "morph"), "--mode morph needs at least two domains")
     assert_user_error(cli(*base, "--mode", "strength"), "--mode strength needs exactly one domain")
     assert_user_error(cli(*base, "-d", d0, "-d", d1, "--mode", "walk"), "--mode walk needs at most one domain")

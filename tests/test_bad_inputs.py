@@ -24,7 +24,7 @@ import hyperdomain as hd
 from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
 from conftest import (TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator,
-                      sigterm_after_first_step)
+                      sigterm_after_first_step, sigterm_when)
 
 MARKER = "hyperdomain-corpus-pwned"  # what the hostile pickles would create if they ran
 
@@ -52,6 +52,18 @@ def _bomb_png() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
         + _png_chunk(b"IEND", b"")
+
+
+def _nan_tiff() -> bytes:
+    """A float TIFF (mode F, the size of a photo) whose lower half is NaN: no picture to scale."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((80, 96), 0.5, np.float32)
+    a[40:] = np.nan
+    out = io.BytesIO()
+    Image.fromarray(a, "F").save(out, format="TIFF")
+    return out.getvalue()
 
 
 def _rewritten(src: Path, tensors=None, **meta) -> bytes:
@@ -96,6 +108,8 @@ def corpus(tmp_path_factory):
         "evil-pickle": pickle.dumps(_Evil(marker), protocol=2),
         "deep-pickle": _deep_pickle(50_000),
         "bomb-image": _bomb_png(),
+        "nan-float-tiff": _nan_tiff(),
+        "newline\nname": bytes(range(256)) * 8,  # a name that would split a message in two
     }
     evil = io.BytesIO()
     torch.save(_Evil(marker), evil)
@@ -106,8 +120,9 @@ def corpus(tmp_path_factory):
         z.writestr("deep/byteorder", "little")
         z.writestr("deep/version", "3\n")
     bad["deep-torch-zip"] = deep.getvalue()
-    suffix = {"text": ".png", "bomb-image": ".png", "junk": ".pt", "truncated-generator": ".pt", "evil-pickle": ".pkl",
-              "deep-pickle": ".pkl", "evil-torch-zip": ".pt", "deep-torch-zip": ".pt"}
+    suffix = {"text": ".png", "bomb-image": ".png", "nan-float-tiff": ".tiff", "newline\nname": ".png", "junk": ".pt",
+              "truncated-generator": ".pt", "evil-pickle": ".pkl", "deep-pickle": ".pkl", "evil-torch-zip": ".pt",
+              "deep-torch-zip": ".pt"}
     paths = {}
     for name, data in bad.items():
         paths[name] = bad_dir / f"{name}{suffix.get(name, '.safetensors')}"
@@ -156,6 +171,12 @@ VALID = {("info", "other-generator-domain"), ("info", "hypernet-not-a-domain"), 
          ("export --hyper", "hypernet-not-a-domain"), ("sample --hyper", "hypernet-not-a-domain")}
 
 
+def _slot(slot, corpus, f, out):
+    """The arguments of ``SLOTS[slot]`` with ``f`` in the file's place and outputs under ``out``."""
+    values = {"f": f, "out": out, "run": out / "run", **{k: corpus[k] for k in ("gen", "clip", "domain")}}
+    return [str(a).format(**{k: str(v) for k, v in values.items()}) for a in SLOTS[slot]]
+
+
 @pytest.mark.parametrize("slot", list(SLOTS))
 def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_path):
     before = _checksums(corpus["root"])
@@ -169,9 +190,7 @@ def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_
             run.mkdir(parents=True)
             if path.is_file():
                 shutil.copy(path, run / "checkpoint.safetensors")
-        values = {"f": path, "out": out, "run": run, **{k: corpus[k] for k in ("gen", "clip", "domain")}}
-        args = [str(a).format(**{k: str(v) for k, v in values.items()}) for a in SLOTS[slot]]
-        result = cli(*args)
+        result = cli(*_slot(slot, corpus, path, out))
         err = result.stderr.strip()
         if result.exit_code != 2 or len(err.splitlines()) != 1 or "Traceback" in result.output \
                 or not isinstance(result.exception, SystemExit):
@@ -183,6 +202,42 @@ def test_every_command_refuses_every_hostile_file_in_one_line(slot, corpus, tmp_
     assert not problems, "\n".join(problems)
     assert not corpus["marker"].exists(), "a pickle ran code"
     assert _checksums(corpus["root"]) == before
+
+
+def test_a_photo_that_is_not_a_regular_file_is_named_so(corpus, tmp_path):
+    """A named pipe given as a photo: not "no such file" (it is there), and never opened (that would wait
+    for a writer)."""
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    for slot in ("invert", "adapt --image"):
+        assert_user_error(cli(*_slot(slot, corpus, fifo, tmp_path / "out")),
+                          f"{fifo}: not a regular file (a pipe, device or socket); give an image file")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("slot", ["invert", "adapt --image", "adapt --clip", "train-hyper --domains"])
+def test_a_learning_rate_out_of_range_is_refused_at_the_option(slot, corpus, tmp_path):
+    """--lr 1e39 overflowed Adam's float32 step (a traceback; adapt left a run folder without a checkpoint):
+    every --lr is bounded where it is parsed, before any file is read or written."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"")  # never read: the option is refused first
+    f = {"invert": photo, "adapt --image": photo, "adapt --clip": corpus["clip"],
+         "train-hyper --domains": "builtin:train"}[slot]
+    for lr in ("1e39", "0", "inf"):
+        assert_user_error(cli(*_slot(slot, corpus, f, tmp_path / "out"), "--lr", lr), "--lr", "0<x<=1000")
+    assert not (tmp_path / "out").exists()
+
+
+def test_serve_names_a_host_that_is_no_address(corpus, tmp_path):
+    """--host 999.1.1.1 loaded every model, then said "choose another --port"; an IPv6 address a traceback
+    from Gradio. Both are refused where the option is parsed, saying what is wrong with the host."""
+    base = ["serve", "--generator", corpus["gen"], "--work-dir", tmp_path / "w", "--host"]
+    assert_user_error(cli(*base, "999.1.1.1"), "--host", "'999.1.1.1' is not a valid IP address; use an address of "
+                      "this machine, e.g. 127.0.0.1")
+    assert_user_error(cli(*base, "no-such-host.invalid"), "--host", "'no-such-host.invalid' is not a valid address "
+                      "(no such host name")
+    assert_user_error(cli(*base, "::1"), "--host", "'::1': the app listens on IPv4 addresses only")
+    assert not (tmp_path / "w").exists()
 
 
 # Outputs that would replace an input or a file of another kind: refused, the file intact.
@@ -219,6 +274,9 @@ def test_a_full_file_system_is_one_line(corpus, small_tmpfs):
         (["export", "--hyper", hyper, "-p", "Zombie", "--hyper-clip", clip, "--out", fs.path / "d.safetensors"],
          "d.safetensors"),
         (["import", gen, "--out", fs.path / "x.safetensors"], None),  # a generator is not a paper checkpoint: 2
+        # ffmpeg's own write fails: its reason in the one line, not a truncated video renamed into place
+        (["animate", "--generator", gen, "--domain", domain, "--frames", 3, "-n", 1, "--out", fs.path / "a.mp4"],
+         "a.mp4"),
     ]:
         result = cli(*args)
         if name is None:
@@ -285,4 +343,23 @@ def test_a_real_sigterm_saves_train_hyper_in_one_line(corpus, tmp_path):
     assert returncode == 143 and len(lines) == 1, stderr
     assert f"terminated (SIGTERM); the run is saved in {out}" in lines[0]
     assert (out / "checkpoint.safetensors").is_file()
+    assert _checksums(corpus["root"]) == before
+
+
+def test_a_real_sigterm_stops_animate_as_ctrl_c_does(corpus, tmp_path):
+    """SIGTERM while a video is written (ffmpeg at work on its temporary file): one line, exit 143, ffmpeg
+    stopped and its temporary file removed, nothing left (the default action killed Python at once and
+    left ``.a.mp4.XXXX.tmp``, which ffmpeg went on to finish)."""
+    before = _checksums(corpus["root"])
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def writing():
+        return any(p.stat().st_size > 0 for p in out.glob(".a.mp4.*.tmp"))
+
+    args = ["animate", "--generator", corpus["gen"], "--domain", corpus["domain"], "--frames", 100000, "-n", 1,
+            "--out", out / "a.mp4", "--device", "cpu"]
+    returncode, _, stderr = sigterm_when(args, writing)
+    assert returncode == 143 and stderr.strip() == "terminated (SIGTERM)", stderr
+    assert list(out.iterdir()) == []
     assert _checksums(corpus["root"]) == before

@@ -49,6 +49,19 @@ def test_invert_writes_a_latent_and_reconstruction_per_photo(tmp_path, tiny_ckpt
     assert r.exit_code == 0 and "W+ latent" in r.stdout, r.output
 
 
+def test_a_generators_own_image_inverts_at_its_size(tmp_path, tiny_ckpt, tiny_G, monkeypatch):
+    """A 32 px photo for the 32 px generator (under the 64 px faces need): inverted, not refused."""
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path / "home"))
+    hd.save_grid(tiny_G.sample(1, seed=0), tmp_path / "own.png", padding=0)
+    r = cli("invert", tmp_path / "own.png", "--generator", tiny_ckpt[0], "--out", tmp_path / "o", "--steps", 1, *QUICK)
+    assert r.exit_code == 0, r.output
+    assert hd.Latent.load(tmp_path / "o" / "own.safetensors").meta["image"] == "own.png"
+    Image.open(tmp_path / "own.png").resize((20, 32)).save(tmp_path / "thin.png")
+    assert_user_error(cli("invert", tmp_path / "thin.png", "--generator", tiny_ckpt[0], "--out", tmp_path / "o2",
+                          *QUICK), "thin.png: 20x32 is too small; images need at least 32 pixels on each side")
+    assert not (tmp_path / "o2").exists()
+
+
 def test_stylize_photos_and_latents(tmp_path, tiny_ckpt, photos, domain_file):
     ckpt, _ = tiny_ckpt
     out = tmp_path / "styled"

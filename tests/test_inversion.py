@@ -52,6 +52,37 @@ def test_latent_pca_matches_numpy_and_is_cached(tmp_path, monkeypatch, tiny_G):
     assert torch.equal(again.components, pca.components)
 
 
+def test_a_bad_cached_pca_is_computed_again(tmp_path, monkeypatch, tiny_G, caplog):
+    """The cached PCA is a cache: one of the wrong shape, with NaN, or damaged is computed again and
+    replaced, with a warning, never a traceback or a NaN prior."""
+    from hyperdomain.files.safetensors_files import PCA, write_own_file
+
+    monkeypatch.setenv("HYPERDOMAIN_HOME", str(tmp_path))
+    sound = latent_pca(tiny_G, samples=500, seed=1, cache=False)
+    path = tmp_path / "pca" / f"{tiny_G.fingerprint}-500-1.safetensors"
+    path.parent.mkdir()
+    w = tiny_G.w_dim
+    bad = {
+        "other shape": {"mean": torch.zeros(w), "components": torch.eye(w)[:, :16].contiguous(), "std": torch.ones(w)},
+        "nan": {"mean": torch.zeros(w), "components": torch.eye(w), "std": torch.full((w,), float("nan"))},
+        "zero std": {"mean": torch.zeros(w), "components": torch.eye(w), "std": torch.zeros(w)},
+    }
+    for name, tensors in [*bad.items(), ("damaged", None)]:
+        if tensors is None:
+            path.write_bytes(b"\0" * 100)
+        else:
+            write_own_file(path, PCA, 1, tensors, {})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hyperdomain.image.inversion"):
+            pca = latent_pca(tiny_G, samples=500, seed=1)
+        assert torch.equal(pca.components, sound.components) and torch.equal(pca.std, sound.std), name
+        assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage()
+                and r.getMessage().endswith("; computing the latent PCA again")], (name, caplog.text)
+        assert torch.equal(latent_pca(tiny_G, samples=500, seed=1).components, sound.components)  # replaced
+    ws = tiny_G.mean_latent()[None, None].expand(1, tiny_G.num_ws, -1)
+    assert torch.isfinite(p_norm(ws, pca)).all()
+
+
 def test_p_norm_is_the_mahalanobis_norm(tiny_G):
     pca = latent_pca(tiny_G, samples=3000, cache=False)
     ws = torch.randn(2, tiny_G.num_ws, 32, dtype=torch.float64)
@@ -143,6 +174,24 @@ def test_latent_files(tmp_path, quiet_G, tiny_G):
     bad.save(tmp_path / "nan.safetensors")
     with pytest.raises(HyperdomainError, match=r"nan\.safetensors: latent file tensor .latent. holds 192 non-finite numbers"):
         Latent.load(tmp_path / "nan.safetensors")
+    # float64: finite there, past float32 (and an int64 one): the path named once, the range said
+    from safetensors.torch import save_file
+
+    from hyperdomain.files.safetensors_files import LATENT
+
+    header = {"format": LATENT, "format_version": "1"}
+    save_file({"latent": torch.full((6, 32), 1e300, dtype=torch.float64)}, tmp_path / "wide.safetensors", header)
+    with pytest.raises(HyperdomainError) as e:
+        Latent.load(tmp_path / "wide.safetensors")
+    assert str(e.value) == f"{tmp_path / 'wide.safetensors'}: latent file tensor 'latent' holds 192 numbers beyond " \
+                           f"float32's range (magnitude over 3.4e+38)"
+    save_file({"latent": torch.zeros(6, 32, dtype=torch.int64)}, tmp_path / "int.safetensors", header)
+    with pytest.raises(HyperdomainError) as e:
+        Latent.load(tmp_path / "int.safetensors")
+    assert str(e.value).count("int.safetensors") == 1, str(e.value)
+    save_file({"latent": torch.zeros(6, 32, 2)}, tmp_path / "3d.safetensors", header)
+    with pytest.raises(HyperdomainError, match=r"3d\.safetensors: a latent is W\+ \[num_ws, w_dim\], got shape"):
+        Latent.load(tmp_path / "3d.safetensors")
 
 
 def test_cached_inversion_runs_once(quiet_G, lpips_random, tmp_path, monkeypatch):
@@ -176,6 +225,43 @@ def test_photos_are_prepared_for_the_generator(quiet_G, tmp_path):
     assert found == [(120, 80)]
     with pytest.raises(HyperdomainError, match=r"photo: no face found"):
         prepare_photo(quiet_G, img, detector=lambda photo: [])
+
+
+def test_a_small_generator_takes_photos_of_its_own_size(quiet_G, tmp_path):
+    """Photos need 64 px a side (a face), or the generator's size when it is smaller: a 32 px
+    generator's own images invert as they are, without upscaling."""
+    from hyperdomain.image.photos import MIN_SIDE, min_photo_side
+
+    photos, _ = _photos(quiet_G, n=1)
+    photos[0].save(tmp_path / "own.png")
+    assert prepare_photo(quiet_G, tmp_path / "own.png", align=False).size == (32, 32)
+    photos[0].resize((31, 40)).save(tmp_path / "thin.png")
+    with pytest.raises(HyperdomainError, match=r"thin\.png: 31x40 is too small; images need at least 32 pixels"):
+        prepare_photo(quiet_G, tmp_path / "thin.png", align=False)
+    assert min_photo_side(1024) == MIN_SIDE == 64 and min_photo_side(32) == 32
+
+
+def test_a_step_that_is_not_finite_stops_in_one_line(quiet_G, lpips_random, monkeypatch):
+    """A learning rate whose Adam step overflows float32, or a step that leaves the latent non-finite
+    (the last step too, which no later loss would catch): one line naming the step and the rate."""
+    photos, _ = _photos(quiet_G, n=1)
+    pca = latent_pca(quiet_G, 500, cache=False)
+    with pytest.raises(HyperdomainError, match=r"^invert: step 1: the optimiser's step overflowed; try a lower "
+                                               r"--lr \(got 1e\+39\)$"):
+        invert(quiet_G, photos, InversionConfig(steps=3, lr=1e39), align=False, lpips=lpips_random, pca=pca,
+               progress=False)
+    real = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0][0, 0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    with pytest.raises(HyperdomainError, match=r"^invert: step 1: the latent is not finite; try a lower --lr "
+                                               r"\(got 0\.01\)$"):
+        invert(quiet_G, photos, InversionConfig(steps=1), align=False, lpips=lpips_random, pca=pca, progress=False)
 
 
 def test_bad_settings():

@@ -141,6 +141,34 @@ def test_sample_checks_every_output_before_it_loads_anything(tmp_path, f, nothin
     assert not (tmp_path / "g.png").exists()
 
 
+def test_names_too_long_for_the_file_system_are_refused_before_any_work(tmp_path, f, nothing_loads):
+    """A name past NAME_MAX (the file's, as its temporary .NAME.XXXXXXXX.tmp, or a folder's still to be
+    made) or a path past PATH_MAX was found only when the first file was written, after the work (a
+    minute of inversion); now it is one line, exit 2, before anything loads."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    long = "x" * 300
+    assert_user_error(cli("sample", "--generator", f.gen, "--out", tmp_path / f"{long}.png"),
+                      f"--out {tmp_path / long}.png: the name", "is too long for this file system (304 bytes; at most "
+                      f"{name_max - 14} here)")
+    fits_only_without_temp = "y" * (name_max - 4) + ".png"  # NAME_MAX itself; its temporary name is not
+    assert_user_error(cli("sample", "--generator", f.gen, "--out", tmp_path / fits_only_without_temp), "too long")
+    assert_user_error(cli("invert", f.photo, "--generator", f.gen, "--out", tmp_path / long / "latents", *QUICK),
+                      f"--out {tmp_path / long / 'latents' / 'me.safetensors'}: the name", "(300 bytes; at most "
+                      f"{name_max} here)")
+    deep = tmp_path.joinpath(*["z" * 200] * 25) / "g.png"
+    assert_user_error(cli("sample", "--generator", f.gen, "--out", deep), "the path is too long for this file system")
+    for command in (["adapt", "-t", "Sketch"], ["train-hyper"]):
+        assert_user_error(cli(*command, "--generator", f.gen, "--out", tmp_path / long), "is too long")
+    assert not any(len(p.name) > 100 for p in tmp_path.iterdir())  # nothing was made
+
+
+def test_a_name_that_just_fits_is_written(tmp_path, f):
+    name = "w" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 14 - 4) + ".png"  # its temporary name: NAME_MAX
+    r = cli("sample", "--generator", f.gen, "-n", 1, "--out", tmp_path / name, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / name).is_file()
+
+
 def test_sample_refuses_an_input_under_another_name(tmp_path, f, nothing_loads):
     link = tmp_path / "link.png"
     link.symlink_to(f.domains[0])

@@ -87,6 +87,44 @@ def test_sizes_are_bounded(tmp_path, monkeypatch):
         read_photo(tmp_path / "missing.png")
 
 
+def test_float_images_with_nan_or_infinity_are_refused(tmp_path):
+    """A float TIFF holding NaN or infinity has no picture to scale: one line naming the file, no
+    numpy warnings on the way."""
+    import warnings
+
+    for value, name in ((np.nan, "nan.tiff"), (np.inf, "inf.tiff")):
+        a = np.full((80, 96), 0.5, np.float32)
+        a[10, :7] = value
+        Image.fromarray(a, "F").save(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(HyperdomainError) as e:
+                read_photo(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: 7 of its 7680 pixels are not finite numbers (NaN or infinity); " \
+                               f"not a photo"
+    Image.fromarray(np.full((80, 96), 0.5, np.float32), "F").save(tmp_path / "fine.tiff")
+    assert np.asarray(read_photo(tmp_path / "fine.tiff")).max() == 128  # a finite float image reads as before
+
+
+def test_what_is_not_a_regular_file_is_named_so(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for a writer: refused before any open
+    with pytest.raises(HyperdomainError, match=r"pipe\.png: not a regular file \(a pipe, device or socket\)"):
+        read_photo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(HyperdomainError, match=r"folder\.png: a folder; give an image file"):
+        read_photo(tmp_path / "folder.png")
+
+
+def test_a_name_with_a_newline_stays_on_one_line(tmp_path):
+    path = tmp_path / "me\nyou.png"
+    path.write_bytes(b"not an image")
+    with pytest.raises(HyperdomainError) as e:
+        read_photo(path)
+    assert str(e.value) == f"{tmp_path}/me\\nyou.png: not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, ...)"
+
+
 def test_digest_and_tensor():
     a = Image.fromarray(_gradient())
     assert image_digest(a) == image_digest(a.copy())

@@ -17,6 +17,18 @@ from ..errors import HyperdomainError, StorageError
 
 # The storage's faults, not the path's: a full disk, a quota, a read-only or failing device.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+TEMP_SUFFIX = ".tmp"
+TEMP_RANDOM = 8  # the random characters mkstemp puts between prefix and suffix
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def temp_name_length(name: str) -> int:
+    """Bytes in the name of the temporary file :func:`atomic_path` writes for a file called ``name``
+    (``.NAME.XXXXXXXX.tmp``): the longest name a write creates, so the one a file system must hold."""
+    return len(os.fsencode(_temp_prefix(Path(name)))) + TEMP_RANDOM + len(TEMP_SUFFIX)
 
 
 def write_error(path: str | os.PathLike, error: OSError, what: str = "cannot write") -> HyperdomainError:
@@ -40,7 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=parent)
     except OSError as e:
         raise write_error(path, e, "cannot write here") from None
     os.close(fd)

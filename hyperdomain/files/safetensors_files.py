@@ -116,10 +116,14 @@ def float32_tensor(path: Path, name: str, t: torch.Tensor, what: str) -> torch.T
     if not t.is_floating_point():
         raise HyperdomainError(f"{path}: {what} tensor {name!r} is {str(t.dtype).replace('torch.', '')}, "
                                f"expected floating point (float32)")
-    t = t.to(torch.float32)
     bad = int((~torch.isfinite(t)).sum())
     if bad:
         raise HyperdomainError(f"{path}: {what} tensor {name!r} holds {bad} non-finite numbers (NaN or inf)")
+    t = t.to(torch.float32)
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:  # finite as float64, not as float32
+        raise HyperdomainError(f"{path}: {what} tensor {name!r} holds {bad} numbers beyond float32's range "
+                               f"(magnitude over {torch.finfo(torch.float32).max:.1e})")
     return t
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -36,14 +37,16 @@ from tqdm import tqdm
 from .._version import __version__
 from .alignment import Detector, align_face
 from ..model.domain import generator_meta
-from ..errors import HyperdomainError
+from ..errors import HyperdomainError, one_line
 from .face_detectors import detector as default_detector
 from ..files.pretrained import weights_home
 from ..files.safetensors_files import PCA, read_own_file, write_own_file
 from ..media.grids import downsample_bicubic
 from ..model.latent import Latent
 from .perceptual import load_lpips, lpips_distance
-from .photos import image_digest, read_photo, to_tensor
+from .photos import image_digest, min_photo_side, read_photo, to_tensor
+
+log = logging.getLogger(__name__)
 
 PCA_FORMAT_VERSION = 1
 INVERSION_NOISE_MODES = ("const", "random")
@@ -91,9 +94,9 @@ def latent_pca(G, samples: int = InversionConfig.pca_samples, seed: int = 0, cac
     cached under ``$HYPERDOMAIN_HOME/pca`` (safetensors)."""
     path = weights_home() / "pca" / f"{G.fingerprint}-{samples}-{seed}.safetensors"
     if cache and path.is_file():
-        _, t = read_own_file(path, PCA, PCA_FORMAT_VERSION, "latent PCA")
-        if set(t) == {"mean", "components", "std"} and t["mean"].shape == (G.w_dim,):
-            return LatentPCA(t["mean"].float(), t["components"].float(), t["std"].float())
+        cached = _cached_pca(path, G.w_dim)
+        if cached is not None:
+            return cached
     gen = torch.Generator().manual_seed(int(seed))
     total = torch.zeros(G.w_dim, dtype=torch.float64, device=G.device)
     outer = torch.zeros(G.w_dim, G.w_dim, dtype=torch.float64, device=G.device)
@@ -119,6 +122,35 @@ def latent_pca(G, samples: int = InversionConfig.pca_samples, seed: int = 0, cac
     return pca
 
 
+def _cached_pca(path: Path, w_dim: int) -> LatentPCA | None:
+    """The PCA cached at ``path``, or None (with a warning) when the file is not a sound one for
+    ``w_dim``: damaged, of another shape, non-finite or with a zero deviation. It is a cache: the
+    caller computes the PCA again and replaces it."""
+    try:
+        _, t = read_own_file(path, PCA, PCA_FORMAT_VERSION, "latent PCA")
+        problem = _pca_problem(t, w_dim)
+    except HyperdomainError as e:
+        problem = str(e).removeprefix(f"{path}: ")
+    if problem is None:
+        return LatentPCA(t["mean"].float(), t["components"].float(), t["std"].float())
+    log.warning("%s: %s; computing the latent PCA again", one_line(path), one_line(problem))
+    return None
+
+
+def _pca_problem(t: dict[str, torch.Tensor], w_dim: int) -> str | None:
+    if set(t) != {"mean", "components", "std"}:
+        return f"holds tensors {sorted(t)[:4]}, not mean, components, std"
+    k = t["components"].shape[0] if t["components"].ndim == 2 else -1
+    shapes = {name: list(x.shape) for name, x in t.items()}
+    if not 1 <= k <= w_dim or shapes != {"mean": [w_dim], "components": [k, w_dim], "std": [k]}:
+        return f"shapes {shapes} do not fit latents of {w_dim} numbers"
+    if not all(x.is_floating_point() and bool(torch.isfinite(x).all()) for x in t.values()):
+        return "holds numbers that are not finite floats (NaN or inf)"
+    if not bool((t["std"] > 0).all()):
+        return "holds a standard deviation <= 0"
+    return None
+
+
 def p_norm(ws: torch.Tensor, pca: LatentPCA) -> torch.Tensor:
     """The P-norm prior of W+ ``ws`` ``[B, L, w]``, per latent ``[B]``."""
     v = F.leaky_relu(ws, 5.0) - pca.mean.to(ws)
@@ -130,8 +162,8 @@ def prepare_photo(G, photo: str | os.PathLike | Image.Image, align: bool | None 
                   detector: Detector | Callable[[], Detector] | None = None, what: str | None = None) -> Image.Image:
     """The photo as the generator sees it: aligned as its training images were (``align``: default
     on for face generators, ``G.alignment``) or centre-cropped, at the generator's size."""
-    img = photo if isinstance(photo, Image.Image) else read_photo(photo)
-    what = what or (str(photo) if not isinstance(photo, Image.Image) else "photo")
+    img = photo if isinstance(photo, Image.Image) else read_photo(photo, min_photo_side(G.resolution))
+    what = what or (one_line(photo) if not isinstance(photo, Image.Image) else "photo")
     if align is None:
         align = getattr(G, "alignment", None) == "ffhq"
     if align:
@@ -209,7 +241,16 @@ def _optimise(G, photos: list[Image.Image], config: InversionConfig, lpips, pca:
             raise HyperdomainError(f"invert: step {step + 1}: the loss is not finite; try a lower --lr")
         opt.zero_grad(set_to_none=True)
         total.sum().backward()  # a sum: each photo's latent gets its own loss's gradient
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:  # Adam's step overflows float32 itself (a learning rate past ~3e37)
+            if "overflow" not in str(e):
+                raise
+            raise HyperdomainError(f"invert: step {step + 1}: the optimiser's step overflowed; try a lower --lr "
+                                   f"(got {config.lr:g})") from None
+        if not bool(torch.isfinite(ws).all()):
+            raise HyperdomainError(f"invert: step {step + 1}: the latent is not finite; try a lower --lr "
+                                   f"(got {config.lr:g})")
         values = {k: float(v.detach().mean()) for k, v in parts.items()}
         bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
         if callback is not None:

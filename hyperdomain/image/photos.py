@@ -17,52 +17,68 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import HyperdomainError
+from ..errors import HyperdomainError, one_line
 
-MIN_SIDE = 64  # pixels: below this there is no face to invert
+MIN_SIDE = 64  # pixels: below this there is no face to invert (a smaller generator takes its own size)
 MAX_PIXELS = 50_000_000  # 50 megapixels: a decoded RGB image that size already takes 150 MB
 
 
-def read_photo(path: str | os.PathLike) -> Image.Image:
-    """The image at ``path`` as an 8-bit RGB PIL image, upright, fully decoded."""
+def min_photo_side(resolution: int | None = None) -> int:
+    """The fewest pixels a photo needs on each side: ``MIN_SIDE``, or a generator's ``resolution``
+    when that is smaller (a 32 px generator inverts its own 32 px images without upscaling)."""
+    return MIN_SIDE if resolution is None else max(1, min(MIN_SIDE, int(resolution)))
+
+
+def read_photo(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image:
+    """The image at ``path`` as an 8-bit RGB PIL image, upright, fully decoded, at least ``min_side``
+    pixels a side (:func:`min_photo_side` for a generator)."""
     path = Path(path)
+    name = one_line(path)  # a file name may hold a newline: messages stay one line
     if not path.is_file():
-        raise HyperdomainError(f"{path}: no such image file")
+        if not path.exists():
+            raise HyperdomainError(f"{name}: no such image file")
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe, device or socket)"
+        raise HyperdomainError(f"{name}: {kind}; give an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise HyperdomainError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels; images up to "
+                    raise HyperdomainError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels; images up to "
                                            f"{MAX_PIXELS // 1_000_000} megapixels are read (downscale it first)")
                 img.load()  # decode now: a truncated file fails here, not later
                 fmt = img.format
                 img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+                rgb = _to_rgb(img, name)
                 rgb.info["source_format"] = fmt  # what the bytes were (PNG, JPEG, ...), whatever the file's name
     except HyperdomainError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))  # PIL says how large, before decoding anything
         size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too large"
-        raise HyperdomainError(f"{path}: {size}; images up to {MAX_PIXELS // 1_000_000} megapixels are read "
+        raise HyperdomainError(f"{name}: {size}; images up to {MAX_PIXELS // 1_000_000} megapixels are read "
                                f"(downscale it first)") from None
     except UnidentifiedImageError:
-        raise HyperdomainError(f"{path}: not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, ...)") from None
+        raise HyperdomainError(f"{name}: not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged data
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise HyperdomainError(f"{path}: truncated or damaged image ({detail})") from None
-    if min(rgb.size) < MIN_SIDE:
-        raise HyperdomainError(f"{path}: {rgb.size[0]}x{rgb.size[1]} is too small; "
-                               f"images need at least {MIN_SIDE} pixels on each side")
+        detail = one_line(str(e).strip().splitlines()[0][:120]) if str(e).strip() else type(e).__name__
+        raise HyperdomainError(f"{name}: truncated or damaged image ({detail})") from None
+    if min(rgb.size) < min_side:
+        raise HyperdomainError(f"{name}: {rgb.size[0]}x{rgb.size[1]} is too small; "
+                               f"images need at least {min_side} pixels on each side")
     return rgb
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: 16-bit and float images scaled by their range, alpha on white."""
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and float images scaled by their range, alpha on white; a
+    float image with NaN or infinite pixels is refused (it has no picture to scale)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
+        bad = int(a.size - np.isfinite(a).sum())
+        if bad:
+            raise HyperdomainError(f"{name}: {bad} of its {a.size} pixels are not finite numbers (NaN or "
+                                   f"infinity); not a photo")
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         if img.mode == "F":
             top = max(float(a.max()), 1.0) if a.max() > 1 else 1.0

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
+import tempfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, Union
 
@@ -31,17 +35,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..model.domain import Domain
-from ..errors import HyperdomainError, StorageError
+from ..errors import HyperdomainError, StorageError, one_line
 from ..files.atomic import atomic_path
 from ..files.kinds import ANIMATION_SUFFIXES
-from .grids import make_grid
+from .grids import grid_size, make_grid
 
 __all__ = ["MODES", "ANIMATION_SUFFIXES", "animate", "animation_frames", "frame_count", "key_positions",
            "slerp", "write_animation"]
 
 MODES = ("strength", "morph", "walk")
 MAX_FRAMES = 100_000
+MIN_FPS = 0.01  # a frame every 100 s: within every format's longest frame (GIF 655 s) and MP4's clock
 MAX_FPS = {".gif": 50.0, ".webp": 120.0, ".mp4": 120.0}  # GIF delays are whole centiseconds; < 2 is slowed by browsers
+MAX_SIDE = {".gif": 65535, ".webp": 16383, ".mp4": 16384}  # pixels: the formats' (and libx264's) largest frame
 MP4_CRF = 18  # libx264's "visually lossless" end; quality=None gives this
 UI_EXTRA = "pip install 'hyperdomain[ui]'"
 
@@ -182,8 +188,8 @@ def check_animation_file(path: str | os.PathLike, fps: float, quality: int | Non
     if suffix not in ANIMATION_SUFFIXES:
         raise HyperdomainError(f"{path}: unknown animation type {path.suffix!r}; use one of "
                                f"{', '.join(ANIMATION_SUFFIXES)}")
-    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS[suffix]):
-        raise HyperdomainError(f"fps {fps:g}: must be in (0, {MAX_FPS[suffix]:g}] for {suffix}"
+    if not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS[suffix]):
+        raise HyperdomainError(f"fps {fps:g}: must be in [{MIN_FPS:g}, {MAX_FPS[suffix]:g}] for {suffix}"
                                + (" (GIF stores delays in whole centiseconds)" if suffix == ".gif" else ""))
     if quality is not None:
         if suffix == ".gif":
@@ -192,6 +198,15 @@ def check_animation_file(path: str | os.PathLike, fps: float, quality: int | Non
             raise HyperdomainError(f"quality must be in [1, 100], got {quality}")
     if suffix == ".mp4":
         _ffmpeg()
+
+
+def check_frame_size(path: str | os.PathLike, height: int, width: int) -> None:
+    """Refuse frames larger than ``path``'s format holds (WebP 16383 px a side, MP4 16384, GIF 65535)."""
+    path = Path(path)
+    most = MAX_SIDE.get(path.suffix.lower())
+    if most is not None and max(height, width) > most:
+        raise HyperdomainError(f"{path}: frames of {width}x{height} px are larger than {path.suffix.lower()} holds "
+                               f"({most} px a side); use fewer images (-n), smaller ones (--size) or another --nrow")
 
 
 def _ffmpeg():
@@ -216,6 +231,7 @@ def write_animation(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: 
     path = Path(path)
     check_animation_file(path, fps, quality)
     suffix = path.suffix.lower()
+    frames = _size_checked(frames, path)
     if suffix == ".mp4":
         return _write_mp4(frames, path, fps, quality)
     images = [gif_frame(f) if suffix == ".gif" else Image.fromarray(f) for f in frames]
@@ -237,43 +253,59 @@ def write_animation(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: 
     return path
 
 
+def _size_checked(frames: Iterable[np.ndarray], path: Path) -> Iterator[np.ndarray]:
+    for i, f in enumerate(frames):
+        if i == 0:
+            check_frame_size(path, *_even(f).shape[:2])
+        yield f
+
+
 def gif_frame(frame: np.ndarray) -> Image.Image:
     """The palette image a GIF frame is stored as (what a reader decodes it back to)."""
     return Image.fromarray(frame).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
 
 
 def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float, quality: int | None) -> Path:
-    ffmpeg = _ffmpeg()
+    """Stream ``frames`` to imageio-ffmpeg's ffmpeg binary, its messages kept (not printed): a failure
+    is one line with ffmpeg's reason, and a file ffmpeg could not finish is never renamed into place."""
+    exe = _ffmpeg().get_ffmpeg_exe()
     crf = MP4_CRF if quality is None else round((100 - quality) * 51 / 100)
-    count = 0
-    with atomic_path(path) as tmp:
-        writer = None
+    rate = Fraction(fps).limit_denominator(1001)  # a small exact rate (24000/1001) for the container's clock
+    count, size, proc, stopped = 0, None, None, False
+    with atomic_path(path) as tmp, tempfile.TemporaryFile() as log:
         try:
             for f in frames:
                 f = _even(f)
-                if writer is None:
+                if proc is None:
                     size = (f.shape[1], f.shape[0])
-                    writer = ffmpeg.write_frames(
-                        str(tmp), size, fps=fps, codec="libx264", quality=None, macro_block_size=1,
-                        pix_fmt_out="yuv420p", ffmpeg_log_level="error",
-                        output_params=["-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"])
-                    writer.send(None)
+                    proc = subprocess.Popen(
+                        [exe, "-y", "-v", "error", "-f", "rawvideo", "-vcodec", "rawvideo",
+                         "-s", f"{size[0]}x{size[1]}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
+                         "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart",
+                         "-f", "mp4", str(tmp)],
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                        start_new_session=True)  # Ctrl-C reaches this process only, which stops ffmpeg
                 elif (f.shape[1], f.shape[0]) != size:
                     raise HyperdomainError(f"{path}: frame {count} is {f.shape[1]}x{f.shape[0]}, the first was "
                                            f"{size[0]}x{size[1]}")
-                writer.send(np.ascontiguousarray(f))
+                try:
+                    proc.stdin.write(np.ascontiguousarray(f, dtype=np.uint8).tobytes())
+                except BrokenPipeError:  # ffmpeg stopped: its messages say why
+                    stopped = True
+                    break
                 count += 1
-            if count < 2:
+            if count < 2 and not stopped:
                 raise HyperdomainError(f"{path}: an animation needs at least 2 frames, got {count}")
-            writer.close()  # waits for ffmpeg to finish the file
-            writer = None
-        except (RuntimeError, OSError) as e:
-            if isinstance(e, OSError) and e.errno is not None:
-                raise  # the file system's error: atomic_path names it
-            raise _ffmpeg_error(path, e) from None
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            if proc.wait() != 0 or stopped:
+                raise _ffmpeg_error(path, log, proc.returncode)
         finally:
-            if writer is not None:
-                writer.close()
+            if proc is not None and proc.poll() is None:  # interrupted or failed: ffmpeg stops at once
+                proc.kill()
+                proc.wait()
     return path
 
 
@@ -285,11 +317,16 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
 
 
-def _ffmpeg_error(path: Path, e: Exception) -> HyperdomainError:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    cls = StorageError if "No space left" in str(e) or "Input/output error" in str(e) else HyperdomainError
-    return cls(f"{path}: ffmpeg could not write the video ({last[:200]})")
+def _ffmpeg_error(path: Path, log, returncode: int) -> HyperdomainError:
+    """One line from ffmpeg's messages: its first, without the ``[muxer @ 0x...]`` prefix; a
+    :class:`StorageError` when the storage failed it."""
+    log.seek(0)
+    text = log.read().decode("utf-8", "replace")
+    lines = [re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line.strip()) for line in text.splitlines() if line.strip()]
+    reason = one_line(lines[0][:200]) if lines else f"exit status {returncode}"
+    storage = any(s in text for s in ("No space left", "Input/output error", "Disk quota", "Read-only file system",
+                                      "File too large"))
+    return (StorageError if storage else HyperdomainError)(f"{path}: ffmpeg could not write the video ({reason})")
 
 
 # ------------------------------------------------------------------------------------------ the call
@@ -319,6 +356,8 @@ def animate(G, path: str | os.PathLike, mode: str = "strength", domains: Sequenc
     for d in domains:
         if d is not None:
             _vector(G, d)  # a domain of another layout fails here, before any rendering
+    side = size or G.resolution
+    check_frame_size(path, *(x + x % 2 for x in grid_size(n, side, side, nrow)))  # MP4 pads to even sides
     stream = animation_frames(G, mode, domains, frames=frames, n=n, seed=seed, truncation=truncation, size=size,
                               nrow=nrow, bounce=bounce, loop=loop, walk_keys=walk_keys, batch_size=batch_size)
     if on_frame is not None:

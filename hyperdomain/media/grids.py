@@ -23,15 +23,28 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return x.round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
-    """Tile ``[N, 3, H, W]`` into one ``[H', W', 3]`` uint8 image, ``nrow`` images per row."""
-    pix = to_uint8(images)
-    n, h, w, c = pix.shape
+def grid_layout(n: int, nrow: int | None = None) -> tuple[int, int]:
+    """(rows, images per row) of a grid of ``n`` images: ``nrow`` a row (default a square grid), never
+    more than there are images (as torchvision's ``make_grid``: no empty columns)."""
     nrow = nrow or math.ceil(math.sqrt(n))
     if nrow < 1:
         raise HyperdomainError(f"nrow must be >= 1, got {nrow}")
-    rows = math.ceil(n / nrow)
-    grid = torch.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), 255, dtype=torch.uint8)
+    nrow = min(nrow, max(n, 1))
+    return math.ceil(n / nrow), nrow
+
+
+def grid_size(n: int, height: int, width: int, nrow: int | None = None, padding: int = 2) -> tuple[int, int]:
+    """(height, width) in pixels of :func:`make_grid`'s image for ``n`` images of ``height`` x ``width``."""
+    rows, cols = grid_layout(n, nrow)
+    return rows * (height + padding) + padding, cols * (width + padding) + padding
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile ``[N, 3, H, W]`` into one ``[H', W', 3]`` uint8 image, ``nrow`` images per row (at most N)."""
+    pix = to_uint8(images)
+    n, h, w, c = pix.shape
+    _, nrow = grid_layout(n, nrow)
+    grid = torch.full((*grid_size(n, h, w, nrow, padding), c), 255, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
         y, x = padding + r * (h + padding), padding + col * (w + padding)

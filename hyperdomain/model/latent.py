@@ -62,8 +62,9 @@ class Latent:
         if set(tensors) != {"latent"}:
             raise HyperdomainError(f"{path}: a latent file holds one tensor 'latent', found {sorted(tensors)[:4]}")
         meta = json_field(path, header, "meta", dict, "latent file", default={})
+        ws = float32_tensor(path, "latent", tensors["latent"], "latent file")  # its errors name the path
         try:
-            latent = cls(float32_tensor(path, "latent", tensors["latent"], "latent file"), {**meta, "file": str(path)})
+            latent = cls(ws, {**meta, "file": str(path)})
         except HyperdomainError as e:
             raise HyperdomainError(f"{path}: {e}") from None
         if generator is not None:

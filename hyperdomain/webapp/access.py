@@ -48,13 +48,25 @@ def _ip(host: str):
 
 
 def check_bind_host(host: str) -> str:
-    """``host`` if it can be listened on: an IP address or a name that resolves; else one line."""
-    if _ip(host) is not None:
-        return host
+    """``host`` if the app can listen on it: an IPv4 address (four numbers 0-255) or a host name that
+    resolves, and one this machine can bind; else one line saying which and what to use instead."""
+    hint = "use an address of this machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+    ip = _ip(host)
+    if ip is not None and ip.version == 6:  # Gradio builds its URL as host:port, which breaks on one
+        raise HyperdomainError(f"{host!r}: the app listens on IPv4 addresses only; {hint}")
+    if ip is None:
+        if not host or host.replace(".", "").isdigit() or ":" in host:  # meant as an address: not a valid one
+            raise HyperdomainError(f"{host!r} is not a valid IP address; {hint}")
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            raise HyperdomainError(f"{host!r} is not a valid address (no such host name: {e}); {hint}") from None
     try:
-        socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise HyperdomainError(f"--host {host!r}: not an IP address or a name this machine resolves") from None
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: any free port; only the address is tried
+    except OSError as e:
+        raise HyperdomainError(f"cannot listen on {host!r} ({e.strerror or e}); {hint}") from None
     return host
 
 

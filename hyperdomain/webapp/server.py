@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import HyperdomainError
-from .access import (MAX_UPLOAD_MB, PUBLISHED, HostCheck, HostPolicy, check_upload_limit, check_work_dir,
-                     claim_work_dir)
+from .access import (MAX_UPLOAD_MB, PUBLISHED, HostCheck, HostPolicy, check_bind_host, check_upload_limit,
+                     check_work_dir, claim_work_dir)
 from .jobs import Runs
 from .models import AppModels
 
@@ -72,6 +72,7 @@ def start(models: AppModels, host: str = "127.0.0.1", port: int | None = 7860, b
 
     from .ui import build_app
 
+    check_bind_host(host)
     max_upload_mb = check_upload_limit(max_upload_mb)
     models.work_dir = claim_work_dir(models.work_dir)
     runs = Runs(models)

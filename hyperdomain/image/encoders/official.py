@@ -23,7 +23,7 @@ from ...errors import HyperdomainError
 from ...files.restricted_unpickler import load_torch_file
 from .config import PHOTO_CHANNELS, EncoderConfig, n_styles_for
 from .model import PhotoEncoder
-from .state import check_encoder_state, check_latent_avg
+from .state import check_encoder_state, check_latent_avg, count_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,15 @@ def import_encoder(path: str | os.PathLike) -> ImportedEncoder:
 
     has_avg = obj.get("latent_avg") is not None
     config = _config(path, dict(opts), encoder, has_avg)
-    state = check_encoder_state(encoder, config, str(path), prefix="encoder.")
     latent_avg = None
     if has_avg:
         latent_avg = check_latent_avg(obj["latent_avg"], config, str(path))
     elif config.needs_latent_avg:
         raise HyperdomainError(f"{path}: no 'latent_avg', which a {config.kind} encoder starts from")
-    return ImportedEncoder(config.as_dict(), state, latent_avg if config.needs_latent_avg else None,
-                           _decoder(path, decoder, config) if decoder else None, dict(opts))
+    decoder = _decoder(path, decoder, config) if decoder else None
+    state = check_encoder_state(encoder, config, str(path), prefix="encoder.")  # the long pass, last
+    return ImportedEncoder(config.as_dict(), state, latent_avg if config.needs_latent_avg else None, decoder,
+                           dict(opts))
 
 
 def encoder_from_checkpoint(path: str | os.PathLike, generator_fingerprint: str | None = None) -> PhotoEncoder:
@@ -152,7 +153,7 @@ def _decoder(path: Path, decoder: dict, config: EncoderConfig) -> dict[str, torc
         if not isinstance(v, torch.Tensor):
             raise HyperdomainError(f"{path}: 'decoder.{k}' is a {type(v).__name__}, expected a tensor")
         if v.is_floating_point():
-            bad = int((~torch.isfinite(v)).sum())
+            bad = count_nonfinite(v)
             if bad:
                 raise HyperdomainError(f"{path}: tensor 'decoder.{k}' holds {bad} non-finite numbers (NaN or inf)")
     n_up = len({m[1] for k in decoder if (m := re.match(r"to_rgbs\.(\d+)\.", k))})

@@ -17,6 +17,17 @@ def expected_tensors(config: EncoderConfig) -> dict[str, tuple[tuple[int, ...], 
     return {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
 
 
+def count_nonfinite(t: torch.Tensor) -> int:
+    """NaN and inf entries of a floating tensor; the common all-finite case costs one pass and no copy
+    (min and max propagate NaN and reach any inf)."""
+    if t.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(t)
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
 def _shape(s) -> str:
     return "[" + ", ".join(map(str, s)) + "]"
 
@@ -26,7 +37,8 @@ def check_encoder_state(state: Mapping[str, object], config: EncoderConfig, wher
     """``state`` (names without ``prefix``) as the network of ``config`` needs it, or one line naming the
     first missing, unexpected, misshapen or non-finite tensor (as ``prefix + name``, the file's key).
 
-    Floating tensors come back as float32; BatchNorm's ``num_batches_tracked`` counters stay integers.
+    Floating tensors come back as float32 (the file's own tensors when they are float32: no copy);
+    BatchNorm's ``num_batches_tracked`` counters stay integers.
     """
     expected = expected_tensors(config)
     arch = f"a {config.kind} encoder with {config.n_styles} style layers and {config.input_nc} input channels"
@@ -51,7 +63,7 @@ def check_encoder_state(state: Mapping[str, object], config: EncoderConfig, wher
                 raise HyperdomainError(f"{where}: tensor {name!r} is {str(t.dtype).replace('torch.', '')}, "
                                        f"expected floating point")
             t = t.detach().to(torch.float32)
-            bad = int((~torch.isfinite(t)).sum())
+            bad = count_nonfinite(t)
             if bad:
                 raise HyperdomainError(f"{where}: tensor {name!r} holds {bad} non-finite numbers (NaN or inf)")
         elif t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -59,7 +71,7 @@ def check_encoder_state(state: Mapping[str, object], config: EncoderConfig, wher
                                    f"expected an integer counter")
         else:
             t = t.detach().to(dtype)
-        out[k] = t.contiguous()
+        out[k] = t
     return out
 
 
@@ -77,7 +89,7 @@ def check_latent_avg(t: object, config: EncoderConfig, where: str, name: str = "
         raise HyperdomainError(f"{where}: {name!r} has shape {_shape(shape)}, expected "
                                f"[{config.n_styles}, {W_DIM}] (one code per style layer) or [{W_DIM}]")
     t = t.detach().to(torch.float32).reshape(config.n_styles, W_DIM)
-    bad = int((~torch.isfinite(t)).sum())
+    bad = count_nonfinite(t)
     if bad:
         raise HyperdomainError(f"{where}: {name!r} holds {bad} non-finite numbers (NaN or inf)")
     return t.contiguous()

@@ -131,6 +131,22 @@ def test_encode_checks_its_input_and_resizes_photos():
         assert ws.shape == (1, 1, 512)
 
 
+def test_restyle_renders_with_the_project_generator():
+    G = make_tiny_generator(config=DECODER)  # 8 px, W+ [4, 512]
+    enc = _seeded(EncoderConfig("restyle-e4e", n_styles=4, input_nc=6, input_size=16, n_iters=3), 3, G.mean_latent())
+    seen = []
+
+    def render(ws):
+        seen.append(ws)
+        return G.synthesis(ws)  # constant noise, as the official loop renders
+
+    with torch.no_grad():
+        steps = encode(enc, torch.rand(2, 3, 40, 40) * 2 - 1, render=render, return_steps=True)
+    assert [s.shape for s in steps] == [(2, 4, 512)] * 3
+    assert len(seen) == 3 and seen[0].shape == (1, 4, 512)  # the average once, then passes 1 and 2
+    assert torch.equal(seen[0][0], enc.latent_avg) and torch.equal(seen[1], steps[0]) and torch.equal(seen[2], steps[1])
+
+
 def test_photo_input_is_the_official_transform():
     img = Image.fromarray((torch.arange(64 * 48 * 3) % 256).to(torch.uint8).reshape(48, 64, 3).numpy())
     x = photo_input(img, 32)

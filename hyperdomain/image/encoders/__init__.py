@@ -5,7 +5,7 @@
     enc = load_encoder("e4e.safetensors")
     with torch.no_grad():
         ws = encode(enc, photo_input(img))                         # [1, 18, 512]
-        ws = encode(restyle, x, render=lambda w: G.synthesis(w))   # ReStyle renders its guesses
+        ws = encode(restyle, x, render=G.synthesis)                 # ReStyle renders its guesses
 """
 from .config import KINDS, W_DIM, EncoderConfig, default_config, n_styles_for
 from .files import ENCODER_FORMAT, load_encoder, save_encoder

@@ -22,6 +22,11 @@ PHOTO_CHANNELS = 3
 MAX_INPUT_SIZE = 256  # the heads' stride-2 convolutions reduce their maps to 1x1 only up to this input
 
 
+def a_kind(kind: str) -> str:
+    """``"an e4e"``, ``"a restyle-psp"``: a kind in a sentence."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def n_styles_for(resolution: int) -> int:
     """Style layers of a StyleGAN2 generator of ``resolution`` px: ``2 * log2(resolution) - 2`` (18 at 1024)."""
     if resolution < 4 or resolution & (resolution - 1):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...errors import HyperdomainError
 from ...files.safetensors_files import json_field, read_own_file, write_own_file
-from .config import EncoderConfig
+from .config import EncoderConfig, a_kind
 from .model import PhotoEncoder
 from .state import check_encoder_state, check_latent_avg
 
@@ -65,9 +65,9 @@ def load_encoder(path: str | os.PathLike) -> PhotoEncoder:
         elif k == "latent_avg" and config.needs_latent_avg:
             latent_avg = check_latent_avg(v, config, str(path))
         else:
-            raise HyperdomainError(f"{path}: unexpected tensor {k!r} in a {config.kind} {WHAT}")
+            raise HyperdomainError(f"{path}: unexpected tensor {k!r} in {a_kind(config.kind)} {WHAT}")
     if config.needs_latent_avg and latent_avg is None:
-        raise HyperdomainError(f"{path}: no tensor 'latent_avg', which a {config.kind} encoder starts from")
+        raise HyperdomainError(f"{path}: no tensor 'latent_avg', which {a_kind(config.kind)} encoder starts from")
     state = check_encoder_state(state, config, str(path), prefix=_PREFIX)
     meta = {"generator_fingerprint": fingerprint, "source": header.get("source", ""), "file": str(path)}
     return PhotoEncoder.from_state(config, state, latent_avg, meta)

@@ -21,7 +21,7 @@ import torch
 
 from ...errors import HyperdomainError
 from ...files.restricted_unpickler import load_torch_file
-from .config import PHOTO_CHANNELS, EncoderConfig, n_styles_for
+from .config import PHOTO_CHANNELS, EncoderConfig, a_kind, n_styles_for
 from .model import PhotoEncoder
 from .state import check_encoder_state, check_latent_avg, count_nonfinite
 
@@ -86,7 +86,7 @@ def import_encoder(path: str | os.PathLike) -> ImportedEncoder:
     if has_avg:
         latent_avg = check_latent_avg(obj["latent_avg"], config, str(path))
     elif config.needs_latent_avg:
-        raise HyperdomainError(f"{path}: no 'latent_avg', which a {config.kind} encoder starts from")
+        raise HyperdomainError(f"{path}: no 'latent_avg', which {a_kind(config.kind)} encoder starts from")
     decoder = _decoder(path, decoder, config) if decoder else None
     state = check_encoder_state(encoder, config, str(path), prefix="encoder.")  # the long pass, last
     return ImportedEncoder(config.as_dict(), state, latent_avg if config.needs_latent_avg else None, decoder,

@@ -6,7 +6,7 @@ from typing import Mapping
 import torch
 
 from ...errors import HyperdomainError
-from .config import W_DIM, EncoderConfig
+from .config import W_DIM, EncoderConfig, a_kind
 from .networks import build_network
 
 
@@ -41,7 +41,7 @@ def check_encoder_state(state: Mapping[str, object], config: EncoderConfig, wher
     BatchNorm's ``num_batches_tracked`` counters stay integers.
     """
     expected = expected_tensors(config)
-    arch = f"a {config.kind} encoder with {config.n_styles} style layers and {config.input_nc} input channels"
+    arch = f"{a_kind(config.kind)} encoder with {config.n_styles} style layers and {config.input_nc} input channels"
     missing = [k for k in expected if k not in state]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

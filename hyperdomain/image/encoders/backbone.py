@@ -1,0 +1,89 @@
+"""The IR-SE50 backbone shared by pSp, e4e and ReStyle: ArcFace's ResNet-50 with squeeze-excitation.
+
+Module and parameter names are the official ones (``input_layer.{0,1,2}``,
+``body.{i}.shortcut_layer.{0,1}``, ``body.{i}.res_layer.{0..5}``, ``res_layer.5.fc1/fc2``), so the
+released state dicts load strictly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (in channels, out channels, units) per stage; each stage's first unit halves the map.
+IRSE50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
+STEM_CHANNELS = 64
+SE_REDUCTION = 16
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gates from the pooled map: ``x * sigmoid(fc2(relu(fc1(mean(x)))))``."""
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W]
+        g = F.adaptive_avg_pool2d(x, 1)  # [N, C, 1, 1]
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(g))))
+
+
+class IRSEUnit(nn.Module):
+    """``res_layer(x) + shortcut(x)``: BN, 3x3 conv, PReLU, 3x3 conv (strided), BN, SE; the
+    shortcut subsamples (equal widths) or projects with a strided 1x1 conv and BN."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        # The official identity shortcut is MaxPool2d(1, stride): a plain subsample, no parameters.
+        self.shortcut_layer = None if c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(c_in),
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+            nn.PReLU(c_out),
+            nn.Conv2d(c_out, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            SqueezeExcite(c_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, c_in, H, W] -> [N, c_out, H/s, W/s]
+        if self.shortcut_layer is None:
+            shortcut = x[:, :, ::self.stride, ::self.stride]
+        else:
+            shortcut = self.shortcut_layer(x)
+        return self.res_layer(x) + shortcut
+
+
+class IRSEBackbone(nn.Module):
+    """``input_layer`` (3x3 conv, BN, PReLU) and ``body`` (the 24 units), as the encoders' own
+    attributes. ``stage_maps`` returns the maps at the end of stages 2, 3 and 4:
+    ``c1 [N,128,S/4,S/4]``, ``c2 [N,256,S/8,S/8]``, ``c3 [N,512,S/16,S/16]`` for input side ``S``."""
+
+    def __init__(self, input_nc: int) -> None:
+        super().__init__()
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(input_nc, STEM_CHANNELS, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(STEM_CHANNELS),
+            nn.PReLU(STEM_CHANNELS),
+        )
+        units, ends = [], []
+        for c_in, c_out, n in IRSE50_STAGES:
+            units += [IRSEUnit(c_in if i == 0 else c_out, c_out, 2 if i == 0 else 1) for i in range(n)]
+            ends.append(len(units) - 1)
+        self.body = nn.Sequential(*units)
+        self._taps = tuple(ends[1:])  # units 6, 20, 23
+
+    def stage_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.input_layer(x)  # [N, 64, S, S]
+        maps = []
+        for i, unit in enumerate(self.body):
+            x = unit(x)
+            if i in self._taps:
+                maps.append(x)
+        c1, c2, c3 = maps
+        return c1, c2, c3
+
+    def final_map(self, x: torch.Tensor) -> torch.Tensor:  # [N, input_nc, S, S] -> [N, 512, S/16, S/16]
+        return self.body(self.input_layer(x))

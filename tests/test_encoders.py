@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import make_tiny_generator
-from hyperdomain.config import GeneratorConfig
+from hyperdomain.model.config import GeneratorConfig
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.safetensors_files import write_own_file
 from hyperdomain.image.encoders import (

@@ -8,4 +8,5 @@
 | ``perceptual`` | LPIPS-VGG, the perceptual distance of inversion and one-shot adaptation |
 | ``inversion`` | II2S: a photo to a W+ latent by optimisation |
 | ``stylize`` | a photo (or its latent) rendered in domains |
+| ``encoders/`` | e4e and ReStyle encoders: a photo to W+ in one pass (networks, released checkpoints, our file) |
 """

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the CLI does
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `hyperdomain serve` does (see cli/serve_command.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `hyperdomain serve` does (see cli/commands/serve.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

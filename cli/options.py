@@ -1,4 +1,6 @@
-"""Options whose defaults and choices live in the library, read only when click needs them.
+"""The command line's options: those shared by several commands, declared once as groups
+(``generator_option``, ``domain_source_options``, ``photo_options``, ``loss`` and run options),
+and options whose defaults and choices live in the library, read only when click needs them.
 
 A default (300 steps, batch 8, lr 5e-5, ...) has one home: a field of the library's config
 dataclass or a parameter of its public function. The CLI reads it from there rather than typing
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
@@ -54,7 +57,7 @@ class LibraryDefault(click.Option):
 
 
 def _shown(value: Any) -> str:
-    if dataclasses.is_dataclass(value) and hasattr(value, "as_dict"):  # loss weights: NAME=WEIGHT items
+    if hasattr(value, "as_dict"):  # loss weights: NAME=WEIGHT items
         return " ".join(f"{k}={v:g}" for k, v in value.as_dict().items())
     if isinstance(value, (tuple, list)):
         return ", ".join(map(str, value))
@@ -146,3 +149,98 @@ def noise_modes() -> Sequence[str]:
     from hyperdomain.model.generator import NOISE_MODES
 
     return NOISE_MODES
+
+
+# ---- option groups: one concept, declared once, used by every command that has it -----------------
+def option_group(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A decorator applying ``options`` (``click.option(...)`` decorators) in the order given; its
+    ``names`` are the parameter names it adds (so a command can ask which of them were set)."""
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    def probe():
+        pass
+
+    apply(probe)
+    apply.names = tuple(p.name for p in reversed(probe.__click_params__))
+    return apply
+
+
+generator_option = click.option("--generator", "-g", default="ffhq", show_default=True,
+                                help="Manifest name (see `hyperdomain download --list`) or checkpoint path.")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+progress_option = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+
+
+hyper_clip_option = click.option(
+    "--hyper-clip", metavar="SPEC", help="The hypernetwork's prompt encoder, e.g. a local weights file (ViT-B-32=FILE) "
+                                         "[default: the one it was trained with].")
+
+
+def domain_source_options(domains: str = "A domain file (.safetensors); repeatable.", prompts: bool = True,
+                          no_check: str = "Use domains made for a generator with another fingerprint."):
+    """Where a command's domains come from: ``--domain`` files, a ``--hyper`` network's ``--prompt``
+    domains (``prompts=False``: the command takes no prompt, e.g. the web app's page types them),
+    its prompt encoder ``--hyper-clip``, and ``--no-check``. Loaded by :func:`cli.loading.load_domains`."""
+    options = [
+        click.option("--domain", "-d", "domains", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help=domains),
+        click.option("--hyper", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A hypernetwork file" + (", with --prompt." if prompts else ".")),
+    ]
+    if prompts:
+        options.append(click.option("--prompt", "-p", "prompts", multiple=True,
+                                    help="A domain in words for --hyper; repeatable."))
+    options += [hyper_clip_option, click.option("--no-check", is_flag=True, help=no_check)]
+    return option_group(*options)
+
+
+photo_options = option_group(
+    click.option("--align/--no-align", default=None,
+                 help="Align each photo as FFHQ's faces [default: on for face generators (ffhq, metfaces)]."),
+    click.option("--detector", type=click.Choice(["auto", "dlib", "mediapipe"]), default="auto",
+                 show_default=True, help="The face landmark detector for --align."),
+    click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path),
+                 help="The detector's model file (offline) [default: downloaded once]."),
+    click.option("--lpips-vgg", metavar="FILE",
+                 help="torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded once]; "
+                      "'random' checks the pipeline without weights (tests only)."),
+    click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
+                 help="Inversion steps."),
+    click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=LEARNING_RATE,
+                 help="The inversion's Adam learning rate."),
+    click.option("--pca-samples", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(2),
+                 help="Mapped latents behind the P-norm prior (computed once per generator, cached)."),
+)
+"""The options every command that reads photos shares: alignment, detector, LPIPS, inversion."""
+
+log_option = click.option("--log", "log", multiple=True, metavar="tensorboard|wandb",
+                          help="Also log losses, learning rate, step time and sample grids to TensorBoard "
+                               "(RUN/tensorboard/) or Weights & Biases; repeatable or a comma list [default: "
+                               "log.jsonl only].")
+resume_option = click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+                             help="Continue the run in this folder (its settings are kept; --iters may extend it).")
+
+
+class LossOption(LibraryDefault):
+    """``--loss NAME=WEIGHT`` of a trainer: its help lists the loss registry's losses for that trainer
+    (``run``; and the others ``also_run`` adds), built when the help is shown (``--help`` loads no torch)."""
+
+    def __init__(self, *decls: str, run: str, also_run: tuple[str, str] | None = None, **kwargs: Any):
+        super().__init__(*decls, multiple=True, metavar="NAME=WEIGHT", **kwargs)
+        self._run, self._also_run = run, also_run
+
+    def get_help_record(self, ctx: click.Context):
+        from hyperdomain.guidance.losses import LOSSES, losses_of
+
+        def listed(names) -> str:
+            return "; ".join(f"{n} ({LOSSES[n].help})" for n in names)
+
+        self.help = f"Loss weights, repeatable: {listed(losses_of(self._run))}."
+        if self._also_run is not None:
+            run, label = self._also_run
+            extra = [n for n in losses_of(run) if n not in losses_of(self._run)]
+            self.help += f" {label.capitalize()} also: {listed(extra)}."
+        return super().get_help_record(ctx)

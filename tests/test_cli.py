@@ -141,6 +141,7 @@ def test_option_defaults_are_the_librarys():
         for param in command.params:
             if isinstance(param, LibraryDefault):
                 value = taken[param._owner()][param._field]
+                value = value.as_dict() if hasattr(value, "as_dict") else value  # loss weights: a mapping
                 if param._fallback:  # left unset, so the generator's recipe can fill it; the help names the value
                     assert ctx.params[param.name] in (None, ())
                     help_text = param.get_help_record(ctx)[1]

@@ -62,12 +62,18 @@ def test_a_generators_own_image_inverts_at_its_size(tmp_path, tiny_ckpt, tiny_G,
     assert not (tmp_path / "o2").exists()
 
 
-def test_stylize_photos_and_latents(tmp_path, tiny_ckpt, photos, domain_file):
+def test_stylize_photos_and_latents(tmp_path, tiny_ckpt, photos, domain_file, monkeypatch):
+    import hyperdomain.image.photos as photo_files
+
     ckpt, _ = tiny_ckpt
     out = tmp_path / "styled"
+    reads = []
+    read = photo_files.read_photo
+    monkeypatch.setattr(photo_files, "read_photo", lambda path, *a: reads.append(path) or read(path, *a))
     r = cli("stylize", photos[0], "--generator", ckpt, "--domain", domain_file, "--out", out, "--steps", 2,
             "--separate", tmp_path / "single", *QUICK)
     assert r.exit_code == 0, r.output
+    assert len(reads) == 1  # checked before the models load, and that reading is the one inverted
     grid = Image.open(out / "me.png")
     assert grid.size == (3 * 32 + 4 * 2, 32 + 2 * 2)  # photo, reconstruction, the domain
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == ["me_photo.png", "me_pixar.png",

@@ -215,15 +215,15 @@ def test_cached_inversion_runs_once(quiet_G, lpips_random, tmp_path, monkeypatch
 def test_photos_are_prepared_for_the_generator(quiet_G, tmp_path):
     img = Image.fromarray(np.uint8(np.random.default_rng(0).integers(0, 255, (80, 120, 3))))
     out = prepare_photo(quiet_G, img, align=False)
-    assert out.size == (32, 32)
-    np.testing.assert_allclose(np.asarray(out, dtype=float).mean(), np.asarray(img.crop((20, 0, 100, 80)),
+    assert out.image.size == (32, 32) and out.name == "image0" and not out.aligned
+    np.testing.assert_allclose(np.asarray(out.image, dtype=float).mean(), np.asarray(img.crop((20, 0, 100, 80)),
                                                                                 dtype=float).mean(), atol=3)
     quiet_G.alignment = "ffhq"  # a face generator aligns by default, with the detector given
     found = []
     prepare_photo(quiet_G, img, detector=lambda photo: found.append(photo.size) or
                   [__import__("hyperdomain.image.alignment", fromlist=["FacePoints"]).FacePoints((40, 30), (80, 30), (45, 60), (75, 60))])
     assert found == [(120, 80)]
-    with pytest.raises(HyperdomainError, match=r"photo: no face found"):
+    with pytest.raises(HyperdomainError, match=r"image0: no face found"):
         prepare_photo(quiet_G, img, detector=lambda photo: [])
 
 
@@ -234,7 +234,7 @@ def test_a_small_generator_takes_photos_of_its_own_size(quiet_G, tmp_path):
 
     photos, _ = _photos(quiet_G, n=1)
     photos[0].save(tmp_path / "own.png")
-    assert prepare_photo(quiet_G, tmp_path / "own.png", align=False).size == (32, 32)
+    assert prepare_photo(quiet_G, tmp_path / "own.png", align=False).image.size == (32, 32)
     photos[0].resize((31, 40)).save(tmp_path / "thin.png")
     with pytest.raises(HyperdomainError, match=r"thin\.png: 31x40 is too small; images need at least 32 pixels"):
         prepare_photo(quiet_G, tmp_path / "thin.png", align=False)
@@ -271,3 +271,29 @@ def test_bad_settings():
         InversionConfig(l2=0, lpips=0)
     with pytest.raises(HyperdomainError, match="noise_mode"):
         InversionConfig(noise_mode="none")
+
+
+def test_a_photo_is_read_once_and_each_tensor_made_once(quiet_G, lpips_random, tmp_path, monkeypatch):
+    """stylize: the file read once, prepared once, its tensors made once per size (the photo's own
+    and the loss size), and named after the file everywhere (the latent, the row)."""
+    import hyperdomain as hd
+    import hyperdomain.image.inversion as inversion
+    import hyperdomain.image.photos as photos
+
+    photos_, _ = _photos(quiet_G, n=1)
+    photos_[0].save(tmp_path / "face.png")
+    reads, tensors = [], []
+    read, tensor = photos.read_photo, inversion.to_tensor
+    monkeypatch.setattr(photos, "read_photo", lambda path, *a: reads.append(path) or read(path, *a))
+    monkeypatch.setattr(inversion, "to_tensor", lambda img, size=None: tensors.append(size) or tensor(img, size))
+    domain = hd.Domain(0.1 * torch.ones(quiet_G.num_domain_params), quiet_G.domain_dims)
+    [row] = hd.stylize(quiet_G, [tmp_path / "face.png"], [domain], config=InversionConfig(steps=2, pca_samples=300),
+                       align=False, lpips=lpips_random, progress=False)
+    assert reads == [tmp_path / "face.png"] and sorted(tensors, key=str) == [32, None]
+    assert row.name == "face" and row.latent.meta["image"] == "face.png" and not row.latent.meta["aligned"]
+    # already-read photos (what the command line hands over) are not read again
+    reads.clear()
+    [photo] = photos.read_photos([tmp_path / "face.png"])
+    hd.invert(quiet_G, [photo], InversionConfig(steps=1, pca_samples=300), align=False, lpips=lpips_random,
+              progress=False)
+    assert reads == [tmp_path / "face.png"]

@@ -20,6 +20,15 @@ from PIL import Image, ImageFilter
 from ..errors import HyperdomainError
 
 
+FACE_ALIGNMENT = "ffhq"  # a generator whose manifest entry says so was trained on FFHQ-aligned faces
+
+
+def aligns(G, align: bool | None = None) -> bool:
+    """Whether photos are aligned for ``G``: as asked, else by default for face generators (those whose
+    training images were FFHQ-aligned: ``G.alignment``)."""
+    return bool(align) if align is not None else getattr(G, "alignment", None) == FACE_ALIGNMENT
+
+
 @dataclass(frozen=True)
 class FacePoints:
     """The four points the recipe needs, in image pixels (x right, y down). ``eye_left`` is the

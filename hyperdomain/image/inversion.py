@@ -25,9 +25,9 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .._version import __version__
-from .alignment import Detector, align_face
+from .alignment import Detector, align_face, aligns
 from ..model.domain import generator_meta
 from ..errors import HyperdomainError, one_line
 from .face_detectors import detector as default_detector
@@ -44,7 +44,7 @@ from ..files.safetensors_files import PCA, read_own_file, write_own_file
 from ..media.grids import downsample_bicubic
 from ..model.latent import Latent
 from .perceptual import load_lpips, lpips_distance
-from .photos import image_digest, min_photo_side, read_photo, to_tensor
+from .photos import Photo, check_side, image_digest, min_photo_side, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -158,50 +158,88 @@ def p_norm(ws: torch.Tensor, pca: LatentPCA) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ photos
-def prepare_photo(G, photo: str | os.PathLike | Image.Image, align: bool | None = None,
-                  detector: Detector | Callable[[], Detector] | None = None, what: str | None = None) -> Image.Image:
-    """The photo as the generator sees it: aligned as its training images were (``align``: default
-    on for face generators, ``G.alignment``) or centre-cropped, at the generator's size."""
-    img = photo if isinstance(photo, Image.Image) else read_photo(photo, min_photo_side(G.resolution))
-    what = what or (one_line(photo) if not isinstance(photo, Image.Image) else "photo")
-    if align is None:
-        align = getattr(G, "alignment", None) == "ffhq"
-    if align:
-        if detector is None:
-            detector = default_detector()
-        return align_face(img, G.resolution, detector, what=what)
-    side = min(img.size)
-    left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
-    return img.crop((left, top, left + side, top + side)).resize((G.resolution, G.resolution), Image.LANCZOS)
+PhotoLike = Union[str, os.PathLike, Image.Image, Photo, "PreparedPhoto"]
+
+
+@dataclass
+class PreparedPhoto:
+    """A photo as the generator sees it: its name, the image at the generator's size (aligned as its
+    training images were, or centre-cropped) and whether it was aligned; its tensors are made once."""
+
+    name: str
+    image: Image.Image
+    aligned: bool
+    _tensors: dict = field(default_factory=dict, repr=False)
+
+    def tensor(self, size: int | None = None) -> torch.Tensor:
+        """``[1, 3, S, S]`` in ``[-1, 1]``, at ``size`` (Lanczos, as the paper's code) or the image's own."""
+        if size not in self._tensors:
+            self._tensors[size] = to_tensor(self.image, size)
+        return self._tensors[size]
+
+    @property
+    def digest(self) -> str:
+        return image_digest(self.image)
+
+
+def prepare_photo(G, photo: PhotoLike, align: bool | None = None,
+                  detector: Detector | Callable[[], Detector] | None = None, index: int = 0) -> PreparedPhoto:
+    """The photo as the generator sees it: read once (a path), checked for the generator's smallest
+    side, aligned (``align``: by default for face generators, :func:`~.alignment.aligns`) or
+    centre-cropped, at the generator's size."""
+    if isinstance(photo, PreparedPhoto):
+        return photo
+    photo = Photo.of(photo, index)
+    check_side(photo.image, photo.name, min_photo_side(G.resolution))
+    aligned = aligns(G, align)
+    if aligned:
+        img = align_face(photo.image, G.resolution, detector if detector is not None else default_detector(),
+                         what=photo.name)
+    else:
+        side = min(photo.image.size)
+        left, top = (photo.image.size[0] - side) // 2, (photo.image.size[1] - side) // 2
+        img = photo.image.crop((left, top, left + side, top + side)).resize((G.resolution, G.resolution),
+                                                                             Image.LANCZOS)
+    return PreparedPhoto(photo.name, img, aligned)
+
+
+def prepare_photos(G, photos: Sequence[PhotoLike], align: bool | None = None,
+                   detector: Detector | Callable[[], Detector] | None = None) -> list[PreparedPhoto]:
+    """:func:`prepare_photo` for each (a PIL image without a name is ``image{i}``)."""
+    return [prepare_photo(G, p, align, detector, i) for i, p in enumerate(photos)]
 
 
 # ------------------------------------------------------------------------------------ inversion
-def invert(G, photos: Sequence[str | os.PathLike | Image.Image], config: InversionConfig | None = None, *,
+def invert(G, photos: Sequence[PhotoLike], config: InversionConfig | None = None, *,
            align: bool | None = None, detector: Detector | None = None, lpips: torch.nn.Module | None = None,
            lpips_backbone: str | os.PathLike = "imagenet", pca: LatentPCA | None = None, progress: bool = True,
            callback: Callable[[int, dict[str, float]], None] | None = None) -> list[Latent]:
-    """Invert ``photos`` (paths or PIL images) into W+ latents of ``G``, all in one batch.
+    """Invert ``photos`` into W+ latents of ``G``, all in one batch: prepared photos as they are
+    (:func:`prepare_photos`: named, at the generator's size), else paths, PIL images or
+    :class:`~.photos.Photo` s, prepared here (``align``, ``detector``).
 
-    Each :class:`Latent`'s ``meta`` holds the image's name and digest, the settings, the final
-    losses and the reconstruction's PSNR (dB, 8-bit pixels) and LPIPS. ``lpips``: a loaded LPIPS
-    module (else one is loaded with ``lpips_backbone``); ``pca``: a precomputed prior.
+    Each :class:`Latent`'s ``meta`` holds the image's name and digest, whether it was aligned, the
+    settings, the final losses and the reconstruction's PSNR (dB, 8-bit pixels) and LPIPS.
+    ``lpips``: a loaded LPIPS module (else one is loaded with ``lpips_backbone``); ``pca``: a
+    precomputed prior.
     """
     config = config or InversionConfig()
     if not photos:
         raise HyperdomainError("invert: no photos given")
-    names = [Path(p).name if not isinstance(p, Image.Image) else f"image{i}" for i, p in enumerate(photos)]
-    prepared = [prepare_photo(G, p, align, detector) for p in photos]
-    aligned = bool(getattr(G, "alignment", None) == "ffhq") if align is None else bool(align)
+    prepared = prepare_photos(G, photos, align, detector)
     backbone = "given" if lpips is not None else str(lpips_backbone)
     lpips = lpips if lpips is not None else load_lpips(G.device, lpips_backbone)
     pca = pca if pca is not None else latent_pca(G, config.pca_samples, config.seed)
-    ws, losses = _optimise(G, prepared, config, lpips, pca, progress, callback)
+    size = _loss_size(G, config)
+    target = torch.cat([p.tensor() for p in prepared]).to(G.device)  # [B, 3, R, R]
+    target_small = torch.cat([p.tensor(size) for p in prepared]).to(G.device)  # Lanczos, as the paper's
+    ws, losses = _optimise(G, target, target_small, config, lpips, pca, progress, callback)
     with torch.no_grad():
         recon = G.synthesis(ws, noise_mode=config.noise_mode).float()
-        quality = _quality(recon, prepared, lpips, _loss_size(G, config))
+        quality = _quality(recon, target, target_small, lpips)
     out = []
-    for i, name in enumerate(names):
-        meta = {**generator_meta(G), "image": name, "image_digest": image_digest(prepared[i]), "aligned": aligned,
+    for i, photo in enumerate(prepared):
+        meta = {**generator_meta(G), "image": photo.name, "image_digest": photo.digest, "aligned": photo.aligned,
                 "inversion": asdict(config), "losses": {k: v[i] for k, v in losses.items()},
                 "psnr": quality["psnr"][i], "lpips": quality["lpips"][i],
                 "lpips_backbone": backbone,
@@ -217,13 +255,10 @@ def _loss_size(G, config: InversionConfig) -> int:
     return size
 
 
-def _optimise(G, photos: list[Image.Image], config: InversionConfig, lpips, pca: LatentPCA, progress: bool,
-              callback) -> tuple[torch.Tensor, dict[str, list[float]]]:
-    size = _loss_size(G, config)
-    factor = G.resolution // size
-    target = torch.cat([to_tensor(p) for p in photos]).to(G.device)  # [B, 3, R, R]
-    target_small = torch.cat([to_tensor(p, size) for p in photos]).to(G.device)  # Lanczos, as the paper's
-    b = len(photos)
+def _optimise(G, target: torch.Tensor, target_small: torch.Tensor, config: InversionConfig, lpips,
+              pca: LatentPCA, progress: bool, callback) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    factor = G.resolution // target_small.shape[-1]
+    b = len(target)
     ws = G.mean_latent().detach().clone()[None, None].repeat(b, G.num_ws, 1).requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -259,19 +294,17 @@ def _optimise(G, photos: list[Image.Image], config: InversionConfig, lpips, pca:
     return ws.detach(), {k: [float(x) for x in v.detach().cpu()] for k, v in parts.items()}
 
 
-def _quality(recon: torch.Tensor, photos: list[Image.Image], lpips, size: int) -> dict[str, list[float]]:
+def _quality(recon: torch.Tensor, target: torch.Tensor, target_small: torch.Tensor, lpips) -> dict[str, list[float]]:
     """PSNR of the 8-bit reconstruction against the photo, and LPIPS at the loss size."""
-    target = torch.cat([to_tensor(p) for p in photos]).to(recon.device)
     pix = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731 - the pixels save_grid writes
     mse = (pix(recon) - pix(target)).square().mean(dim=(1, 2, 3))
     psnr = [float(10 * math.log10(255.0**2 / max(float(m), 1e-10))) for m in mse]
-    small = torch.cat([to_tensor(p, size) for p in photos]).to(recon.device)
-    d = lpips_distance(lpips, downsample_bicubic(recon, recon.shape[-1] // size), small)
+    d = lpips_distance(lpips, downsample_bicubic(recon, recon.shape[-1] // target_small.shape[-1]), target_small)
     return {"psnr": psnr, "lpips": [float(x) for x in d.cpu()]}
 
 
 # ------------------------------------------------------------------------------------ a cache
-def invert_cached(G, photo: str | os.PathLike | Image.Image, config: InversionConfig | None = None, *,
+def invert_cached(G, photo: PhotoLike, config: InversionConfig | None = None, *,
                   align: bool | None = None, detector: Detector | None = None, lpips: torch.nn.Module | None = None,
                   lpips_backbone: str | os.PathLike = "imagenet", progress: bool = True) -> Latent:
     """:func:`invert` for one photo, remembered under ``$HYPERDOMAIN_HOME/inversions`` by generator
@@ -280,16 +313,13 @@ def invert_cached(G, photo: str | os.PathLike | Image.Image, config: InversionCo
     prepared = prepare_photo(G, photo, align, detector)
     settings = json.dumps({**asdict(config), "lpips": str(lpips_backbone)}, sort_keys=True)
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    path = weights_home() / "inversions" / f"{G.fingerprint}-{image_digest(prepared)}-{key}.safetensors"
+    path = weights_home() / "inversions" / f"{G.fingerprint}-{prepared.digest}-{key}.safetensors"
     if path.is_file():
         try:
             return Latent.load(path, generator=G)
         except HyperdomainError:
             pass  # a damaged cache entry is made again
-    latent = invert(G, [prepared], config, align=False, lpips=lpips, lpips_backbone=lpips_backbone,
-                    progress=progress)[0]
-    latent.meta["image"] = Path(photo).name if not isinstance(photo, Image.Image) else latent.meta["image"]
-    latent.meta["aligned"] = bool(getattr(G, "alignment", None) == "ffhq") if align is None else bool(align)
+    latent = invert(G, [prepared], config, lpips=lpips, lpips_backbone=lpips_backbone, progress=progress)[0]
     try:
         latent.save(path)
     except HyperdomainError:

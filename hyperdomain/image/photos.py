@@ -11,7 +11,9 @@ import hashlib
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -64,10 +66,38 @@ def read_photo(path: str | os.PathLike, min_side: int = MIN_SIDE) -> Image.Image
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged data
         detail = one_line(str(e).strip().splitlines()[0][:120]) if str(e).strip() else type(e).__name__
         raise HyperdomainError(f"{name}: truncated or damaged image ({detail})") from None
-    if min(rgb.size) < min_side:
-        raise HyperdomainError(f"{name}: {rgb.size[0]}x{rgb.size[1]} is too small; "
-                               f"images need at least {min_side} pixels on each side")
+    check_side(rgb, name, min_side)
     return rgb
+
+
+def check_side(img: Image.Image, name: str, min_side: int) -> None:
+    """One line when ``img`` has fewer than ``min_side`` pixels on a side."""
+    if min(img.size) < min_side:
+        raise HyperdomainError(f"{name}: {img.size[0]}x{img.size[1]} is too small; "
+                               f"images need at least {min_side} pixels on each side")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo as read once: its name (for messages, outputs and latent files) and its RGB pixels."""
+
+    name: str
+    image: Image.Image
+
+    @classmethod
+    def of(cls, photo: "str | os.PathLike | Image.Image | Photo", index: int = 0) -> "Photo":
+        """A path (read here), a PIL image (named ``image{index}``) or a Photo (as it is)."""
+        if isinstance(photo, Photo):
+            return photo
+        if isinstance(photo, Image.Image):
+            return cls(f"image{index}", photo)
+        return cls(Path(photo).name, read_photo(photo, 1))
+
+
+def read_photos(photos: Sequence[str | os.PathLike | Image.Image | Photo]) -> list[Photo]:
+    """Every photo read once, all of them checked (one line naming the first bad one); the size a
+    generator needs is checked later, with it (:func:`min_photo_side`)."""
+    return [Photo.of(p, i) for i, p in enumerate(photos)]
 
 
 def _to_rgb(img: Image.Image, name: str) -> Image.Image:

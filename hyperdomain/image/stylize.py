@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image
 
 from ..model.domain import Domain
 from ..errors import HyperdomainError
-from .inversion import InversionConfig, invert, prepare_photo
+from .inversion import InversionConfig, PhotoLike, invert, prepare_photos
 from ..model.latent import Latent
-from .photos import to_tensor
 
 
 @dataclass
@@ -36,7 +34,7 @@ class Stylized:
         return torch.stack([self.photo, self.reconstruction, *self.styled])
 
 
-def stylize(G, photos: Sequence[str | os.PathLike | Image.Image] = (), domains: Sequence[Domain] = (), *,
+def stylize(G, photos: Sequence[PhotoLike] = (), domains: Sequence[Domain] = (), *,
             latents: Sequence[Latent] = (), config: InversionConfig | None = None, align: bool | None = None,
             detector=None, lpips: torch.nn.Module | None = None, lpips_backbone: str | os.PathLike = "imagenet",
             noise_mode: str = "const", progress: bool = True,
@@ -52,13 +50,11 @@ def stylize(G, photos: Sequence[str | os.PathLike | Image.Image] = (), domains: 
         lat.check_compatible(G, fingerprint=False)
     out: list[Stylized] = []
     if photos:
-        prepared = [prepare_photo(G, p, align, detector) for p in photos]
-        inverted = invert(G, prepared, config, align=False, lpips=lpips, lpips_backbone=lpips_backbone,
-                          progress=progress, callback=callback)
-        for p, img, lat in zip(photos, prepared, inverted):
-            name = Path(p).stem if not isinstance(p, Image.Image) else lat.meta["image"]
-            lat.meta["image"] = Path(p).name if not isinstance(p, Image.Image) else lat.meta["image"]
-            out.append(_render(G, name, to_tensor(img)[0], lat, domains, noise_mode))
+        prepared = prepare_photos(G, photos, align, detector)
+        inverted = invert(G, prepared, config, lpips=lpips, lpips_backbone=lpips_backbone, progress=progress,
+                          callback=callback)
+        for photo, lat in zip(prepared, inverted):
+            out.append(_render(G, Path(photo.name).stem, photo.tensor()[0], lat, domains, noise_mode))
     for lat in latents:
         name = Path(lat.meta.get("file", "latent")).stem
         out.append(_render(G, name, None, lat, domains, noise_mode))

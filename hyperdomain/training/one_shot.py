@@ -41,7 +41,6 @@ from ..image.inversion import InversionConfig, invert_cached, prepare_photo
 from ..model.latent import Latent
 from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
 from ..image.perceptual import load_lpips, lpips_distance
-from ..image.photos import image_digest, to_tensor
 from .adapt import DOMAIN_FILE, restore_domain
 from .latents import sample_training_latents, training_seed
 from .dashboards import require
@@ -162,16 +161,16 @@ class _ImageRun(TrainingRun):
         self.encoders = encoders
         self.desc = f"adapt {Path(c.image).name[:30]!r}"
         self.lpips = lpips if lpips is not None else load_lpips(G.device, c.lpips_backbone)
-        photo = prepare_photo(G, c.image, align=c.align, detector=detector, what=c.image)
-        self.reference_digest = image_digest(photo)
-        self.latent = invert_cached(G, photo, c.inversion, align=False, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
+        photo = prepare_photo(G, c.image, align=c.align, detector=detector)
+        self.reference_digest = photo.digest
+        self.latent = invert_cached(G, photo, c.inversion, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
                                     progress=self.dist.is_main)
         self.latent.meta.update(image=Path(c.image).name, aligned=c.align)
         self.w_ref = self.latent.ws[None].to(G.device)  # [1, num_ws, w_dim]
         size = min(c.loss_size, G.resolution)
         self.factor = G.resolution // size
-        self.ref_full = to_tensor(photo).to(G.device)
-        self.ref_small = to_tensor(photo, size).to(G.device)
+        self.ref_full = photo.tensor().to(G.device)
+        self.ref_small = photo.tensor(size).to(G.device)
         tpl = templates(c.templates)
         with torch.no_grad():
             ref_src_img = G.synthesis(self.w_ref, noise_mode="const")

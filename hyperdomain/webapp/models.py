@@ -128,7 +128,9 @@ class AppModels:
 
     def aligns(self) -> bool:
         """Whether photos are aligned: as asked, else for face generators (as ``invert`` decides)."""
-        return self.align if self.align is not None else getattr(self.G, "alignment", None) == "ffhq"
+        from ..image.alignment import aligns
+
+        return aligns(self.G, self.align)
 
     def face_detector(self):
         """The detector for aligning photos (``None``: the library's default one)."""

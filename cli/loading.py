@@ -1,0 +1,147 @@
+"""What commands load from their arguments: the device, the generator's domains (files or a
+hypernetwork's prompts), latents, photos and the tools that invert them. One home each."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import click
+
+from .errors import UserError
+from .outputs import check_name_length
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: expected auto, cpu or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise UserError(f"--device: expected auto, cpu or cuda:N, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
+
+
+def absolute_path(name_or_path) -> str:
+    """A file argument as an absolute path (runs are resumed from other folders); names stay names."""
+    p = Path(str(name_or_path))
+    return str(p.resolve()) if str(name_or_path) and p.exists() else str(name_or_path)
+
+
+def absolute_spec(spec: str) -> str:
+    """``--clip NAME[:TAG][=FILE]`` with FILE (and a config .json NAME) made absolute."""
+    from hyperdomain.guidance.clip import absolute_spec as absolute
+
+    return absolute(spec)
+
+
+def given_options(ctx: click.Context, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` the user set (not left at their defaults), as ``--option`` spellings."""
+    return ["--" + n.replace("_", "-") for n in names
+            if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+
+
+def resumed_generator(ctx: click.Context, config, generator: str, keeps: Iterable[str]) -> str:
+    """--resume keeps a run's settings: refuse options other than ``keeps``; the run's generator
+    unless one is given."""
+    given = given_options(ctx, [p for p in ctx.params if p not in set(keeps)])
+    if given:
+        raise UserError(f"--resume keeps the run's settings; drop {', '.join(given)}")
+    if ctx.get_parameter_source("generator") is click.core.ParameterSource.DEFAULT and config.generator:
+        return config.generator
+    return generator
+
+
+def check_domain_source(domains: Sequence[Path], hyper: Path | None, prompts: Sequence[str], *,
+                        prompt_list: str | None = None, lists: bool = False, required: bool = False) -> None:
+    """``--prompt`` (and ``--prompts LIST``, for commands that take ``lists``) needs ``--hyper`` and
+    the other way round; ``required``: at least one domain."""
+    if (prompts or prompt_list) and hyper is None:
+        given = "--prompt" if prompts else "--prompts"
+        raise UserError(f"{given} needs --hyper FILE (a hypernetwork that maps prompts to domains)")
+    if hyper is not None and not (prompts or prompt_list):
+        raise UserError("--hyper needs at least one --prompt" + (" or --prompts LIST" if lists else ""))
+    if required and not domains and hyper is None:
+        raise UserError("give at least one --domain (or --hyper with --prompt)")
+
+
+def load_domains(G, domains: Sequence[Path], hyper: Path | None = None, prompts: Sequence[str] = (),
+                 hyper_clip: str | None = None, no_check: bool = False) -> list:
+    """The domain files, then the hypernetwork's domain for each prompt, all checked against ``G``."""
+    import hyperdomain as hd
+
+    loaded = [hd.Domain.load(p, generator=G, check=not no_check) for p in domains]
+    if hyper is not None and prompts:
+        loaded += load_hyper(hyper, G, no_check, hyper_clip).domains(list(prompts))
+    return loaded
+
+
+def load_hyper(path: Path, G, no_check: bool, clip_spec: str | None):
+    """A hypernetwork file, checked against the generator, with its prompt encoder chosen."""
+    import hyperdomain as hd
+
+    net = hd.HyperDomainNet.load(path, generator=G, check=not no_check).to(G.device)
+    if clip_spec:
+        net.text_encoder(absolute_spec(clip_spec))
+    return net
+
+
+def read_style_latent(path: Path, G, no_check: bool, mix_from: int):
+    """W+ ``[num_ws, w_dim]`` from a latent file or from a one-shot domain file that carries one."""
+    import hyperdomain as hd
+    from hyperdomain.files.safetensors_files import DOMAIN, read_safetensors
+
+    if read_safetensors(path, "latent or domain file", load=False)[0].get("format") == DOMAIN:
+        d = hd.Domain.load(path, generator=G, check=not no_check)
+        if d.style_latent is None:
+            raise UserError(f"--style-latent {path}: this domain carries no latent (only one-shot domains do); "
+                            f"pass a latent file from hyperdomain invert")
+        first = int(d.meta.get("style_latent_from", 0))
+        if mix_from < first:
+            raise UserError(f"--mix-from {mix_from}: {path} holds the reference's layers from {first} on only")
+        return d.style_latent
+    return hd.Latent.load(path, generator=G, check=not no_check).ws
+
+
+def check_run_folder(out: Path) -> None:
+    """A new run folder's name fits the file system (as its checkpoint's, written in it)."""
+    from hyperdomain.files.run_checkpoints import CHECKPOINT
+
+    check_name_length("--out", out / CHECKPOINT)
+
+
+def check_photos(photos, G=None) -> list:
+    """Photos read once, before the models load (a bad one is named in seconds, not after them): the
+    files as :class:`~hyperdomain.image.photos.Photo` s. With ``G``, those Photos checked for the size
+    the generator needs (:func:`~hyperdomain.image.photos.min_photo_side`), before LPIPS, the
+    detector or a run folder."""
+    from hyperdomain.image.photos import check_side, min_photo_side, read_photos
+
+    if G is None:
+        return read_photos(photos)
+    for photo in photos:
+        check_side(photo.image, photo.name, min_photo_side(G.resolution))
+    return list(photos)
+
+
+def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
+    """The detector (when aligning), LPIPS and inversion settings the photo options ask for."""
+    import hyperdomain as hd
+    from hyperdomain.image.alignment import aligns
+    from hyperdomain.image.perceptual import load_lpips
+
+    aligning = aligns(G, align)
+    det = None
+    if aligning:
+        from hyperdomain.image.face_detectors import detector as face_detector
+
+        det = face_detector(detector, detector_weights)
+    lpips = load_lpips(G.device, absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet")
+    return aligning, det, lpips, hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples)

@@ -139,7 +139,7 @@ def check_name_length(option: str, path: Path) -> None:
     new = path.absolute().relative_to(folder).parts
     for i, part in enumerate(new):
         size = len(os.fsencode(part))
-        used = temp_name_length(part) if i == len(new) - 1 else size  # the file is first written as .NAME.XXXXXXXX.tmp
+        used = temp_name_length(part) if i == len(new) - 1 else size  # the file is written as .NAME.XXXXXXXX.tmp
         if used > name_max:
             raise OutputError(f"{option} {path}: the name {_short(part)!r} is too long for this file system ({size} "
                               f"bytes; at most {size - used + name_max} here)")

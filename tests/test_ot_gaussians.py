@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from hyperdomain.image.translators import (
-    ENOTConfig, NOTConfig, affine_map, enot_step, expectile_loss, gaussian_ot_map, l2_uvp, mean_squared_cost,
-    not_step, quadratic_cost, sqrtm_psd, weak_cost,
+    ENOTConfig, NOTConfig, affine_map, enot_optimizers, enot_step, expectile_loss, gaussian_ot_map, l2_uvp,
+    mean_squared_cost, not_optimizers, not_step, quadratic_cost, sqrtm_psd, weak_cost,
 )
-from hyperdomain.image.translators.toy import gaussian_sampler, mlp, random_gaussian_problem, random_spd
+from hyperdomain.image.translators.toy import NoisyMap, gaussian_sampler, mlp, random_gaussian_problem, random_spd
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +102,92 @@ def test_weak_cost_is_the_not_code_variance_form(gamma):
     strong = 0.5 * ((x[:, None] - ys) ** 2).flatten(2).sum(2).mean(1)
     paper = strong - 0.5 * gamma * var.flatten(1).sum(1)
     torch.testing.assert_close(weak_cost(x, ys, gamma, quadratic_cost), paper)
+
+
+# --- the steps' gradients, against the papers' losses written out independently ------------------------
+
+def _batches(*tensors):
+    """A sampler handing out the given batches in order (and failing if asked for one more)."""
+    it = iter(tensors)
+    return lambda n: next(it)[:n]
+
+
+def _sgd(module, lr=0.1):
+    return torch.optim.SGD(module.parameters(), lr=lr)
+
+
+def _after_sgd(module, grads, lr=0.1):
+    return [p.detach() - lr * g for p, g in zip(module.parameters(), grads)]
+
+
+def test_enot_step_follows_ott_jax_loss():
+    torch.manual_seed(0)
+    T, g = mlp(3, 3, 16, 2), mlp(3, 1, 16, 2)
+    T0, g0 = copy.deepcopy(T), copy.deepcopy(g)
+    x, y = torch.randn(32, 3), torch.randn(32, 3) + 1
+    tau, weight = 0.9, 0.7
+    enot_step(T, g, _sgd(T), _sgd(g), _batches(x), _batches(y),
+              ENOTConfig(batch=32, expectile=tau, expectile_weight=weight))
+
+    # ott-jax's ExpectileNeuralDual._loss_fn, its stop-gradients as detach, for a map network
+    c = quadratic_cost
+    y_hat = T0(x)
+    y_hat_sg = y_hat.detach()
+    g_target = g0(y)[:, 0]
+    g_star_source = c(x, y_hat_sg) - g0(y_hat_sg)[:, 0]
+    diff_1 = (g_star_source - c(x, y)).detach() + g_target
+    diff_2 = (g_target - c(x, y)).detach() + g_star_source
+    ott_expectile = lambda d: torch.where(d >= 0, tau, 1 - tau) * d ** 2  # noqa: E731
+    reg = (ott_expectile(diff_1).mean() + ott_expectile(diff_2).mean()) * weight
+    dual = -(g_target + g_star_source).mean()
+    g_frozen = {k: v.detach() for k, v in g0.named_parameters()}
+    amor = (c(x, y_hat) - torch.func.functional_call(g0, g_frozen, (y_hat,))[:, 0]).mean()
+    grads = torch.autograd.grad(reg + dual + amor, [*T0.parameters(), *g0.parameters()])
+    n_T = len(list(T0.parameters()))
+
+    for got, want in zip([*T.parameters(), *g.parameters()],
+                         _after_sgd(T0, grads[:n_T]) + _after_sgd(g0, grads[n_T:])):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_not_step_follows_the_papers_losses():
+    torch.manual_seed(0)
+    T, f = mlp(3, 3, 16, 2), mlp(3, 1, 16, 2)
+    T0, f0 = copy.deepcopy(T), copy.deepcopy(f)
+    xs, y = [torch.randn(16, 3) for _ in range(3)], torch.randn(16, 3) + 1
+    not_step(T, f, _sgd(T), _sgd(f), _batches(*xs), _batches(y), NOTConfig(batch=16, t_steps=2))
+
+    for x in xs[:2]:  # two map updates against the fixed potential: min E[c(x, T x) - f(T x)]
+        loss = (0.5 * ((x - T0(x)) ** 2).sum(1) - f0(T0(x))[:, 0]).mean()
+        new = _after_sgd(T0, torch.autograd.grad(loss, list(T0.parameters())))
+        with torch.no_grad():
+            for p, q in zip(T0.parameters(), new):
+                p.copy_(q)
+    # then the potential against the updated map: max E f(y) - E f(T x)
+    loss = f0(T0(xs[2]).detach()).mean() - f0(y).mean()
+    want_f = _after_sgd(f0, torch.autograd.grad(loss, list(f0.parameters())))
+    for got, want in zip([*T.parameters(), *f.parameters()], [*T0.parameters(), *want_f]):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_steps_are_deterministic_given_the_seed():
+    def run(method):
+        torch.manual_seed(7)
+        f = mlp(2, 1, 16, 2)
+        sx, sy = (lambda n: torch.randn(n, 2)), (lambda n: torch.randn(n, 2) * 2)
+        if method == "not":
+            T = NoisyMap(mlp(4, 2, 16, 2))
+            config = NOTConfig(batch=8, t_steps=2, gamma=0.5, noise_shape=(2,), z_size=3)
+            opts = not_optimizers(T, f, config)
+            step = lambda: not_step(T, f, *opts, sx, sy, config)  # noqa: E731
+        else:
+            T = mlp(2, 2, 16, 2)
+            config = ENOTConfig(batch=8)
+            opts = enot_optimizers(T, f, config)
+            step = lambda: enot_step(T, f, *opts, sx, sy, config)  # noqa: E731
+        losses = torch.stack([torch.stack(list(step().values())) for _ in range(3)])
+        return [losses, *[p.detach().clone() for p in [*T.parameters(), *f.parameters()]]]
+
+    for method in ("not", "enot"):
+        first, second = run(method), run(method)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -11,7 +11,7 @@ from torch import nn
 Sampler = Callable[[int], torch.Tensor]
 
 
-def mlp(in_dim: int, out_dim: int, hidden: int = 64, depth: int = 3) -> nn.Sequential:
+def mlp(in_dim: int, out_dim: int, hidden: int = 64, depth: int = 2) -> nn.Sequential:
     """``depth`` hidden layers of width ``hidden`` with SiLU (smooth, like the ELU of ott-jax's potentials)."""
     layers: list[nn.Module] = []
     width = in_dim

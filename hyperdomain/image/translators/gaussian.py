@@ -9,16 +9,16 @@ import torch
 Map = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _symmetric_check(S: torch.Tensor, name: str) -> None:
+def _eigh(S: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if S.ndim != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"{name} must be a square matrix, got shape {tuple(S.shape)}")
+    S = S.double()
+    return torch.linalg.eigh(0.5 * (S + S.T))  # symmetrised: eigh reads one triangle only
 
 
 def sqrtm_psd(S: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a symmetric positive semi-definite matrix, in float64 (via ``eigh``)."""
-    _symmetric_check(S, "S")
-    S = S.double()
-    w, V = torch.linalg.eigh(0.5 * (S + S.T))
+    w, V = _eigh(S, "S")
     return (V * w.clamp_min(0).sqrt()) @ V.T
 
 
@@ -29,16 +29,14 @@ def gaussian_ot_map(m1: torch.Tensor, S1: torch.Tensor, m2: torch.Tensor, S2: to
     ``T*(x) = A x + b = m2 + A (x - m1)`` with ``A = S1^-1/2 (S1^1/2 S2 S1^1/2)^1/2 S1^-1/2``
     (symmetric positive definite) and ``b = m2 - A m1``. ``S1`` must be positive definite.
     """
-    _symmetric_check(S1, "S1")
-    _symmetric_check(S2, "S2")
+    w, V = _eigh(S1, "S1")
+    _eigh(S2, "S2")
     if not (m1.shape == m2.shape == S1.shape[:1] == S2.shape[:1]):
         raise ValueError(f"means {tuple(m1.shape)}, {tuple(m2.shape)} and covariances {tuple(S1.shape)}, "
                          f"{tuple(S2.shape)} disagree on the dimension")
-    r1 = sqrtm_psd(S1)
-    w, V = torch.linalg.eigh(0.5 * (S1.double() + S1.double().T))
     if w.min() <= 0:
         raise ValueError(f"S1 must be positive definite, its smallest eigenvalue is {w.min().item():.3g}")
-    r1_inv = (V / w.sqrt()) @ V.T
+    r1, r1_inv = (V * w.sqrt()) @ V.T, (V / w.sqrt()) @ V.T
     A = r1_inv @ sqrtm_psd(r1 @ S2.double() @ r1) @ r1_inv
     A = 0.5 * (A + A.T)  # symmetric in exact arithmetic; remove the rounding
     return A, m2.double() - A @ m1.double()

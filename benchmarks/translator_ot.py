@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ THRESHOLDS = {2: 2.0, 16: 10.0}  # L2-UVP %, per dimension
 @dataclass
 class Run:
     seconds: float  # training wall time until the threshold (inf if never)
+    cpu_seconds: float  # this process's CPU time over the same span: steadier on a shared machine
     steps: int  # solver steps until then (a NOT step is t_steps map updates and one potential update)
     map_updates: int
     final_uvp: float
@@ -56,21 +58,22 @@ def run(method: str, t_steps: int, dim: int, seed: int, threshold: float, lr: fl
         step, updates_per_step = (lambda i: not_step(T, f, *opts, sample_x, sample_y, config, step=i)), t_steps
     steps_per_eval = max(1, eval_every // updates_per_step)
 
-    trained, i, below_since, uvp = 0.0, 0, None, math.inf
+    trained, cpu, i, below_since, uvp = 0.0, 0.0, 0, None, math.inf
     while trained < max_seconds:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps_per_eval):
             step(i)
             i += 1
         trained += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         uvp = l2_uvp(T, T_star, x_eval, var)
         if uvp < threshold:
             if below_since is not None:
-                return Run(below_since[0], below_since[1], below_since[1] * updates_per_step, uvp)
-            below_since = (trained, i)
+                return Run(*below_since, below_since[2] * updates_per_step, uvp)
+            below_since = (trained, cpu, i)
         else:
             below_since = None
-    return Run(math.inf, i, i * updates_per_step, uvp)
+    return Run(math.inf, math.inf, i, i * updates_per_step, uvp)
 
 
 def main() -> None:
@@ -88,23 +91,27 @@ def main() -> None:
 
     methods = [("ENOT", "enot", 1)] + [(f"NOT t_steps={t}", "not", t) for t in args.not_t_steps]
     print(f"torch {torch.__version__}, {args.threads} thread(s), lr {args.lr}, seeds 0..{args.seeds - 1}, "
-          f"medians; reached = below threshold at two evaluations in a row")
-    print("| dim | L2-UVP threshold | method | wall s to reach | steps | map updates | wall s per seed | "
-          "L2-UVP when stopped | ENOT speed-up (wall) |")
-    print("|---" * 9 + "|")
+          f"load average {os.getloadavg()[0]:.1f}; medians; reached = below threshold at two evaluations in a row")
+    print("| dim | L2-UVP threshold | method | wall s to reach | CPU s to reach | steps | map updates | "
+          "wall s per seed | L2-UVP when stopped | ENOT speed-up (wall, CPU) |")
+    print("|---" * 10 + "|")
     for dim in args.dims:
         threshold = THRESHOLDS[dim]
-        medians = {}
-        for label, method, t in methods:
-            runs = [run(method, t, dim, seed, threshold, args.lr, args.eval_every, args.max_seconds)
-                    for seed in range(args.seeds)]
-            wall = statistics.median(r.seconds for r in runs)
-            medians[label] = wall
-            speedup = "" if method == "enot" else f"{wall / medians['ENOT']:.1f}x"
-            print(f"| {dim} | {threshold:g}% | {label} | {wall:.2f} | {statistics.median(r.steps for r in runs):g} | "
-                  f"{statistics.median(r.map_updates for r in runs):g} | "
-                  f"{', '.join(f'{r.seconds:.2f}' for r in runs)} | "
-                  f"{', '.join(f'{r.final_uvp:.2f}' for r in runs)} | {speedup} |", flush=True)
+        runs: dict[str, list[Run]] = {label: [] for label, _, _ in methods}
+        for seed in range(args.seeds):  # methods interleaved, so a busy spell of the machine hits them all
+            for label, method, t in methods:
+                runs[label].append(run(method, t, dim, seed, threshold, args.lr, args.eval_every, args.max_seconds))
+        enot_wall = statistics.median(r.seconds for r in runs["ENOT"])
+        enot_cpu = statistics.median(r.cpu_seconds for r in runs["ENOT"])
+        for label, method, _ in methods:
+            rs = runs[label]
+            wall, cpu = statistics.median(r.seconds for r in rs), statistics.median(r.cpu_seconds for r in rs)
+            speedup = "" if method == "enot" else f"{wall / enot_wall:.1f}x, {cpu / enot_cpu:.1f}x"
+            print(f"| {dim} | {threshold:g}% | {label} | {wall:.2f} | {cpu:.2f} | "
+                  f"{statistics.median(r.steps for r in rs):g} | "
+                  f"{statistics.median(r.map_updates for r in rs):g} | {', '.join(f'{r.seconds:.2f}' for r in rs)} | "
+                  f"{', '.join(f'{r.final_uvp:.2f}' for r in rs)} | {speedup} |", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

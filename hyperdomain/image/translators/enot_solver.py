@@ -29,7 +29,8 @@ class ENOTConfig:
     """ENOT's hyper-parameters; lr, betas, tau and weight are ott-jax's ``ExpectileNeuralDual`` defaults.
 
     With a map network (not a potential's gradient), Adam's momentum makes the game oscillate: on the
-    tests' Gaussians ``betas=(0.0, 0.9)`` reaches a given L2-UVP several times sooner than (0.9, 0.9).
+    tests' 16-D Gaussians (400 steps, lr 2e-3 decayed) betas (0.9, 0.9) end at 12-21% L2-UVP where
+    (0.0, 0.9) end at 3.5-3.8%.
     """
 
     lr: float = 3e-4

@@ -9,4 +9,5 @@
 | ``inversion`` | II2S: a photo to a W+ latent by optimisation |
 | ``stylize`` | a photo (or its latent) rendered in domains |
 | ``encoders/`` | e4e and ReStyle encoders: a photo to W+ in one pass (networks, released checkpoints, our file) |
+| ``translators/`` | a photo into a domain in one pass: neural optimal transport solvers (NOT, ENOT) and their costs |
 """

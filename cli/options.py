@@ -98,7 +98,7 @@ SEED = click.IntRange(0, 2**63 - 1)  # what torch's generators take
 # Every --lr (adapt, train-hyper, invert, stylize, serve): Adam moves each number by about lr a step,
 # and what it trains (domain vectors, latents, weights) is of order 1, so a larger rate only blows
 # up; past ~3e37 Adam's step overflows float32 itself.
-MAX_LR = 1000
+MAX_LR = 1000  # training.run_config.MAX_LR, repeated so that --help loads no torch (a test keeps them equal)
 LEARNING_RATE = FiniteFloat(0, MAX_LR, min_open=True)
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import hyperdomain as hd
+from hyperdomain.errors import HyperdomainError
 from hyperdomain.model.hypernet import HyperConfig, HyperDomainNet
 
 from conftest import (TINY_CLIP_CONFIG, assert_storage_error, assert_user_error, cli, make_tiny_generator,
@@ -226,6 +227,20 @@ def test_a_learning_rate_out_of_range_is_refused_at_the_option(slot, corpus, tmp
     for lr in ("1e39", "0", "inf"):
         assert_user_error(cli(*_slot(slot, corpus, f, tmp_path / "out"), "--lr", lr), "--lr", "0<x<=1000")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_library_bounds_the_learning_rate_as_the_cli_does():
+    """hd.adapt(lr=1e39) from Python is refused by the run's config, at the bound the CLI's --lr has."""
+    from cli.options import MAX_LR
+    from hyperdomain.training.run_config import MAX_LR as LIBRARY_MAX_LR
+
+    assert MAX_LR == LIBRARY_MAX_LR
+    for config in (lambda lr: hd.AdaptConfig(target="x", lr=lr), lambda lr: hd.ImageAdaptConfig(image="x.png", lr=lr),
+                   lambda lr: hd.HyperTrainConfig(lr=lr)):
+        config(MAX_LR)
+        for lr in (1e39, 0.0, float("nan"), float("inf")):
+            with pytest.raises(HyperdomainError, match=r"lr must be a number in \(0, 1000\]"):
+                config(lr)
 
 
 def test_serve_names_a_host_that_is_no_address(corpus, tmp_path):

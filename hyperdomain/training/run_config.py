@@ -6,7 +6,6 @@ defaults that differ (the paper's per-trainer settings) and adds its own fields 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -15,6 +14,9 @@ from ..guidance.clip import DEFAULT_CLIP, templates
 from ..guidance.losses import LossWeights
 from ..model.config import check_config_keys
 from .dashboards import parse_dashboards
+
+
+MAX_LR = 1000.0  # above it Adam's first steps overflow float32 into a non-finite stop (the CLI's --lr bound too)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +54,7 @@ class RunConfig:
         shared = [
             (self.iters >= 1, "iters", "an integer >= 1"),
             (self.batch >= 1, "batch", "an integer >= 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0"),
+            (0 < self.lr <= MAX_LR, "lr", f"a number in (0, {MAX_LR:g}]"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"),
             (0 <= self.mixing <= 1, "mixing", "a probability in [0, 1]"),
             (self.sample_every >= 0 and self.checkpoint_every >= 0, "sample_every/checkpoint_every", ">= 0 (0: off)"),

@@ -86,10 +86,11 @@ class Runs:
         lr = None if lr is None or str(lr).strip() == "" else number_in("learning rate", lr, *LR)
         seed = integer_in("seed", seed, 0, 2**31 - 1)
         if image is not None:
-            from ..image.photos import read_photo
+            from ..image.photos import min_photo_side, read_photo
 
             shown = Path(image).name  # as the user named it; the copy is named by its content
-            image = keep_upload(Path(image), read_photo(image), self.models.work_dir / UPLOADS)
+            decoded = read_photo(image, min_photo_side(self.models.G.resolution))  # a broken upload: named now
+            image = keep_upload(Path(image), decoded, self.models.work_dir / UPLOADS)
         what = " + ".join(([f"image {shown!r}"] if image is not None else []) + ([repr(target)] if target else []))
         with self._lock:
             if self._status.busy:

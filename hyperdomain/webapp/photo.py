@@ -24,11 +24,11 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
     """The row photo, reconstruction, then each chosen domain (``PROMPT``: the hypernetwork's domain
     for ``prompt``) as a grid ``[H, W, 3]`` uint8, and the files written (latent, row PNG)."""
     import hyperdomain as hd
-    from ..image.photos import read_photo
+    from ..image.photos import read_photos
 
     if photo is None:
         raise HyperdomainError("photo: upload a photo first")
-    read_photo(photo)  # a broken or non-image upload: one line naming it, before any model work
+    [read] = read_photos([photo])  # a broken or non-image upload: one line naming it, before any model work
     if isinstance(chosen, str):
         chosen = [chosen]
     if len(chosen) > MAX_DOMAINS:
@@ -43,7 +43,7 @@ def stylize_photo(models: AppModels, photo: str | Path | None, chosen: Sequence[
             on_step(step, total)
 
     aligning = models.aligns()
-    [row] = hd.stylize(models.G, [photo], domains, config=config, align=aligning,
+    [row] = hd.stylize(models.G, [read], domains, config=config, align=aligning,
                        detector=models.face_detector() if aligning else None, lpips=models.lpips(), progress=False,
                        callback=each)
     folder = models.work_dir / PUBLISHED  # offered for download: named by our slug and digests, never as uploaded

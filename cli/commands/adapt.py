@@ -106,7 +106,8 @@ def adapt(ctx, target, image, source, iters, out, resume, **options):
         from hyperdomain.training.adapt import slug
 
         out = out or Path("runs") / slug(image.stem if image is not None else target)
-        domain = _new_run(ctx, target, image, source, iters, out, **options)
+        domain = _new_run(ctx, target, image, source, iters, out, *({k: options[k] for k in group.names}
+                                                                    for group in (where, settings, one_shot)))
     from hyperdomain.training.adapt import DOMAIN_FILE
 
     what = f"prompt {domain.meta['prompt']!r}" if domain.meta.get("prompt") else ""
@@ -116,36 +117,37 @@ def adapt(ctx, target, image, source, iters, out, resume, **options):
                f"and {out / 'samples.png'}")
 
 
-def _new_run(ctx, target, image, source, iters, out, *, generator, clip, lpips_vgg, progress, device, batch, lr,
-             losses, mixing, templates, seed, sample_every, checkpoint_every, log, align, mix_from, inversion_steps,
-             detector, detector_weights):
-    """A new text or one-shot run in ``out`` (checked, with the reference, before anything loads)."""
+def _new_run(ctx, target, image, source, iters, out, places: dict, chosen: dict, reference: dict):
+    """A new text or one-shot run in ``out`` (checked, with the reference, before anything loads):
+    ``places``, ``chosen`` and ``reference`` are the ``where``, ``settings`` and ``one_shot`` options."""
     import hyperdomain as hd
     from hyperdomain.training.dashboards import parse_dashboards, require
     from hyperdomain.training.run_dir import refuse_existing_run
 
-    dashboards = parse_dashboards(log)
+    dashboards = parse_dashboards(chosen["log"])
     check_run_folder(out)
     refuse_existing_run(out, "image" if image is not None else "adapt")
-    reference = check_photos([image] if image is not None else [])
+    photo = check_photos([image] if image is not None else [])
     require(dashboards)
-    G = hd.load_generator(generator, device=resolve_device(device))
-    check_photos(reference, G)
-    run = dict(clip=[absolute_spec(c) for c in clip] or None, out_dir=out, progress=progress, iters=iters,
-               batch=batch, lr=lr, losses=hd.LossWeights.parse(losses) if losses else None, mixing=mixing, seed=seed,
-               templates=templates, sample_every=sample_every, checkpoint_every=checkpoint_every,
-               generator=absolute_path(generator), dashboards=dashboards)
+    G = hd.load_generator(places["generator"], device=resolve_device(places["device"]))
+    check_photos(photo, G)
+    losses = chosen["losses"]
+    run = dict(chosen, log=None, losses=hd.LossWeights.parse(losses) if losses else None, iters=iters,
+               clip=[absolute_spec(c) for c in places["clip"]] or None, out_dir=out, progress=places["progress"],
+               generator=absolute_path(places["generator"]), dashboards=dashboards)
     run = {k: v for k, v in run.items() if v is not None}  # unset: the generator's recipe, else the config's
     try:
         if image is None:
             return hd.adapt(G, target, source, **run)
         det = None
-        if align:
+        if reference["align"]:
             from hyperdomain.image.face_detectors import detector as face_detector
 
-            det = face_detector(detector, detector_weights)
-        return hd.adapt_image(G, image, target, detector=det, source=source, align=align, mix_from=mix_from,
-                              inversion=hd.InversionConfig(steps=inversion_steps),
+            det = face_detector(reference["detector"], reference["detector_weights"])
+        lpips_vgg = places["lpips_vgg"]
+        return hd.adapt_image(G, image, target, detector=det, source=source, align=reference["align"],
+                              mix_from=reference["mix_from"],
+                              inversion=hd.InversionConfig(steps=reference["inversion_steps"]),
                               lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg else None, **run)
     except KeyboardInterrupt as stop:
         interrupted(ctx, out, "adapt", stop)

@@ -197,16 +197,21 @@ def domain_source_options(domains: str = "A domain file (.safetensors); repeatab
     return option_group(*options)
 
 
-photo_options = option_group(
-    click.option("--align/--no-align", default=None,
-                 help="Align each photo as FFHQ's faces [default: on for face generators (ffhq, metfaces)]."),
+detector_options = option_group(
     click.option("--detector", type=click.Choice(["auto", "dlib", "mediapipe"]), default="auto",
                  show_default=True, help="The face landmark detector for --align."),
     click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path),
                  help="The detector's model file (offline) [default: downloaded once]."),
-    click.option("--lpips-vgg", metavar="FILE",
-                 help="torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded once]; "
-                      "'random' checks the pipeline without weights (tests only)."),
+)
+lpips_vgg_option = click.option(
+    "--lpips-vgg", metavar="FILE", help="torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded "
+                                        "once]; 'random' checks the pipeline without weights (tests only).")
+
+photo_options = option_group(
+    click.option("--align/--no-align", default=None,
+                 help="Align each photo as FFHQ's faces [default: on for face generators (ffhq, metfaces)]."),
+    detector_options,
+    lpips_vgg_option,
     click.option("--steps", cls=LibraryDefault, owner=inversion_config, type=click.IntRange(1),
                  help="Inversion steps."),
     click.option("--lr", cls=LibraryDefault, owner=inversion_config, type=LEARNING_RATE,

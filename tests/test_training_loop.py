@@ -143,7 +143,9 @@ def test_a_huge_learning_rate_keeps_the_state_before_it(tmp_path, tiny_G):
     state kept is the one before that update, not |x| = 1e30. An update that makes a number
     non-finite rolls back to its own step's start."""
 
-    run = Toy(tiny_G, ToyConfig(iters=5, lr=1e30), tmp_path / "huge")  # (x - 3)^2 overflows float32 at |x| = 1e30
+    run = Toy(tiny_G, ToyConfig(iters=5), tmp_path / "huge")
+    # past the configs' bound (RunConfig refuses lr > 1000): set on the optimizer, as a trainer could
+    run.optimizer = torch.optim.Adam([run.x], lr=1e30)  # (x - 3)^2 overflows float32 at |x| = 1e30
     with pytest.raises(HyperdomainError, match=r"step 2: loss is not finite.*last good state \(step 0\)"):
         run.train(progress=False)
     tensors, meta = load_checkpoint(tmp_path / "huge" / CHECKPOINT, "toy")

@@ -9,7 +9,8 @@ import click
 from ..errors import UserError, interrupted, user_errors
 from ..loading import (absolute_path, absolute_spec, check_photos, check_run_folder, given_options, resolve_device,
                        resumed_generator)
-from ..options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, LossOption, adapt_config, device_option,
+from ..options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, LossOption, adapt_config,
+                       detector_options, device_option, lpips_vgg_option,
                        generator_option, image_config, inversion_config, log_option, option_group, progress_option,
                        resume_option, template_sets)
 
@@ -33,9 +34,7 @@ where = option_group(
                  multiple=True, metavar="NAME[:TAG][=FILE]",
                  help="CLIP model(s), repeatable (TAG: open_clip's pretrained tag, openai by default). FILE: local "
                       "weights for offline use; NAME may be an open_clip model config .json."),
-    click.option("--lpips-vgg", metavar="FILE",
-                 help="With --image: torchvision's VGG16 weights file for LPIPS (offline) [default: downloaded once]; "
-                      "'random' checks the pipeline without weights (tests only)."),
+    lpips_vgg_option,
     progress_option,
     device_option,
 )
@@ -49,10 +48,7 @@ one_shot = option_group(
     click.option("--inversion-steps", cls=LibraryDefault, owner=inversion_config, field="steps",
                  type=click.IntRange(1), help="With --image: steps of the reference's inversion (cached per image "
                                               "and settings)."),
-    click.option("--detector", type=click.Choice(["auto", "dlib", "mediapipe"]), default="auto", show_default=True,
-                 help="With --image --align: the face landmark detector."),
-    click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path),
-                 help="With --image --align: the detector's model file (offline) [default: downloaded once]."),
+    detector_options,
 )
 
 settings = option_group(

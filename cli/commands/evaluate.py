@@ -49,8 +49,7 @@ def evaluate(generator, domains, hyper, prompts, prompt_list, with_source, clip,
             raise UserError(f"--out {o}: results go to a .json or .csv file")
     check_outputs([("--out", o, RESULTS) for o in outs],
                   [*domains, hyper, prompt_list, generator, spec_file(clip), spec_file(hyper_clip)], overwrite)
-    if prompts and hyper is None:
-        check_domain_source(domains, hyper, prompts)
+    check_domain_source(domains, hyper, prompts, prompt_list=prompt_list, lists=True)
     G = hd.load_generator(generator, device=resolve_device(device))
     loaded = load_domains(G, domains, no_check=no_check)
     net = load_hyper(hyper, G, no_check, hyper_clip) if hyper is not None else None

@@ -75,12 +75,11 @@ def serve(generator, domains, hyper, hyper_clip, clip, align, detector, detector
     # that spin while idle (the default) take the cores from the one rendering. torch reads
     # this when it loads, which no command has done yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from hyperdomain.webapp.access import check_upload_limit, check_work_dir, is_loopback, parse_auth
+    from hyperdomain.webapp.access import check_work_dir, is_loopback, parse_auth
     from hyperdomain.webapp.server import require_gradio
 
     require_gradio()  # one line each, before any model loads
     users = parse_auth(auth, auth_files)
-    check_upload_limit(max_upload_mb)
     work_dir = check_work_dir(work_dir)
     import hyperdomain as hd
     from hyperdomain.webapp import load_models, server

@@ -31,20 +31,16 @@ MAX_UPLOAD_MB = 50.0  # photos and domain files are a few MB; a bigger upload is
 
 
 # ------------------------------------------------------------------------------------------- hosts
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _ip(host: str):
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+
+
+def is_loopback(host: str) -> bool:
+    ip = _ip(host)
+    return host.lower() == "localhost" or (ip is not None and ip.is_loopback)
 
 
 def check_bind_host(host: str) -> str:

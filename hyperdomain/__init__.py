@@ -23,6 +23,7 @@ from .model.generator import Generator, load_generator
 from .model.hypernet import HyperConfig, HyperDomainNet
 from .media.grids import make_grid, save_grid, save_images
 from .image.inversion import InversionConfig, invert
+from .image.encoders import PhotoEncoder, import_encoder, load_encoder
 from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
@@ -40,6 +41,9 @@ __all__ = [
     "Latent",
     "adapt_image",
     "invert",
+    "PhotoEncoder",
+    "import_encoder",
+    "load_encoder",
     "stylize",
     "Stylized",
     "ClipEncoder",

@@ -26,7 +26,7 @@ from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.safetensors_files import write_own_file
 from hyperdomain.image.encoders import (
     KINDS, EncoderConfig, PhotoEncoder, default_config, encode, encoder_from_checkpoint, expected_tensors,
-    fit_input, import_encoder, load_encoder, photo_input, save_encoder,
+    fit_input, load_encoder, photo_input, read_release, save_encoder,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -206,7 +206,7 @@ def _save(tmp_path: Path, obj, name: str = "release.pt") -> Path:
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_release_shaped_checkpoint_imports(tmp_path, kind):
     ckpt = _release(kind)
-    imp = import_encoder(_save(tmp_path, ckpt))
+    imp = read_release(_save(tmp_path, ckpt))
     assert imp.config == EncoderConfig(kind, 4, 3 if kind == "e4e" else 6, 256, 1 if kind == "e4e" else 5).as_dict()
     expected = expected_tensors(EncoderConfig(**imp.config))
     assert {k: (tuple(v.shape), v.dtype) for k, v in imp.state_dict.items()} == expected
@@ -222,7 +222,7 @@ def test_release_variants_import(tmp_path):
     ckpt = _release("restyle-psp", opts=argparse.Namespace(**_release("restyle-psp")["opts"]),
                     latent_avg=torch.ones(512))
     ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
-    imp = import_encoder(_save(tmp_path, ckpt))
+    imp = read_release(_save(tmp_path, ckpt))
     assert imp.decoder is None and imp.latent_avg.shape == (4, 512) and bool((imp.latent_avg == 1).all())
     enc = encoder_from_checkpoint(_save(tmp_path, _release("e4e"), "e4e.pt"), generator_fingerprint="abc")
     assert enc.config.kind == "e4e" and enc.meta["generator_fingerprint"] == "abc"
@@ -230,7 +230,7 @@ def test_release_variants_import(tmp_path):
 
 def _refused(tmp_path: Path, ckpt, *fragments: str) -> None:
     with pytest.raises(HyperdomainError) as e:
-        import_encoder(_save(tmp_path, ckpt))
+        read_release(_save(tmp_path, ckpt))
     _one_line(e, *fragments)
 
 

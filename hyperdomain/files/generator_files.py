@@ -6,8 +6,10 @@ where ``state_dict`` uses the common PyTorch port's keys (``style.1.weight``, ``
 
 Supported: the port's checkpoints (``{"g_ema": ..., "latent_avg"?}``; full training checkpoints
 with ``g``/``d``/``g_ema``; bare port state dicts) and NVIDIA's StyleGAN2-ADA / StyleGAN3-code-base
-network pickles of StyleGAN2 generators (``G_ema`` is used). Nothing is unpickled beyond tensors and
-plain data (see :mod:`hyperdomain.files.restricted_unpickler`).
+network pickles of StyleGAN2 generators (``G_ema`` is used), and our own generator file
+(safetensors, format ``hyperdomain.generator``: the port's keys, ``latent_avg`` when known; written
+by :func:`write_generator_file`, e.g. the decoder of an imported encoder release). Nothing is
+unpickled beyond tensors and plain data (see :mod:`hyperdomain.files.restricted_unpickler`).
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from stylegan2_ops import blur_kernel
 
 from ..errors import HyperdomainError
 from .restricted_unpickler import PERSISTENT_CLASS_KEY, load_nvidia_pickle, load_torch_file, sniff
+from .safetensors_files import GENERATOR, read_own_file, write_own_file
 
-__all__ = ["read_generator_file", "from_port", "nvidia_to_port", "flatten_nvidia_state"]
+__all__ = ["read_generator_file", "write_generator_file", "from_port", "nvidia_to_port", "flatten_nvidia_state"]
+
+GENERATOR_FORMAT_VERSION = 1
 
 # Keys every port generator state dict has; used to recognise one.
 _PORT_MARKERS = ("input.input", "conv1.conv.weight", "style.1.weight")
@@ -32,10 +37,43 @@ _PORT_MARKERS = ("input.input", "conv1.conv.weight", "style.1.weight")
 def read_generator_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a generator checkpoint of any supported format into the normal form (see module doc)."""
     path = Path(path)
+    if _is_safetensors(path):
+        return _from_own_file(path)
     kind = sniff(path)
     if kind == "pickle":
         return _from_nvidia(load_nvidia_pickle(path), path)
     return from_port(load_torch_file(path), path)
+
+
+def write_generator_file(path: str | os.PathLike, state: Mapping[str, torch.Tensor], latent_avg: torch.Tensor | None,
+                         meta: Mapping[str, str], conv_clamp: float | None = None) -> Path:
+    """Our generator file: ``state`` (the port's keys), ``latent_avg`` ``[w_dim]`` when known, ``meta``."""
+    tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+    if latent_avg is not None:
+        tensors["latent_avg"] = latent_avg.detach().cpu().float().reshape(-1).contiguous()
+    meta = {**meta, **({"conv_clamp": repr(float(conv_clamp))} if conv_clamp is not None else {})}
+    return write_own_file(Path(path), GENERATOR, GENERATOR_FORMAT_VERSION, tensors, meta)
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(9)[8:9] == b"{"
+    except OSError:
+        return False  # sniff names the problem
+
+
+def _from_own_file(path: Path) -> dict[str, Any]:
+    header, tensors = read_own_file(path, GENERATOR, GENERATOR_FORMAT_VERSION, "generator file")
+    try:
+        clamp = float(header["conv_clamp"]) if "conv_clamp" in header else None
+    except ValueError:
+        raise HyperdomainError(f"{path}: generator file conv_clamp {header['conv_clamp']!r} is not a number") from None
+    latent_avg = tensors.pop("latent_avg", None)
+    missing = [k for k in _PORT_MARKERS if k not in tensors]
+    if missing:
+        raise HyperdomainError(f"{path}: generator file lacks tensor {missing[0]!r}")
+    return {"g_ema": tensors, "latent_avg": latent_avg, "conv_clamp": clamp}
 
 
 # --------------------------------------------------------------------------- port checkpoints

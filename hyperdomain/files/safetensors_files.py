@@ -23,6 +23,8 @@ DOMAIN = "hyperdomain.domain"
 HYPERNET = "hyperdomain.hypernet"
 LATENT = "hyperdomain.latent"
 PCA = "hyperdomain.latent-pca"
+GENERATOR = "hyperdomain.generator"
+ENCODER = "hyperdomain.encoder"
 
 
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "hyperdomain.", "-checkpoint"

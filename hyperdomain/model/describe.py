@@ -14,7 +14,7 @@ from .latent import Latent
 from ..files.generator_files import from_port, read_generator_file
 from ..files.restricted_unpickler import load_torch_file_omegaconf, sniff
 from ..files.run_checkpoints import read_checkpoint_meta
-from ..files.safetensors_files import HYPERNET, LATENT, checkpoint_kind, read_safetensors
+from ..files.safetensors_files import ENCODER, GENERATOR, HYPERNET, LATENT, checkpoint_kind, read_safetensors
 
 # the command that continues each trainer's runs
 _RESUME_COMMANDS = {"adapt": "adapt", "image": "adapt", "hyper": "train-hyper"}
@@ -31,6 +31,10 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             return _describe_hypernet(path)
         if fmt == LATENT:
             return _describe_latent(path)
+        if fmt == GENERATOR:
+            return _describe_generator(path, read_generator_file(path))
+        if fmt == ENCODER:
+            return _describe_encoder(path)
         kind = checkpoint_kind(fmt)
         if kind in _RESUME_COMMANDS:
             return _describe_run_checkpoint(path, kind)
@@ -41,6 +45,16 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             return _describe_paper(path, obj)
         return _describe_generator(path, from_port(obj, path))  # read once: these files are large
     return _describe_generator(path, read_generator_file(path))
+
+
+def _describe_encoder(path: Path) -> dict[str, Any]:
+    from ..image.encoders import load_encoder
+
+    enc = load_encoder(path)
+    c = enc.config
+    return {"file": str(path), "kind": f"{c.kind} encoder (photo to W+)", "W+": f"[{c.n_styles}, 512]",
+            "input": f"{c.input_size} px", "passes": c.n_iters,
+            "generator_fingerprint": enc.meta["generator_fingerprint"], "source": enc.meta.get("source", "")}
 
 
 def _describe_domain(path: Path) -> dict[str, Any]:

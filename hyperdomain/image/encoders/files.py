@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 from ...errors import HyperdomainError
-from ...files.safetensors_files import json_field, read_own_file, write_own_file
+from ...files.safetensors_files import ENCODER, json_field, read_own_file, write_own_file
 from .config import EncoderConfig, a_kind
 from .model import PhotoEncoder
 from .state import check_encoder_state, check_latent_avg
 
-ENCODER_FORMAT = "hyperdomain.encoder"
+ENCODER_FORMAT = ENCODER
 FORMAT_VERSION = 1
 WHAT = "encoder file"
 _READ_AS = "hyperdomain encoder file"  # "not a hyperdomain encoder file (it holds ...)"
@@ -48,7 +48,7 @@ def load_encoder(path: str | os.PathLike) -> PhotoEncoder:
     except HyperdomainError:
         if _is_torch_file(path):
             raise HyperdomainError(f"{path}: a torch checkpoint, not an encoder file ({ENCODER_FORMAT}); a released "
-                                   f"e4e or ReStyle .pt is read with import_encoder") from None
+                                   f"e4e or ReStyle .pt is read with import_encoder (hyperdomain import)") from None
         raise
     config = EncoderConfig.from_dict(json_field(path, header, "config", dict, WHAT), f"{path}: config")
     kind = header.get("kind")

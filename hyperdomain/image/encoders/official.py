@@ -50,7 +50,14 @@ class ImportedEncoder(NamedTuple):
     opts: dict
 
 
-def import_encoder(path: str | os.PathLike) -> ImportedEncoder:
+def is_release(obj: Any) -> bool:
+    """Whether an unpickled checkpoint looks like an e4e / ReStyle release: a dict with ``opts`` and a
+    ``state_dict`` whose keys include ``encoder.*``."""
+    sd = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    return isinstance(sd, Mapping) and "opts" in obj and any(str(k).startswith("encoder.") for k in sd)
+
+
+def read_release(path: str | os.PathLike) -> ImportedEncoder:
     """Read a released e4e / ReStyle checkpoint, checking every tensor; one line naming the problem."""
     path = Path(path)
     obj = load_torch_file(path)  # tensors and plain data only; a Namespace comes back as a dict
@@ -95,7 +102,7 @@ def import_encoder(path: str | os.PathLike) -> ImportedEncoder:
 
 def encoder_from_checkpoint(path: str | os.PathLike, generator_fingerprint: str | None = None) -> PhotoEncoder:
     """A released checkpoint as a ready :class:`PhotoEncoder` (``meta`` records the file)."""
-    imp = import_encoder(path)
+    imp = read_release(path)
     meta = {"source": str(Path(path).resolve()), "generator_fingerprint": generator_fingerprint}
     return PhotoEncoder.from_state(EncoderConfig(**imp.config), imp.state_dict, imp.latent_avg, meta)
 

@@ -2,7 +2,10 @@
 
 The manifest lists generators (``generators``: StyleGAN2 checkpoints with their resolution,
 source prompt and paper recipe) and the other models some features need (``models``: the VGG16
-behind LPIPS, face landmark detectors). Both download the same way.
+behind LPIPS, face landmark detectors, the e4e / ReStyle encoders). Both download the same way.
+An entry's ``filename`` names the local file where the URL does not (Google Drive's all end in
+``uc``); Drive's "can't scan this file for viruses" page is answered as a browser would (its
+form's ``confirm`` and ``uuid``), once.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import math
 import os
 import re
 import urllib.error
+from html.parser import HTMLParser
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -36,13 +40,15 @@ __all__ = ["ManifestEntry", "ModelEntry", "load_manifest", "load_models", "weigh
 
 FORMATS = ("port", "nvidia-pickle")
 CHECKSUMS_FILE = "checksums.json"
-_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt", "align"}
+_FIELDS = {"urls", "sha256", "size", "format", "resolution", "source_prompt", "description", "adapt", "align",
+           "filename"}
 ALIGNMENTS = ("ffhq",)  # how a generator's training images were cropped, where photos must be aligned alike
-_MODEL_FIELDS = {"urls", "sha256", "sha256_prefix", "size", "description", "compression", "also_at"}
+_MODEL_FIELDS = {"urls", "sha256", "sha256_prefix", "size", "description", "compression", "also_at", "filename"}
 COMPRESSIONS = ("bz2",)
 _RECIPE_FIELDS = {"iters", "batch", "lr", "betas", "losses", "mixing"}
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
+_PAGE_LIMIT = 1 << 20  # a confirmation page is a few kB
 
 
 @dataclass(frozen=True)
@@ -59,13 +65,14 @@ class ManifestEntry:
     description: str = ""
     adapt: Mapping[str, Any] | None = None  # the paper's single-domain settings for this generator, if any
     align: str | None = None  # "ffhq": face generators, whose photos are aligned as FFHQ was
+    file_name: str | None = None  # the manifest's ``filename``, where the URL does not name the file
 
     sha256_prefix = None  # generators publish whole digests or none
 
     @property
     def filename(self) -> str:
-        """The local file name: the last path component of the first URL."""
-        return Path(urllib.parse.urlparse(self.urls[0]).path).name
+        """The local file name: the entry's ``filename``, else the last path component of the first URL."""
+        return self.file_name or _url_name(self.urls[0])
 
     @property
     def kind(self) -> str:
@@ -90,10 +97,11 @@ class ModelEntry:
     sha256_prefix: str | None = None
     compression: str | None = None
     also_at: str | None = None
+    file_name: str | None = None
 
     @property
     def filename(self) -> str:
-        return Path(urllib.parse.urlparse(self.urls[0]).path).name
+        return self.file_name or _url_name(self.urls[0])
 
     @property
     def kind(self) -> str:
@@ -103,6 +111,10 @@ class ModelEntry:
     def unpacked_name(self) -> str:
         """The file the feature reads: the download itself, or it without its compression suffix."""
         return self.filename[: -len(self.compression) - 1] if self.compression else self.filename
+
+
+def _url_name(url: str) -> str:
+    return Path(urllib.parse.urlparse(url).path).name
 
 
 # --------------------------------------------------------------------------- manifest
@@ -156,7 +168,7 @@ def _model_entry(where: str, name: str, raw: Any) -> ModelEntry:
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise bad("description", "a string")
-    return ModelEntry(name, tuple(urls), sha, size, desc, prefix, compression, also_at)
+    return ModelEntry(name, tuple(urls), sha, size, desc, prefix, compression, also_at, _filename(raw, bad))
 
 
 def _bad_field(where: str, name: str, raw: Any):
@@ -209,7 +221,14 @@ def _entry(where: str, name: str, raw: Any) -> ManifestEntry:
     align = raw.get("align")
     if align is not None and align not in ALIGNMENTS:
         raise bad("align", f"one of {list(ALIGNMENTS)} or null")
-    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc, recipe, align)
+    return ManifestEntry(name, tuple(urls), sha, size, fmt, res, prompt, desc, recipe, align, _filename(raw, bad))
+
+
+def _filename(raw: dict, bad) -> str | None:
+    name = raw.get("filename")
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name)):
+        raise bad("filename", "a file name (letters, digits, '_', '.', '+', '-') or null")
+    return name
 
 
 def _check_recipe(recipe: Any, bad) -> None:
@@ -390,11 +409,17 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, desc: str, _r
     if size is not None and have > size:
         part.unlink()
         have = 0
-    req = urllib.request.Request(url, headers={"User-Agent": "hyperdomain"})
-    if have:
-        req.add_header("Range", f"bytes={have}-")
     try:
-        resp = urllib.request.urlopen(req, timeout=_TIMEOUT_S)
+        resp = _open(url, have=have)
+        if _is_web_page(resp):  # Google Drive asks to confirm a file too large to scan for viruses
+            with resp:
+                confirmed = _confirmation(resp.read(_PAGE_LIMIT), resp.geturl())
+            if confirmed is None:
+                raise _FetchError("the server sent a web page, not the file")
+            resp = _open(*confirmed, have=have)
+            if _is_web_page(resp):
+                resp.close()
+                raise _FetchError("the server sent a web page again after its download confirmation, not the file")
     except urllib.error.HTTPError as e:
         if e.code == 416 and have and _retry:  # our partial file does not fit the server's: restart
             part.unlink(missing_ok=True)
@@ -424,6 +449,53 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, desc: str, _r
     got = part.stat().st_size
     if total is not None and got < total:
         raise _FetchError(f"interrupted after {got} of {total} bytes; run again to resume")
+
+
+def _open(url: str, data: bytes | None = None, have: int = 0):
+    req = urllib.request.Request(url, data=data, headers={"User-Agent": "hyperdomain"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    return urllib.request.urlopen(req, timeout=_TIMEOUT_S)
+
+
+def _is_web_page(resp) -> bool:
+    return resp.headers.get_content_type() in ("text/html", "application/xhtml+xml")
+
+
+class _ConfirmForm(HTMLParser):
+    """The form of Drive's warning page: its action and inputs (``id``, ``export``, ``confirm``, ``uuid``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[dict, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((a, {}))
+        elif tag == "input" and self.forms and a.get("name") and a.get("type", "text") != "submit":
+            self.forms[-1][1][a["name"]] = a.get("value", "")
+
+
+def _confirmation(page: bytes, base: str) -> tuple[str, bytes | None] | None:
+    """The request a confirmation page's form makes, as a browser submits it: (URL, None) for a GET
+    form (its inputs in the query), (URL, body) for a POST one; None when the page has no such form."""
+    parser = _ConfirmForm()
+    try:
+        parser.feed(page.decode("utf-8", "replace"))
+    except Exception:  # noqa: BLE001 - any page that does not parse is not a confirmation
+        return None
+    for attrs, inputs in parser.forms:
+        method = attrs.get("method", "get").lower()
+        if "confirm" in inputs and method in ("get", "post"):
+            action = urllib.parse.urljoin(base, attrs.get("action") or base)
+            if urllib.parse.urlparse(action).scheme not in ("http", "https"):
+                return None
+            query = urllib.parse.urlencode(inputs)
+            if method == "post":
+                return action, query.encode()
+            return action + ("&" if urllib.parse.urlparse(action).query else "?") + query, None
+    return None
 
 
 # --------------------------------------------------------------------------- names or paths

@@ -131,6 +131,46 @@ def check_photos(photos, G=None) -> list:
     return list(photos)
 
 
+def photo_paths(paths: Sequence[Path]) -> list[Path]:
+    """The photos named, a folder standing for every image in it (sorted by name)."""
+    from hyperdomain.files.kinds import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = sorted(q for q in Path(p).iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            if not found:
+                raise UserError(f"{p}: a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(Path(p))
+    return out
+
+
+def photo_encoder(G, encoder: str, restyle_steps, refine: int, steps: int, no_check: bool = False, what: str = "invert"):
+    """The encoder ``--encoder`` names for ``G`` (None: II2S), checked with the options that go with
+    it; says on stderr which method runs."""
+    from hyperdomain.image.encoders.choice import AUTO, NONE, encoder_for
+
+    enc = encoder_for(G, absolute_path(encoder) if encoder not in (AUTO, NONE) else encoder, check=not no_check)
+    if enc is None:
+        if restyle_steps is not None or (refine and encoder == NONE):
+            given = "--restyle-steps" if restyle_steps is not None else "--refine"
+            raise UserError(f"{given} needs an encoder (--encoder e4e, restyle-e4e, restyle-psp or a file); ii2s "
+                            f"runs --steps")
+        why = "" if encoder == NONE else (f" (no encoder for generator {G.name!r} downloaded yet; --encoder e4e "
+                                          f"fetches one where known)")
+        click.echo(f"{what}: II2S, {steps} steps{why}", err=True)
+        return None
+    if restyle_steps is not None and not enc.config.iterative:
+        raise UserError(f"--restyle-steps is for ReStyle encoders; --encoder {encoder} is {enc.config.kind}, one pass")
+    passes = (restyle_steps or enc.config.n_iters) if enc.config.iterative else 1
+    click.echo(f"{what}: {enc.config.kind} encoder, {passes} pass{'es' * (passes > 1)}"
+               + (f", then {refine} II2S steps" if refine else "")
+               + f" ({enc.meta.get('file') or enc.meta.get('source')})", err=True)
+    return enc
+
+
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):
     """The detector (when aligning), LPIPS and inversion settings the photo options ask for."""
     import hyperdomain as hd

@@ -221,6 +221,17 @@ photo_options = option_group(
 )
 """The options every command that reads photos shares: alignment, detector, LPIPS, inversion."""
 
+encoder_options = option_group(
+    click.option("--encoder", default="auto", show_default=True, metavar="auto|ii2s|e4e|restyle-e4e|restyle-psp|FILE",
+                 help="How a photo becomes a latent: an encoder in one pass (e4e) or a few (ReStyle): the "
+                      "generator's release, downloaded on first use, or an encoder file; or ii2s, the optimisation "
+                      "(--steps; slower, closer). auto: the generator's encoder if already downloaded, else ii2s."),
+    click.option("--restyle-steps", type=click.IntRange(1), help="A ReStyle encoder's passes [default: its own, 5]."),
+    click.option("--refine", type=click.IntRange(0), default=0, show_default=True,
+                 help="II2S steps starting from the encoder's latent (0: the encoder alone)."),
+)
+"""How photos are inverted: an encoder (loaded by :func:`cli.loading.photo_encoder`), refined or not."""
+
 log_option = click.option("--log", "log", multiple=True, metavar="tensorboard|wandb",
                           help="Also log losses, learning rate, step time and sample grids to TensorBoard "
                                "(RUN/tensorboard/) or Weights & Biases; repeatable or a comma list [default: "

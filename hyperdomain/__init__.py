@@ -24,6 +24,7 @@ from .model.hypernet import HyperConfig, HyperDomainNet
 from .media.grids import make_grid, save_grid, save_images
 from .image.inversion import InversionConfig, invert
 from .image.encoders import PhotoEncoder, import_encoder, load_encoder
+from .image.encoders.choice import encoder_for
 from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
@@ -42,6 +43,7 @@ __all__ = [
     "adapt_image",
     "invert",
     "PhotoEncoder",
+    "encoder_for",
     "import_encoder",
     "load_encoder",
     "stylize",

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from ..errors import UserError, interrupted, user_errors
-from ..loading import (absolute_path, absolute_spec, check_photos, check_run_folder, given_options, resolve_device,
-                       resumed_generator)
+from ..loading import (absolute_path, absolute_spec, check_photos, check_run_folder, given_options, photo_encoder,
+                       resolve_device, resumed_generator)
 from ..options import (LEARNING_RATE, SEED, FiniteFloat, LibraryChoice, LibraryDefault, LossOption, adapt_config,
-                       detector_options, device_option, lpips_vgg_option,
+                       detector_options, device_option, encoder_options, lpips_vgg_option,
                        generator_option, image_config, inversion_config, log_option, option_group, progress_option,
                        resume_option, template_sets)
 
@@ -22,6 +22,7 @@ Examples:
   hyperdomain adapt --target "Sketch" --clip ViT-B-32=ViT-B-32.safetensors --clip ViT-B-16=ViT-B-16.safetensors
   hyperdomain adapt --image mermaid.png                     # one-shot, from a reference image
   hyperdomain adapt --image mermaid.png --target "Mermaid"  # an image and a prompt together
+  hyperdomain adapt --image mermaid.png --encoder e4e       # the reference's latent from an encoder
   hyperdomain adapt --resume runs/anime_painting            # after Ctrl-C, or --iters 600 to extend
 """
 
@@ -49,6 +50,7 @@ one_shot = option_group(
                  type=click.IntRange(1), help="With --image: steps of the reference's inversion (cached per image "
                                               "and settings)."),
     detector_options,
+    encoder_options,
 )
 
 settings = option_group(
@@ -141,9 +143,13 @@ def _new_run(ctx, target, image, source, iters, out, places: dict, chosen: dict,
 
             det = face_detector(reference["detector"], reference["detector_weights"])
         lpips_vgg = places["lpips_vgg"]
+        enc = photo_encoder(G, reference["encoder"], reference["restyle_steps"], reference["refine"],
+                            reference["inversion_steps"], what="adapt --image: the reference")
         return hd.adapt_image(G, image, target, detector=det, source=source, align=reference["align"],
                               mix_from=reference["mix_from"],
                               inversion=hd.InversionConfig(steps=reference["inversion_steps"]),
+                              encoder=absolute_path(enc.meta["file"]) if enc is not None else None,
+                              restyle_steps=reference["restyle_steps"], refine=reference["refine"],
                               lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg else None, **run)
     except KeyboardInterrupt as stop:
         interrupted(ctx, out, "adapt", stop)

@@ -17,6 +17,11 @@ rendered again. Deliberate differences from the paper's code: a photo that is no
 centre-cropped to a square rather than squeezed; the PCA is computed in closed form (the
 covariance's eigenvectors, what IncrementalPCA converges to) and cached by generator fingerprint
 as safetensors.
+
+With an encoder (e4e, ReStyle: :mod:`hyperdomain.image.encoders`), a photo's W+ comes from one pass
+(or a few) instead, in batches; ``refine`` steps of the same II2S optimisation may then start from
+it rather than from the mean latent. Each latent's ``meta["method"]`` says how it was made
+(``ii2s``, ``e4e``, ``restyle-e4e + ii2s refine 100``, ...).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -36,6 +41,8 @@ from tqdm import tqdm
 
 from .._version import __version__
 from .alignment import Detector, align_face, aligns
+from .encoders import PhotoEncoder, encode, photo_input
+from .encoders.choice import encoder_digest, encoder_for
 from ..model.domain import generator_meta
 from ..errors import HyperdomainError, one_line
 from .face_detectors import detector as default_detector
@@ -210,25 +217,62 @@ def prepare_photos(G, photos: Sequence[PhotoLike], align: bool | None = None,
 
 
 # ------------------------------------------------------------------------------------ inversion
+EncoderLike = Union[PhotoEncoder, str, os.PathLike, None]
+
+
 def invert(G, photos: Sequence[PhotoLike], config: InversionConfig | None = None, *,
-           align: bool | None = None, detector: Detector | None = None, lpips: torch.nn.Module | None = None,
-           lpips_backbone: str | os.PathLike = "imagenet", pca: LatentPCA | None = None, progress: bool = True,
+           encoder: EncoderLike = None, restyle_steps: int | None = None, refine: int = 0, batch: int = 8,
+           check: bool = True, align: bool | None = None, detector: Detector | None = None,
+           lpips: torch.nn.Module | None = None, lpips_backbone: str | os.PathLike = "imagenet",
+           pca: LatentPCA | None = None, progress: bool = True,
            callback: Callable[[int, dict[str, float]], None] | None = None) -> list[Latent]:
-    """Invert ``photos`` into W+ latents of ``G``, all in one batch: prepared photos as they are
+    """Invert ``photos`` into W+ latents of ``G``: prepared photos as they are
     (:func:`prepare_photos`: named, at the generator's size), else paths, PIL images or
     :class:`~.photos.Photo` s, prepared here (``align``, ``detector``).
 
+    Without ``encoder`` (or ``"ii2s"``): II2S, all photos in one batch, ``config.steps`` steps from
+    the mean latent. With one (a :class:`PhotoEncoder`, ``"auto"``, ``"e4e"``, ``"restyle-e4e"``,
+    ``"restyle-psp"`` or a file; see :func:`~.encoders.choice.encoder_for`, ``check``: its generator
+    fingerprint too): photos go through it ``batch`` at a time (ReStyle: ``restyle_steps`` passes,
+    default its own), then ``refine`` II2S steps (``config``'s other settings) start from its W+.
+
     Each :class:`Latent`'s ``meta`` holds the image's name and digest, whether it was aligned, the
-    settings, the final losses and the reconstruction's PSNR (dB, 8-bit pixels) and LPIPS.
-    ``lpips``: a loaded LPIPS module (else one is loaded with ``lpips_backbone``); ``pca``: a
+    ``method``, the settings, the final losses and the reconstruction's PSNR (dB, 8-bit pixels) and
+    LPIPS. ``lpips``: a loaded LPIPS module (else one is loaded with ``lpips_backbone``); ``pca``: a
     precomputed prior.
     """
     config = config or InversionConfig()
     if not photos:
         raise HyperdomainError("invert: no photos given")
-    prepared = prepare_photos(G, photos, align, detector)
+    if type(refine) is not int or refine < 0 or type(batch) is not int or batch < 1:
+        raise HyperdomainError(f"invert: refine must be an integer >= 0 and batch >= 1, got {refine!r}, {batch!r}")
+    if restyle_steps is not None and (type(restyle_steps) is not int or restyle_steps < 1):
+        raise HyperdomainError(f"invert: restyle_steps must be an integer >= 1, got {restyle_steps!r}")
+    encoder = encoder_for(G, encoder, check=check, what="invert: encoder")
+    if encoder is not None and restyle_steps is not None and not encoder.config.iterative:
+        raise HyperdomainError(f"invert: restyle_steps is for ReStyle encoders; this one is {encoder.config.kind}, "
+                               f"one pass")
     backbone = "given" if lpips is not None else str(lpips_backbone)
     lpips = lpips if lpips is not None else load_lpips(G.device, lpips_backbone)
+    if encoder is None:
+        return _ii2s(G, prepare_photos(G, photos, align, detector), config, lpips, backbone, pca, progress, callback)
+    refine_config = replace(config, steps=refine) if refine else None
+    if refine_config is not None and pca is None:
+        pca = latent_pca(G, config.pca_samples, config.seed)
+    out: list[Latent] = []
+    bar = tqdm(total=len(photos), desc=f"{encoder.config.kind} {len(photos)} photo{'s' * (len(photos) > 1)}",
+               unit="photo", disable=not progress or None, dynamic_ncols=True)
+    for start in range(0, len(photos), batch):  # a folder of photos: only a batch held at a time
+        chunk = [prepare_photo(G, p, align, detector, start + i) for i, p in enumerate(photos[start:start + batch])]
+        ws = _encode(G, encoder, chunk, restyle_steps)
+        bar.update(len(chunk))
+        out += _finish(G, chunk, ws, encoder, restyle_steps, refine_config, lpips, backbone, pca, progress, callback)
+    bar.close()
+    return out
+
+
+def _ii2s(G, prepared: list[PreparedPhoto], config: InversionConfig, lpips, backbone: str, pca, progress,
+          callback) -> list[Latent]:
     pca = pca if pca is not None else latent_pca(G, config.pca_samples, config.seed)
     size = _loss_size(G, config)
     target = torch.cat([p.tensor() for p in prepared]).to(G.device)  # [B, 3, R, R]
@@ -240,10 +284,61 @@ def invert(G, photos: Sequence[PhotoLike], config: InversionConfig | None = None
     out = []
     for i, photo in enumerate(prepared):
         meta = {**generator_meta(G), "image": photo.name, "image_digest": photo.digest, "aligned": photo.aligned,
-                "inversion": asdict(config), "losses": {k: v[i] for k, v in losses.items()},
+                "method": "ii2s", "inversion": asdict(config), "losses": {k: v[i] for k, v in losses.items()},
                 "psnr": quality["psnr"][i], "lpips": quality["lpips"][i],
                 "lpips_backbone": backbone,
                 "hyperdomain_version": __version__}
+        out.append(Latent(ws[i].detach().cpu(), meta))
+    return out
+
+
+@torch.no_grad()
+def _encode(G, encoder: PhotoEncoder, prepared: list[PreparedPhoto], restyle_steps: int | None) -> torch.Tensor:
+    """W+ ``[B, num_ws, w_dim]`` on ``G``'s device: the photos as the official transforms make them
+    (the aligned image resized to the encoder's input), ReStyle rendering its guesses with ``G``'s
+    constant noise (as its official inference, ``randomize_noise=False``)."""
+    encoder.to(G.device)
+    x = torch.cat([photo_input(p.image, encoder.config.input_size) for p in prepared]).to(G.device)
+
+    def render(ws: torch.Tensor) -> torch.Tensor:
+        return G.synthesis(ws, noise_mode="const").float()
+
+    n_iters = restyle_steps if encoder.config.iterative else None
+    ws = encode(encoder, x, render=render if encoder.config.iterative else None, n_iters=n_iters).float()
+    if not bool(torch.isfinite(ws).all()):
+        bad = [p.name for p, ok in zip(prepared, torch.isfinite(ws).flatten(1).all(1)) if not ok]
+        raise HyperdomainError(f"invert: the {encoder.config.kind} encoder gave a latent that is not finite for "
+                               f"{bad[0]} (its weights are broken: {encoder.meta.get('file') or 'given encoder'})")
+    return ws
+
+
+def _finish(G, prepared: list[PreparedPhoto], ws: torch.Tensor, encoder: PhotoEncoder, restyle_steps: int | None,
+            refine: InversionConfig | None, lpips, backbone: str, pca, progress, callback) -> list[Latent]:
+    """The encoded batch, refined by II2S when asked, measured, with its record."""
+    config = refine or InversionConfig()
+    size = _loss_size(G, config)
+    target = torch.cat([p.tensor() for p in prepared]).to(G.device)
+    target_small = torch.cat([p.tensor(size) for p in prepared]).to(G.device)
+    losses: dict[str, list[float]] = {}
+    if refine is not None:
+        ws, losses = _optimise(G, target, target_small, refine, lpips, pca, progress, callback, start=ws)
+    with torch.no_grad():
+        recon = G.synthesis(ws, noise_mode=config.noise_mode if refine else "const").float()
+        quality = _quality(recon, target, target_small, lpips)
+    kind = encoder.config.kind
+    passes = (restyle_steps or encoder.config.n_iters) if encoder.config.iterative else 1
+    record = {"kind": kind, "file": str(encoder.meta.get("file", "")), "source": str(encoder.meta.get("source", "")),
+              "digest": encoder_digest(encoder), "generator_fingerprint": encoder.meta.get("generator_fingerprint"),
+              "passes": passes}
+    method = kind + (f" + ii2s refine {refine.steps}" if refine is not None else "")
+    out = []
+    for i, photo in enumerate(prepared):
+        meta = {**generator_meta(G), "image": photo.name, "image_digest": photo.digest, "aligned": photo.aligned,
+                "method": method, "encoder": record}
+        if refine is not None:
+            meta.update(inversion=asdict(refine), losses={k: v[i] for k, v in losses.items()})
+        meta.update(psnr=quality["psnr"][i], lpips=quality["lpips"][i], lpips_backbone=backbone,
+                    hyperdomain_version=__version__)
         out.append(Latent(ws[i].detach().cpu(), meta))
     return out
 
@@ -256,13 +351,19 @@ def _loss_size(G, config: InversionConfig) -> int:
 
 
 def _optimise(G, target: torch.Tensor, target_small: torch.Tensor, config: InversionConfig, lpips,
-              pca: LatentPCA, progress: bool, callback) -> tuple[torch.Tensor, dict[str, list[float]]]:
+              pca: LatentPCA, progress: bool, callback,
+              start: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    """Adam on W+ from ``start`` (an encoder's guess) or the mean latent."""
     factor = G.resolution // target_small.shape[-1]
     b = len(target)
-    ws = G.mean_latent().detach().clone()[None, None].repeat(b, G.num_ws, 1).requires_grad_(True)
+    if start is None:
+        ws = G.mean_latent().detach().clone()[None, None].repeat(b, G.num_ws, 1).requires_grad_(True)
+    else:
+        ws = start.detach().clone().to(G.device, torch.float32).requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(range(config.steps), desc=f"invert {b} photo{'s' * (b > 1)}", unit="step", disable=not progress or None,
+    bar = tqdm(range(config.steps), desc=f"{'refine' if start is not None else 'invert'} {b} photo{'s' * (b > 1)}",
+               unit="step", disable=not progress or None,
                dynamic_ncols=True)
     parts: dict[str, torch.Tensor] = {}
     for step in bar:

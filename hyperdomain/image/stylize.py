@@ -14,7 +14,7 @@ import torch
 
 from ..model.domain import Domain
 from ..errors import HyperdomainError
-from .inversion import InversionConfig, PhotoLike, invert, prepare_photos
+from .inversion import EncoderLike, InversionConfig, PhotoLike, invert, prepare_photos
 from ..model.latent import Latent
 
 
@@ -35,13 +35,16 @@ class Stylized:
 
 
 def stylize(G, photos: Sequence[PhotoLike] = (), domains: Sequence[Domain] = (), *,
-            latents: Sequence[Latent] = (), config: InversionConfig | None = None, align: bool | None = None,
+            latents: Sequence[Latent] = (), config: InversionConfig | None = None, encoder: EncoderLike = None,
+            restyle_steps: int | None = None, refine: int = 0, batch: int = 8, check: bool = True,
+            align: bool | None = None,
             detector=None, lpips: torch.nn.Module | None = None, lpips_backbone: str | os.PathLike = "imagenet",
             noise_mode: str = "const", progress: bool = True,
             callback: Callable[[int, dict[str, float]], None] | None = None) -> list[Stylized]:
     """Each photo (inverted now, in one batch) and each given latent (an earlier inversion),
     rendered in every domain. A latent carries no photo: its row shows the reconstruction twice.
-    ``callback(step, losses)`` runs after each inversion step (a page's progress bar)."""
+    ``encoder``, ``restyle_steps``, ``refine``, ``check``: how photos are inverted, as for
+    :func:`~.inversion.invert`. ``callback(step, losses)`` runs after each II2S step (a page's progress bar)."""
     if not photos and not latents:
         raise HyperdomainError("stylize: give photos or latent files")
     for d in domains:
@@ -51,7 +54,8 @@ def stylize(G, photos: Sequence[PhotoLike] = (), domains: Sequence[Domain] = (),
     out: list[Stylized] = []
     if photos:
         prepared = prepare_photos(G, photos, align, detector)
-        inverted = invert(G, prepared, config, lpips=lpips, lpips_backbone=lpips_backbone, progress=progress,
+        inverted = invert(G, prepared, config, encoder=encoder, restyle_steps=restyle_steps, refine=refine,
+                          batch=batch, check=check, lpips=lpips, lpips_backbone=lpips_backbone, progress=progress,
                           callback=callback)
         for photo, lat in zip(prepared, inverted):
             out.append(_render(G, Path(photo.name).stem, photo.tensor()[0], lat, domains, noise_mode))

@@ -37,7 +37,7 @@ from ..model.domain import Domain, generator_meta
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..media.grids import downsample_bicubic, save_grid
-from ..image.inversion import InversionConfig, invert_cached, prepare_photo
+from ..image.inversion import InversionConfig, invert, invert_cached, prepare_photo
 from ..model.latent import Latent
 from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
 from ..image.perceptual import load_lpips, lpips_distance
@@ -75,6 +75,9 @@ class ImageAdaptConfig(RunConfig):
     loss_size: int = 256
     lpips_backbone: str = "imagenet"  # LPIPS's VGG16: "imagenet" (downloaded once), its weights file, or "random" (tests)
     inversion: InversionConfig = field(default_factory=InversionConfig)
+    encoder: str | None = None  # the reference through an encoder (a kind or file, as invert's) instead of II2S
+    restyle_steps: int | None = None  # a ReStyle encoder's passes (None: its own)
+    refine: int = 0  # II2S steps from the encoder's latent
     clip_antialias: bool = False
     clip_precision: str = "auto"
 
@@ -90,7 +93,12 @@ class ImageAdaptConfig(RunConfig):
             raise HyperdomainError(f"--target {self.target!r}: an empty prompt or the source prompt itself")
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        return [(self.mix_from >= 1, "mix_from", ">= 1"), (self.loss_size >= 8, "loss_size", ">= 8")]
+        return [(self.mix_from >= 1, "mix_from", ">= 1"), (self.loss_size >= 8, "loss_size", ">= 8"),
+                (self.encoder is None or (isinstance(self.encoder, str) and bool(self.encoder)), "encoder",
+                 "a kind or an encoder file"),
+                (self.restyle_steps is None or (type(self.restyle_steps) is int and self.restyle_steps >= 1),
+                 "restyle_steps", "an integer >= 1"),
+                (type(self.refine) is int and self.refine >= 0, "refine", "an integer >= 0")]
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -163,8 +171,13 @@ class _ImageRun(TrainingRun):
         self.lpips = lpips if lpips is not None else load_lpips(G.device, c.lpips_backbone)
         photo = prepare_photo(G, c.image, align=c.align, detector=detector)
         self.reference_digest = photo.digest
-        self.latent = invert_cached(G, photo, c.inversion, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
-                                    progress=self.dist.is_main)
+        if c.encoder is not None:  # quick: not cached (a resumed run restores its own latent anyway)
+            self.latent = invert(G, [photo], c.inversion, encoder=c.encoder, restyle_steps=c.restyle_steps,
+                                 refine=c.refine, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
+                                 progress=self.dist.is_main)[0]
+        else:
+            self.latent = invert_cached(G, photo, c.inversion, lpips=self.lpips, lpips_backbone=c.lpips_backbone,
+                                        progress=self.dist.is_main)
         self.latent.meta.update(image=Path(c.image).name, aligned=c.align)
         self.w_ref = self.latent.ws[None].to(G.device)  # [1, num_ws, w_dim]
         size = min(c.loss_size, G.resolution)

@@ -147,9 +147,11 @@ def photo_paths(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def photo_encoder(G, encoder: str, restyle_steps, refine: int, steps: int, no_check: bool = False, what: str = "invert"):
+def photo_encoder(G, encoder: str, restyle_steps, refine: int, steps: int, no_check: bool = False,
+                  what: str = "invert"):
     """The encoder ``--encoder`` names for ``G`` (None: II2S), checked with the options that go with
-    it; says on stderr which method runs."""
+    it, and the line saying which method that is (for stderr once it ran: an error before stays the
+    only line)."""
     from hyperdomain.image.encoders.choice import AUTO, NONE, encoder_for
 
     enc = encoder_for(G, absolute_path(encoder) if encoder not in (AUTO, NONE) else encoder, check=not no_check)
@@ -160,15 +162,13 @@ def photo_encoder(G, encoder: str, restyle_steps, refine: int, steps: int, no_ch
                             f"runs --steps")
         why = "" if encoder == NONE else (f" (no encoder for generator {G.name!r} downloaded yet; --encoder e4e "
                                           f"fetches one where known)")
-        click.echo(f"{what}: II2S, {steps} steps{why}", err=True)
-        return None
+        return None, f"{what}: II2S, {steps} steps{why}"
     if restyle_steps is not None and not enc.config.iterative:
         raise UserError(f"--restyle-steps is for ReStyle encoders; --encoder {encoder} is {enc.config.kind}, one pass")
     passes = (restyle_steps or enc.config.n_iters) if enc.config.iterative else 1
-    click.echo(f"{what}: {enc.config.kind} encoder, {passes} pass{'es' * (passes > 1)}"
-               + (f", then {refine} II2S steps" if refine else "")
-               + f" ({enc.meta.get('file') or enc.meta.get('source')})", err=True)
-    return enc
+    return enc, (f"{what}: {enc.config.kind} encoder, {passes} pass{'es' * (passes > 1)}"
+                 + (f", then {refine} II2S steps" if refine else "")
+                 + f" ({enc.meta.get('file') or enc.meta.get('source')})")
 
 
 def inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples):

@@ -134,6 +134,7 @@ def test_option_defaults_are_the_librarys():
              hd.animate: {k: p.default for k, p in inspect.signature(hd.animate).parameters.items()},
              hd.Generator.sample: {k: p.default for k, p in inspect.signature(hd.Generator.sample).parameters.items()},
              hd.make_dataset: {k: p.default for k, p in inspect.signature(hd.make_dataset).parameters.items()},
+             hd.invert: {k: p.default for k, p in inspect.signature(hd.invert).parameters.items()},
              start: {k: p.default for k, p in inspect.signature(start).parameters.items()}}
     checked = 0
     for name, command in main.commands.items():

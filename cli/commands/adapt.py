@@ -143,14 +143,16 @@ def _new_run(ctx, target, image, source, iters, out, places: dict, chosen: dict,
 
             det = face_detector(reference["detector"], reference["detector_weights"])
         lpips_vgg = places["lpips_vgg"]
-        enc = photo_encoder(G, reference["encoder"], reference["restyle_steps"], reference["refine"],
-                            reference["inversion_steps"], what="adapt --image: the reference")
-        return hd.adapt_image(G, image, target, detector=det, source=source, align=reference["align"],
-                              mix_from=reference["mix_from"],
-                              inversion=hd.InversionConfig(steps=reference["inversion_steps"]),
-                              encoder=absolute_path(enc.meta["file"]) if enc is not None else None,
-                              restyle_steps=reference["restyle_steps"], refine=reference["refine"],
-                              lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg else None, **run)
+        enc, method = photo_encoder(G, reference["encoder"], reference["restyle_steps"], reference["refine"],
+                                    reference["inversion_steps"], what="adapt --image: the reference")
+        domain = hd.adapt_image(G, image, target, detector=det, source=source, align=reference["align"],
+                                mix_from=reference["mix_from"],
+                                inversion=hd.InversionConfig(steps=reference["inversion_steps"]),
+                                encoder=absolute_path(enc.meta["file"]) if enc is not None else None,
+                                restyle_steps=reference["restyle_steps"], refine=reference["refine"],
+                                lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg else None, **run)
+        click.echo(method, err=True)
+        return domain
     except KeyboardInterrupt as stop:
         interrupted(ctx, out, "adapt", stop)
 

@@ -60,11 +60,12 @@ def invert(photos, generator, out, encoder, restyle_steps, refine, batch, align,
     read = check_photos(photos)
     G = hd.load_generator(generator, device=resolve_device(device))
     check_photos(read, G)
-    enc = photo_encoder(G, encoder, restyle_steps, refine, steps, no_check)
+    enc, method = photo_encoder(G, encoder, restyle_steps, refine, steps, no_check)
     aligning, det, lpips, config = inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                    pca_samples)
     latents = hd.invert(G, read, config, encoder=enc, restyle_steps=restyle_steps, refine=refine, batch=batch,
                         check=not no_check, align=aligning, detector=det, lpips=lpips, progress=progress)
+    click.echo(method, err=True)
     import torch
 
     for name, photo, latent in zip(names, photos, latents):
@@ -98,8 +99,8 @@ def invert(photos, generator, out, encoder, restyle_steps, refine, batch, align,
 @device_option
 @user_errors
 def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, no_check, out, separate, encoder,
-            restyle_steps, refine, batch, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples, progress,
-            overwrite, device):
+            restyle_steps, refine, batch, align, detector, detector_weights, lpips_vgg, steps, lr, pca_samples,
+            progress, overwrite, device):
     """Your own photos in any domain: align, invert (or reuse a latent), render in every domain.
 
     \b
@@ -128,12 +129,15 @@ def stylize(photos, latents, generator, domains, hyper, prompts, hyper_clip, no_
     check_photos(read, G)
     loaded = load_domains(G, domains, hyper, prompts, hyper_clip, no_check)
     lat = [hd.Latent.load(p, generator=G, check=not no_check) for p in latents]
-    enc = photo_encoder(G, encoder, restyle_steps, refine, steps, no_check, "stylize") if photos else None
+    enc, method = (photo_encoder(G, encoder, restyle_steps, refine, steps, no_check, "stylize") if photos
+                   else (None, ""))
     aligning, det, lpips, config = (inversion_tools(G, align, detector, detector_weights, lpips_vgg, steps, lr,
                                                     pca_samples) if photos else (False, None, None, None))
     rows = hd.stylize(G, read, loaded, latents=lat, config=config, encoder=enc, restyle_steps=restyle_steps,
                       refine=refine, batch=batch, check=not no_check, align=aligning, detector=det, lpips=lpips,
                       progress=progress)
+    if method:
+        click.echo(method, err=True)
     for i, (name, row) in enumerate(zip(names, rows)):
         hd.save_grid(row.row(), out / f"{name}.png", nrow=len(loaded) + 2)
         if i < len(photos):  # a new inversion: kept for later runs (--latent)

@@ -98,6 +98,8 @@ def test_import_command_detects_an_encoder_release(tmp_path, monkeypatch):
     assert load_encoder(out).meta["generator_fingerprint"] == G.fingerprint
     r = cli("info", out)
     assert r.exit_code == 0 and "restyle-e4e encoder" in r.stdout and G.fingerprint in r.stdout, r.output
+    r = cli("info", release)
+    assert r.exit_code == 0 and "encoder release" in r.stdout and "ProgressiveBackboneEncoder" in r.stdout, r.output
     assert_user_error(cli("import", release, "-g", tmp_path / "other.pt", "--out", tmp_path / "x.safetensors"),
                       "release.pt: its decoder is generator fingerprint")
     assert not (tmp_path / "x.safetensors").exists()

@@ -43,6 +43,14 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         obj = load_torch_file_omegaconf(path)  # the paper's hypernetworks pickle OmegaConf configs
         if isinstance(obj, Mapping) and "model_type" in obj:
             return _describe_paper(path, obj)
+        from ..image.encoders.official import is_release
+
+        if is_release(obj):
+            opts = obj["opts"] if isinstance(obj["opts"], Mapping) else {}
+            return {"file": str(path), "kind": "e4e / ReStyle encoder release (hyperdomain import, or invert --encoder "
+                                               "FILE)",
+                    "encoder_type": opts.get("encoder_type", "?"),
+                    "decoder": "yes" if any(str(k).startswith("decoder.") for k in obj["state_dict"]) else "no"}
         return _describe_generator(path, from_port(obj, path))  # read once: these files are large
     return _describe_generator(path, read_generator_file(path))
 

@@ -266,7 +266,8 @@ def invert(G, photos: Sequence[PhotoLike], config: InversionConfig | None = None
         chunk = [prepare_photo(G, p, align, detector, start + i) for i, p in enumerate(photos[start:start + batch])]
         ws = _encode(G, encoder, chunk, restyle_steps)
         bar.update(len(chunk))
-        out += _finish(G, chunk, ws, encoder, restyle_steps, refine_config, lpips, backbone, pca, progress, callback)
+        out += _finish(G, chunk, ws, encoder, restyle_steps, config, refine_config, lpips, backbone, pca, progress,
+                       callback)
     bar.close()
     return out
 
@@ -313,9 +314,10 @@ def _encode(G, encoder: PhotoEncoder, prepared: list[PreparedPhoto], restyle_ste
 
 
 def _finish(G, prepared: list[PreparedPhoto], ws: torch.Tensor, encoder: PhotoEncoder, restyle_steps: int | None,
-            refine: InversionConfig | None, lpips, backbone: str, pca, progress, callback) -> list[Latent]:
-    """The encoded batch, refined by II2S when asked, measured, with its record."""
-    config = refine or InversionConfig()
+            config: InversionConfig, refine: InversionConfig | None, lpips, backbone: str, pca, progress,
+            callback) -> list[Latent]:
+    """The encoded batch, refined by II2S (``refine``: ``config`` with its steps) when asked, measured
+    at ``config``'s loss size, with its record."""
     size = _loss_size(G, config)
     target = torch.cat([p.tensor() for p in prepared]).to(G.device)
     target_small = torch.cat([p.tensor(size) for p in prepared]).to(G.device)
@@ -323,7 +325,7 @@ def _finish(G, prepared: list[PreparedPhoto], ws: torch.Tensor, encoder: PhotoEn
     if refine is not None:
         ws, losses = _optimise(G, target, target_small, refine, lpips, pca, progress, callback, start=ws)
     with torch.no_grad():
-        recon = G.synthesis(ws, noise_mode=config.noise_mode if refine else "const").float()
+        recon = G.synthesis(ws, noise_mode=refine.noise_mode if refine else "const").float()
         quality = _quality(recon, target, target_small, lpips)
     kind = encoder.config.kind
     passes = (restyle_steps or encoder.config.n_iters) if encoder.config.iterative else 1

@@ -134,8 +134,12 @@ def _errors(G, enc, n=64, seed=12345):
 
 
 def test_training_beats_the_average_latent_on_held_out_renders(tmp_path, one_thread):
+    """100 steps of batch 4 on renders: on 64 renders of other seeds the encoder's reconstruction
+    has less than half the average latent's squared error (0.45x here), its W+ less (0.86x: much of
+    W moves this random generator's images little, so no encoder can read it back from them)."""
     G = tame_generator()
-    enc = train_encoder(G, "e4e", iters=60, out_dir=tmp_path / "run", progress=False, mixing=0.0, **TINY_RUN)
+    enc = train_encoder(G, "e4e", iters=100, out_dir=tmp_path / "run", progress=False, mixing=0.0,
+                        **{**TINY_RUN, "batch": 4})
     (img_enc, img_avg), (lat_enc, lat_avg) = _errors(G, enc)
     assert img_enc < 0.5 * img_avg, (img_enc, img_avg)
     assert lat_enc < 0.9 * lat_avg, (lat_enc, lat_avg)

@@ -43,7 +43,7 @@ from ..errors import HyperdomainError
 from ..files.kinds import IMAGE_SUFFIXES
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..image.encoders import EncoderConfig, PhotoEncoder, encode, pool_render, save_encoder
-from ..image.encoders.config import PHOTO_CHANNELS, RELEASE_UNITS, RELEASE_WIDTHS
+from ..image.encoders.config import MAX_INPUT_SIZE, PHOTO_CHANNELS, RELEASE_UNITS, RELEASE_WIDTHS
 from ..image.perceptual import load_lpips, lpips_distance
 from ..media.grids import save_grid
 from ..model.domain import generator_meta
@@ -57,7 +57,6 @@ __all__ = ["EncoderLosses", "EncoderTrainConfig", "train_encoder", "read_encoder
            "ENCODER_FILE"]
 
 ENCODER_FILE = "encoder.safetensors"
-MAX_INPUT_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -284,7 +283,9 @@ class EncoderRun(TrainingRun):
             if G.device.type == "cuda":
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
                 self.encoder.encoder = self.net
-            self.model = DDP(self.net, device_ids=[G.device.index] if G.device.type == "cuda" else None)
+            # e4e's progressive stages leave the later heads out of the graph until their turn
+            self.model = DDP(self.net, device_ids=[G.device.index] if G.device.type == "cuda" else None,
+                             find_unused_parameters=bool(c.progressive_every) and self.enc_config.progressive)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self._sample_ws: torch.Tensor | None = None
         self._avg_image: torch.Tensor | None = None

@@ -294,3 +294,20 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, kind):
     # and on one process: the checkpoint keeps the global batch
     enc = train_encoder(make_tiny_generator(), resume=out, iters=4, progress=False)
     assert enc.meta["iterations"] == 4
+
+
+def test_delta_norm_is_e4es_regulariser_and_draws_mix_as_asked():
+    from hyperdomain.training.encoder import delta_norm
+
+    ws = torch.randn(3, 6, 5, dtype=torch.float64)
+    for active in (1, 2, 4, 6):  # e4e's coach: a sum over the active layers of the batch-mean L2 norm
+        want = sum(torch.norm(ws[:, i, :] - ws[:, 0, :], 2, dim=1).mean() for i in range(1, active))
+        assert float(delta_norm(ws, active)) == pytest.approx(float(want), rel=1e-12, abs=0)
+    G = make_tiny_generator()
+    plain = draw_ws(G, torch.Generator().manual_seed(0), 16, 0.0)
+    assert torch.equal(plain, plain[:, :1].expand_as(plain))  # one w for every layer
+    mixed = draw_ws(G, torch.Generator().manual_seed(0), 16, 1.0)
+    assert torch.equal(mixed[:, 0], plain[:, 0])  # the first code is the same draw
+    for w in mixed:  # two codes, the second from a crossover in [1, num_ws)
+        changes = [i for i in range(1, G.num_ws) if not torch.equal(w[i], w[i - 1])]
+        assert len(changes) == 1 and 1 <= changes[0] < G.num_ws

@@ -128,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=256, help="the random generator's (without --generator)")
     ap.add_argument("--generator", help="a generator (manifest name or file) instead of a random one")
-    ap.add_argument("--kinds", nargs="+", default=["e4e", "restyle-e4e"])
+    ap.add_argument("--kinds", nargs="*", default=["e4e", "restyle-e4e"], help="none: II2S only")
     ap.add_argument("--encoder", help="a trained encoder file instead of random weights (one kind: its own)")
     ap.add_argument("--restyle-iters", type=int, default=5)
     ap.add_argument("--ii2s-steps", type=int, nargs="*", default=[1000, 50])

@@ -46,6 +46,7 @@ from ..image.encoders import EncoderConfig, PhotoEncoder, encode, pool_render, s
 from ..image.encoders.config import MAX_INPUT_SIZE, PHOTO_CHANNELS, RELEASE_UNITS, RELEASE_WIDTHS
 from ..image.perceptual import load_lpips, lpips_distance
 from ..media.grids import save_grid
+from ..model.config import check_config_keys
 from ..model.domain import generator_meta
 from .dashboards import require
 from .hyper import _seed_for
@@ -181,8 +182,6 @@ class EncoderTrainConfig(RunConfig):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EncoderTrainConfig":
-        from ..model.config import check_config_keys
-
         check_config_keys(cls, d, cls.command)
         return cls(**d)
 

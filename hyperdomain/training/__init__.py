@@ -10,6 +10,7 @@
 | ``adapt`` | text-driven adaptation of one domain vector (``hd.adapt``) |
 | ``one_shot`` | one-shot adaptation from a reference image (``hd.adapt_image``) |
 | ``hyper`` | the multi-domain hypernetwork trainer (``hd.train_hyper``), one or many processes |
+| ``encoder`` | a photo encoder (e4e, ReStyle) for a generator, on its renders and optional photos (``hd.train_encoder``) |
 
 A new trainer subclasses ``TrainingRun`` with its losses and what it trains; it adds no loop.
 """

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import assert_user_error, cli, make_tiny_generator, sigterm_after_first_step
+import hyperdomain as hd
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.run_checkpoints import load_checkpoint
 from hyperdomain.image.encoders import EncoderConfig, PhotoEncoder, default_config, encode, expected_tensors, \
@@ -257,6 +258,13 @@ def test_cli_trains_refuses_bad_input_and_sigterm_saves(tmp_path, tiny_ckpt):
     enc = load_encoder(out / "encoder.safetensors")
     assert enc.config.widths == (16, 16, 32, 32) and enc.config.input_size == 32 and enc.config.n_styles == 8
     assert_user_error(cli("train-encoder", "-g", ckpt, "--out", out), "already holds a run", "--resume")
+    # the trained encoder is what invert takes for this generator
+    Image.new("RGB", (40, 40), (200, 120, 40)).save(tmp_path / "me.png")
+    r = cli("invert", tmp_path / "me.png", "-g", ckpt, "--encoder", out / "encoder.safetensors", "--out",
+            tmp_path / "lat", "--lpips-vgg", "random", "--no-align", "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "e4e encoder, 1 pass" in r.stderr
+    assert hd.Latent.load(tmp_path / "lat" / "me.safetensors").meta["encoder"]["file"] == str(out / "encoder.safetensors")
 
 
 def test_the_cli_kinds_are_the_librarys():

@@ -1,8 +1,9 @@
 """Photos through an encoder (e4e, ReStyle) into latents: the library's invert with ``encoder=``, II2S
 refinement from its W+, and the command line (invert, stylize, adapt --image) with --encoder.
 
-Encoders here are untrained (random weights, 32 px input, 8 style layers) for a 32 px generator
-with 512-number styles: they map a photo near the average latent, and every path still runs."""
+Encoders here are untrained and tiny (random weights, 32 px input, a narrow backbone, 8 style
+layers of 32 numbers) for the tiny 32 px generator: they map a photo near the average latent, and
+every path still runs."""
 from __future__ import annotations
 
 import shutil
@@ -20,7 +21,7 @@ from hyperdomain.image.encoders import EncoderConfig, PhotoEncoder, encode, phot
 from hyperdomain.image.inversion import InversionConfig, prepare_photos
 from hyperdomain.model.config import GeneratorConfig
 
-DECODER = GeneratorConfig(resolution=32, style_dim=512, n_mlp=1, channels=(8, 8, 8, 8))  # W+ [8, 512]
+WIDE = GeneratorConfig(resolution=32, style_dim=512, n_mlp=1, channels=(8, 8, 8, 8))  # W+ [8, 512]
 
 QUICK = ["--lpips-vgg", "random", "--pca-samples", "300", "--no-align", "--device", "cpu", "--no-progress"]
 
@@ -28,7 +29,8 @@ QUICK = ["--lpips-vgg", "random", "--pca-samples", "300", "--no-align", "--devic
 def _encoder(kind: str, G, seed: int) -> PhotoEncoder:
     torch.manual_seed(seed)
     iterative = kind != "e4e"
-    enc = PhotoEncoder(EncoderConfig(kind, 8, 6 if iterative else 3, 32, 2 if iterative else 1),
+    enc = PhotoEncoder(EncoderConfig(kind, 8, 6 if iterative else 3, 32, 2 if iterative else 1, w_dim=G.w_dim,
+                                     widths=(16, 16, 32, 32), units=(1, 1, 1, 1)),
                        {"generator_fingerprint": G.fingerprint})
     enc.latent_avg = G.mean_latent()[None].repeat(8, 1).clone()
     return enc.eval()
@@ -50,9 +52,9 @@ def one_lpips():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("encoders")
-    G = make_tiny_generator(config=DECODER)
+    G = make_tiny_generator()
     torch.save({"g_ema": G.state_dict()}, root / "gen.pt")
-    torch.save({"g_ema": make_tiny_generator(config=DECODER, seed=1).state_dict()}, root / "other.pt")
+    torch.save({"g_ema": make_tiny_generator(seed=1).state_dict()}, root / "other.pt")
     encs = {"e4e": _encoder("e4e", G, 0), "restyle-psp": _encoder("restyle-psp", G, 1)}
     for kind, enc in encs.items():
         save_encoder(root / f"{kind}.safetensors", enc, G.fingerprint, source="random")
@@ -121,12 +123,12 @@ def test_encoder_choice(setup, tmp_path, monkeypatch):
         hd.encoder_for(G, "e4e")
     with pytest.raises(HyperdomainError, match="nope: no such file, and not one of auto, ii2s, e4e"):
         hd.encoder_for(G, "nope")
-    other = make_tiny_generator(config=DECODER, seed=1)
+    other = make_tiny_generator(seed=1)
     with pytest.raises(HyperdomainError, match=f"made for generator fingerprint {G.fingerprint}, not"):
         hd.encoder_for(other, root / "e4e.safetensors")
     assert hd.encoder_for(other, root / "e4e.safetensors", check=False).config.kind == "e4e"
-    with pytest.raises(HyperdomainError, match=r"makes W\+ \[8, 512\], but generator 'tiny' takes \[8, 32\]"):
-        hd.encoder_for(make_tiny_generator(), root / "e4e.safetensors", check=False)
+    with pytest.raises(HyperdomainError, match=r"makes W\+ \[8, 32\], but generator 'tiny' takes \[8, 512\]"):
+        hd.encoder_for(make_tiny_generator(config=WIDE), root / "e4e.safetensors", check=False)
     # a known release already in the weights folder (imported before): auto takes it, nothing downloaded
     G.name = "gen"
     model = ModelEntry("e4e-gen", ("http://127.0.0.1:9/uc?id=x",), None, None, file_name="e4e_gen.pt")

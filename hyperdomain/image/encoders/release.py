@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ...errors import HyperdomainError
 from ...files.generator_files import write_generator_file
 from ...model.generator import Generator, generator_from_state
-from .config import W_DIM, EncoderConfig, a_kind
+from .config import EncoderConfig, a_kind
 from .files import save_encoder
 from .model import PhotoEncoder
 from .official import read_release
@@ -84,9 +84,9 @@ def _decoder_generator(path: Path, imp) -> Generator:
 
 
 def _check_generator(path: Path, config: EncoderConfig, G: Generator, decoder: Generator | None) -> None:
-    if G.w_dim != W_DIM or G.num_ws != config.n_styles:
-        raise HyperdomainError(f"{path}: {a_kind(config.kind)} encoder makes W+ [{config.n_styles}, {W_DIM}], but "
-                               f"generator {G.name!r} takes [{G.num_ws}, {G.w_dim}]")
+    if G.w_dim != config.w_dim or G.num_ws != config.n_styles:
+        raise HyperdomainError(f"{path}: {a_kind(config.kind)} encoder makes W+ [{config.n_styles}, {config.w_dim}], "
+                               f"but generator {G.name!r} takes [{G.num_ws}, {G.w_dim}]")
     if decoder is None:
         log.warning("%s: the release carries no decoder; it is taken to be for generator %s (%s) unchecked",
                     path, G.name, G.fingerprint)
@@ -99,9 +99,9 @@ def _check_generator(path: Path, config: EncoderConfig, G: Generator, decoder: G
 
 def check_encoder_generator(encoder: PhotoEncoder, G: Generator, what: str = "encoder", check: bool = True) -> None:
     """The encoder fits ``G``: W+ of its shape, and (``check``) made for its fingerprint; one line otherwise."""
-    n = encoder.config.n_styles
-    if G.w_dim != W_DIM or G.num_ws != n:
-        raise HyperdomainError(f"{what}: {a_kind(encoder.config.kind)} encoder makes W+ [{n}, {W_DIM}], but "
+    n, w_dim = encoder.config.n_styles, encoder.config.w_dim
+    if G.w_dim != w_dim or G.num_ws != n:
+        raise HyperdomainError(f"{what}: {a_kind(encoder.config.kind)} encoder makes W+ [{n}, {w_dim}], but "
                                f"generator {G.name!r} takes [{G.num_ws}, {G.w_dim}]")
     fp = encoder.meta.get("generator_fingerprint")
     if check and fp and fp != G.fingerprint:

@@ -165,6 +165,10 @@ def photo_encoder(G, encoder: str, restyle_steps, refine: int, steps: int, no_ch
         return None, f"{what}: II2S, {steps} steps{why}"
     if restyle_steps is not None and not enc.config.iterative:
         raise UserError(f"--restyle-steps is for ReStyle encoders; --encoder {encoder} is {enc.config.kind}, one pass")
+    ctx = click.get_current_context(silent=True)
+    if not refine and ctx is not None and "steps" in ctx.params and given_options(ctx, ["steps"]):
+        raise UserError(f"--steps sets II2S's steps, which --encoder {encoder} ({enc.config.kind}) does not run; add "
+                        f"--refine N to refine its latent with II2S, or give --encoder ii2s")
     passes = (restyle_steps or enc.config.n_iters) if enc.config.iterative else 1
     return enc, (f"{what}: {enc.config.kind} encoder, {passes} pass{'es' * (passes > 1)}"
                  + (f", then {refine} II2S steps" if refine else "")

@@ -205,6 +205,8 @@ def test_bad_encoder_options_are_one_line(setup, tmp_path, monkeypatch):
     assert_user_error(run("--encoder", root / "e4e.safetensors", "--restyle-steps", 2),
                       "--restyle-steps is for ReStyle encoders")
     assert_user_error(run("--encoder", "ii2s", "--refine", 3), "--refine needs an encoder")
+    assert_user_error(run("--encoder", root / "e4e.safetensors", "--steps", 50), "--steps sets II2S's steps",
+                      "--refine N")
     assert_user_error(run("--encoder", gen), "gen.pt", "not an e4e or ReStyle checkpoint")
     assert_user_error(cli("invert", photo, "-g", root / "other.pt", "--out", tmp_path / "o",
                           "--encoder", root / "e4e.safetensors", *QUICK), "made for generator fingerprint")

@@ -26,9 +26,12 @@ from .image.inversion import InversionConfig, invert
 from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
+from .image.translate import translate
+from .image.translators.files import Translator, load_translator
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
+from .training.translator import TranslatorTrainConfig, train_translator
 from .webapp import serve
 
 data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live with the datasets
@@ -42,6 +45,11 @@ __all__ = [
     "invert",
     "stylize",
     "Stylized",
+    "Translator",
+    "TranslatorTrainConfig",
+    "load_translator",
+    "train_translator",
+    "translate",
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",

@@ -133,7 +133,7 @@ def test_dataset_problems_are_one_line(tmp_path, narrow_G, tiny_G):
     hd.make_dataset(narrow_G, data, 2, [("flat", flat_domain(narrow_G))], shard_size=2, progress=False)
     cases = [(lambda: DatasetPairs(data, "pixar", 32), r"no domain 'pixar' in the dataset \(it has flat\)"),
              (lambda: DatasetPairs(data, "flat", 64), "the dataset's images are 32 px"),
-             (lambda: DatasetPairs(tmp_path, "flat", 32), "settings.json: cannot read"),
+             (lambda: DatasetPairs(tmp_path, "flat", 32), "not a hyperdomain dataset folder"),
              (lambda: hd.train_translator(tiny_G, "flat", pairs=data, progress=False, **FAST),
               "the dataset was made by generator 'tiny'")]
     for call, says in cases:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.latents import stream_seed
-from ..datasets.settings import DatasetSettings, domain_digest, read_settings
+from ..datasets.settings import SETTINGS_FILE, DatasetSettings, domain_digest, read_settings
 from ..errors import HyperdomainError
 from ..model.domain import Domain, generator_meta
 
@@ -78,6 +78,9 @@ class DatasetPairs:
 
     def __init__(self, root: Path, name: str | None, size: int, device: torch.device | str = "cpu"):
         self.root, self.device = Path(root), torch.device(device)
+        if not (self.root / SETTINGS_FILE).is_file():
+            raise HyperdomainError(f"--pairs {root}: not a hyperdomain dataset folder (no {SETTINGS_FILE}; make one "
+                                   f"with hyperdomain dataset)")
         settings = read_settings(self.root)
         names = settings.domain_names
         if name is None:

@@ -40,7 +40,7 @@ def flat_domain(G):
 def test_paired_translator_approaches_the_domain_render(narrow_G):
     domain = flat_domain(narrow_G)
     T = hd.train_translator(narrow_G, domain, iters=40, progress=False, **FAST)
-    x, y = RenderedPairs(narrow_G, domain, 32).batch(seed=123, step=0, rank=0, b=32)  # pairs it never saw
+    x, y = RenderedPairs(narrow_G, domain, 32).batch(seed=123, step=0, size=32)  # pairs it never saw
     identity, translated = (x - y).abs().mean(), (T(x) - y).abs().mean()
     assert translated < 0.8 * identity, (float(translated), float(identity))
     assert T.method == "paired" and T.domain["name"] == "flat" and T.generator["fingerprint"] == narrow_G.fingerprint
@@ -112,10 +112,12 @@ def test_pairs_from_a_dataset_folder(tmp_path, narrow_G, layout):
     hd.make_dataset(narrow_G, data, 6, [("flat", domain)], layout=layout, shard_size=4, progress=False)
     pairs = DatasetPairs(data, "flat", 32)
     assert len(pairs.samples) == 6 and pairs.domain["digest"] == RenderedPairs(narrow_G, domain, 32).domain["digest"]
-    x, y = pairs.batch(0, 0, 0, 3)
+    x, y = pairs.batch(0, 0, 3)
     assert x.shape == y.shape == (3, 3, 32, 32) and (x - y).abs().mean() > 0.05
+    x4, _ = pairs.batch(0, 0, 4)
+    assert torch.equal(torch.cat([pairs.batch(0, 0, 4, r, 2)[0] for r in (0, 1)]), x4)  # ranks split the batch
     if layout == "folder":  # the pairs are the files' pixels
-        picks = torch.randint(6, (3,), generator=torch.Generator().manual_seed(pair_seed(0, 0, 0))).tolist()
+        picks = torch.randint(6, (3,), generator=torch.Generator().manual_seed(pair_seed(0, 0))).tolist()
         for row, i in enumerate(picks):
             for img, folder in ((x, "source"), (y, "flat")):
                 file = np.asarray(Image.open(data / folder / f"{i:08d}.png").convert("RGB"))

@@ -6,9 +6,9 @@ rendered on the fly; ``train_translator(None, "pixar", pairs="DATASET_DIR")`` fr
 the common loop's folder (log, samples, checkpoints, resume, Ctrl-C/SIGTERM saves, the non-finite
 stop) and writes ``translator.safetensors``.
 
-A step's pairs are drawn from a generator seeded by (seed, step, rank): a resumed run draws what
-an uninterrupted one would (bit-exact on the CPU) and under ``torchrun`` each rank takes its share
-of the global batch. The methods: ``paired`` (L1 + LPIPS to the domain's image, optionally CLIP's
+A step's global batch of pairs is drawn from a generator seeded by (seed, step): a resumed run
+draws what an uninterrupted one would (bit-exact on the CPU), with any number of processes, and
+under ``torchrun`` each rank takes its share of the global batch. The methods: ``paired`` (L1 + LPIPS to the domain's image, optionally CLIP's
 direction: the output's change from the source aligned with the true image's); ``not`` and
 ``enot`` (optimal transport from unpaired photos) add their losses to :data:`METHOD_LOSSES`. One
 Adam trains every module in ``run.trained`` (the map; a potential network goes into a second
@@ -109,8 +109,8 @@ def paired_losses(run: "_TranslatorRun") -> dict[str, torch.Tensor]:
     """L1 and LPIPS of the map's output to the domain's image of the same source, and optionally
     CLIP's ``direction``: the output's change from the source aligned with the true change."""
     c = run.config
-    x, y = run.pairs.batch(c.seed, run.step, run.dist.rank, run.local_batch)
-    noise = torch.Generator().manual_seed(pair_seed(c.seed, run.step, run.dist.rank) ^ 1)
+    x, y = run.pairs.batch(c.seed, run.step, c.batch, run.dist.rank, run.dist.world)
+    noise = torch.Generator().manual_seed(pair_seed(c.seed, run.step) ^ (run.dist.rank + 1))
     out = run.map(translator_input(x, c.noise_channels, noise))
     images = StepImages(torch.zeros(0), (), rec=out, ref=y,
                         lpips=None if run.lpips is None else (lambda a, b: _lpips(run.lpips, a, b)))
@@ -236,7 +236,7 @@ def _pairs(G, domain, config: TranslatorTrainConfig, device):
 
 
 class _TranslatorRun(TrainingRun):
-    """A translator run: the map (DDP under torchrun), one Adam, draws seeded by (seed, step, rank)."""
+    """A translator run: the map (DDP under torchrun), one Adam, draws seeded by (seed, step)."""
 
     kind = "translator"
     desc = "translator"
@@ -265,7 +265,9 @@ class _TranslatorRun(TrainingRun):
             if dist.device.type == "cuda":
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
                 self.trained["map"] = self.net
-            self.map = DDP(self.net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            # an encoder's stages past encoder_depth are built but unused (segmentation-models-pytorch)
+            self.map = DDP(self.net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                           find_unused_parameters=True)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self.lpips = lpips
         if self.lpips is None and c.losses.lpips:
@@ -319,7 +321,7 @@ class _TranslatorRun(TrainingRun):
     def save_samples(self, path: Path) -> None:
         c = self.config
         if self._shown is None:  # the same pairs every time
-            self._shown = self.pairs.batch(c.seed, 0, -1, c.sample_n)
+            self._shown = self.pairs.batch(c.seed, -1, c.sample_n)
         x, y = self._shown
         was = self.net.training
         self.net.eval()

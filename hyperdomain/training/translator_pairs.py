@@ -1,8 +1,9 @@
 """Where a paired translator's (source, domain) image pairs come from: a generator or a dataset folder.
 
-Both answer ``batch(seed, step, rank, b)`` with two ``[b, 3, S, S]`` tensors in ``[-1, 1]``: the
-draws of a step depend on (seed, step, rank) alone, so a resumed run draws what an uninterrupted
-one would, and nothing is kept in memory between steps.
+Both answer ``batch(seed, step, size, rank, world)`` with two ``[size / world, 3, S, S]`` tensors in
+``[-1, 1]``: rank ``rank``'s rows of the global batch of step ``step``, whose draws depend on
+(seed, step) alone. A resumed run draws what an uninterrupted one would, with any number of
+processes, and nothing is kept in memory between steps.
 
 - :class:`RenderedPairs`: the same latent rendered by the frozen generator in the source and in the
   domain, one generator pass per step (nothing is stored; as ``hd.data.DomainViews`` renders its pairs).
@@ -28,9 +29,16 @@ from ..model.domain import Domain, generator_meta
 __all__ = ["RenderedPairs", "DatasetPairs", "GeneratorFacts", "pair_seed"]
 
 
-def pair_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of step ``step``'s draws on rank ``rank``."""
-    return stream_seed(seed, step, f"translator-pairs/{rank}")
+def pair_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s draws (the global batch's)."""
+    return stream_seed(seed, step, "translator-pairs")
+
+
+def _rows(size: int, rank: int, world: int) -> slice:
+    if size % world:
+        raise HyperdomainError(f"--batch {size} does not split over {world} processes; use a multiple")
+    b = size // world
+    return slice(rank * b, (rank + 1) * b)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -64,9 +72,11 @@ class RenderedPairs:
         self.domain = {"digest": domain_digest(domain.vector), "name": name, "prompt": domain.meta.get("prompt")}
 
     @torch.no_grad()
-    def batch(self, seed: int, step: int, rank: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(pair_seed(seed, step, rank))
-        z = torch.randn(b, self.G.z_dim, generator=gen).to(self.G.device)
+    def batch(self, seed: int, step: int, size: int, rank: int = 0, world: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(pair_seed(seed, step))
+        z = torch.randn(size, self.G.z_dim, generator=gen)[_rows(size, rank, world)].to(self.G.device)
+        b = z.shape[0]
         ws = self.G.mapping(torch.cat([z, z]), self.truncation)
         cols = torch.cat([torch.zeros(b, dtype=torch.long), torch.ones(b, dtype=torch.long)]).to(self.G.device)
         x = _resize(self.G.synthesis(ws, domain=self.table[cols], noise_mode="const"), self.size)
@@ -160,9 +170,10 @@ class DatasetPairs:
             raise HyperdomainError(f"{name}: cannot read a dataset image ({e})") from None
         return rgb.reshape(h, w, 3).permute(2, 0, 1).float() / 127.5 - 1
 
-    def batch(self, seed: int, step: int, rank: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(pair_seed(seed, step, rank))
-        picks = torch.randint(len(self.samples), (b,), generator=gen).tolist()
+    def batch(self, seed: int, step: int, size: int, rank: int = 0, world: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(pair_seed(seed, step))
+        picks = torch.randint(len(self.samples), (size,), generator=gen)[_rows(size, rank, world)].tolist()
         x = torch.stack([self._read(self.samples[i][0]) for i in picks])
         y = torch.stack([self._read(self.samples[i][1]) for i in picks])
         return _resize(x, self.size).to(self.device), _resize(y, self.size).to(self.device)

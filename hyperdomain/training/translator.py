@@ -165,6 +165,10 @@ def train_translator(G, domain: Domain | str | None = None, *, method: str = "pa
         tensors, meta, config = open_resume(out_dir, "translator", TranslatorTrainConfig, facts, iters)
         state = (tensors, meta)
     else:
+        if clip is not None:  # the models passed in define the run (and are recorded in its config)
+            from ..guidance.clip import run_spec
+
+            options = {**options, "clip": tuple(run_spec(c) for c in clip)}
         config = _config(config, method, domain, pairs, options,
                          dict(size=size, iters=iters, batch=batch, lr=lr, losses=losses, seed=seed), G)
     source = _pairs(G, domain, config, device)

@@ -27,6 +27,10 @@ def test_train_from_a_dataset_then_translate(tmp_path, tiny_ckpt):
     r = cli("translator", "train", "--resume", run, "--iters", 3, "--no-progress", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "(3 steps" in r.output
+    r = cli("info", run / "translator.safetensors")
+    assert r.exit_code == 0 and "translator (paired)" in r.output and "mobilenet_v2" in r.output, r.output
+    r = cli("info", run / "checkpoint.safetensors")
+    assert r.exit_code == 0 and f"hyperdomain translator train --resume {run}" in r.output, r.output
 
     photos = []
     for i in range(3):

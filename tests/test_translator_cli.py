@@ -24,6 +24,7 @@ def test_train_from_a_dataset_then_translate(tmp_path, tiny_ckpt):
     assert r.exit_code == 0, r.output
     assert f"wrote {run / 'translator.safetensors'} (2 steps, paired, 32 px)" in r.output
     assert (run / "samples.png").is_file()
+    assert_user_error(cli("translator", "train", "--resume", run, "--size", 64), "--resume keeps the run's settings")
     r = cli("translator", "train", "--resume", run, "--iters", 3, "--no-progress", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "(3 steps" in r.output
@@ -75,3 +76,24 @@ def test_train_refusals_are_one_line(tmp_path):
     assert_user_error(cli("translator", "train", "--pairs", empty, "--domain", "x", "--out", tmp_path / "r",
                           "--no-progress", "--device", "cpu"), "not a hyperdomain dataset folder")
     assert_user_error(cli("translator", "train", "--out", tmp_path / "r2", "--no-progress"), "give -g GENERATOR")
+
+
+def test_train_with_pairs_rendered_by_the_generator_and_resume(tmp_path, tiny_ckpt, tiny_G):
+    ckpt, _ = tiny_ckpt
+    domain = tmp_path / "flat.safetensors"
+    v = torch.zeros(tiny_G.num_domain_params)
+    v[:32] = -1.0
+    hd.Domain(v, tiny_G.domain_dims, hd.model.domain.generator_meta(tiny_G)).save(domain)
+    run = tmp_path / "run"
+    r = cli("translator", "train", "-g", ckpt, "--domain", domain, "--size", 32, "--encoder", "mobilenet_v2",
+            "--iters", 1, "--batch", 2, "--loss", "l1=1", "--sample-every", 0, "--out", run, "--no-progress",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    domain.rename(tmp_path / "moved.safetensors")  # the run reads its domain file again on resume
+    r = cli("translator", "train", "--resume", run, "--iters", 2, "--no-progress", "--device", "cpu")
+    assert_user_error(r, "flat.safetensors", "no such domain file")
+    (tmp_path / "moved.safetensors").rename(domain)
+    r = cli("translator", "train", "--resume", run, "--iters", 2, "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0 and "(2 steps" in r.output, r.output
+    T = hd.load_translator(run / "translator.safetensors", generator=tiny_G)
+    assert T.domain["digest"] == hd.datasets.settings.domain_digest(v)

@@ -50,7 +50,7 @@ def translator():
 @click.option("--size", cls=LibraryDefault, owner=translator_config, type=click.IntRange(8, 4096),
               help="The side the translator works at (a multiple of 2^encoder depth).")
 @click.option("--encoder", cls=LibraryDefault, owner=translator_config,
-              help="The U-Net's encoder (segmentation-models-pytorch: resnet18, resnet34, tu-resnet10t, ...).")
+              help="The U-Net's encoder (segmentation-models-pytorch: tu-resnet18, resnet34, mobilenet_v2, ...).")
 @click.option("--iters", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1), help="Training steps.")
 @click.option("--batch", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1),
               help="Global batch (all processes).")
@@ -85,8 +85,9 @@ def train(ctx, method, pairs, domain, size, encoder, iters, batch, lr, losses, l
         options, the_domain = {}, None
         if resume is not None:
             config = read_translator_config(resume)
-            if config.pairs is None or generator is not None:
-                generator = resumed_generator(ctx, config, generator or "ffhq", ("resume", "iters", *where.names))
+            generator = resumed_generator(ctx, config, generator, ("resume", "iters", *where.names))
+            if generator is None and config.pairs is None:
+                raise click.UsageError(f"--resume {resume}: the run's pairs are rendered by a generator; give it (-g)")
             out = resume
             if ctx.get_parameter_source("iters") is not click.core.ParameterSource.DEFAULT:
                 options["iters"] = iters

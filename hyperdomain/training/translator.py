@@ -67,7 +67,7 @@ class TranslatorTrainConfig(RunConfig):
     pairs: str | None = None  # a dataset folder (absolute); None: pairs rendered by the generator
     truncation: float = 0.7  # of the rendered pairs
     size: int = 256
-    encoder: str = "resnet18"
+    encoder: str = "tu-resnet18"
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
     noise_channels: int = 0

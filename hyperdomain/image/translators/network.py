@@ -35,8 +35,9 @@ _EDGE = 1e-3  # atanh's input is kept in [-1 + _EDGE, 1 - _EDGE]: atanh(0.999) =
 class TranslatorConfig:
     """What builds a translator network (its file stores it; a loaded file is rebuilt from it).
 
-    ``encoder``: an encoder of segmentation-models-pytorch (``resnet18``, ``resnet34``,
-    ``tu-resnet10t``, ``efficientnet-b0``, ...); ``encoder_depth`` downsamplings (3..5), one
+    ``encoder``: an encoder of segmentation-models-pytorch (``tu-resnet18``, ``resnet34``,
+    ``mobilenet_v2``, ``efficientnet-b0``, ...; timm's ``tu-*`` encoders build only the stages
+    ``encoder_depth`` uses, the others build all of theirs); ``encoder_depth`` downsamplings (3..5), one
     decoder stage each of ``decoder_channels`` widths; ``size``: the side the network works at
     (images are resized to it, a multiple of ``2 ** encoder_depth``).
     """
@@ -44,7 +45,7 @@ class TranslatorConfig:
     arch: str = "unet"
     size: int = 256
     noise_channels: int = 0
-    encoder: str = "resnet18"
+    encoder: str = "tu-resnet18"
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
     residual: bool = True

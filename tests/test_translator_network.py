@@ -82,6 +82,9 @@ def test_file_round_trip_gives_the_same_outputs(tmp_path, tiny_G):
                            {"fingerprint": tiny_G.fingerprint, "name": tiny_G.name},
                            {"digest": "abcd", "name": "pixar"}, {"iterations": 2})
     T = load_translator(path, generator=tiny_G)
+    from hyperdomain.files.kinds import TRANSLATOR_KIND, file_kind
+
+    assert file_kind(path) == TRANSLATOR_KIND == "translator file"  # never replaced by another kind
     assert T.config == TINY and T.method == "paired" and T.meta["iterations"] == 2
     assert T.domain == {"digest": "abcd", "name": "pixar"} and T.generator["fingerprint"] == tiny_G.fingerprint
     x = _images()

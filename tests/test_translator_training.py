@@ -138,6 +138,10 @@ def test_dataset_problems_are_one_line(tmp_path, narrow_G, tiny_G):
              (lambda: DatasetPairs(tmp_path, "flat", 32), "not a hyperdomain dataset folder"),
              (lambda: hd.train_translator(tiny_G, "flat", pairs=data, progress=False, **FAST),
               "the dataset was made by generator 'tiny'")]
+    unfinished = tmp_path / "unfinished"  # settings but no complete shard yet
+    unfinished.mkdir()
+    (unfinished / "settings.json").write_text((data / "settings.json").read_text())
+    cases.append((lambda: DatasetPairs(unfinished, "flat", 32), "no complete shard to read"))
     for call, says in cases:
         with pytest.raises(HyperdomainError, match=says) as e:
             call()
@@ -166,3 +170,31 @@ def test_clip_direction_aligns_the_change_with_the_true_one(narrow_G, tiny_clip)
     assert seen["direction"] == pytest.approx(float(want), abs=2e-3)
     assert 0.5 < float(want) < 1.5  # not a degenerate value that any wiring would match
     assert seen["total"] == pytest.approx(seen["l1"] + 0.5 * seen["direction"], rel=1e-6)
+
+
+def test_a_method_can_add_a_module_with_its_own_parameter_group(tmp_path, narrow_G, monkeypatch):
+    """What NOT and ENOT do with a potential network: ``METHOD_SETUP`` puts it into ``run.trained`` and
+    a second parameter group of the one Adam; checkpoints hold it and a resume is exact."""
+    def setup(run):
+        torch.manual_seed(7)
+        run.trained["potential"] = torch.nn.Linear(3, 1)
+        run.optimizer.add_param_group({"params": list(run.trained["potential"].parameters()), "lr": 1e-3})
+
+    def losses(run):
+        parts = translator_module.paired_losses(run)
+        parts["potential"] = run.trained["potential"](torch.ones(1, 3)).square().sum()
+        parts["total"] = parts["total"] + parts["potential"]
+        return parts
+
+    monkeypatch.setitem(translator_module.METHOD_SETUP, "paired", setup)
+    monkeypatch.setitem(translator_module.METHOD_LOSSES, "paired", losses)
+    domain = flat_domain(narrow_G)
+    _run(narrow_G, domain, tmp_path / "whole", iters=3)
+    _run(narrow_G, domain, tmp_path / "half", iters=1)
+    hd.train_translator(narrow_G, domain, resume=tmp_path / "half", iters=3, progress=False)
+    a, meta = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors", "translator")
+    b, _ = load_checkpoint(tmp_path / "half" / "checkpoint.safetensors", "translator")
+    assert {"potential.weight", "potential.bias"} <= a.keys() and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(7)
+    assert not torch.equal(a["potential.weight"], torch.nn.Linear(3, 1).weight.detach())  # Adam trained it

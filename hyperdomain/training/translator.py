@@ -40,7 +40,7 @@ from .run_config import RunConfig
 from .run_dir import refuse_existing_run
 from .translator_pairs import DatasetPairs, RenderedPairs, pair_seed
 
-__all__ = ["TranslatorTrainConfig", "train_translator", "read_translator_config", "METHOD_LOSSES",
+__all__ = ["TranslatorTrainConfig", "train_translator", "read_translator_config", "METHOD_LOSSES", "METHOD_SETUP",
            "paired_losses", "TRANSLATOR_FILE"]
 
 TRANSLATOR_FILE = "translator.safetensors"
@@ -132,6 +132,9 @@ def _lpips(model, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # what a step of each method computes (NOT and ENOT add theirs)
 METHOD_LOSSES: dict[str, Callable[["_TranslatorRun"], dict[str, torch.Tensor]]] = {"paired": paired_losses}
+# what a method adds to a new run before its first step (e.g. a potential network: into
+# ``run.trained`` and a second parameter group of ``run.optimizer``); paired adds nothing
+METHOD_SETUP: dict[str, Callable[["_TranslatorRun"], None]] = {}
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -285,6 +288,8 @@ class _TranslatorRun(TrainingRun):
             self.encoders = load_clip(clip if clip is not None else c.clip, device=dist.device)
             check_models(self.encoders, c.clip)
         self._shown: tuple[torch.Tensor, torch.Tensor] | None = None
+        if c.method in METHOD_SETUP:
+            METHOD_SETUP[c.method](self)
 
     def losses(self) -> dict[str, torch.Tensor]:
         return METHOD_LOSSES[self.config.method](self)

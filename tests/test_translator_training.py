@@ -65,6 +65,9 @@ def test_resume_is_exact_and_the_file_holds_the_result(tmp_path, narrow_G):
     loaded = hd.load_translator(tmp_path / "half" / "translator.safetensors", generator=narrow_G)
     assert torch.equal(loaded(x), resumed(x)) and loaded.meta["iterations"] == 4
     assert loaded.domain["digest"] == resumed.domain["digest"]
+    assert hd.load_translator(tmp_path / "half" / "translator.safetensors", domain=domain).method == "paired"
+    with pytest.raises(HyperdomainError, match=r"trained into domain 'flat' \(digest [0-9a-f]{16}\), not into this"):
+        hd.load_translator(tmp_path / "half" / "translator.safetensors", domain=hd.Domain.zeros(narrow_G))
     with pytest.raises(HyperdomainError, match="not into this one"):  # another domain for the run
         hd.train_translator(narrow_G, hd.Domain.zeros(narrow_G), resume=tmp_path / "half", iters=6, progress=False)
 

@@ -97,9 +97,10 @@ def save_translator(path: str | os.PathLike, net_or_translator: nn.Module | Tran
 
 
 def load_translator(path: str | os.PathLike, generator: Any = None, device: str | torch.device = "cpu",
-                    check: bool = True) -> Translator:
+                    check: bool = True, domain: Any = None) -> Translator:
     """Read a translator file; with ``generator`` (a loaded Generator), refuse a translator trained on
-    another generator's images (unless ``check=False``). Every problem is one line naming the file."""
+    another generator's images (unless ``check=False``); with ``domain`` (a Domain), one trained into
+    another domain (its digest). Every problem is one line naming the file."""
     path = Path(path)
     header, keys = read_safetensors(path, WHAT, load=False)
     check_format(path, header, TRANSLATOR, FORMAT_VERSION, WHAT)
@@ -114,13 +115,21 @@ def load_translator(path: str | os.PathLike, generator: Any = None, device: str 
     if method not in METHODS:
         raise HyperdomainError(f"{path}: translator method must be one of {', '.join(METHODS)}, got {method!r}")
     trained_on = json_field(path, header, "generator", dict, WHAT)
-    domain = json_field(path, header, "domain", dict, WHAT)
+    trained_domain = json_field(path, header, "domain", dict, WHAT)
     meta = {**json_field(path, header, "meta", dict, WHAT, default={}), "file": str(path)}
     if generator is not None and check and trained_on.get("fingerprint") != generator.fingerprint:
         raise HyperdomainError(
             f"{path}: the translator was trained on generator {trained_on.get('name', '?')!r} (fingerprint "
             f"{trained_on.get('fingerprint')}), not on {generator.name!r} (fingerprint {generator.fingerprint}); "
             f"skip this check to use it anyway (check=False, --no-check)")
+    if domain is not None:
+        from ...datasets.settings import domain_digest
+
+        digest = domain_digest(domain.vector)
+        if digest != trained_domain.get("digest"):
+            raise HyperdomainError(f"{path}: the translator was trained into domain "
+                                   f"{trained_domain.get('name') or '?'!r} (digest {trained_domain.get('digest')}), "
+                                   f"not into this one (digest {digest})")
     net = build_translator(config)
     expected = {f"net.{k}": v for k, v in net.state_dict().items() if v.is_floating_point()}
     missing, extra = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
@@ -136,4 +145,4 @@ def load_translator(path: str | os.PathLike, generator: Any = None, device: str 
                                    f"{list(want.shape)}")
         state[name[4:]] = t
     net.load_state_dict(state, strict=False)  # only the integer BatchNorm step counters are not stored
-    return Translator(net.to(device), config, method, meta, trained_on, domain)
+    return Translator(net.to(device), config, method, meta, trained_on, trained_domain)

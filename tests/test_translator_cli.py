@@ -97,3 +97,23 @@ def test_train_with_pairs_rendered_by_the_generator_and_resume(tmp_path, tiny_ck
     assert r.exit_code == 0 and "(2 steps" in r.output, r.output
     T = hd.load_translator(run / "translator.safetensors", generator=tiny_G)
     assert T.domain["digest"] == hd.datasets.settings.domain_digest(v)
+
+
+def test_cli_sigterm_saves_the_run_and_exits_143(tmp_path):
+    from conftest import sigterm_after_first_step
+    from hyperdomain.files.run_checkpoints import read_checkpoint_meta
+
+    G = make_tiny_generator(config=NARROW)
+    data = tmp_path / "data"
+    hd.make_dataset(G, data, 2, [("flat", hd.Domain.zeros(G))], layout="folder", shard_size=2, progress=False)
+    out = tmp_path / "run"
+    args = ["translator", "train", "--pairs", data, "--domain", "flat", "--size", 32, "--encoder", "mobilenet_v2",
+            "--iters", 100000, "--batch", 2, "--loss", "l1=1", "--sample-every", 0, "--checkpoint-every", 0,
+            "--out", out, "--no-progress", "--device", "cpu"]
+    returncode, _, stderr = sigterm_after_first_step(args, out)
+    assert returncode == 143, stderr
+    assert f"terminated (SIGTERM); the run is saved in {out}" in stderr and "Traceback" not in stderr
+    step = read_checkpoint_meta(out / "checkpoint.safetensors", "translator")["step"]
+    assert step >= 1
+    r = cli("translator", "train", "--resume", out, "--iters", step + 1, "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0 and f"({step + 1} steps" in r.output, r.output

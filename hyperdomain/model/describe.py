@@ -14,10 +14,12 @@ from .latent import Latent
 from ..files.generator_files import from_port, read_generator_file
 from ..files.restricted_unpickler import load_torch_file_omegaconf, sniff
 from ..files.run_checkpoints import read_checkpoint_meta
-from ..files.safetensors_files import ENCODER, GENERATOR, HYPERNET, LATENT, checkpoint_kind, read_safetensors
+from ..files.safetensors_files import ENCODER, GENERATOR, HYPERNET, LATENT, TRANSLATOR, checkpoint_kind, \
+    read_safetensors
 
 # the command that continues each trainer's runs
-_RESUME_COMMANDS = {"adapt": "adapt", "image": "adapt", "hyper": "train-hyper"}
+_RESUME_COMMANDS = {"adapt": "adapt", "image": "adapt", "hyper": "train-hyper", "encoder": "train-encoder",
+                    "translator": "translator train"}
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -35,6 +37,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             return _describe_generator(path, read_generator_file(path))
         if fmt == ENCODER:
             return _describe_encoder(path)
+        if fmt == TRANSLATOR:
+            return _describe_translator(path)
         kind = checkpoint_kind(fmt)
         if kind in _RESUME_COMMANDS:
             return _describe_run_checkpoint(path, kind)
@@ -128,6 +132,24 @@ def _describe_hypernet(path: Path) -> dict[str, Any]:
         out["training prompts"] = f"{len(prompts)} ({', '.join(prompts[:3])}, ...)"
     for key in ("generator", "generator_fingerprint", "clip_models", "losses", "iterations", "seed", "batch",
                 "imported_from"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def _describe_translator(path: Path) -> dict[str, Any]:
+    from ..image.translators.files import load_translator  # builds the network: segmentation-models-pytorch
+
+    T = load_translator(path)
+    c, m = T.config, T.meta
+    out: dict[str, Any] = {"file": str(path), "kind": f"translator ({T.method})",
+                           "network": f"U-Net, encoder {c.encoder} depth {c.encoder_depth}, decoder "
+                                      f"{list(c.decoder_channels)}, {c.size} px"
+                                      + (f", {c.noise_channels} noise channels" if c.noise_channels else ""),
+                           "parameters": sum(p.numel() for p in T.net.parameters()),
+                           "generator": T.generator.get("name"), "generator_fingerprint": T.generator.get("fingerprint"),
+                           "domain": T.domain.get("name") or T.domain.get("prompt"), "domain_digest": T.domain.get("digest")}
+    for key in ("iterations", "losses", "batch", "lr", "seed", "pairs"):
         if m.get(key) is not None:
             out[key] = m[key]
     return out

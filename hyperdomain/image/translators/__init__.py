@@ -2,6 +2,7 @@
 
 from .costs import Cost, mean_squared_cost, quadratic_cost, weak_cost
 from .enot_solver import ENOTConfig, enot_optimizers, enot_step, expectile_loss
+from .image_ot import ImagePotential, enot_losses, image_cost, not_losses, not_noise, one_adam
 from .gaussian import affine_map, gaussian_ot_map, l2_uvp, sqrtm_psd
 from .neural_ot import NOTConfig, gamma_at, not_optimizers, not_step, transport
 
@@ -9,5 +10,6 @@ __all__ = [
     "Cost", "quadratic_cost", "mean_squared_cost", "weak_cost",
     "NOTConfig", "not_optimizers", "not_step", "gamma_at", "transport",
     "ENOTConfig", "enot_optimizers", "enot_step", "expectile_loss",
+    "ImagePotential", "image_cost", "not_losses", "enot_losses", "not_noise", "one_adam",
     "gaussian_ot_map", "affine_map", "l2_uvp", "sqrtm_psd",
 ]

@@ -1,0 +1,323 @@
+"""NOT and ENOT on images: the loop's losses against the solver core, and a tiny unpaired run."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from hyperdomain.errors import HyperdomainError
+from hyperdomain.image.translators import (
+    ENOTConfig, NOTConfig, enot_optimizers, enot_step, mean_squared_cost, not_optimizers, not_step, quadratic_cost,
+)
+from hyperdomain.image.translators.image_ot import (
+    ImagePotential, enot_losses, image_cost, is_map_step, not_losses, not_noise, one_adam, potential_step,
+)
+from hyperdomain.image.translators.toy import NoisyMap, gaussian_sampler, mlp, random_gaussian_problem
+from hyperdomain.training.loop import TrainingRun, open_resume
+from hyperdomain.training.run_config import RunConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OTToyConfig(RunConfig):
+    command: ClassVar[str] = "ot-toy"
+    run: ClassVar[str] = "adapt"  # (its losses are its own)
+
+    iters: int = 8
+    sample_every: int = 0
+    checkpoint_every: int = 0
+    clip: tuple = ("toy",)
+    method: str = "not"
+    lr: float = 1e-3
+    potential_lr: float = 1e-3
+    potential_betas: tuple = (0.5, 0.99)
+
+
+class OTRun(TrainingRun):
+    """The common loop driving :func:`not_losses` / :func:`enot_losses` on a sampled problem: the
+    shape a translator trainer gives them (one Adam, the map and the potential its two groups)."""
+
+    kind = "ot-toy"
+
+    def __init__(self, G, config, out_dir, T, f, sample_x, sample_y, solver, cost, generator=None):
+        super().__init__(G, config, out_dir, rng=generator)
+        self.T, self.f, self.sample_x, self.sample_y = T, f, sample_x, sample_y
+        self.solver, self.cost = solver, cost
+        self.optimizer = one_adam(T, f, config.lr, config.potential_lr, config.betas, config.potential_betas)
+
+    def losses(self):
+        c, s = self.config, self.solver
+        x = self.sample_x(s.batch)
+        if c.method == "enot":
+            return enot_losses(self.T, self.f, x, self.sample_y(s.batch), s, self.cost)
+        y = None if is_map_step(self.step, s.t_steps) else self.sample_y(s.batch)
+        z = not_noise(s, self.step, s.batch, x, self.rng)
+        return not_losses(self.T, self.f, x, y, z, self.step, s, self.cost)
+
+    def state_tensors(self):
+        return {**{f"map.{k}": v for k, v in self.T.state_dict().items()},
+                **{f"potential.{k}": v for k, v in self.f.state_dict().items()}}
+
+    def load_state_tensors(self, tensors):
+        self.T.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("map.")})
+        self.f.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("potential.")})
+
+    def result(self):
+        return {k: v.detach().clone() for k, v in self.state_tensors().items()}
+
+
+def _gaussian_problem(dim=2, seed=3):
+    m1, S1, m2, S2 = random_gaussian_problem(dim, seed)
+    return gaussian_sampler(m1, S1), gaussian_sampler(m2, S2)
+
+
+def _assert_same_params(a: nn.Module, b: nn.Module, moved_from: nn.Module):
+    moved = 0
+    for (name, p), q, p0 in zip(a.named_parameters(), b.parameters(), moved_from.parameters()):
+        moved += not torch.equal(p, p0)  # (a potential's output bias never moves: E f(a) - E f(b) ignores it)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert moved >= len(list(a.parameters())) - 1, "the comparison would prove nothing"
+
+
+# --- the loop's losses against the solver core -----------------------------------------------------------
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["deterministic", "weak-cost"])
+def test_not_losses_in_the_loop_equal_not_step(tiny_G, stochastic):
+    # The solver core: two Adams, t_steps map backwards then one potential backward per not_step. The
+    # loop: one Adam with two groups, one backward of "total" per step. Same seeds, same start.
+    sx, sy = _gaussian_problem()
+    extra = {"noise_shape": (2,), "z_size": 3, "gamma": 0.5, "gamma_warmup_steps": 2} if stochastic else {}
+    solver = NOTConfig(lr=1e-3, betas=(0.5, 0.99), t_steps=3, batch=16, **extra)
+    torch.manual_seed(0)
+    T0 = NoisyMap(mlp(4, 2, 16)) if stochastic else mlp(2, 2, 16)
+    f0 = mlp(2, 1, 16)
+    potential_steps = 4
+
+    T1, f1 = copy.deepcopy(T0), copy.deepcopy(f0)
+    opt_T, opt_f = not_optimizers(T1, f1, solver)
+    torch.manual_seed(1)
+    core_losses = [not_step(T1, f1, opt_T, opt_f, sx, sy, solver, cost=quadratic_cost, step=k)
+                   for k in range(potential_steps)]
+
+    T2, f2 = copy.deepcopy(T0), copy.deepcopy(f0)
+    config = OTToyConfig(iters=potential_steps * (solver.t_steps + 1), lr=1e-3, betas=(0.5, 0.99),
+                         potential_lr=1e-3, potential_betas=(0.5, 0.99))
+    logged = []
+    torch.manual_seed(1)
+    OTRun(tiny_G, config, None, T2, f2, sx, sy, solver, quadratic_cost).train(
+        callback=lambda step, values: logged.append(values), progress=False)
+
+    _assert_same_params(T2, T1, T0)
+    _assert_same_params(f2, f1, f0)
+    per = solver.t_steps + 1
+    for k, core in enumerate(core_losses):  # the last map step's loss and the potential's, step by step
+        assert logged[k * per + solver.t_steps - 1]["loss_T"] == pytest.approx(core["loss_T"].item(), rel=1e-5)
+        assert logged[k * per + solver.t_steps]["loss_f"] == pytest.approx(core["loss_f"].item(), rel=1e-5, abs=1e-6)
+        assert "loss_f" not in logged[k * per] and "loss_T" not in logged[k * per + solver.t_steps]
+    if stochastic:  # the warm-up clock is the potential step: gamma 0, 0.25, 0.5, 0.5
+        assert [logged[k * per]["gamma"] for k in range(potential_steps)] == [0.0, 0.25, 0.5, 0.5]
+
+
+def test_enot_losses_in_the_loop_equal_enot_step(tiny_G):
+    sx, sy = _gaussian_problem()
+    solver = ENOTConfig(lr=1e-3, betas=(0.0, 0.9), batch=16, expectile=0.9, expectile_weight=0.7)
+    torch.manual_seed(0)
+    T0, g0 = mlp(2, 2, 16), mlp(2, 1, 16)
+    steps = 6
+
+    T1, g1 = copy.deepcopy(T0), copy.deepcopy(g0)
+    opt_T, opt_g = enot_optimizers(T1, g1, solver)
+    torch.manual_seed(1)
+    core = [enot_step(T1, g1, opt_T, opt_g, sx, sy, solver, cost=quadratic_cost) for _ in range(steps)]
+
+    T2, g2 = copy.deepcopy(T0), copy.deepcopy(g0)
+    config = OTToyConfig(iters=steps, method="enot", lr=1e-3, betas=(0.0, 0.9), potential_lr=1e-3,
+                         potential_betas=(0.0, 0.9))
+    logged = []
+    torch.manual_seed(1)
+    OTRun(tiny_G, config, None, T2, g2, sx, sy, solver, quadratic_cost).train(
+        callback=lambda step, values: logged.append(values), progress=False)
+
+    _assert_same_params(T2, T1, T0)
+    _assert_same_params(g2, g1, g0)
+    for mine, theirs in zip(logged, core):
+        for key in ("loss_T", "loss_g", "expectile_reg"):
+            assert mine[key] == pytest.approx(theirs[key].item(), rel=1e-5, abs=1e-7)
+        assert mine["total"] == pytest.approx(mine["loss_T"] + mine["loss_g"], rel=1e-6)
+
+
+def test_a_map_step_leaves_the_potential_and_its_adam_state_alone():
+    # Adam skips a parameter without a gradient: the step counter of the other group does not move.
+    torch.manual_seed(0)
+    T, f = mlp(2, 2, 8), mlp(2, 1, 8)
+    opt = one_adam(T, f, 1e-2, 1e-2, (0.9, 0.999), (0.9, 0.999))
+    solver = NOTConfig(t_steps=2, batch=4)
+    x, y = torch.randn(4, 2), torch.randn(4, 2)
+    f_before = [p.clone() for p in f.parameters()]
+    for step in range(2):  # two map steps
+        opt.zero_grad(set_to_none=True)
+        not_losses(T, f, x, None, None, step, solver)["total"].backward()
+        assert all(p.grad is None for p in f.parameters()) and all(p.grad is not None for p in T.parameters())
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(f.parameters(), f_before))
+    assert all(p not in opt.state for p in f.parameters())
+    T_before = [p.clone() for p in T.parameters()]
+    opt.zero_grad(set_to_none=True)
+    not_losses(T, f, x, y, None, 2, solver)["total"].backward()  # the potential step
+    assert all(p.grad is None for p in T.parameters())
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(T.parameters(), T_before))
+    assert all(opt.state[p]["step"] == 1 for p in f.parameters())
+    assert all(opt.state[p]["step"] == 2 for p in T.parameters())
+
+
+def test_step_clock_and_noise_shapes():
+    assert [is_map_step(k, 2) for k in range(6)] == [True, True, False, True, True, False]
+    assert [potential_step(k, 2) for k in range(6)] == [0, 0, 0, 1, 1, 1]
+    like = torch.zeros(1)
+    c = NOTConfig(t_steps=1, noise_shape=(1, 4, 4), z_size=3, z_std=0.5)
+    assert not_noise(c, 0, 2, like).shape == (6, 1, 4, 4)  # a map step: z_size draws per photo
+    assert not_noise(c, 1, 2, like).shape == (2, 1, 4, 4)
+    assert not_noise(NOTConfig(), 0, 2, like) is None
+    z = not_noise(c, 0, 2000, like, torch.Generator().manual_seed(0))
+    assert z.std().item() == pytest.approx(0.5, rel=0.02)
+
+
+# --- images ---------------------------------------------------------------------------------------------
+
+def test_image_potential_gives_one_value_per_image_of_any_size():
+    f = ImagePotential(width=4, depth=3)
+    for size in (8, 16, 32):
+        assert f(torch.randn(5, 3, size, size)).shape == (5,)
+    # each value depends on its own image only (no batch statistics)
+    a, b = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(f(torch.cat([a, b]))[:2], f(a))
+
+
+def test_image_costs():
+    x, y = torch.rand(2, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(image_cost("l2")(x, y), (x - y).square().mean((1, 2, 3)))
+    with pytest.raises(HyperdomainError, match=r"^--cost 'l1': not a transport cost; use one of l2, lpips$"):
+        image_cost("l1")
+    with pytest.raises(HyperdomainError, match="--cost lpips needs"):
+        image_cost("lpips")
+
+
+def test_lpips_cost_is_per_image_lpips():
+    from hyperdomain.image.perceptual import load_lpips, lpips_distance
+
+    lpips = load_lpips("cpu", "random")
+    x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    d = image_cost("lpips", lpips)(x, y)
+    assert d.shape == (3,) and (d > 0).all()
+    torch.testing.assert_close(d[1:], lpips_distance(lpips, x[1:], y[1:]))
+    assert image_cost("lpips", lpips)(x, x).abs().max() < 1e-6
+
+
+class ResidualMap(nn.Module):
+    """``x + conv(x)``, starting at the identity: a tiny image translator."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+SHIFT = torch.tensor([0.5, -0.1, -0.4]).view(1, 3, 1, 1)
+
+
+def _images(n, generator):
+    """Smooth random 16 px images: a random colour plus a low-frequency pattern."""
+    base = torch.rand(n, 3, 1, 1, generator=generator) - 0.5
+    pattern = nn.functional.interpolate(torch.randn(n, 3, 4, 4, generator=generator) * 0.2, size=16,
+                                        mode="bilinear", align_corners=False)
+    return base + pattern
+
+
+@pytest.mark.parametrize("method", ["not", "enot"])
+def test_unpaired_training_moves_photos_to_a_colour_shifted_domain(tiny_G, method):
+    # "Photos" and "domain images" are independent draws; the domain's are colour-shifted. The map
+    # never sees a pair, yet the mean colour of T(photos) must approach the domain's, which the
+    # identity (the map's start) misses by the whole shift.
+    gen = torch.Generator().manual_seed(0)
+    sample_x = lambda n: _images(n, gen)  # noqa: E731
+    sample_y = lambda n: _images(n, gen) + SHIFT  # noqa: E731
+    torch.manual_seed(0)
+    T, f = ResidualMap(), ImagePotential(width=8, depth=2)
+    if method == "not":
+        solver, iters = NOTConfig(t_steps=3, batch=16), 200
+    else:
+        solver, iters = ENOTConfig(batch=16, expectile=0.99, expectile_weight=1.0), 120
+    config = OTToyConfig(iters=iters, method=method, lr=3e-3, betas=(0.0, 0.9), potential_lr=3e-3,
+                         potential_betas=(0.0, 0.9))
+    logged = []
+    OTRun(tiny_G, config, None, T, f, sample_x, sample_y, solver, mean_squared_cost).train(
+        callback=lambda step, values: logged.append(values), progress=False)
+    if method == "not":
+        logged = [v for k, v in enumerate(logged) if is_map_step(k, solver.t_steps)]
+
+    test_x = _images(256, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        moved = T(test_x).mean((0, 2, 3)) - test_x.mean((0, 2, 3))
+    error = (moved - SHIFT.flatten()).norm().item()
+    assert error < 0.35 * SHIFT.norm().item(), f"mean colour moved by {moved.tolist()}, want {SHIFT.flatten().tolist()}"
+    # the potential ranks the domain above the raw photos, and the map moved the photos up to it
+    test_y = _images(256, torch.Generator().manual_seed(98)) + SHIFT
+    with torch.no_grad():
+        gap_before = (f(test_y).mean() - f(test_x).mean()).item()
+        gap_after = (f(test_y).mean() - f(T(test_x)).mean()).item()
+    assert gap_before > 0.2 and abs(gap_after) < 0.5 * gap_before, (gap_before, gap_after)
+    assert all("loss_T" in v for v in logged)  # the map moves at every step of ENOT, at 3 of 4 of NOT
+    # the map's cost stays moderate: it moves the colour, it does not replace the image
+    with torch.no_grad():
+        kept = (T(test_x) - SHIFT - test_x).square().mean().item()
+    assert kept < 0.35 * SHIFT.square().mean().item() + 0.01
+
+
+@pytest.mark.parametrize("method", ["not", "enot"])
+def test_exact_resume(tmp_path, tiny_G, method):
+    # every draw (photos, domain images, noise) from the run's RNG, which checkpoints keep
+    solver = NOTConfig(t_steps=2, batch=8, noise_shape=(2,), z_size=2, gamma=0.3) if method == "not" else \
+        ENOTConfig(batch=8)
+
+    def run(iters, out, resume=False):
+        torch.manual_seed(0)
+        T = NoisyMap(mlp(4, 2, 8)) if method == "not" else mlp(2, 2, 8)
+        f = mlp(2, 1, 8)
+        rng = torch.Generator().manual_seed(7)
+        sx, sy = (lambda n: torch.randn(n, 2, generator=rng) + 1), (lambda n: torch.randn(n, 2, generator=rng) * 2)
+        if resume:
+            tensors, meta, config = open_resume(out, "ot-toy", OTToyConfig, tiny_G, iters)
+        else:
+            config = OTToyConfig(iters=iters, method=method)
+        r = OTRun(tiny_G, config, out, T, f, sx, sy, solver, quadratic_cost, rng)
+        if resume:
+            r.restore(tensors, meta)
+        return r.train(progress=False)
+
+    straight = run(7, None)
+    run(4, tmp_path / "r")  # NOT: stops inside its second potential step (t_steps + 1 = 3 loop steps each)
+    resumed = run(7, tmp_path / "r", resume=True)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    four = run(4, None)
+    assert any(not torch.equal(four[k], straight[k]) for k in straight)  # the last 3 steps did move things

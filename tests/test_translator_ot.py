@@ -321,3 +321,49 @@ def test_exact_resume(tmp_path, tiny_G, method):
         assert torch.equal(straight[k], resumed[k]), k
     four = run(4, None)
     assert any(not torch.equal(four[k], straight[k]) for k in straight)  # the last 3 steps did move things
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+def test_photo_folder_errors_are_one_line(tmp_path):
+    from hyperdomain.image.translators.ot_data import photo_files
+
+    (tmp_path / "notes.txt").write_text("no image")
+    with pytest.raises(HyperdomainError, match=r"^--photos .*: no images in it \(\.png, .*\)$"):
+        photo_files(tmp_path)
+    with pytest.raises(HyperdomainError, match=r"^--photos .*missing: no such folder; give a folder of photos$"):
+        photo_files(tmp_path / "missing")
+    with pytest.raises(HyperdomainError, match=r"not a folder"):
+        photo_files(tmp_path / "notes.txt")
+
+
+def test_photos_are_read_once_and_drawn_by_the_rng(tmp_path, tiny_G):
+    from PIL import Image
+
+    from hyperdomain.image.translators.ot_data import load_photos, photo_batch
+
+    colours = [(255, 0, 0), (0, 0, 255)]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (48, 40), c).save(tmp_path / f"p{i}.png")
+    photos = load_photos(tiny_G, tmp_path, 16, align=False)
+    assert photos.shape == (2, 3, 16, 16) and photos.dtype == torch.uint8
+    assert photos[0, 0].min() == 255 and photos[1, 2].min() == 255 and photos[0, 2].max() == 0
+    a = photo_batch(photos, 5, torch.Generator().manual_seed(1))
+    b = photo_batch(photos, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (5, 3, 16, 16) and a.min() == -1 and a.max() == 1
+
+
+def test_domain_images_are_rendered_from_the_rng(tiny_G):
+    from hyperdomain.image.translators.ot_data import domain_batch
+
+    d = torch.randn(tiny_G.num_domain_params) * 0.5
+    a = domain_batch(tiny_G, d, 3, torch.Generator().manual_seed(4), truncation=0.7, size=16)
+    b = domain_batch(tiny_G, d, 3, torch.Generator().manual_seed(4), truncation=0.7, size=16)
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
+    source = domain_batch(tiny_G, None, 3, torch.Generator().manual_seed(4), truncation=0.7, size=16)
+    assert (a - source).abs().mean() > 1e-3  # the domain changes the renders
+    rng = torch.Generator().manual_seed(4)
+    z = torch.randn(3, tiny_G.z_dim, generator=rng)
+    full = tiny_G.synthesis(tiny_G.mapping(z, truncation=0.7), domain=d, noise=tiny_G.draw_noise(3, rng))
+    full32 = domain_batch(tiny_G, d, 3, torch.Generator().manual_seed(4), truncation=0.7)
+    torch.testing.assert_close(full32, full.clamp(-1, 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -367,3 +368,94 @@ def test_domain_images_are_rendered_from_the_rng(tiny_G):
     full = tiny_G.synthesis(tiny_G.mapping(z, truncation=0.7), domain=d, noise=tiny_G.draw_noise(3, rng))
     full32 = domain_batch(tiny_G, d, 3, torch.Generator().manual_seed(4), truncation=0.7)
     torch.testing.assert_close(full32, full.clamp(-1, 1))
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+def test_psnr_and_direction_alignment_by_hand():
+    from hyperdomain.image.translators.evaluation import direction_alignment, psnr
+
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[1] += 10 / 127.5  # 10 levels of 8 bits everywhere: PSNR = 20 log10(255 / 10)
+    p = psnr(a, b)
+    assert p[0] == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / 1e-10)).item())
+    assert p[1] == pytest.approx(20 * torch.log10(torch.tensor(25.5)).item(), abs=1e-4)
+    e_in = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    e_out = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, -2.0]])
+    cos = direction_alignment(e_out, e_in, torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close(cos, torch.tensor([2 ** -0.5, -(2 ** -0.5)], dtype=torch.float64))
+
+
+class _PerfectTranslator:
+    """A stand-in Translator that renders the truth for the held-out sources it is given (it knows G's
+    latents by their order) and otherwise adds a colour shift: metrics with answers known in advance."""
+
+    def __init__(self, config, table):
+        self.config, self.table, self.calls = config, table, 0
+
+    def __call__(self, images, seed=None):
+        for src, dst in self.table:
+            if images.shape == src.shape and torch.allclose(images, src, atol=1e-5):
+                return dst
+        return (images + 0.2).clamp(-1, 1)
+
+
+def test_translator_metrics_on_tiny_models(tiny_G, tiny_clip):
+    from hyperdomain.image.perceptual import load_lpips
+    from hyperdomain.image.translators import TranslatorConfig, build_translator
+    from hyperdomain.image.translators.evaluation import format_translator_table, translator_metrics
+    from hyperdomain.image.translators.files import Translator
+
+    lpips = load_lpips("cpu", "random")
+    d = torch.randn(tiny_G.num_domain_params) * 0.5
+    config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
+    identity = Translator(build_translator(config), config, "enot")  # a new translator is the identity
+    photos = torch.rand(3, 3, 32, 32) * 2 - 1
+    rows = translator_metrics(tiny_G, identity, d, tiny_clip, lpips, photos=photos, n=4, batch_size=2)
+    assert [(r.road, r.inputs) for r in rows] == [("translator", "generated"), ("translator", "photos")]
+    gen, ph = rows
+    assert gen.lpips_to_input < 1e-3 and gen.lpips_to_truth > 1e-3  # the identity keeps the source, misses the domain
+    assert math.isnan(gen.clip_direction) and math.isnan(ph.lpips_to_truth)
+    assert ph.lpips_to_input < 1e-3 and ph.direction == "image" and ph.images_per_s > 0
+    assert abs(ph.clip_direction) < 1.0001
+
+    # a translator that hits the truth exactly: PSNR at its cap, LPIPS 0; the row is reproducible
+    gen_seed = torch.Generator().manual_seed(1_000_003)
+    z = torch.randn(4, tiny_G.z_dim, generator=gen_seed)
+    ws = tiny_G.mapping(z, 0.7)
+    table = [(tiny_G.synthesis(ws[i:i + 2], noise_mode="const").clamp(-1, 1),
+              tiny_G.synthesis(ws[i:i + 2], domain=d, noise_mode="const").clamp(-1, 1)) for i in (0, 2)]
+    perfect = _PerfectTranslator(config, table)
+    rows = translator_metrics(tiny_G, perfect, d, tiny_clip, lpips, photos=photos, n=4, batch_size=2,
+                              prompt="a sketch", source_prompt="a photo")
+    assert rows[0].lpips_to_truth < 1e-6 and rows[0].psnr_to_truth > 99
+    assert rows[1].direction == "text"
+    # the photo row's direction figure is the mean cosine computed here by hand
+    from hyperdomain.image.translators.evaluation import direction_alignment
+
+    direction = tiny_clip.text("a sketch", ("{}",)) - tiny_clip.text("a photo", ("{}",))
+    expect = direction_alignment(tiny_clip.encode_images((photos + 0.2).clamp(-1, 1)), tiny_clip.encode_images(photos),
+                                 direction).mean().item()
+    assert rows[1].clip_direction == pytest.approx(expect, abs=1e-5)
+    assert "translator" in format_translator_table(rows)
+
+
+def test_translator_metrics_compare_inversion(tiny_G, tiny_clip):
+    from hyperdomain.image.inversion import InversionConfig
+    from hyperdomain.image.perceptual import load_lpips
+    from hyperdomain.image.translators import TranslatorConfig, build_translator
+    from hyperdomain.image.translators.evaluation import translator_metrics
+    from hyperdomain.image.translators.files import Translator
+
+    lpips = load_lpips("cpu", "random")
+    d = torch.randn(tiny_G.num_domain_params) * 0.5
+    config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
+    photos = tiny_G.sample(2, truncation=0.7, seed=5).clamp(-1, 1)  # photos the generator can make
+    inv = InversionConfig(steps=3, pca_samples=64, loss_size=32)
+    rows = translator_metrics(tiny_G, Translator(build_translator(config), config, "not"), d, tiny_clip, lpips,
+                              photos=photos, n=2, batch_size=2, compare_inversion=inv)
+    assert [r.road for r in rows] == ["translator", "translator", "inversion"]
+    inversion = rows[2]
+    assert inversion.n == 2 and inversion.images_per_s > 0 and math.isfinite(inversion.clip_direction)
+    assert inversion.lpips_to_input > 1e-4  # rendered with the domain: not the photo

@@ -86,12 +86,18 @@ def _gaussian_problem(dim=2, seed=3):
     return gaussian_sampler(m1, S1), gaussian_sampler(m2, S2)
 
 
-def _assert_same_params(a: nn.Module, b: nn.Module, moved_from: nn.Module):
+def _assert_same_params(a: nn.Module, b: nn.Module, moved_from: nn.Module, potential: bool = False):
+    """Every parameter equal to float rounding, nearly all of them moved. A potential's output bias is
+    skipped: every loss has it as ``f(a) - f(b)``, so its true gradient is 0 and Adam blows up the
+    rounding noise it gets (which depends on how the batch is split) into steps of ``lr``."""
+    params = list(zip(a.named_parameters(), b.parameters(), moved_from.parameters()))
+    if potential:
+        params = params[:-1]
     moved = 0
-    for (name, p), q, p0 in zip(a.named_parameters(), b.parameters(), moved_from.parameters()):
-        moved += not torch.equal(p, p0)  # (a potential's output bias never moves: E f(a) - E f(b) ignores it)
+    for (name, p), q, p0 in params:
+        moved += not torch.equal(p, p0)
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
-    assert moved >= len(list(a.parameters())) - 1, "the comparison would prove nothing"
+    assert moved == len(params), "a parameter never moved: the comparison would prove less than it says"
 
 
 # --- the loop's losses against the solver core -----------------------------------------------------------
@@ -123,7 +129,7 @@ def test_not_losses_in_the_loop_equal_not_step(tiny_G, stochastic):
         callback=lambda step, values: logged.append(values), progress=False)
 
     _assert_same_params(T2, T1, T0)
-    _assert_same_params(f2, f1, f0)
+    _assert_same_params(f2, f1, f0, potential=True)
     per = solver.t_steps + 1
     for k, core in enumerate(core_losses):  # the last map step's loss and the potential's, step by step
         assert logged[k * per + solver.t_steps - 1]["loss_T"] == pytest.approx(core["loss_T"].item(), rel=1e-5)
@@ -154,9 +160,10 @@ def test_enot_losses_in_the_loop_equal_enot_step(tiny_G):
         callback=lambda step, values: logged.append(values), progress=False)
 
     _assert_same_params(T2, T1, T0)
-    _assert_same_params(g2, g1, g0)
-    for mine, theirs in zip(logged, core):
-        for key in ("loss_T", "loss_g", "expectile_reg"):
+    _assert_same_params(g2, g1, g0, potential=True)
+    assert logged[0]["loss_T"] == pytest.approx(core[0]["loss_T"].item(), rel=1e-6)  # later, g's output bias
+    for mine, theirs in zip(logged, core):  # (skipped above) drifts apart and shifts loss_T's value only
+        for key in ("loss_g", "expectile_reg"):
             assert mine[key] == pytest.approx(theirs[key].item(), rel=1e-5, abs=1e-7)
         assert mine["total"] == pytest.approx(mine["loss_T"] + mine["loss_g"], rel=1e-6)
 

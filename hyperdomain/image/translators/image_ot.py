@@ -19,6 +19,8 @@ carry the hyper-parameters; their ``lr``, ``betas`` and ``batch`` are the traine
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -107,11 +109,18 @@ def frozen_potential(f: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return potential_values(lambda t: functional_call(f, {**params, **dict(f.named_buffers())}, (t,)), y)
 
 
-def _map(T: nn.Module, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+def _potential_pair(f: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f(a), f(b)`` from one forward pass of both batches (under DDP a module's gradients are
+    reduced once per forward; the potential has no batch statistics, so the values are the same)."""
+    values = potential_values(f, torch.cat([a, b]))
+    return values[:a.shape[0]], values[a.shape[0]:]
+
+
+def _map(T: Callable[..., torch.Tensor], x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
     return T(x) if z is None else T(x, z)
 
 
-def not_losses(T: nn.Module, f: nn.Module, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor | None,
+def not_losses(T: Callable[..., torch.Tensor], f: nn.Module, x: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor | None,
                step: int, config: NOTConfig, cost: Cost = mean_squared_cost) -> dict[str, torch.Tensor]:
     """Loop step ``step`` of NOT: ``{"total", "loss_T", "gamma"}`` on a map step (``y`` unused, may be
     None), ``{"total", "loss_f"}`` on a potential step. ``x``: photos ``[B, ...]``; ``y``: domain
@@ -132,12 +141,13 @@ def not_losses(T: nn.Module, f: nn.Module, x: torch.Tensor, y: torch.Tensor | No
         raise ValueError(f"NOT's potential step {step} needs the domain images")
     with torch.no_grad():
         y_hat = _map(T, x, z)
-    loss_f = potential_values(f, y_hat).mean() - potential_values(f, y).mean()
+    f_hat, f_y = _potential_pair(f, y_hat, y)
+    loss_f = f_hat.mean() - f_y.mean()
     return {"total": loss_f, "loss_f": loss_f.detach()}
 
 
 # ------------------------------------------------------------------------------------------ ENOT
-def enot_losses(T: nn.Module, g: nn.Module, x: torch.Tensor, y: torch.Tensor, config: ENOTConfig,
+def enot_losses(T: Callable[..., torch.Tensor], g: nn.Module, x: torch.Tensor, y: torch.Tensor, config: ENOTConfig,
                 cost: Cost = mean_squared_cost, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One ENOT step: ``{"total", "loss_T", "loss_g", "expectile_reg"}``, ``total = loss_T + loss_g``.
 
@@ -147,7 +157,7 @@ def enot_losses(T: nn.Module, g: nn.Module, x: torch.Tensor, y: torch.Tensor, co
     y_hat = _map(T, x, z)
     loss_T = (cost(x, y_hat) - frozen_potential(g, y_hat)).mean()
     y_hat = y_hat.detach()
-    g_y, g_hat = potential_values(g, y), potential_values(g, y_hat)
+    g_hat, g_y = _potential_pair(g, y_hat, y)
     with torch.no_grad():
         cost_gap = cost(x, y_hat) - cost(x, y)  # [B]
     u = cost_gap - g_hat + g_y

@@ -148,14 +148,16 @@ def not_losses(T: Callable[..., torch.Tensor], f: nn.Module, x: torch.Tensor, y:
 
 # ------------------------------------------------------------------------------------------ ENOT
 def enot_losses(T: Callable[..., torch.Tensor], g: nn.Module, x: torch.Tensor, y: torch.Tensor, config: ENOTConfig,
-                cost: Cost = mean_squared_cost, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                cost: Cost = mean_squared_cost, z: torch.Tensor | None = None, frozen: nn.Module | None = None
+                ) -> dict[str, torch.Tensor]:
     """One ENOT step: ``{"total", "loss_T", "loss_g", "expectile_reg"}``, ``total = loss_T + loss_g``.
 
     ``loss_T = E[c(x, T(x)) - g(T(x))]`` through ``g``'s detached parameters; ``loss_g = E[g(T(x)) -
-    g(y)] + expectile_weight * E L_tau(u)`` with ``T(x)`` detached (see ``enot_step``).
+    g(y)] + expectile_weight * E L_tau(u)`` with ``T(x)`` detached (see ``enot_step``). ``frozen``:
+    the plain potential module when ``g`` is a wrapper (DDP) of it, for the map's detached reading.
     """
     y_hat = _map(T, x, z)
-    loss_T = (cost(x, y_hat) - frozen_potential(g, y_hat)).mean()
+    loss_T = (cost(x, y_hat) - frozen_potential(frozen if frozen is not None else g, y_hat)).mean()
     y_hat = y_hat.detach()
     g_hat, g_y = _potential_pair(g, y_hat, y)
     with torch.no_grad():

@@ -466,3 +466,42 @@ def test_translator_metrics_compare_inversion(tiny_G, tiny_clip):
     inversion = rows[2]
     assert inversion.n == 2 and inversion.images_per_s > 0 and math.isfinite(inversion.clip_direction)
     assert inversion.lpips_to_input > 1e-4  # rendered with the domain: not the photo
+
+
+def test_evaluate_translator_command(tmp_path, tiny_ckpt, tiny_clip_config):
+    import json
+
+    from PIL import Image
+
+    import hyperdomain as hd
+    from hyperdomain.image.translators import TranslatorConfig, build_translator, save_translator
+    from tests.conftest import assert_user_error, cli
+
+    ckpt, _ = tiny_ckpt
+    G = hd.load_generator(ckpt, device="cpu")
+    domain = tmp_path / "sketch.safetensors"
+    hd.Domain(torch.randn(G.num_domain_params) * 0.3, G.domain_dims, {"prompt": "Sketch"}).save(domain)
+    config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
+    torch.manual_seed(0)
+    translator = save_translator(tmp_path / "t.safetensors", build_translator(config), config, "enot",
+                                 {"fingerprint": G.fingerprint, "name": G.name}, "d" * 16)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(photos / f"{i}.png")
+    base = ("evaluate", "--generator", ckpt, "--translator", translator, "--clip", tiny_clip_config,
+            "--lpips-vgg", "random", "-n", 2, "--device", "cpu", "--batch-size", 2)
+    r = cli(*base, "--domain", domain, "--photos", photos, "--compare-inversion", "--steps", 2, "--pca-samples", 16,
+            "-o", tmp_path / "t.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [(x["road"], x["inputs"]) for x in rows] == [("translator", "generated"), ("translator", "photos"),
+                                                        ("inversion", "photos")]
+    assert rows[1]["direction"] == "text" and rows[1]["n"] == 2 and rows[0]["clip_direction"] is None
+    assert rows[1]["lpips_to_input"] < 1e-3  # a new translator is the identity
+    assert "images/s" in r.stdout
+    assert_user_error(cli(*base), "exactly one --domain")
+    assert_user_error(cli(*base, "--domain", domain, "--photos", tmp_path / "none"), "--photos", "no such folder")
+    assert_user_error(cli("evaluate", "--generator", ckpt, "--domain", domain, "--compare-inversion"),
+                      "give --translator FILE")
+    assert_user_error(cli(*base, "--domain", domain, "--compare-inversion"), "give --photos DIR")

@@ -12,19 +12,25 @@
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ...errors import HyperdomainError
+from ...files.atomic import atomic_path
 from ..perceptual import lpips_distance
 from .files import Translator, resize
 
-__all__ = ["TranslatorRow", "translator_metrics", "psnr", "direction_alignment", "format_translator_table"]
+__all__ = ["TranslatorRow", "translator_metrics", "psnr", "direction_alignment", "format_translator_table", "write_rows"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +183,22 @@ def format_translator_table(rows: Sequence[TranslatorRow]) -> str:
         kinds = sorted({r.direction for r in rows if r.direction != "-"})
         lines.append(f"at {rows[0].size} px, CLIP {rows[0].clip}" + (f", {'/'.join(kinds)} direction" if kinds else ""))
     return "\n".join(lines)
+
+
+def write_rows(rows: Sequence[TranslatorRow], path: str | os.PathLike) -> Path:
+    """Write rows as ``.json`` (a list of objects; NaN as null) or ``.csv``, by the suffix, atomically."""
+    path = Path(path)
+    data = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows]
+    if path.suffix.lower() == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif path.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(TranslatorRow.__dataclass_fields__))
+        w.writeheader()
+        w.writerows(data)
+        text = buf.getvalue()
+    else:
+        raise HyperdomainError(f"{path}: results go to a .json or .csv file")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

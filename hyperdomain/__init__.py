@@ -30,6 +30,7 @@ from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
 from .webapp import serve
+from .image.translators.evaluation import translator_metrics
 
 data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live with the datasets
 
@@ -51,6 +52,7 @@ __all__ = [
     "adapt",
     "animate",
     "evaluate",
+    "translator_metrics",
     "import_hypernet",
     "read_hyper_config",
     "train_hyper",

@@ -26,9 +26,12 @@ from .image.inversion import InversionConfig, invert
 from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
+from .image.translate import translate
+from .image.translators.files import Translator, load_translator
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
+from .training.translator import TranslatorTrainConfig, train_translator
 from .webapp import serve
 from .image.translators.evaluation import translator_metrics
 
@@ -43,6 +46,11 @@ __all__ = [
     "invert",
     "stylize",
     "Stylized",
+    "Translator",
+    "TranslatorTrainConfig",
+    "load_translator",
+    "train_translator",
+    "translate",
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",

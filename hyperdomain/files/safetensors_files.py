@@ -23,6 +23,7 @@ DOMAIN = "hyperdomain.domain"
 HYPERNET = "hyperdomain.hypernet"
 LATENT = "hyperdomain.latent"
 PCA = "hyperdomain.latent-pca"
+TRANSLATOR = "hyperdomain.translator"
 
 
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "hyperdomain.", "-checkpoint"

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import HyperdomainError
-from ...files.safetensors_files import check_format, float32_tensor, json_field, read_safetensors, write_own_file
+from ...files.safetensors_files import TRANSLATOR, check_format, float32_tensor, json_field, read_safetensors, write_own_file
 from .network import TranslatorConfig, build_translator, translator_input
 
 __all__ = ["Translator", "save_translator", "load_translator", "TRANSLATOR", "FORMAT_VERSION", "METHODS"]
 
-TRANSLATOR = "hyperdomain.translator"
 FORMAT_VERSION = 1
 METHODS = ("paired", "not", "enot")
 WHAT = "translator file"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -469,8 +470,6 @@ def test_translator_metrics_compare_inversion(tiny_G, tiny_clip):
 
 
 def test_evaluate_translator_command(tmp_path, tiny_ckpt, tiny_clip_config):
-    import json
-
     from PIL import Image
 
     import hyperdomain as hd
@@ -505,3 +504,75 @@ def test_evaluate_translator_command(tmp_path, tiny_ckpt, tiny_clip_config):
     assert_user_error(cli("evaluate", "--generator", ckpt, "--domain", domain, "--compare-inversion"),
                       "give --translator FILE")
     assert_user_error(cli(*base, "--domain", domain, "--compare-inversion"), "give --photos DIR")
+
+
+# --- the translator trainer's unpaired methods ---------------------------------------------------------
+
+TINY_NET = dict(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
+
+
+def _photo_dir(path, n=3, seed=0):
+    from PIL import Image
+
+    path.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(path / f"p{i}.png")
+    return path
+
+
+def _domain(G, scale=0.3):
+    import hyperdomain as hd
+
+    torch.manual_seed(1)
+    return hd.Domain(torch.randn(G.num_domain_params) * scale, G.domain_dims, {"prompt": "Sketch"})
+
+
+@pytest.mark.parametrize("method, extra", [("not", dict(t_steps=1, noise_channels=1, gamma=0.5, z_size=2)),
+                                           ("enot", dict())], ids=["not-weak", "enot"])
+def test_translator_train_resumes_exactly(tmp_path, tiny_G, method, extra):
+    from hyperdomain.files.run_checkpoints import CHECKPOINT, load_checkpoint
+    from hyperdomain.training.translator import train_translator
+
+    photos = _photo_dir(tmp_path / "photos")
+    domain = _domain(tiny_G)
+    common = dict(method=method, photos=str(photos), batch=2, lpips_backbone="random", sample_every=0,
+                  checkpoint_every=0, **TINY_NET, **extra)
+    train_translator(tiny_G, domain, iters=5, out_dir=tmp_path / "straight", progress=False, **common)
+    train_translator(tiny_G, domain, iters=3, out_dir=tmp_path / "split", progress=False, **common)
+    train_translator(tiny_G, domain, iters=5, resume=tmp_path / "split", progress=False)
+    a, meta = load_checkpoint(tmp_path / "straight" / CHECKPOINT, "translator")
+    b, _ = load_checkpoint(tmp_path / "split" / CHECKPOINT, "translator")
+    assert any(k.startswith("potential.") for k in a) and any(k.startswith("map.") for k in a)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert meta["step"] == 5
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    if method == "not":  # t_steps 1: map, potential, map, potential, map
+        assert ["loss_T" in r for r in log] == [True, False, True, False, True]
+    else:
+        assert all("expectile_reg" in r for r in log)
+
+
+def test_translator_train_ot_bad_input_is_one_line(tmp_path, tiny_G):
+    from hyperdomain.training.translator import train_translator
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    photos = _photo_dir(tmp_path / "photos")
+    domain = _domain(tiny_G)
+    base = dict(batch=2, lpips_backbone="random", progress=False, **TINY_NET)
+    cases = [
+        (dict(method="not", photos=str(empty)), "no images in it"),
+        (dict(method="enot"), "give the photos to translate from (--photos DIR)"),
+        (dict(method="not", photos=str(photos), cost="l1"), "--cost 'l1': not a transport cost; use one of l2, lpips"),
+        (dict(method="not", photos=str(photos), gamma=-1.0), "--gamma must be >= 0"),
+        (dict(method="not", photos=str(photos), gamma=0.5), "needs a stochastic map"),
+        (dict(method="enot", photos=str(photos), gamma=0.5), "ENOT's map is deterministic"),
+        (dict(method="paired", photos=str(photos)), "--photos is for --method not|enot"),
+    ]
+    for options, fragment in cases:
+        with pytest.raises(HyperdomainError) as e:
+            train_translator(tiny_G, domain, iters=1, **base, **options)
+        assert fragment in str(e.value) and "\n" not in str(e.value), (options, str(e.value))

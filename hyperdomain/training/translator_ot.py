@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from ..errors import HyperdomainError
@@ -23,7 +26,8 @@ from ..image.translators.image_ot import COSTS, ImagePotential, enot_losses, ima
 from ..image.translators.neural_ot import NOTConfig
 from ..image.translators.ot_data import load_photos, photo_batch
 
-__all__ = ["OT_METHODS", "check_ot_config", "ot_setup", "not_run_losses", "enot_run_losses"]
+__all__ = ["OT_METHODS", "check_ot_config", "ot_setup", "not_run_losses", "enot_run_losses", "ot_checkpoint_meta",
+           "check_ot_resume"]
 
 OT_METHODS = ("not", "enot")
 _POTENTIAL_SEED = 0x5EED_F00D  # the potential's initial weights: apart from the map's (seed itself)
@@ -75,6 +79,7 @@ def ot_setup(run: Any) -> None:
     """Give a NOT/ENOT run its photos, potential (checkpointed, in the Adam's second group), cost and solver."""
     c = run.config
     run.photos = load_photos(run.G, c.photos, c.size)
+    run.photos_digest = hashlib.sha256(run.photos.numpy().tobytes()).hexdigest()[:16]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed ^ _POTENTIAL_SEED)  # the same potential on every rank
         run.potential = ImagePotential(3, c.potential_width).to(run.dist.device)
@@ -93,6 +98,24 @@ def ot_setup(run: Any) -> None:
         run.lpips = load_lpips(run.dist.device, c.lpips_backbone)
     run.ot_cost = image_cost(c.cost, run.lpips)
     run.solver = solver_config(c)
+
+
+def ot_checkpoint_meta(run: Any) -> dict[str, Any]:
+    """What a NOT/ENOT checkpoint records besides the common state: the photos' digest (as prepared)."""
+    if run.config.method not in OT_METHODS:
+        return {}
+    return {"photos_digest": run.photos_digest, "photos_count": int(run.photos.shape[0])}
+
+
+def check_ot_resume(run: Any, meta: Any, run_dir: Any) -> None:
+    """A resumed NOT/ENOT run must draw from the photos it began with: one line when they changed."""
+    if run.config.method not in OT_METHODS:
+        return
+    recorded = meta.get("photos_digest")
+    if recorded is not None and recorded != run.photos_digest:
+        raise HyperdomainError(f"--resume {Path(run_dir)}: the photos in {run.config.photos} changed since the run "
+                               f"began ({meta.get('photos_count')} then, {run.photos.shape[0]} now, or other pixels); "
+                               f"start a new run")
 
 
 def _map(run: Any):

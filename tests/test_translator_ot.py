@@ -576,3 +576,34 @@ def test_translator_train_ot_bad_input_is_one_line(tmp_path, tiny_G):
         with pytest.raises(HyperdomainError) as e:
             train_translator(tiny_G, domain, iters=1, **base, **options)
         assert fragment in str(e.value) and "\n" not in str(e.value), (options, str(e.value))
+
+
+def test_translator_train_command_not_and_enot(tmp_path, tiny_ckpt):
+    import hyperdomain as hd
+    from hyperdomain.image.translators import load_translator
+    from tests.conftest import assert_user_error, cli
+
+    ckpt, _ = tiny_ckpt
+    G = hd.load_generator(ckpt, device="cpu")
+    domain = tmp_path / "sketch.safetensors"
+    _domain(G).save(domain)
+    photos = _photo_dir(tmp_path / "photos")
+    base = ("translator", "train", "-g", ckpt, "--domain", domain, "--size", 32, "--encoder", "tu-resnet10t",
+            "--batch", 2, "--iters", 3, "--lpips-vgg", "random", "--no-progress", "--device", "cpu")
+    r = cli(*base, "--method", "not", "--photos", photos, "--t-steps", 1, "--noise-channels", 1, "--gamma", 0.3,
+            "--z-size", 2, "--potential-width", 8, "--out", tmp_path / "not")
+    assert r.exit_code == 0, r.output
+    t = load_translator(tmp_path / "not" / "translator.safetensors", generator=G)
+    assert t.method == "not" and t.config.noise_channels == 1
+    config = json.loads((tmp_path / "not" / "config.json").read_text())
+    assert config["gamma"] == 0.3 and config["t_steps"] == 1 and config["photos"] == str(photos.absolute())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(cli(*base, "--method", "enot", "--photos", empty, "--out", tmp_path / "e1"), "--photos",
+                      "no images in it")
+    assert_user_error(cli(*base, "--method", "enot", "--photos", photos, "--cost", "l1", "--out", tmp_path / "e2"),
+                      "--cost")
+    assert_user_error(cli(*base, "--method", "not", "--photos", photos, "--gamma", -1, "--out", tmp_path / "e3"),
+                      "--gamma")
+    assert_user_error(cli(*base, "--method", "enot", "--out", tmp_path / "e4"), "--photos DIR")
+    assert not any((tmp_path / f"e{i}").exists() for i in range(1, 5))

@@ -607,3 +607,29 @@ def test_translator_train_command_not_and_enot(tmp_path, tiny_ckpt):
                       "--gamma")
     assert_user_error(cli(*base, "--method", "enot", "--out", tmp_path / "e4"), "--photos DIR")
     assert not any((tmp_path / f"e{i}").exists() for i in range(1, 5))
+
+
+@pytest.mark.slow
+def test_not_and_enot_under_torchrun_keep_the_ranks_equal(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    photos = _photo_dir(tmp_path / "photos", n=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "tests" / "ddp_translator_ot_worker.py"), str(photos), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for method in ("not", "enot"):
+        r0, r1 = (load_file(str(tmp_path / method / f"rank{r}.safetensors")) for r in (0, 1))
+        assert any(k.startswith("potential.") for k in r0)
+        for k in r0:
+            if "running_" in k:  # BatchNorm statistics are each rank's own on the CPU (no SyncBatchNorm)
+                continue
+            assert torch.equal(r0[k], r1[k]), (method, k)
+        assert (tmp_path / method / "translator.safetensors").is_file()

@@ -34,6 +34,14 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def random_lpips():
+    """LPIPS on its seeded random VGG16 (building the VGG takes seconds: once for the module)."""
+    from hyperdomain.image.perceptual import load_lpips
+
+    return load_lpips("cpu", "random")
+
+
 @dataclass(frozen=True, kw_only=True)
 class OTToyConfig(RunConfig):
     command: ClassVar[str] = "ot-toy"
@@ -226,10 +234,10 @@ def test_image_costs():
         image_cost("lpips")
 
 
-def test_lpips_cost_is_per_image_lpips():
-    from hyperdomain.image.perceptual import load_lpips, lpips_distance
+def test_lpips_cost_is_per_image_lpips(random_lpips):
+    from hyperdomain.image.perceptual import lpips_distance
 
-    lpips = load_lpips("cpu", "random")
+    lpips = random_lpips
     x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
     d = image_cost("lpips", lpips)(x, y)
     assert d.shape == (3,) and (d > 0).all()
@@ -409,13 +417,12 @@ class _PerfectTranslator:
         return (images + 0.2).clamp(-1, 1)
 
 
-def test_translator_metrics_on_tiny_models(tiny_G, tiny_clip):
-    from hyperdomain.image.perceptual import load_lpips
+def test_translator_metrics_on_tiny_models(tiny_G, tiny_clip, random_lpips):
     from hyperdomain.image.translators import TranslatorConfig, build_translator
     from hyperdomain.image.translators.evaluation import format_translator_table, translator_metrics
     from hyperdomain.image.translators.files import Translator
 
-    lpips = load_lpips("cpu", "random")
+    lpips = random_lpips
     d = torch.randn(tiny_G.num_domain_params) * 0.5
     config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
     identity = Translator(build_translator(config), config, "enot")  # a new translator is the identity
@@ -449,14 +456,14 @@ def test_translator_metrics_on_tiny_models(tiny_G, tiny_clip):
     assert "translator" in format_translator_table(rows)
 
 
-def test_translator_metrics_compare_inversion(tiny_G, tiny_clip):
+@pytest.mark.slow
+def test_translator_metrics_compare_inversion(tiny_G, tiny_clip, random_lpips):
     from hyperdomain.image.inversion import InversionConfig
-    from hyperdomain.image.perceptual import load_lpips
     from hyperdomain.image.translators import TranslatorConfig, build_translator
     from hyperdomain.image.translators.evaluation import translator_metrics
     from hyperdomain.image.translators.files import Translator
 
-    lpips = load_lpips("cpu", "random")
+    lpips = random_lpips
     d = torch.randn(tiny_G.num_domain_params) * 0.5
     config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
     photos = tiny_G.sample(2, truncation=0.7, seed=5).clamp(-1, 1)  # photos the generator can make

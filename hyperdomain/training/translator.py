@@ -38,7 +38,8 @@ from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume
 from .run_config import RunConfig
 from .run_dir import refuse_existing_run
-from .translator_ot import OT_METHODS, check_ot_config, check_ot_resume, ot_checkpoint_meta, enot_run_losses, not_run_losses, ot_setup
+from .translator_ot import (OT_METHODS, check_ot_config, check_ot_resume, enot_run_losses, not_run_losses,
+                           ot_checkpoint_meta, ot_setup, ot_shown)
 from .translator_pairs import DatasetPairs, RenderedPairs, pair_seed
 
 __all__ = ["TranslatorTrainConfig", "train_translator", "read_translator_config", "METHOD_LOSSES",
@@ -330,7 +331,7 @@ class _TranslatorRun(TrainingRun):
     def save_samples(self, path: Path) -> None:
         c = self.config
         if self._shown is None:  # the same pairs every time
-            self._shown = self.pairs.batch(c.seed, 0, -1, c.sample_n)
+            self._shown = ot_shown(self) if c.method in OT_METHODS else self.pairs.batch(c.seed, 0, -1, c.sample_n)
         x, y = self._shown
         was = self.net.training
         self.net.eval()

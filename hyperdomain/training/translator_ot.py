@@ -118,6 +118,15 @@ def check_ot_resume(run: Any, meta: Any, run_dir: Any) -> None:
                                f"start a new run")
 
 
+def ot_shown(run: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample grid's rows for NOT/ENOT: the first photos (translated in the grid's middle row) and
+    domain images, the same at every sample."""
+    n = run.config.sample_n
+    index = torch.arange(n) % run.photos.shape[0]
+    x = (run.photos[index].float() / 127.5 - 1).to(run.dist.device)
+    return x, _domain_images(run, torch.Generator().manual_seed(run.config.seed), n, step=0).to(run.dist.device)
+
+
 def _map(run: Any):
     c = run.config
     if not c.noise_channels:
@@ -131,7 +140,7 @@ def _draws(run: Any) -> torch.Generator:
     return torch.Generator().manual_seed(pair_seed(run.config.seed, run.step, run.dist.rank) ^ _DRAWS)
 
 
-def _domain_images(run: Any, gen: torch.Generator, n: int) -> torch.Tensor:
+def _domain_images(run: Any, gen: torch.Generator, n: int, step: int | None = None) -> torch.Tensor:
     """``n`` domain images: rendered by the generator (only the domain's side of the pairs), else
     the domain's images of the dataset."""
     pairs = run.pairs
@@ -140,7 +149,7 @@ def _domain_images(run: Any, gen: torch.Generator, n: int) -> torch.Tensor:
 
         return domain_batch(pairs.G, pairs.table[1], n, gen, pairs.truncation, pairs.size)
     seed = int(torch.randint(0, 2**62, (), generator=gen))
-    return pairs.batch(seed, run.step, run.dist.rank, n)[1]
+    return pairs.batch(seed, run.step if step is None else step, run.dist.rank, n)[1]
 
 
 def not_run_losses(run: Any) -> dict[str, torch.Tensor]:

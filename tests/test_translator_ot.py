@@ -640,3 +640,42 @@ def test_not_and_enot_under_torchrun_keep_the_ranks_equal(tmp_path):
                 continue
             assert torch.equal(r0[k], r1[k]), (method, k)
         assert (tmp_path / method / "translator.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_and_a_non_finite_loss_keep_the_potential(tmp_path, tiny_G, monkeypatch):
+    import os
+    import signal
+
+    import hyperdomain.training.translator as translator_module
+    from hyperdomain.files.run_checkpoints import CHECKPOINT, load_checkpoint
+    from hyperdomain.training.run_dir import RunInterrupted
+    from hyperdomain.training.translator import train_translator
+    photos = _photo_dir(tmp_path / "photos")
+    domain = _domain(tiny_G)
+    common = dict(photos=str(photos), batch=2, sample_every=0, checkpoint_every=0, progress=False, **TINY_NET)
+
+    def stop_at_2(step, values):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next step boundary
+
+    with pytest.raises(RunInterrupted):
+        train_translator(tiny_G, domain, method="enot", iters=10, out_dir=tmp_path / "term", callback=stop_at_2,
+                         **common)
+    tensors, meta = load_checkpoint(tmp_path / "term" / CHECKPOINT, "translator")
+    assert meta["step"] == 2 and any(k.startswith("potential.") for k in tensors)
+    assert train_translator(tiny_G, domain, resume=tmp_path / "term", iters=3, progress=False).meta["iterations"] == 3
+
+    calls = []
+
+    def poisoned(run):  # the third step's loss is NaN
+        calls.append(run.step)
+        parts = translator_module.not_run_losses(run)
+        return {**parts, "total": parts["total"] * float("nan")} if len(calls) == 3 else parts
+
+    monkeypatch.setitem(translator_module.METHOD_LOSSES, "not", poisoned)
+    with pytest.raises(HyperdomainError, match="step 3: loss is not finite") as e:
+        train_translator(tiny_G, domain, method="not", t_steps=1, iters=6, out_dir=tmp_path / "nan", **common)
+    assert "\n" not in str(e.value)
+    tensors, meta = load_checkpoint(tmp_path / "nan" / CHECKPOINT, "translator")
+    assert meta["step"] == 1 and any(k.startswith("potential.") for k in tensors)

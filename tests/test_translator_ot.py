@@ -560,6 +560,9 @@ def test_translator_train_resumes_exactly(tmp_path, tiny_G, method, extra):
         assert ["loss_T" in r for r in log] == [True, False, True, False, True]
     else:
         assert all("expectile_reg" in r for r in log)
+    (photos / "p0.png").unlink()  # other photos: the run cannot go on as itself
+    with pytest.raises(HyperdomainError, match=r"the photos in .* changed since the run began \(3 then, 2 now"):
+        train_translator(tiny_G, domain, iters=6, resume=tmp_path / "split", progress=False)
 
 
 def test_translator_train_ot_bad_input_is_one_line(tmp_path, tiny_G):

@@ -36,6 +36,7 @@ from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
 from .training.translator import TranslatorTrainConfig, train_translator
 from .webapp import serve
+from .image.translators.evaluation import translator_metrics
 
 data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live with the datasets
 
@@ -69,6 +70,7 @@ __all__ = [
     "adapt",
     "animate",
     "evaluate",
+    "translator_metrics",
     "import_hypernet",
     "read_hyper_config",
     "train_hyper",

@@ -26,11 +26,36 @@ where = option_group(
     device_option,
 )
 
+ot_options = option_group(
+    click.option("--photos", type=click.Path(file_okay=False, path_type=Path),
+                 help="not/enot: the folder of real photos to translate from (aligned for face generators)."),
+    click.option("--cost", cls=LibraryDefault, owner=translator_config, type=click.Choice(["l2", "lpips"]),
+                 help="not/enot: the transport cost, mean squared pixels or LPIPS."),
+    click.option("--t-steps", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1),
+                 help="not: map updates per potential update."),
+    click.option("--gamma", cls=LibraryDefault, owner=translator_config, type=click.FloatRange(min=0),
+                 help="not: the weak cost's gamma (needs --noise-channels); 0 is the strong cost."),
+    click.option("--gamma-warmup", cls=LibraryDefault, owner=translator_config, type=click.IntRange(0),
+                 help="not: potential steps over which gamma rises from 0."),
+    click.option("--noise-channels", cls=LibraryDefault, owner=translator_config, type=click.IntRange(0, 64),
+                 help="not: noise channels of the stochastic map T(x, z)."),
+    click.option("--z-size", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1),
+                 help="not: draws of T(x, z) per photo in the weak cost."),
+    click.option("--expectile", cls=LibraryDefault, owner=translator_config, type=click.FloatRange(0, 1, min_open=True,
+                 max_open=True), help="enot: the expectile tau."),
+    click.option("--expectile-weight", cls=LibraryDefault, owner=translator_config, type=click.FloatRange(min=0),
+                 help="enot: the expectile term's weight."),
+    click.option("--potential-lr", type=LEARNING_RATE, help="not/enot: the potential's learning rate [default: --lr]."),
+    click.option("--potential-width", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1, 1024),
+                 help="not/enot: the potential CNN's first width."),
+)
+
 EXAMPLES = """
 \b
 Examples:
   hyperdomain translator train -g ffhq --domain pixar.safetensors --size 256 --out runs/pixar-translator
   hyperdomain translator train --pairs data/pixar --domain pixar --size 128 --iters 5000
+  hyperdomain translator train -g ffhq --domain pixar.safetensors --method enot --photos me/ --out runs/pixar-enot
   torchrun --nproc_per_node 4 -m cli.main translator train -g ffhq --domain pixar.safetensors --batch 32
   hyperdomain translator train --resume runs/pixar-translator --iters 4000
 """
@@ -51,12 +76,14 @@ def translator():
               help="The side the translator works at (a multiple of 2^encoder depth).")
 @click.option("--encoder", cls=LibraryDefault, owner=translator_config,
               help="The U-Net's encoder (segmentation-models-pytorch: tu-resnet18, resnet34, mobilenet_v2, ...).")
-@click.option("--iters", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1), help="Training steps.")
+@click.option("--iters", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1),
+              help="Training steps (for --method not, t_steps + 1 of them make one potential step).")
 @click.option("--batch", cls=LibraryDefault, owner=translator_config, type=click.IntRange(1),
               help="Global batch (all processes).")
 @click.option("--lr", cls=LibraryDefault, owner=translator_config, type=LEARNING_RATE)
 @click.option("--loss", "losses", cls=LossOption, run="translator", owner=translator_config, fallback=True,
               fallback_help="")
+@ot_options
 @lpips_vgg_option
 @click.option("--seed", cls=LibraryDefault, owner=translator_config, type=SEED)
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/translator"),
@@ -69,7 +96,7 @@ def translator():
 @click.pass_context
 @user_errors
 def train(ctx, method, pairs, domain, size, encoder, iters, batch, lr, losses, lpips_vgg, seed, out, sample_every,
-          checkpoint_every, resume, log, generator, progress, device):
+          checkpoint_every, resume, log, generator, progress, device, **ot):
     """Train a translator into a domain (a U-Net; L1 + LPIPS to the domain's images for --method paired)."""
     import hyperdomain as hd
     from hyperdomain import distributed
@@ -105,7 +132,11 @@ def train(ctx, method, pairs, domain, size, encoder, iters, batch, lr, losses, l
                 given["lpips_backbone"] = absolute_path(lpips_vgg) if lpips_vgg != "random" else "random"
             options = dict(size=size, encoder=encoder, iters=iters, batch=batch, lr=lr, seed=seed,
                            sample_every=sample_every, checkpoint_every=checkpoint_every, dashboards=dashboards,
-                           **given)
+                           **given, **{k: v for k, v in ot.items() if v is not None})
+            if ot["photos"] is not None:
+                from hyperdomain.image.translators.ot_data import photo_files
+
+                photo_files(ot["photos"])  # one line for a missing or empty folder, before the generator loads
             if generator is not None:
                 options["generator"] = absolute_path(generator)
         G = hd.load_generator(generator, device=dist.device) if generator is not None else None

@@ -38,6 +38,8 @@ from .dashboards import require
 from .loop import StopFlag, TrainingRun, open_resume
 from .run_config import RunConfig
 from .run_dir import refuse_existing_run
+from .translator_ot import (OT_METHODS, check_ot_config, check_ot_resume, enot_run_losses, not_run_losses,
+                           ot_checkpoint_meta, ot_setup, ot_shown)
 from .translator_pairs import DatasetPairs, RenderedPairs, pair_seed
 
 __all__ = ["TranslatorTrainConfig", "train_translator", "read_translator_config", "METHOD_LOSSES", "METHOD_SETUP",
@@ -79,14 +81,17 @@ class TranslatorTrainConfig(RunConfig):
     losses: LossWeights = field(default_factory=lambda: default_weights("translator"))
     sample_every: int = 200
     checkpoint_every: int = 200
-    # NOT / ENOT (unpaired photos to the domain), read by those methods' losses
-    photos: str | None = None
-    cost: str = "mse"
-    gamma: float = 0.0
-    t_steps: int = 10
-    expectile: float = 0.99
+    # NOT / ENOT (unpaired photos to the domain), read by those methods' losses (training/translator_ot.py)
+    photos: str | None = None  # the photos' folder (absolute)
+    cost: str = "l2"  # "l2" (mean squared pixels) or "lpips"
+    gamma: float = 0.0  # NOT's weak cost (needs noise_channels); 0: the strong cost
+    gamma_warmup: int = 0  # NOT potential steps over which gamma rises from 0
+    z_size: int = 4  # NOT's draws of T(x, z) per photo in the weak cost
+    t_steps: int = 10  # NOT's map updates per potential update
+    expectile: float = 0.99  # ENOT's tau
     expectile_weight: float = 1.0
-    potential_lr: float | None = None
+    potential_lr: float | None = None  # None: lr
+    potential_width: int = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
@@ -96,6 +101,7 @@ class TranslatorTrainConfig(RunConfig):
         if not 0 <= self.truncation <= 2:
             raise HyperdomainError(f"{self.command}: truncation must be in [0, 2], got {self.truncation}")
         self.network()  # one line for a bad size, encoder depth, widths
+        check_ot_config(self)
 
     def network(self) -> TranslatorConfig:
         """The network's config."""
@@ -131,10 +137,11 @@ def _lpips(model, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # what a step of each method computes (NOT and ENOT add theirs)
-METHOD_LOSSES: dict[str, Callable[["_TranslatorRun"], dict[str, torch.Tensor]]] = {"paired": paired_losses}
-# what a method adds to a new run before its first step (e.g. a potential network: into
-# ``run.trained`` and a second parameter group of ``run.optimizer``); paired adds nothing
-METHOD_SETUP: dict[str, Callable[["_TranslatorRun"], None]] = {}
+METHOD_LOSSES: dict[str, Callable[["_TranslatorRun"], dict[str, torch.Tensor]]] = {
+    "paired": paired_losses, "not": not_run_losses, "enot": enot_run_losses}
+# what a method adds to a new run before its first step (NOT and ENOT: the photos, and the potential
+# network in ``run.trained`` and a second parameter group of ``run.optimizer``); paired adds nothing
+METHOD_SETUP: dict[str, Callable[["_TranslatorRun"], None]] = {"not": ot_setup, "enot": ot_setup}
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -192,6 +199,7 @@ def train_translator(G, domain: Domain | str | None = None, *, method: str = "pa
     require(config.dashboards)
     run = _TranslatorRun(G, config, source, out, dist or DistInfo(device=G.device), lpips, clip)
     if state is not None:
+        check_ot_resume(run, state[1], out_dir)
         run.restore(*state)
     return run.train(callback, progress, stop)
 
@@ -206,6 +214,8 @@ def _config(config, method, domain, pairs, options, given, G) -> TranslatorTrain
     if unknown:
         raise HyperdomainError(f"train_translator: unknown options {sorted(unknown)}")
     settings = {k: v for k, v in {**given, **options}.items() if v is not None}
+    if settings.get("photos") is not None:
+        settings["photos"] = str(Path(settings["photos"]).absolute())
     if pairs is not None:
         settings["pairs"] = str(Path(pairs).absolute())
         if domain is not None and not isinstance(domain, str):
@@ -217,7 +227,7 @@ def _config(config, method, domain, pairs, options, given, G) -> TranslatorTrain
         raise HyperdomainError("train_translator: give the domain (a Domain) with a generator, or pairs=DATASET_DIR")
     if G is not None and "generator" not in settings and getattr(G, "name", None):
         settings["generator"] = G.name
-    base = config if config is not None else TranslatorTrainConfig(method=method)
+    base = config if config is not None else TranslatorTrainConfig()  # (checked once, with its method, below)
     return replace(base, method=method, **settings)
 
 
@@ -277,12 +287,12 @@ class _TranslatorRun(TrainingRun):
                            find_unused_parameters=True)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=c.betas)
         self.lpips = lpips
-        if self.lpips is None and c.losses.lpips:
+        if self.lpips is None and c.losses.lpips and c.method == "paired":
             from ..image.perceptual import load_lpips
 
             self.lpips = load_lpips(dist.device, c.lpips_backbone)
         self.encoders = []
-        if c.losses.direction:
+        if c.losses.direction and c.method == "paired":
             from ..guidance.clip import check_models, load_clip
 
             self.encoders = load_clip(clip if clip is not None else c.clip, device=dist.device)
@@ -306,7 +316,7 @@ class _TranslatorRun(TrainingRun):
                 raise HyperdomainError(f"checkpoint {name} network does not fit ({str(e).splitlines()[0]})") from None
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"world": self.dist.world}
+        return {"world": self.dist.world, **ot_checkpoint_meta(self)}
 
     def result(self) -> Translator:
         broadcast_buffers(self.dist, self.net)  # every rank returns the same network
@@ -330,7 +340,7 @@ class _TranslatorRun(TrainingRun):
     def save_samples(self, path: Path) -> None:
         c = self.config
         if self._shown is None:  # the same pairs every time
-            self._shown = self.pairs.batch(c.seed, -1, c.sample_n)
+            self._shown = ot_shown(self) if c.method in OT_METHODS else self.pairs.batch(c.seed, -1, c.sample_n)
         x, y = self._shown
         was = self.net.training
         self.net.eval()

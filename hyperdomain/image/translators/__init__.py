@@ -4,6 +4,7 @@
 from .costs import Cost, mean_squared_cost, quadratic_cost, weak_cost
 from .enot_solver import ENOTConfig, enot_optimizers, enot_step, expectile_loss
 from .files import Translator, load_translator, save_translator
+from .image_ot import ImagePotential, enot_losses, image_cost, not_losses, not_noise, one_adam
 from .gaussian import affine_map, gaussian_ot_map, l2_uvp, sqrtm_psd
 from .network import TranslatorConfig, build_translator
 from .neural_ot import NOTConfig, gamma_at, not_optimizers, not_step, transport
@@ -13,5 +14,6 @@ __all__ = [
     "NOTConfig", "not_optimizers", "not_step", "gamma_at", "transport",
     "ENOTConfig", "enot_optimizers", "enot_step", "expectile_loss",
     "TranslatorConfig", "build_translator", "Translator", "save_translator", "load_translator",
+    "ImagePotential", "image_cost", "not_losses", "enot_losses", "not_noise", "one_adam",
     "gaussian_ot_map", "affine_map", "l2_uvp", "sqrtm_psd",
 ]

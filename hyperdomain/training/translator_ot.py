@@ -31,7 +31,6 @@ __all__ = ["OT_METHODS", "check_ot_config", "ot_setup", "not_run_losses", "enot_
 
 OT_METHODS = ("not", "enot")
 _POTENTIAL_SEED = 0x5EED_F00D  # the potential's initial weights: apart from the map's (seed itself)
-_DRAWS = 0x07  # xor'd into the step's pair seed: the OT draws are not the paired trainer's
 
 
 def check_ot_config(c: Any) -> None:
@@ -135,9 +134,10 @@ def _map(run: Any):
 
 
 def _draws(run: Any) -> torch.Generator:
-    from .translator_pairs import pair_seed
+    """This rank's draws of step ``run.step`` (photos, noise, domain images): its own stream."""
+    from ..datasets.latents import stream_seed
 
-    return torch.Generator().manual_seed(pair_seed(run.config.seed, run.step, run.dist.rank) ^ _DRAWS)
+    return torch.Generator().manual_seed(stream_seed(run.config.seed, run.step, f"translator-ot/{run.dist.rank}"))
 
 
 def _domain_images(run: Any, gen: torch.Generator, n: int, step: int | None = None) -> torch.Tensor:
@@ -149,7 +149,7 @@ def _domain_images(run: Any, gen: torch.Generator, n: int, step: int | None = No
 
         return domain_batch(pairs.G, pairs.table[1], n, gen, pairs.truncation, pairs.size)
     seed = int(torch.randint(0, 2**62, (), generator=gen))
-    return pairs.batch(seed, run.step if step is None else step, run.dist.rank, n)[1]
+    return pairs.batch(seed, run.step if step is None else step, n)[1]  # (the seed is already this rank's)
 
 
 def not_run_losses(run: Any) -> dict[str, torch.Tensor]:

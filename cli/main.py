@@ -11,6 +11,7 @@ import click
 from .commands.adapt import adapt
 from .commands.animate import animate
 from .commands.dataset import dataset
+from .commands.encoder import train_encoder
 from .commands.evaluate import evaluate
 from .commands.files import download, import_, info
 from .commands.hyper import export, train_hyper
@@ -35,7 +36,7 @@ def main(verbose: int) -> None:
 
 
 for command in (sample, adapt, invert, stylize, train_hyper, export, evaluate, info, import_, download, dataset,
-                animate, serve):
+                animate, serve, train_encoder):
     main.add_command(command)
 
 

@@ -29,6 +29,7 @@ from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
+from .training.encoder import EncoderTrainConfig, read_encoder_train_config, train_encoder
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
 from .webapp import serve
@@ -37,6 +38,9 @@ data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live 
 
 __all__ = [
     "AdaptConfig",
+    "EncoderTrainConfig",
+    "read_encoder_train_config",
+    "train_encoder",
     "ImageAdaptConfig",
     "InversionConfig",
     "Latent",

@@ -129,6 +129,7 @@ def test_option_defaults_are_the_librarys():
     taken = {hd.AdaptConfig: dataclasses.asdict(hd.AdaptConfig(target="x")),
              hd.HyperTrainConfig: dataclasses.asdict(hd.HyperTrainConfig()),
              hd.ImageAdaptConfig: dataclasses.asdict(hd.ImageAdaptConfig(image="x.png")),
+             hd.EncoderTrainConfig: dataclasses.asdict(hd.EncoderTrainConfig()),
              hd.InversionConfig: dataclasses.asdict(hd.InversionConfig()),
              hd.evaluate: {k: p.default for k, p in inspect.signature(hd.evaluate).parameters.items()},
              hd.animate: {k: p.default for k, p in inspect.signature(hd.animate).parameters.items()},

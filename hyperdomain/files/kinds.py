@@ -35,7 +35,7 @@ ANIMATION_SUFFIXES = (".gif", ".webp", ".mp4")  # the suffixes hyperdomain.media
 _OWN = {DOMAIN: DOMAIN_KIND, HYPERNET: HYPERNET_KIND, LATENT: LATENT_KIND, PCA: "cached latent PCA",
         GENERATOR: GENERATOR_KIND, ENCODER: ENCODER_KIND}
 # the command whose runs each trainer's checkpoint belongs to
-_RUNS = {"adapt": "adapt", "image": "adapt --image", "hyper": "train-hyper"}
+_RUNS = {"adapt": "adapt", "image": "adapt --image", "hyper": "train-hyper", "encoder": "train-encoder"}
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
 _HEADER_LIMIT = 100 << 20  # a safetensors header is a few kB; a larger length means another file
 _TEXT_LIMIT = 64 << 20  # evaluation results beyond this are not ours

@@ -67,6 +67,10 @@ class RunConfig:
                 raise HyperdomainError(f"{self.command}: {name} must be {expected}, got "
                                        f"{getattr(self, name.split('/')[0])!r}")
         templates(self.templates)  # refuses an unknown template set by name
+        self.check_losses()
+
+    def check_losses(self) -> None:
+        """The loss weights fit the trainer (one with losses of its own outside the registry overrides it)."""
         self.losses.check_usable(self.run, self.loss_scope or self.command)
         if self.losses.indomain and self.batch < 2:
             raise HyperdomainError("--loss indomain needs --batch of at least 2")

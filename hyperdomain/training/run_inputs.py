@@ -38,6 +38,9 @@ def input_files(config: Any) -> dict[str, str]:
             files[f"CLIP weights {spec.weights}"] = spec.weights
     if getattr(config, "image", None):
         files[f"reference image {config.image}"] = config.image
+    more = getattr(config, "more_input_files", None)  # a trainer's own files (a folder of photos)
+    if callable(more):
+        files.update(more())
     backbone = getattr(config, "lpips_backbone", None)
     if backbone and str(backbone) not in NAMED_BACKBONES:
         files[f"LPIPS VGG16 weights {backbone}"] = str(backbone)

@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (in channels, out channels, units) per stage; each stage's first unit halves the map.
-IRSE50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
-STEM_CHANNELS = 64
-SE_REDUCTION = 16
+from .config import RELEASE_UNITS, RELEASE_WIDTHS, SE_REDUCTION
 
 
 class SqueezeExcite(nn.Module):
@@ -57,26 +54,30 @@ class IRSEUnit(nn.Module):
 
 
 class IRSEBackbone(nn.Module):
-    """``input_layer`` (3x3 conv, BN, PReLU) and ``body`` (the 24 units), as the encoders' own
-    attributes. ``stage_maps`` returns the maps at the end of stages 2, 3 and 4:
-    ``c1 [N,128,S/4,S/4]``, ``c2 [N,256,S/8,S/8]``, ``c3 [N,512,S/16,S/16]`` for input side ``S``."""
+    """``input_layer`` (3x3 conv, BN, PReLU) and ``body`` (the 24 units of IR-SE50), as the
+    encoders' own attributes. ``stage_maps`` returns the maps at the end of stages 2, 3 and 4:
+    ``c1 [N,128,S/4,S/4]``, ``c2 [N,256,S/8,S/8]``, ``c3 [N,512,S/16,S/16]`` for input side ``S``
+    (IR-SE50's widths; ``widths`` and ``units`` make a smaller backbone of the same form, whose
+    stem is as wide as its first stage)."""
 
-    def __init__(self, input_nc: int) -> None:
+    def __init__(self, input_nc: int, widths: tuple[int, ...] = RELEASE_WIDTHS,
+                 units: tuple[int, ...] = RELEASE_UNITS) -> None:
         super().__init__()
+        stem = widths[0]
         self.input_layer = nn.Sequential(
-            nn.Conv2d(input_nc, STEM_CHANNELS, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(STEM_CHANNELS),
-            nn.PReLU(STEM_CHANNELS),
+            nn.Conv2d(input_nc, stem, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.PReLU(stem),
         )
-        units, ends = [], []
-        for c_in, c_out, n in IRSE50_STAGES:
-            units += [IRSEUnit(c_in if i == 0 else c_out, c_out, 2 if i == 0 else 1) for i in range(n)]
-            ends.append(len(units) - 1)
-        self.body = nn.Sequential(*units)
-        self._taps = tuple(ends[1:])  # units 6, 20, 23
+        blocks, ends = [], []
+        for c_in, c_out, n in zip((stem,) + tuple(widths[:-1]), widths, units):
+            blocks += [IRSEUnit(c_in if i == 0 else c_out, c_out, 2 if i == 0 else 1) for i in range(n)]
+            ends.append(len(blocks) - 1)
+        self.body = nn.Sequential(*blocks)
+        self._taps = tuple(ends[1:])  # IR-SE50: units 6, 20, 23
 
     def stage_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.input_layer(x)  # [N, 64, S, S]
+        x = self.input_layer(x)  # [N, widths[0], S, S]
         maps = []
         for i, unit in enumerate(self.body):
             x = unit(x)
@@ -85,5 +86,5 @@ class IRSEBackbone(nn.Module):
         c1, c2, c3 = maps
         return c1, c2, c3
 
-    def final_map(self, x: torch.Tensor) -> torch.Tensor:  # [N, input_nc, S, S] -> [N, 512, S/16, S/16]
+    def final_map(self, x: torch.Tensor) -> torch.Tensor:  # [N, input_nc, S, S] -> [N, widths[3], S/16, S/16]
         return self.body(self.input_layer(x))

@@ -17,7 +17,12 @@ from typing import Any, Mapping
 from ...errors import HyperdomainError
 
 KINDS = ("e4e", "restyle-psp", "restyle-e4e")
-W_DIM = 512  # the heads' width and the generator's style size: fixed by the released architecture
+W_DIM = 512  # the released heads' width and the generator's style size (config field w_dim)
+# The released IR-SE50's stage widths (stage 1's is also the stem's) and units per stage (config
+# fields widths, units); each stage's first unit halves the map.
+RELEASE_WIDTHS = (64, 128, 256, 512)
+RELEASE_UNITS = (3, 4, 14, 3)
+SE_REDUCTION = 16  # squeeze-excitation squeezes each width by this factor: widths are multiples of it
 PHOTO_CHANNELS = 3
 MAX_INPUT_SIZE = 256  # the heads' stride-2 convolutions reduce their maps to 1x1 only up to this input
 
@@ -39,7 +44,13 @@ class EncoderConfig:
     """``kind``; ``n_styles`` heads (W+ layers); ``input_nc`` input channels (3 for e4e, photo +
     reconstruction = 6 for ReStyle); ``input_size`` the square side the encoder reads (256 for every
     release); ``n_iters`` ReStyle's default number of passes (1 for e4e); ``start_from_latent_avg``:
-    the average latent is added to e4e's output (ReStyle always starts from it)."""
+    the average latent is added to e4e's output (ReStyle always starts from it).
+
+    The architecture's sizes default to the releases' (every released and saved file names none of
+    them): ``w_dim`` the generator's style size (the heads' width), ``widths`` the four backbone
+    stages' output widths (the first is also the stem's; the last is what the heads read) and
+    ``units`` the residual units per stage. Smaller ones make an encoder for a small generator
+    (``widths=(16, 16, 32, 32), units=(1, 1, 1, 1), w_dim=32``: a few hundred thousand parameters)."""
 
     kind: str
     n_styles: int = 18
@@ -47,14 +58,28 @@ class EncoderConfig:
     input_size: int = 256
     n_iters: int = 1
     start_from_latent_avg: bool = True
+    w_dim: int = W_DIM
+    widths: tuple[int, ...] = RELEASE_WIDTHS
+    units: tuple[int, ...] = RELEASE_UNITS
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise HyperdomainError(f"encoder kind {self.kind!r} is not one of {list(KINDS)}")
-        for name in ("n_styles", "input_nc", "input_size", "n_iters"):
+        for name in ("n_styles", "input_nc", "input_size", "n_iters", "w_dim"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise HyperdomainError(f"encoder config {name}={v!r}: expected a positive integer")
+        for name in ("widths", "units"):  # a file's JSON gives lists
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)):
+                object.__setattr__(self, name, tuple(v))
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != 4 or any(type(x) is not int or x < 1 for x in v):
+                raise HyperdomainError(f"encoder config {name}={v!r}: expected 4 positive integers, one per "
+                                       f"backbone stage")
+        if any(x % SE_REDUCTION for x in self.widths):
+            raise HyperdomainError(f"encoder config widths={list(self.widths)}: expected multiples of "
+                                   f"{SE_REDUCTION} (squeeze-excitation divides each by it)")
         if type(self.start_from_latent_avg) is not bool:
             raise HyperdomainError(f"encoder config start_from_latent_avg={self.start_from_latent_avg!r}: "
                                    f"expected true or false")
@@ -88,6 +113,11 @@ class EncoderConfig:
     @property
     def needs_latent_avg(self) -> bool:
         return self.iterative or self.start_from_latent_avg
+
+    @property
+    def is_release_architecture(self) -> bool:
+        """Sizes as every released model's (IR-SE50, 512-wide heads)."""
+        return (self.w_dim, self.widths, self.units) == (W_DIM, RELEASE_WIDTHS, RELEASE_UNITS)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

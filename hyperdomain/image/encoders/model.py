@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ...errors import HyperdomainError
-from .config import W_DIM, EncoderConfig, a_kind
+from .config import EncoderConfig, a_kind
 from .networks import build_network
 from .state import check_latent_avg
 
@@ -23,7 +23,7 @@ class PhotoEncoder(nn.Module):
         self.config = config
         self.meta = dict(meta or {})
         self.encoder = build_network(config)
-        avg = torch.zeros(config.n_styles, W_DIM) if config.needs_latent_avg else None
+        avg = torch.zeros(config.n_styles, config.w_dim) if config.needs_latent_avg else None
         self.register_buffer("latent_avg", avg)
 
     @classmethod

@@ -1,7 +1,7 @@
 """The encoder networks: e4e (``Encoder4Editing``) and ReStyle's backbone encoders.
 
 Each maps an input ``[N, input_nc, S, S]`` (S a multiple of 16, 256 for the releases) to W+ codes
-``[N, n_styles, 512]``, before any average latent is added. Parameter names are the official ones:
+``[N, n_styles, w_dim]`` (512 in the releases), before any average latent is added. Parameter names are the official ones:
 a released checkpoint's ``encoder.*`` tensors, prefix stripped, load strictly.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import IRSEBackbone
-from .config import W_DIM, EncoderConfig
+from .config import RELEASE_UNITS, RELEASE_WIDTHS, W_DIM, EncoderConfig
 from .heads import StyleHead
 
 # e4e's heads 0-2 read the coarse map c3, heads 3-6 the FPN's middle map p2, the rest its fine map p1.
@@ -33,13 +33,15 @@ class E4E(IRSEBackbone):
     """``Encoder4Editing``: ``w0`` from head 0 on c3; layer ``i`` gets ``w0 + head_i(map)`` with
     the map c3, p2 = c3 up + latlayer1(c2), or p1 = p2 up + latlayer2(c1) by layer group."""
 
-    def __init__(self, n_styles: int, input_nc: int = 3) -> None:
-        super().__init__(input_nc)
+    def __init__(self, n_styles: int, input_nc: int = 3, w_dim: int = W_DIM,
+                 widths: tuple[int, ...] = RELEASE_WIDTHS, units: tuple[int, ...] = RELEASE_UNITS) -> None:
+        super().__init__(input_nc, widths, units)
         self.n_styles = n_styles
         spatial = [16 if i < COARSE_END else 32 if i < MIDDLE_END else 64 for i in range(n_styles)]
-        self.styles = nn.ModuleList(StyleHead(s) for s in spatial)
-        self.latlayer1 = nn.Conv2d(256, W_DIM, 1)
-        self.latlayer2 = nn.Conv2d(128, W_DIM, 1)
+        top = widths[3]  # c3's width, which the lateral layers match (512 = W_DIM in the releases)
+        self.styles = nn.ModuleList(StyleHead(s, top, w_dim) for s in spatial)
+        self.latlayer1 = nn.Conv2d(widths[2], top, 1)
+        self.latlayer2 = nn.Conv2d(widths[1], top, 1)
         # Training stage (an int) while e4e trains progressively; the released models infer with all.
         self.progressive_stage: int | None = None
 
@@ -65,11 +67,12 @@ class RestyleEncoder(IRSEBackbone):
     ``ProgressiveBackboneEncoder`` (``progressive=True``: ``w0`` plus deltas, as e4e); all heads
     read the final map ``[N, 512, S/16, S/16]``. The two have the same parameters."""
 
-    def __init__(self, n_styles: int, input_nc: int = 6, progressive: bool = False) -> None:
-        super().__init__(input_nc)
+    def __init__(self, n_styles: int, input_nc: int = 6, progressive: bool = False, w_dim: int = W_DIM,
+                 widths: tuple[int, ...] = RELEASE_WIDTHS, units: tuple[int, ...] = RELEASE_UNITS) -> None:
+        super().__init__(input_nc, widths, units)
         self.n_styles = n_styles
         self.progressive = progressive
-        self.styles = nn.ModuleList(StyleHead(16) for _ in range(n_styles))
+        self.styles = nn.ModuleList(StyleHead(16, widths[3], w_dim) for _ in range(n_styles))
         self.progressive_stage: int | None = None  # as E4E's; used only when progressive
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, S, S] -> [N, n_styles, 512]
@@ -84,6 +87,7 @@ class RestyleEncoder(IRSEBackbone):
 
 def build_network(config: EncoderConfig) -> E4E | RestyleEncoder:
     """The untrained network of ``config`` (random weights)."""
+    sizes = {"w_dim": config.w_dim, "widths": config.widths, "units": config.units}
     if config.kind == "e4e":
-        return E4E(config.n_styles, config.input_nc)
-    return RestyleEncoder(config.n_styles, config.input_nc, progressive=config.kind == "restyle-e4e")
+        return E4E(config.n_styles, config.input_nc, **sizes)
+    return RestyleEncoder(config.n_styles, config.input_nc, progressive=config.kind == "restyle-e4e", **sizes)

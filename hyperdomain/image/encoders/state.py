@@ -6,7 +6,7 @@ from typing import Mapping
 import torch
 
 from ...errors import HyperdomainError
-from .config import W_DIM, EncoderConfig, a_kind
+from .config import EncoderConfig, a_kind
 from .networks import build_network
 
 
@@ -76,19 +76,19 @@ def check_encoder_state(state: Mapping[str, object], config: EncoderConfig, wher
 
 
 def check_latent_avg(t: object, config: EncoderConfig, where: str, name: str = "latent_avg") -> torch.Tensor:
-    """The average latent as float32 ``[n_styles, 512]``: given so, or as one ``[512]`` / ``[1, 512]``
+    """The average latent as float32 ``[n_styles, w_dim]``: given so, or as one ``[w_dim]`` / ``[1, w_dim]``
     code (repeated, as the official code does when it reads a generator's), or one line."""
     if not isinstance(t, torch.Tensor):
         raise HyperdomainError(f"{where}: {name!r} is a {type(t).__name__}, expected a tensor")
     if not t.is_floating_point():
         raise HyperdomainError(f"{where}: {name!r} is {str(t.dtype).replace('torch.', '')}, expected floating point")
-    shape = tuple(t.shape)
-    if shape in ((W_DIM,), (1, W_DIM)):
-        t = t.reshape(1, W_DIM).repeat(config.n_styles, 1)
-    elif shape not in ((config.n_styles, W_DIM), (1, config.n_styles, W_DIM)):
+    shape, d = tuple(t.shape), config.w_dim
+    if shape in ((d,), (1, d)):
+        t = t.reshape(1, d).repeat(config.n_styles, 1)
+    elif shape not in ((config.n_styles, d), (1, config.n_styles, d)):
         raise HyperdomainError(f"{where}: {name!r} has shape {_shape(shape)}, expected "
-                               f"[{config.n_styles}, {W_DIM}] (one code per style layer) or [{W_DIM}]")
-    t = t.detach().to(torch.float32).reshape(config.n_styles, W_DIM)
+                               f"[{config.n_styles}, {d}] (one code per style layer) or [{d}]")
+    t = t.detach().to(torch.float32).reshape(config.n_styles, d)
     bad = count_nonfinite(t)
     if bad:
         raise HyperdomainError(f"{where}: {name!r} holds {bad} non-finite numbers (NaN or inf)")

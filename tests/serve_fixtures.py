@@ -23,6 +23,7 @@ class TinyFiles:
     clip_config: Path
     photo: Path
     broken: Path
+    encoder: Path
 
 
 def make_files(folder: Path, clip_config: Path) -> TinyFiles:
@@ -55,7 +56,19 @@ def make_files(folder: Path, clip_config: Path) -> TinyFiles:
     broken = folder / "notes.png"
     broken.write_text("this is not an image\n")
     return TinyFiles(gen, folder / "sketch.safetensors", folder / "big.safetensors", folder / "hdn.safetensors",
-                     Path(clip_config), photo, broken)
+                     Path(clip_config), photo, broken, tiny_encoder(G, folder / "e4e.safetensors"))
+
+
+def tiny_encoder(G, path: Path) -> Path:
+    """An untrained e4e for the tiny generator (32 px input, 32-number styles), saved as an encoder file."""
+    from hyperdomain.image.encoders import EncoderConfig, PhotoEncoder, save_encoder
+
+    torch.manual_seed(3)
+    config = EncoderConfig("e4e", n_styles=G.num_ws, input_size=32, w_dim=G.w_dim, widths=(16, 16, 32, 32),
+                           units=(1, 1, 1, 1))
+    enc = PhotoEncoder(config)
+    enc.latent_avg = G.mean_latent()[None].repeat(G.num_ws, 1).clone()
+    return save_encoder(path, enc, G.fingerprint, source="random")
 
 
 def load_app_models(files: TinyFiles, work_dir: Path):
@@ -64,7 +77,8 @@ def load_app_models(files: TinyFiles, work_dir: Path):
 
     return load_models(files.generator, [files.domain], hyper=files.hyper, hyper_clip=str(files.clip_config),
                        clip=[str(files.clip_config)], lpips_backbone="random", align=False,
-                       inversion=InversionConfig(steps=3, pca_samples=300), work_dir=work_dir, device="cpu")
+                       inversion=InversionConfig(steps=3, pca_samples=300), encoder=files.encoder, work_dir=work_dir,
+                       device="cpu")
 
 
 def expected_grid(files: TinyFiles, count: int, seed: int, truncation: float, strength: float,

@@ -99,9 +99,9 @@ def _check_generator(path: Path, config: EncoderConfig, G: Generator, decoder: G
 
 def check_encoder_generator(encoder: PhotoEncoder, G: Generator, what: str = "encoder", check: bool = True) -> None:
     """The encoder fits ``G``: W+ of its shape, and (``check``) made for its fingerprint; one line otherwise."""
-    n = encoder.config.n_styles
-    if G.w_dim != W_DIM or G.num_ws != n:
-        raise HyperdomainError(f"{what}: {a_kind(encoder.config.kind)} encoder makes W+ [{n}, {W_DIM}], but "
+    n, w_dim = encoder.config.n_styles, encoder.config.w_dim
+    if G.w_dim != w_dim or G.num_ws != n:
+        raise HyperdomainError(f"{what}: {a_kind(encoder.config.kind)} encoder makes W+ [{n}, {w_dim}], but "
                                f"generator {G.name!r} takes [{G.num_ws}, {G.w_dim}]")
     fp = encoder.meta.get("generator_fingerprint")
     if check and fp and fp != G.fingerprint:

@@ -67,7 +67,11 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
     first_choice = PROMPT if has_hyper else (choices[1] if len(choices) > 1 else SOURCE)
     intro = (f"Generator **{G.name}** ({G.resolution} px, {G.num_domain_params} domain numbers)"
              + (f"; hypernetwork **{Path(str(models.hyper.meta.get('file', 'loaded'))).name}**" if has_hyper else "")
-             + f"; {len(models.domains)} domain file(s). Files this page makes for download go to `{models.work_dir / PUBLISHED}`.")
+             + f"; {len(models.domains)} domain file(s)"
+             + (f"; photos through a **{models.encoder.config.kind}** encoder" if models.encoder is not None
+                else "; photos by II2S (no encoder)")
+             + (f"; {len(models.translators)} translator(s)" if models.translators else "")
+             + f". Files this page makes for download go to `{models.work_dir / PUBLISHED}`.")
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## hyperdomain\n{intro}")

@@ -18,6 +18,7 @@ from .commands.hyper import export, train_hyper
 from .commands.photos import invert, stylize
 from .commands.sample import sample
 from .commands.serve import serve
+from .commands.translator import translate, translator
 from .errors import OneLineErrors
 
 
@@ -36,7 +37,7 @@ def main(verbose: int) -> None:
 
 
 for command in (sample, adapt, invert, stylize, train_hyper, export, evaluate, info, import_, download, dataset,
-                animate, serve, train_encoder):
+                animate, serve, train_encoder, translator, translate):
     main.add_command(command)
 
 

@@ -28,10 +28,13 @@ from .image.encoders.choice import encoder_for
 from .model.latent import Latent
 from .guidance.losses import LossWeights
 from .image.stylize import Stylized, stylize
+from .image.translate import translate
+from .image.translators.files import Translator, load_translator
 from .training.adapt import AdaptConfig, adapt, read_adapt_config
 from .training.encoder import EncoderTrainConfig, read_encoder_train_config, train_encoder
 from .training.hyper import HyperTrainConfig, read_hyper_config, train_hyper
 from .training.one_shot import ImageAdaptConfig, adapt_image
+from .training.translator import TranslatorTrainConfig, train_translator
 from .webapp import serve
 
 data = datasets  # ``hd.data.DomainViews``: training pairs made on the fly live with the datasets
@@ -52,6 +55,11 @@ __all__ = [
     "load_encoder",
     "stylize",
     "Stylized",
+    "Translator",
+    "TranslatorTrainConfig",
+    "load_translator",
+    "train_translator",
+    "translate",
     "ClipEncoder",
     "ClipSpec",
     "LossWeights",

@@ -200,7 +200,9 @@ def test_the_registry_is_what_trainers_and_the_cli_read():
         "direction": 1.0, "clip_within": 0.5, "clip_ref": 30.0, "l2_rec": 10.0, "lpips_rec": 10.0}
     assert hd.HyperTrainConfig().losses.as_dict() == {"direction": 1.0, "tt_direction": 0.4}
     assert losses.losses_of("adapt") == ("direction", "global", "indomain", "l2")
-    assert set(losses.losses_of("image")) == set(losses.LOSSES) - {"tt_direction"}
+    assert set(losses.losses_of("image")) == set(losses.LOSSES) - {"tt_direction", "l1", "lpips"}
+    assert losses.losses_of("translator") == ("direction", "l1", "lpips")
+    assert losses.default_weights("translator").as_dict() == {"l1": 1.0, "lpips": 1.0}
     with pytest.raises(HyperdomainError, match="--loss clip_ref: not a loss of text adaptation"):
         hd.AdaptConfig(target="x", losses={"direction": 1, "clip_ref": 1})
     with pytest.raises(HyperdomainError, match="--loss tt_direction: not a loss of one-shot adaptation"):

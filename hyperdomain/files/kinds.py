@@ -12,13 +12,14 @@ import os
 import struct
 from pathlib import Path
 
-from .safetensors_files import DOMAIN, ENCODER, GENERATOR, HYPERNET, LATENT, PCA, checkpoint_kind
+from .safetensors_files import DOMAIN, ENCODER, GENERATOR, HYPERNET, LATENT, PCA, TRANSLATOR, checkpoint_kind
 
 DOMAIN_KIND = "domain file"
 HYPERNET_KIND = "hypernetwork file"
 LATENT_KIND = "latent file"
 GENERATOR_KIND = "generator file"
 ENCODER_KIND = "encoder file"
+TRANSLATOR_KIND = "translator file"
 IMAGE = "image"
 ANIMATION = "animation"  # what `hyperdomain animate` writes: a GIF or WebP (IMAGE when read back) or a VIDEO
 VIDEO = "video"
@@ -33,9 +34,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ANIMATION_SUFFIXES = (".gif", ".webp", ".mp4")  # the suffixes hyperdomain.media.animation writes
 
 _OWN = {DOMAIN: DOMAIN_KIND, HYPERNET: HYPERNET_KIND, LATENT: LATENT_KIND, PCA: "cached latent PCA",
-        GENERATOR: GENERATOR_KIND, ENCODER: ENCODER_KIND}
+        GENERATOR: GENERATOR_KIND, ENCODER: ENCODER_KIND, TRANSLATOR: TRANSLATOR_KIND}
 # the command whose runs each trainer's checkpoint belongs to
-_RUNS = {"adapt": "adapt", "image": "adapt --image", "hyper": "train-hyper", "encoder": "train-encoder"}
+_RUNS = {"adapt": "adapt", "image": "adapt --image", "hyper": "train-hyper", "encoder": "train-encoder",
+         "translator": "translator train"}
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
 _HEADER_LIMIT = 100 << 20  # a safetensors header is a few kB; a larger length means another file
 _TEXT_LIMIT = 64 << 20  # evaluation results beyond this are not ours

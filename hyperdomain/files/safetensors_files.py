@@ -25,6 +25,7 @@ LATENT = "hyperdomain.latent"
 PCA = "hyperdomain.latent-pca"
 GENERATOR = "hyperdomain.generator"
 ENCODER = "hyperdomain.encoder"
+TRANSLATOR = "hyperdomain.translator"
 
 
 _CHECKPOINT_PREFIX, _CHECKPOINT_SUFFIX = "hyperdomain.", "-checkpoint"

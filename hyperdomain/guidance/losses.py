@@ -148,7 +148,7 @@ class Loss:
 # Every loss, declared once: the trainers compute and check them from here, the CLI prints their help.
 LOSSES: dict[str, Loss] = {
     "direction": Loss("1 - cos of the image change with the target's direction (text, or the reference's image)",
-                      {"adapt": 1.0, "image": 1.0, "hyper": 1.0},
+                      {"adapt": 1.0, "image": 1.0, "hyper": 1.0, "translator": 0.0},
                       per_encoder=lambda e: direction_loss(e.src, e.trg, e.direction)),
     "global": Loss("1 - cos of the adapted image with the target (text, or the reference)",
                    {"adapt": 0.0, "image": 0.0, "hyper": 0.0}, per_encoder=lambda e: global_loss(e.trg, e.target)),
@@ -166,6 +166,10 @@ LOSSES: dict[str, Loss] = {
                    {"image": 10.0}, once=lambda i: (i.rec - i.ref).square().mean()),
     "lpips_rec": Loss("LPIPS of the adapted reference latent's image to the reference, at the loss size",
                       {"image": 10.0}, once=lambda i: i.lpips(i.rec, i.ref).mean()),
+    "l1": Loss("a paired translator: mean absolute difference of its output to the domain's rendering",
+               {"translator": 1.0}, once=lambda i: (i.rec - i.ref).abs().mean()),
+    "lpips": Loss("a paired translator: LPIPS of its output to the domain's rendering",
+                  {"translator": 1.0}, once=lambda i: i.lpips(i.rec, i.ref).mean()),
     "l2": Loss("mean of d^2 per conv, summed over convs (keeps the domain near the source)",
                {"adapt": 0.0, "image": 0.0, "hyper": 0.0}, once=lambda i: l2_loss(i.domain, i.domain_dims)),
 }

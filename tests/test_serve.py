@@ -226,6 +226,25 @@ def test_photo_through_the_encoder_by_default(client, server, files):
         stylize_photo(server.runs.models, str(files.photo), ["sketch"], method="telepathy")
 
 
+def test_photo_through_a_translator(client, server, files):
+    """The panel's translator: the photo as the translator reads it beside its one-pass translation,
+    both as the library makes them, and the translation offered for download."""
+    from hyperdomain.image.translate import prepare_for
+    from hyperdomain.webapp.photo import translate_photo
+
+    grid_path, [png] = client.predict(gradio_client.handle_file(str(files.photo)), "sketchy", api_name="/translate")
+    T = hd.load_translator(files.translator)
+    [prepared] = prepare_for(T, [files.photo], align=False)
+    [want] = hd.translate(T, [prepared], progress=False)
+    expected = hd.make_grid(torch.stack([prepared.tensor()[0], want]), nrow=2).numpy()
+    assert np.array_equal(read_rgb(grid_path), expected)
+    assert not np.array_equal(expected[:, :34], expected[:, 34:68])  # the translation changed the photo
+    assert (server.runs.models.work_dir / "downloads" / Path(png).name).is_file()  # published, as the page made it
+    assert np.array_equal(read_rgb(png), hd.make_grid(want[None], padding=0).numpy())
+    with pytest.raises(HyperdomainError, match="no translator named 'nope'"):
+        translate_photo(server.runs.models, str(files.photo), "nope")
+
+
 # ------------------------------------------------------------------------------------------ attacks
 def http(url, path="/", method="GET", headers=None, body=None):
     """A raw request (any Host or Origin header): (status, headers, body bytes)."""

@@ -87,29 +87,25 @@ def _label(choice: str, prompt: str) -> str:
 
 
 def translate_photo(models: AppModels, photo: str | Path | None, name: str) -> tuple[np.ndarray, list[Path]]:
-    """The photo (as the translator reads it: aligned for face generators, at its side) beside its
-    translation by the translator ``name``, as a grid ``[H, W, 3]`` uint8, and the PNG written."""
+    """The photo as the translator ``name`` reads it (aligned for face generators, at its side)
+    beside its translation, as a grid ``[H, W, 3]`` uint8, and the translated PNG written."""
     import torch
-    import torch.nn.functional as F
 
     import hyperdomain as hd
     from ..image.photos import read_photos
+    from ..image.translate import prepare_for
 
     if photo is None:
         raise HyperdomainError("photo: upload a photo first")
     [read] = read_photos([photo])
     translator = models.translator(name)
     aligning = models.aligns()
-    [out] = hd.translate(translator, [read], align=aligning, detector=models.face_detector() if aligning else None,
-                         progress=False)
-    size = out.shape[-1]
-    source = read.tensor() if hasattr(read, "tensor") else None
-    row = [out] if source is None else [F.interpolate(source[None].float(), size=(size, size), mode="bilinear",
-                                                      antialias=True, align_corners=False)[0], out]
-    row = torch.stack([r.cpu() for r in row])
+    [prepared] = prepare_for(translator, [read], aligning, models.face_detector() if aligning else None)
+    [out] = hd.translate(translator, [prepared], progress=False)
     folder = models.work_dir / PUBLISHED
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(Path(photo).read_bytes()).hexdigest()[:8]
     file = hd.save_grid(out[None], folder / f"translated_{slug(Path(photo).stem, 30)}_{digest}_{slug(name, 30)}.png",
                         padding=0)
-    return hd.make_grid(row, nrow=len(row)).numpy(), [file]
+    row = torch.stack([prepared.tensor()[0].cpu(), out])
+    return hd.make_grid(row, nrow=2).numpy(), [file]

@@ -234,7 +234,8 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                                                        elem_id="photo-translator")
                         translate_button = gr.Button("Translate the photo", elem_id="photo-translate")
                 with gr.Column(scale=2):
-                    photo_grid = gr.Image(label="Photo, then its reconstruction and each domain (or its translation)", format="png",
+                    photo_grid = gr.Image(label="Photo, then its reconstruction and each domain (or its translation)",
+                                          format="png",
                                           interactive=False, height=260, elem_id="photo-grid")
                     photo_files = gr.File(label="Latent and images", file_count="multiple", interactive=False,
                                           elem_id="photo-files")

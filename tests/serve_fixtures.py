@@ -23,6 +23,8 @@ class TinyFiles:
     clip_config: Path
     photo: Path
     broken: Path
+    encoder: Path
+    translator: Path
 
 
 def make_files(folder: Path, clip_config: Path) -> TinyFiles:
@@ -55,7 +57,36 @@ def make_files(folder: Path, clip_config: Path) -> TinyFiles:
     broken = folder / "notes.png"
     broken.write_text("this is not an image\n")
     return TinyFiles(gen, folder / "sketch.safetensors", folder / "big.safetensors", folder / "hdn.safetensors",
-                     Path(clip_config), photo, broken)
+                     Path(clip_config), photo, broken, tiny_encoder(G, folder / "e4e.safetensors"),
+                     tiny_translator(G, folder / "sketchy.safetensors"))
+
+
+def tiny_translator(G, path: Path) -> Path:
+    """A translator for the tiny generator: a small U-Net whose last conv is random (not the identity)."""
+    from torch import nn
+
+    from hyperdomain.image.translators import TranslatorConfig, build_translator, save_translator
+
+    torch.manual_seed(4)
+    config = TranslatorConfig(size=32, encoder="tu-resnet10t", encoder_depth=3, decoder_channels=(16, 16, 8))
+    net = build_translator(config)
+    head = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        head.weight.normal_(0, 0.3)
+    return save_translator(path, net, config, "paired", {"fingerprint": G.fingerprint, "name": G.name,
+                                                         "resolution": G.resolution}, "0" * 64)
+
+
+def tiny_encoder(G, path: Path) -> Path:
+    """An untrained e4e for the tiny generator (32 px input, 32-number styles), saved as an encoder file."""
+    from hyperdomain.image.encoders import EncoderConfig, PhotoEncoder, save_encoder
+
+    torch.manual_seed(3)
+    config = EncoderConfig("e4e", n_styles=G.num_ws, input_size=32, w_dim=G.w_dim, widths=(16, 16, 32, 32),
+                           units=(1, 1, 1, 1))
+    enc = PhotoEncoder(config)
+    enc.latent_avg = G.mean_latent()[None].repeat(G.num_ws, 1).clone()
+    return save_encoder(path, enc, G.fingerprint, source="random")
 
 
 def load_app_models(files: TinyFiles, work_dir: Path):
@@ -64,7 +95,9 @@ def load_app_models(files: TinyFiles, work_dir: Path):
 
     return load_models(files.generator, [files.domain], hyper=files.hyper, hyper_clip=str(files.clip_config),
                        clip=[str(files.clip_config)], lpips_backbone="random", align=False,
-                       inversion=InversionConfig(steps=3, pca_samples=300), work_dir=work_dir, device="cpu")
+                       inversion=InversionConfig(steps=3, pca_samples=300), encoder=files.encoder,
+                       translators=[files.translator], work_dir=work_dir,
+                       device="cpu")
 
 
 def expected_grid(files: TinyFiles, count: int, seed: int, truncation: float, strength: float,

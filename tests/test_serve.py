@@ -186,7 +186,7 @@ def test_photo_in_the_chosen_domains(client, server, files):
     message = app_error(client, gradio_client.handle_file(str(files.broken)), ["sketch"], "", 2, api_name="/photo")
     assert message.startswith("notes.png: not an image"), message  # named as uploaded, not by a temp path
     grid_path, paths = client.predict(gradio_client.handle_file(str(files.photo)), ["sketch", PROMPT], ANIME, 2,
-                                      api_name="/photo")
+                                      "II2S", api_name="/photo")
     grid = read_rgb(grid_path)
     assert grid.shape == (36, 2 + 4 * 34, 3)  # photo, reconstruction, two domains
     latent = hd.Latent.load(next(p for p in paths if p.endswith(".safetensors")))
@@ -197,9 +197,52 @@ def test_photo_in_the_chosen_domains(client, server, files):
     with torch.no_grad():
         want = G.synthesis(latent.ws[None].expand(2, -1, -1), domain=doms, noise_mode="const")
     assert np.array_equal(grid[2:34, 2 + 2 * 34:2 + 2 * 34 + 32], hd.make_grid(want[:1]).numpy()[2:34, 2:34])
-    assert latent.meta["inversion"]["steps"] == 2
+    assert latent.meta["inversion"]["steps"] == 2 and latent.meta["method"] == "ii2s"
     assert "no domain named" in app_error(client, gradio_client.handle_file(str(files.photo)), ["nope"], "", 2,
                                           api_name="/photo")
+
+
+def test_photo_through_the_encoder_by_default(client, server, files):
+    """With an encoder the panel's default is one pass through it (no II2S step); "encoder + II2S"
+    refines from its latent; a method the page does not offer is one line."""
+    from hyperdomain.image.encoders import load_encoder
+
+    photo = gradio_client.handle_file(str(files.photo))
+    _, paths = client.predict(photo, ["sketch"], "", 2, api_name="/photo")  # the method left to its default
+    latent = hd.Latent.load(next(p for p in paths if p.endswith(".safetensors")))
+    assert latent.meta["method"] == "e4e" and "inversion" not in latent.meta
+    G = hd.load_generator(files.generator)
+    [want] = hd.invert(G, [files.photo], encoder=load_encoder(files.encoder), align=False, lpips_backbone="random",
+                     progress=False)
+    assert torch.allclose(latent.ws, want.ws, atol=1e-6)  # the app's latent is the library's encoding
+    _, paths = client.predict(photo, ["sketch"], "", 2, "encoder + II2S", api_name="/photo")
+    refined = hd.Latent.load(next(p for p in paths if p.endswith(".safetensors")))
+    assert refined.meta["method"] == "e4e + ii2s refine 2" and refined.meta["inversion"]["steps"] == 2
+    assert not torch.equal(refined.ws, latent.ws)  # II2S moved it from the encoder's latent
+    assert "not in the list of choices" in app_error(client, photo, ["sketch"], "", 2, "telepathy", api_name="/photo")
+    from hyperdomain.webapp.photo import stylize_photo
+
+    with pytest.raises(HyperdomainError, match="method: 'telepathy' is not offered"):  # a library caller's value
+        stylize_photo(server.runs.models, str(files.photo), ["sketch"], method="telepathy")
+
+
+def test_photo_through_a_translator(client, server, files):
+    """The panel's translator: the photo as the translator reads it beside its one-pass translation,
+    both as the library makes them, and the translation offered for download."""
+    from hyperdomain.image.translate import prepare_for
+    from hyperdomain.webapp.photo import translate_photo
+
+    grid_path, [png] = client.predict(gradio_client.handle_file(str(files.photo)), "sketchy", api_name="/translate")
+    T = hd.load_translator(files.translator)
+    [prepared] = prepare_for(T, [files.photo], align=False)
+    [want] = hd.translate(T, [prepared], progress=False)
+    expected = hd.make_grid(torch.stack([prepared.tensor()[0], want]), nrow=2).numpy()
+    assert np.array_equal(read_rgb(grid_path), expected)
+    assert not np.array_equal(expected[:, :34], expected[:, 34:68])  # the translation changed the photo
+    assert (server.runs.models.work_dir / "downloads" / Path(png).name).is_file()  # published, as the page made it
+    assert np.array_equal(read_rgb(png), hd.make_grid(want[None], padding=0).numpy())
+    with pytest.raises(HyperdomainError, match="no translator named 'nope'"):
+        translate_photo(server.runs.models, str(files.photo), "nope")
 
 
 # ------------------------------------------------------------------------------------------ attacks

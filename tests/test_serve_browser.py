@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import hyperdomain as hd
@@ -196,6 +197,30 @@ def test_the_app_in_a_browser(browser, server, files, artifacts, tmp_path):
     message = until(lambda: toast_text(d), what="the error message")
     assert "notes.png" in message and "image" in message.lower(), message
     d.save_screenshot(str(artifacts / "webapp-photo-error.png"))
+    # a photo goes through the app's encoder by default: the row is the library's, in about a second
+    css(d, "#photo-file button[aria-label='Clear']").click()  # the broken upload, removed
+    until(lambda: css(d, "#photo-file input[type=file]")).send_keys(str(files.photo))
+    time.sleep(1.0)
+    css(d, "#photo-run").click()
+    row = until(lambda: grid_src(d, "photo-grid"), what="the photo's row")
+    from hyperdomain.image.encoders import load_encoder
+
+    G = hd.load_generator(files.generator)
+    [want] = hd.stylize(G, [files.photo], encoder=load_encoder(files.encoder), align=False, lpips_backbone="random",
+                        progress=False)
+    assert np.array_equal(fetch_rgb(row, tmp_path, "photo-row.png"), hd.make_grid(want.row(), nrow=2).numpy())
+    d.save_screenshot(str(artifacts / "webapp-photo-encoder.png"))
+    # and through the translator (the only one, chosen already): the photo beside its translation
+    css(d, "#photo-translate").click()
+    translated = until(lambda: grid_src(d, "photo-grid") != row and grid_src(d, "photo-grid"), what="the translation")
+    from hyperdomain.image.translate import prepare_for
+
+    T = hd.load_translator(files.translator)
+    [prepared] = prepare_for(T, [files.photo], align=False)
+    [out] = hd.translate(T, [prepared], progress=False)
+    assert np.array_equal(fetch_rgb(translated, tmp_path, "translated.png"),
+                          hd.make_grid(torch.stack([prepared.tensor()[0], out]), nrow=2).numpy())
+    d.save_screenshot(str(artifacts / "webapp-photo-translator.png"))
     # and the page still answers: the strength slider renders again
     open_tab(d, "Explore")
     type_into(until(lambda: css(d, "#explore-strength input[type=number]")), "1.5")

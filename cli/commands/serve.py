@@ -7,8 +7,8 @@ import click
 
 from ..errors import user_errors
 from ..loading import absolute_path, absolute_spec, resolve_device
-from ..options import (FiniteFloat, LibraryDefault, device_option, domain_source_options, generator_option,
-                       photo_options)
+from ..options import (FiniteFloat, LibraryDefault, device_option, domain_source_options, encoder_options,
+                       generator_option, photo_options)
 
 
 def _start():
@@ -45,6 +45,9 @@ def listen_address(ctx, param, host: str) -> str:
 @click.option("--clip", "clip", multiple=True, metavar="SPEC",
               help="CLIP model(s) for runs started in the page [default: ViT-B/32 + ViT-B/16].")
 @photo_options
+@encoder_options
+@click.option("--translator", "translators", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A translator file (hyperdomain translator train) offered in the Photo panel; repeatable.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hyperdomain-app"),
               show_default=True, help="Where the page's runs, uploads and downloads are written: a new or "
               "empty folder, or one an earlier serve made (only its downloads/ is served).")
@@ -64,7 +67,7 @@ def listen_address(ctx, param, host: str) -> str:
 @device_option
 @user_errors
 def serve(generator, domains, hyper, hyper_clip, clip, align, detector, detector_weights, lpips_vgg, steps, lr,
-          pca_samples, work_dir, host, port, allow_hosts, auth, auth_files, max_upload_mb, no_check, device):
+          pca_samples, encoder, restyle_steps, refine, translators, work_dir, host, port, allow_hosts, auth, auth_files, max_upload_mb, no_check, device):
     """A local web app: explore domains and prompts, adapt in the background, put photos in domains.
 
     Needs the extra: pip install 'hyperdomain[ui]'. Gradio's analytics are off; Ctrl-C stops it.
@@ -95,14 +98,17 @@ def serve(generator, domains, hyper, hyper_clip, clip, align, detector, detector
         lpips_backbone=absolute_path(lpips_vgg) if lpips_vgg is not None else "imagenet", align=align,
         detector=None if align is False else det,
         inversion=hd.InversionConfig(steps=steps, lr=lr, pca_samples=pca_samples),
-        work_dir=work_dir.resolve(), device=resolve_device(device), check=not no_check)
+        encoder=encoder if encoder in ("auto", "ii2s") else absolute_path(encoder), restyle_steps=restyle_steps,
+        refine=refine, translators=list(translators), work_dir=work_dir.resolve(), device=resolve_device(device), check=not no_check)
     if not is_loopback(host) and not users:
         click.echo(f"warning: listening on {host} without --auth: anyone who can reach this machine can use "
                    f"the app, start runs on it and download what it made", err=True)
     running = server.start(models, host, port, block=False, allow_hosts=allow_hosts, auth=users,
                            max_upload_mb=max_upload_mb)
     click.echo(f"hyperdomain app on {running.url} (generator {models.G.name}, {len(models.domains)} domain(s)"
-               f"{', a hypernetwork' if models.hyper is not None else ''}); files in {work_dir}"
+               f"{', a hypernetwork' if models.hyper is not None else ''}"
+               f"{', photos through ' + models.encoder.config.kind if models.encoder is not None else ''}"
+               f"{', ' + str(len(models.translators)) + ' translator(s)' if models.translators else ''}); files in {work_dir}"
                f"{'; passwords asked' if users else ''}; Ctrl-C stops it")
     running.block()  # Ctrl-C or SIGTERM: a run in progress stops at its next step and saves
     click.echo("stopped", err=True)

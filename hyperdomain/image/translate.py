@@ -8,10 +8,10 @@ import torch
 from tqdm import tqdm
 
 from ..errors import HyperdomainError
-from .inversion import PhotoLike, prepare_photos
+from .inversion import PhotoLike, PreparedPhoto, prepare_photos
 from .translators.files import Translator
 
-__all__ = ["translate", "translator_alignment"]
+__all__ = ["translate", "translator_alignment", "prepare_for"]
 
 
 def translator_alignment(T: Translator) -> str | None:
@@ -20,6 +20,13 @@ def translator_alignment(T: Translator) -> str | None:
 
     entry = load_manifest().get(str(T.generator.get("name")))
     return entry.align if entry is not None else None
+
+
+def prepare_for(T: Translator, photos: Sequence[PhotoLike], align: bool | None = None, detector=None
+                ) -> list[PreparedPhoto]:
+    """The photos as ``T`` reads them: at its side, aligned as its generator's photos (``align``)."""
+    like = SimpleNamespace(resolution=T.config.size, alignment=translator_alignment(T), name=T.generator.get("name"))
+    return prepare_photos(like, photos, align, detector)
 
 
 def translate(T: Translator, photos: Sequence[PhotoLike], *, align: bool | None = None, detector=None,
@@ -34,8 +41,7 @@ def translate(T: Translator, photos: Sequence[PhotoLike], *, align: bool | None 
         raise HyperdomainError("translate: no photos given")
     if batch < 1:
         raise HyperdomainError(f"translate: batch must be >= 1, got {batch}")
-    like = SimpleNamespace(resolution=T.config.size, alignment=translator_alignment(T), name=T.generator.get("name"))
-    prepared = prepare_photos(like, photos, align, detector)
+    prepared = prepare_for(T, photos, align, detector)
     out: list[torch.Tensor] = []
     starts = range(0, len(prepared), batch)
     for k, start in enumerate(tqdm(starts, desc="translate", unit="batch", disable=not progress or None)):

@@ -61,6 +61,10 @@ class AppModels:
     align: bool | None = None  # photos: None aligns for face generators
     detector: Callable[[], Any] | None = None  # makes the face detector when a photo is aligned
     inversion: InversionConfig = field(default_factory=InversionConfig)
+    encoder: Any = None  # a PhotoEncoder: photos in one pass (ReStyle: a few); None: II2S only
+    restyle_steps: int | None = None  # a ReStyle encoder's passes (None: its own)
+    refine: int = 0  # II2S steps after the encoder by default (0: the encoder alone)
+    translators: dict[str, Any] = field(default_factory=dict)  # name -> Translator (a photo into one domain)
     check: bool = True  # refuse domains made for another generator's weights
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -132,6 +136,27 @@ class AppModels:
 
         return aligns(self.G, self.align)
 
+    def add_translator_file(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Load a translator file made for this generator and offer it under ``name`` (its file's stem, made unique)."""
+        from ..image.translators import load_translator
+
+        t = load_translator(path, generator=self.G, check=self.check).to(self.G.device)
+        base = re.sub(r"\s+", " ", str(name or Path(path).stem)).strip()[:60] or "translator"
+        with self._lock:
+            unique, k = base, 2
+            while unique in self.translators:
+                unique, k = f"{base}_{k}", k + 1
+            self.translators[unique] = t
+        return unique
+
+    def translator(self, name: str):
+        with self._lock:
+            found = self.translators.get(name)
+        if found is None:
+            raise HyperdomainError(f"translator: no translator named {name!r} (choose one of "
+                                   f"{sorted(self.translators) or 'none: hyperdomain serve --translator FILE'})"[:300])
+        return found
+
     def face_detector(self):
         """The detector for aligning photos (``None``: the library's default one)."""
         if self.detector is None:
@@ -143,10 +168,14 @@ def load_models(generator: str | os.PathLike = "ffhq", domains: Sequence[str | o
                 hyper: str | os.PathLike | None = None, hyper_clip: str | None = None,
                 clip: Sequence[str] | None = None, lpips_backbone: str | os.PathLike = "imagenet",
                 align: bool | None = None, detector: Callable[[], Any] | None = None,
-                inversion: InversionConfig | None = None, work_dir: str | os.PathLike = "hyperdomain-app",
+                inversion: InversionConfig | None = None, encoder: Any = "auto", restyle_steps: int | None = None,
+                refine: int = 0, translators: Sequence[str | os.PathLike] = (), work_dir: str | os.PathLike = "hyperdomain-app",
                 device: str = "cpu", check: bool = True) -> AppModels:
     """Load what ``hyperdomain serve`` shows: the generator (a manifest name or a file), domain
-    files and a hypernetwork for it. CLIP, LPIPS and the detector load when first needed."""
+    files, a hypernetwork, the photo encoder (``encoder``: as :func:`hyperdomain.encoder_for` takes it;
+    ``"auto"``: the generator's release if already downloaded, else none and photos are inverted by
+    II2S) and translator files for it. CLIP, LPIPS and the detector load when first needed."""
+    from ..image.encoders.choice import encoder_for
     from ..model.generator import load_generator
     from ..model.hypernet import HyperDomainNet
 
@@ -154,9 +183,17 @@ def load_models(generator: str | os.PathLike = "ffhq", domains: Sequence[str | o
     spec = str(generator) if not Path(generator).exists() else str(Path(generator).resolve())
     models = AppModels(G=G, work_dir=Path(work_dir), generator_spec=spec, clip=tuple(clip) if clip else None,
                        lpips_backbone=str(lpips_backbone), align=align, detector=detector,
-                       inversion=inversion or InversionConfig(), check=check)
+                       inversion=inversion or InversionConfig(), restyle_steps=restyle_steps, refine=refine,
+                       check=check)
     for path in domains:
         models.add_domain_file(path)
+    for path in translators:
+        models.add_translator_file(path)
+    models.encoder = encoder_for(G, encoder, check=check, what="encoder")
+    if models.encoder is not None:
+        models.encoder.to(G.device)
+        if restyle_steps is not None and not models.encoder.config.iterative:
+            raise HyperdomainError(f"restyle_steps: the {models.encoder.config.kind} encoder makes one pass")
     if hyper is not None:
         net = HyperDomainNet.load(hyper, generator=G, check=check).to(G.device)
         net.text_encoder(hyper_clip)  # loaded now: the first prompt in the page answers at once

@@ -67,7 +67,11 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
     first_choice = PROMPT if has_hyper else (choices[1] if len(choices) > 1 else SOURCE)
     intro = (f"Generator **{G.name}** ({G.resolution} px, {G.num_domain_params} domain numbers)"
              + (f"; hypernetwork **{Path(str(models.hyper.meta.get('file', 'loaded'))).name}**" if has_hyper else "")
-             + f"; {len(models.domains)} domain file(s). Files this page makes for download go to `{models.work_dir / PUBLISHED}`.")
+             + f"; {len(models.domains)} domain file(s)"
+             + (f"; photos through a **{models.encoder.config.kind}** encoder" if models.encoder is not None
+                else "; photos by II2S (no encoder)")
+             + (f"; {len(models.translators)} translator(s)" if models.translators else "")
+             + f". Files this page makes for download go to `{models.work_dir / PUBLISHED}`.")
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## hyperdomain\n{intro}")
@@ -215,24 +219,43 @@ def build_app(models: AppModels, runs: jobs.Runs | None = None):
                                                 allow_custom_value=True)  # domains added later; checked by name
                     photo_prompt = gr.Textbox(label="Prompt (hypernetwork)", visible=has_hyper,
                                               elem_id="photo-prompt")
-                    photo_steps = gr.Number(models.inversion.steps, precision=0, label="Inversion steps",
+                    offered = photo.methods(models)
+                    photo_method = gr.Radio(offered, value=offered[0], label="Inversion",
+                                            info="encoder: one pass, in a second; II2S: the optimisation (steps "
+                                                 "below), closer and slower", elem_id="photo-method")
+                    photo_steps = gr.Number(photo.default_steps(models), precision=0, label="II2S steps",
                                             elem_id="photo-steps")
                     photo_button = gr.Button("Put the photo in the domains", variant="primary",
                                              elem_id="photo-run")
+                    translators = sorted(models.translators)
+                    with gr.Group(visible=bool(translators)):
+                        photo_translator = gr.Dropdown(translators, value=translators[0] if translators else None,
+                                                       label="Translator (one pass into its domain)",
+                                                       elem_id="photo-translator")
+                        translate_button = gr.Button("Translate the photo", elem_id="photo-translate")
                 with gr.Column(scale=2):
-                    photo_grid = gr.Image(label="Photo, reconstruction, then each domain", format="png",
+                    photo_grid = gr.Image(label="Photo, then its reconstruction and each domain (or its translation)",
+                                          format="png",
                                           interactive=False, height=260, elem_id="photo-grid")
                     photo_files = gr.File(label="Latent and images", file_count="multiple", interactive=False,
                                           elem_id="photo-files")
 
             @page_errors
-            def on_photo(file, chosen, prompt_text, steps, progress=gr.Progress()):
+            def on_photo(file, chosen, prompt_text, steps, method, progress=gr.Progress()):
                 grid_array, files = photo.stylize_photo(models, file, chosen or [], prompt_text or "", steps,
-                                                        on_step=lambda k, n: progress(k / n, desc="inverting"))
+                                                        on_step=lambda k, n: progress(k / n, desc="inverting"),
+                                                        method=method)
                 return grid_array, [str(p) for p in files]
 
-            photo_button.click(on_photo, [photo_file, photo_domains, photo_prompt, photo_steps],
+            @page_errors
+            def on_translate(file, name):
+                grid_array, files = photo.translate_photo(models, file, name or "")
+                return grid_array, [str(p) for p in files]
+
+            photo_button.click(on_photo, [photo_file, photo_domains, photo_prompt, photo_steps, photo_method],
                                [photo_grid, photo_files], api_name="photo")
+            translate_button.click(on_translate, [photo_file, photo_translator], [photo_grid, photo_files],
+                                   api_name="translate")
 
         timer = gr.Timer(1.0)
         timer.tick(on_tick, seen, [status, curve, preview, result, domain, second, photo_domains, seen],

@@ -421,6 +421,18 @@ def test_serve_refuses_bad_access_options(tmp_path, files):
     assert parse_auth(["eve:1"], [tmp_path / "users.txt"]) == [("eve", "1"), ("ada", "pa:ss"), ("bob", "x")]
 
 
+def test_serve_refuses_bad_photo_models(tmp_path, files):
+    """A missing translator, a domain file given as one, an encoder for another generator: one line
+    each, before the server starts."""
+    work = ["--work-dir", tmp_path / "w", "--device", "cpu"]
+    assert_user_error(cli("serve", "-g", files.generator, "--translator", tmp_path / "nope.safetensors", *work),
+                      "nope.safetensors")
+    assert_user_error(cli("serve", "-g", files.generator, "--translator", files.domain, *work), "sketch.safetensors")
+    assert_user_error(cli("serve", "-g", files.generator, "--encoder", files.translator, *work), "sketchy.safetensors")
+    assert_user_error(cli("serve", "-g", files.generator, "--encoder", files.encoder, "--restyle-steps", 2, *work),
+                      "--restyle-steps", "one pass")
+
+
 def test_page_messages_hide_the_upload_folder(monkeypatch, tmp_path):
     from hyperdomain.webapp.ui import page_message
 

@@ -193,7 +193,8 @@ def load_models(generator: str | os.PathLike = "ffhq", domains: Sequence[str | o
     if models.encoder is not None:
         models.encoder.to(G.device)
         if restyle_steps is not None and not models.encoder.config.iterative:
-            raise HyperdomainError(f"restyle_steps: the {models.encoder.config.kind} encoder makes one pass")
+            raise HyperdomainError(f"restyle steps (--restyle-steps) are for ReStyle encoders; the "
+                                   f"{models.encoder.config.kind} encoder makes one pass")
     if hyper is not None:
         net = HyperDomainNet.load(hyper, generator=G, check=check).to(G.device)
         net.text_encoder(hyper_clip)  # loaded now: the first prompt in the page answers at once

@@ -9,7 +9,7 @@ until ENOT's and NOT's maps reach an L2-UVP threshold on problems with a closed-
 
 ``throughput`` compares the two roads from a photo to its domain image at one resolution, random
 weights (the cost does not depend on their values): a translator (the trainer's default U-Net,
-resnet18 encoder, working at the generator's resolution) translating batches of ``--batch``
+tu-resnet18 encoder unless --encoder, working at the generator's resolution) translating batches of ``--batch``
 photos, against II2S inversion (``--inversion-steps`` steps, the paper's 1000 by default) of one
 photo and a render of its latent with a domain. The inversion's time is its measured per-step time
 (3 steps minus 1 step, so the setup is not counted) times the step count, plus the render: a full
@@ -55,7 +55,7 @@ def throughput(resolution: int, device_name: str, batch: int, repeats: int, inve
 
     device = torch.device(device_name)
     G = build_generator(resolution, device)
-    config = TranslatorConfig(size=resolution, encoder=encoder)
+    config = TranslatorConfig(size=resolution, **({"encoder": encoder} if encoder else {}))
     torch.manual_seed(0)
     translator = Translator(build_translator(config).to(device), config, "enot")
     photos = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
@@ -85,7 +85,7 @@ def throughput(resolution: int, device_name: str, batch: int, repeats: int, inve
     render()
     t_render = _median_time(render, repeats, device)
     t_inversion = inversion_steps * t_step + t_render
-    return {"resolution": resolution, "device": device_name, "batch": batch, "encoder": encoder,
+    return {"resolution": resolution, "device": device_name, "batch": batch, "encoder": config.encoder,
             "translator_batch_s": t_batch, "translator_images_per_s": batch / t_batch,
             "invert_step_s": t_step, "render_s": t_render, "inversion_steps": inversion_steps,
             "inversion_images_per_s": 1 / t_inversion, "speedup": (batch / t_batch) * t_inversion,
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="photos per translator batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--inversion-steps", type=int, default=1000, help="II2S steps per photo (the paper's: 1000)")
-    ap.add_argument("--encoder", default="resnet18", help="the translator's U-Net encoder")
+    ap.add_argument("--encoder", default=None, help="the translator's U-Net encoder [default: the trainer's]")
     args = ap.parse_args()
     if args.batch < 1 or args.repeats < 1 or args.inversion_steps < 1:
         print("translator.py: --batch, --repeats and --inversion-steps must be at least 1", file=sys.stderr)

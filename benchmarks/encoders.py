@@ -1,11 +1,10 @@
 """Photo encoders: the time of one encoder pass at 256 px (e4e, and ReStyle per iteration).
 
 Random-weight networks of the released size (1024 px generator: 18 style layers; IR-SE50
-backbone), eval mode, no grad, batch 1 by default; each pass timed twice, by the network as trained
-("plain") and by the copy with its BatchNorms folded that ``encode`` runs ("folded"). ReStyle's figure is one pass of the encoder on
+backbone), eval mode, no grad, batch 1 by default. ReStyle's figure is one pass of the encoder on
 photo + current image; a whole ReStyle iteration adds one render by the generator (timed by
 ``benchmarks/generator.py``), and an encode of ``n`` iterations is ``n`` passes and ``n - 1`` renders
-plus the average image's. Times are medians over ``--repeats`` after one warm-up pass of each.
+plus the average image's. Times are medians over ``--repeats`` after one warm-up pass.
 
     python benchmarks/encoders.py                     # CPU, e4e and ReStyle-pSp / ReStyle-e4e
     python benchmarks/encoders.py --repeats 9 --batch 4 --device cuda
@@ -23,8 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def time_pass(kind: str, size: int, batch: int, repeats: int, device: str) -> dict:
-    """Medians of the network as trained (BatchNorms unfolded: the figures before the inference copy)
-    and of ``inference_network()`` (what ``encode`` runs), timed in alternation so load hits both."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,23 +35,19 @@ def time_pass(kind: str, size: int, batch: int, repeats: int, device: str) -> di
         if device == "cuda":
             torch.cuda.synchronize()
 
-    times: dict[str, list[float]] = {"plain": [], "fast": []}
+    times = []
     with torch.no_grad():
-        nets = {"plain": enc.encoder, "fast": enc.inference_network()}
         with FlopCounterMode(display=False) as fc:
             enc.encoder(x)  # the warm-up pass, counted
-        nets["fast"](x)
         for _ in range(repeats):
-            for name, net in nets.items():
-                sync()
-                t0 = time.perf_counter()
-                net(x)
-                sync()
-                times[name].append(time.perf_counter() - t0)
+            sync()
+            t0 = time.perf_counter()
+            enc.encoder(x)
+            sync()
+            times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in enc.encoder.parameters())
-    return {"kind": kind, "gflop": fc.get_total_flops() / 1e9, "params": params,
-            **{f"{k}_median": statistics.median(v) for k, v in times.items()},
-            **{f"{k}_min": min(v) for k, v in times.items()}}
+    return {"kind": kind, "median": statistics.median(times), "min": min(times), "gflop": fc.get_total_flops() / 1e9,
+            "params": params}
 
 
 def main() -> None:
@@ -71,12 +64,11 @@ def main() -> None:
     rows = [time_pass(k, args.size, args.batch, args.repeats, args.device) for k in args.kinds]
     print(f"device {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"input {args.batch} x {args.size}x{args.size}, median of {args.repeats}")
-    print(f"{'encoder':<14} {'what':<22} {'plain med':>9} {'min':>7} {'folded med':>10} {'min':>7} {'GFLOP':>7} "
-          f"{'params M':>9}")
+    print(f"{'encoder':<14} {'what':<22} {'median s':>9} {'min s':>8} {'GFLOP':>7} {'params M':>9}")
     for r in rows:
         what = "one pass" if r["kind"] == "e4e" else "one pass (per iter.)"
-        print(f"{r['kind']:<14} {what:<22} {r['plain_median']:>9.3f} {r['plain_min']:>7.3f} {r['fast_median']:>10.3f} "
-              f"{r['fast_min']:>7.3f} {r['gflop']:>7.1f} {r['params'] / 1e6:>9.1f}")
+        print(f"{r['kind']:<14} {what:<22} {r['median']:>9.3f} {r['min']:>8.3f} {r['gflop']:>7.1f} "
+              f"{r['params'] / 1e6:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ so a file of the full architecture takes kilobytes.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import os
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
@@ -107,69 +105,6 @@ def test_restyle_matches_the_official_loop(parity, kind):
         _assert_close(ours, ref)
     # the second pass read the first pass's image: its residual is not the first one again
     assert float(((official[1] - official[0]) - (official[0] - t["latent_avg_restyle"])).abs().max()) > 1
-
-
-# ---------------------------------------------------------------------------- the inference copy
-def _plain_encode(enc: PhotoEncoder, x: torch.Tensor, render, dtype: torch.dtype) -> torch.Tensor:
-    """``encode``'s result by the network itself (BatchNorms unfolded), as the official loop runs it,
-    in ``dtype`` (float64: a reference with next to no rounding)."""
-    cfg, net = enc.config, copy.deepcopy(enc.encoder).to(dtype)
-    x, avg = fit_input(x, cfg.input_size).to(dtype), enc.latent_avg.to(dtype)
-    if not cfg.iterative:
-        return net(x) + avg
-    n = x.shape[0]
-    ws = avg[None].expand(n, -1, -1)
-    look = lambda ws: F.adaptive_avg_pool2d(render(ws.float()), cfg.input_size).to(dtype)  # noqa: E731
-    y = look(ws[:1]).expand(n, -1, -1, -1)
-    for i in range(cfg.n_iters):
-        ws = net(torch.cat([x, y], dim=1)) + ws
-        y = look(ws)
-    return ws
-
-
-@pytest.mark.parametrize("kind", ["e4e", "restyle-psp", "restyle-e4e"])
-def test_encode_runs_a_folded_copy_with_the_same_numbers(kind):
-    """The released widths (IR-SE50) at a small input; the seeded BatchNorms are far from identity.
-    Float32 rounding: the folded copy is as close to a float64 run of the plain network as the
-    plain network in float32 is (twice its error at most)."""
-    nc = 3 if kind == "e4e" else 6
-    config = EncoderConfig(kind, n_styles=8 if kind == "e4e" else 2, input_nc=nc, input_size=64,
-                           n_iters=1 if kind == "e4e" else 2)
-    enc = _seeded(config, 5, torch.randn(512, generator=torch.Generator().manual_seed(5)))
-    render = seeding.standin_render(config.n_styles, 5)
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    with torch.no_grad():
-        fast = enc.inference_network()
-        assert fast is not enc.encoder and fast is enc.inference_network()  # built once, then cached
-        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-        assert n_bn == 24 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.encoder.modules()) == 24 + 28
-        assert fast.styles[-1].linear.weight is enc.encoder.styles[-1].linear.weight  # heads shared, not copied
-        ref = _plain_encode(enc, x, render, torch.float64)
-        plain_err = float((_plain_encode(enc, x, render, torch.float32) - ref).abs().max())
-        fast_err = float((encode(enc, x, render=render) - ref).abs().max())
-    assert 0 < plain_err < 1e-4 * float(ref.abs().max())
-    assert fast_err <= 2 * plain_err, (fast_err, plain_err)
-
-
-def test_the_folded_copy_follows_the_weights_and_leaves_training_alone():
-    config = EncoderConfig("e4e", n_styles=4, input_size=32, widths=(16, 16, 32, 32), units=(1, 1, 1, 1), w_dim=32)
-    enc = _seeded(config, 1, torch.randn(32))
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.no_grad():
-        before = enc.inference_network()
-        enc.encoder.body[0].res_layer[4].running_var.mul_(4)  # an in-place update, as an optimizer step
-        after = enc.inference_network()
-        assert after is not before
-        _assert_close(encode(enc, x), enc.encoder(x) + enc.latent_avg)
-        enc.encoder.progressive_stage = 1
-        staged = encode(enc, x)  # the copy reads the network's training stage: layers 2-3 repeat w0
-        _assert_close(staged, enc.encoder(x) + enc.latent_avg)
-        assert torch.equal(staged[:, 3], staged[:, 0]) and not torch.equal(staged[:, 1], staged[:, 0])
-        enc.encoder.progressive_stage = None
-        enc.encoder.train()
-        assert enc.inference_network() is enc.encoder  # train-mode BatchNorms normalise by the batch
-    enc.eval()
-    assert enc.inference_network() is enc.encoder  # with gradients: the trained module itself
 
 
 # ---------------------------------------------------------------------------- encode

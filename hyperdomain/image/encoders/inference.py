@@ -60,15 +60,13 @@ def encode(encoder: PhotoEncoder, images: torch.Tensor, render: Render | None = 
     latent and its rendered image; each of ``n_iters`` passes (default: the config's) reads the photo
     and the current image (``render``'s output pooled to the input size) and adds its output to the
     latent. ``return_steps``: the list of W+ after each pass instead (one entry for e4e).
-    Gradients flow if enabled; wrap in ``torch.no_grad()`` to encode only (an eval-mode encoder then
-    runs its BatchNorm-folded copy: ``PhotoEncoder.inference_network``).
+    Gradients flow if enabled; wrap in ``torch.no_grad()`` to encode only.
     """
     cfg = encoder.config
     p = encoder.encoder.input_layer[0].weight
     x = fit_input(images.to(p.device, p.dtype), cfg.input_size)  # [N, 3, S, S]
-    net = encoder.inference_network()
     if not cfg.iterative:
-        ws = net(x)  # [N, n_styles, 512]
+        ws = encoder.encoder(x)  # [N, n_styles, 512]
         if cfg.start_from_latent_avg:
             ws = ws + encoder.latent_avg
         return [ws] if return_steps else ws
@@ -85,7 +83,7 @@ def encode(encoder: PhotoEncoder, images: torch.Tensor, render: Render | None = 
     ws = avg.expand(n, -1, -1)
     steps = []
     for i in range(n_iters):
-        ws = net(torch.cat([x, y], dim=1)) + ws  # the residual on the current latent
+        ws = encoder.encoder(torch.cat([x, y], dim=1)) + ws  # the residual on the current latent
         steps.append(ws)
         if i + 1 < n_iters:
             y = _rendered(render, ws, cfg.input_size, n)

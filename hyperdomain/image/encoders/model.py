@@ -7,9 +7,7 @@ import torch
 from torch import nn
 
 from ...errors import HyperdomainError
-from .backbone import IRSEBackbone
 from .config import EncoderConfig, a_kind
-from .fast import Key, folded_copy, weights_key
 from .networks import build_network
 from .state import check_latent_avg
 
@@ -27,7 +25,6 @@ class PhotoEncoder(nn.Module):
         self.encoder = build_network(config)
         avg = torch.zeros(config.n_styles, config.w_dim) if config.needs_latent_avg else None
         self.register_buffer("latent_avg", avg)
-        self._folded: tuple[Key, nn.Module] | None = None  # a plain attribute: not in the state dict
 
     @classmethod
     def from_state(cls, config: EncoderConfig, encoder_state: Mapping[str, torch.Tensor],
@@ -49,19 +46,3 @@ class PhotoEncoder(nn.Module):
         model.latent_avg = check_latent_avg(latent_avg, config, "encoder") if config.needs_latent_avg else None
         model.requires_grad_(False)
         return model.eval()
-
-    def inference_network(self) -> nn.Module:
-        """The network ``encode`` runs. Outside training (no grad, every module in eval mode) a copy
-        with the BatchNorms folded into their convolutions (``fast.folded_copy``): the same numbers to
-        float32 rounding, fewer passes over the maps. It is rebuilt whenever a weight changes (the
-        sample grid of a training run encodes between optimizer steps); training itself always gets
-        the network, so its BatchNorms keep learning."""
-        net = self.encoder
-        if torch.is_grad_enabled() or not isinstance(net, IRSEBackbone) or any(m.training for m in net.modules()):
-            return net
-        key = weights_key(net)
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, folded_copy(net))
-        fast = self._folded[1]
-        fast.progressive_stage = net.progressive_stage  # set by e4e's training between passes
-        return fast

@@ -28,7 +28,7 @@ def main() -> None:
             enc = train_encoder(G, resume=out, dist=dist, iters=iters, progress=False)
         else:
             # e4e's progressive stages: heads outside the graph until their turn (DDP must allow it)
-            extra = {"n_iters": 2} if kind != "e4e" else {"progressive_every": 1}
+            extra = {"progressive_every": 1, **({"n_iters": 2} if kind != "e4e" else {})}
             enc = train_encoder(G, kind, out_dir=out, dist=dist, iters=iters, progress=False, **TINY, **extra)
         state = {k: v.contiguous() for k, v in enc.state_dict().items()}
         save_file(state, str(out / f"rank{dist.rank}.safetensors"))

@@ -278,7 +278,7 @@ def test_the_cli_kinds_are_the_librarys():
 
 
 @pytest.mark.slow  # torchrun with 2 processes
-@pytest.mark.parametrize("kind", ["e4e", "restyle-e4e"])
+@pytest.mark.parametrize("kind", ["restyle-e4e"])  # its passes and e4e's progressive heads, in one pair of runs
 def test_ddp_two_processes_keep_ranks_identical_and_resume(tmp_path, kind):
     worker = ROOT / "tests" / "encoder_ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

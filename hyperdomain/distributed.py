@@ -68,6 +68,17 @@ def teardown(info: DistInfo) -> None:
             dist.destroy_process_group()
 
 
+def local_batch(batch: int, world: int, minimum: int = 1, why: str = "") -> int:
+    """Each process's share of the global ``batch`` (``--batch``), at least ``minimum`` (``why``: what needs it)."""
+    if batch % world:
+        raise HyperdomainError(f"--batch {batch} does not split over {world} processes; use a multiple")
+    share = batch // world
+    if share < minimum:
+        raise HyperdomainError(f"--batch {batch} over {world} processes leaves {share} per process ({why}: at "
+                               f"least {minimum})")
+    return share
+
+
 def any_rank(info: DistInfo, flags: list[bool]) -> list[bool]:
     """Element-wise OR of boolean flags over all ranks (one small all-reduce)."""
     if not info.active:

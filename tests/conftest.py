@@ -1,6 +1,8 @@
 import argparse
+import contextlib
 import os
 import shutil
+import threading
 
 # Huge pages for large CPU tensors, as the `hyperdomain` command runs; torch reads this once, at its
 # first allocation, so it is set here, before torch is imported.
@@ -43,6 +45,39 @@ def nan_on_call(fn, n: int):
         return value * float("nan") if calls["n"] == n else value
 
     return poisoned
+
+
+@contextlib.contextmanager
+def local_http_server(handler, **attrs):
+    """A threaded HTTP server on a free loopback port with ``handler``; ``attrs`` set on the server
+    (the handler reads them as ``self.server.X``); ``.url`` is its address."""
+    from http.server import ThreadingHTTPServer
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    for k, v in attrs.items():
+        setattr(srv, k, v)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=5)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny models' many small ops run fastest so, and the test
+    machine's cores are shared (``pytestmark = pytest.mark.usefixtures("one_thread")`` for a file)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ import hashlib
 import json
 import random
 import re
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from conftest import local_http_server
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.pretrained import ModelEntry, load_models, resolve_model
 
@@ -63,18 +63,8 @@ class _Drive(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def drive():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Drive)
-    srv.daemon_threads = True
-    srv.requests, srv.no_form, srv.cut_next_at, srv.data = [], False, None, DATA
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with local_http_server(_Drive, requests=[], no_form=False, cut_next_at=None, data=DATA) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def _models(url, sha=SHA, size=len(DATA)):

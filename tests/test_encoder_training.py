@@ -98,16 +98,6 @@ TINY_RUN = {"widths": (16, 16, 32, 32), "units": (1, 1, 1, 1), "losses": {"lpips
             "sample_every": 0, "checkpoint_every": 0, "sample_n": 2}
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: on a shared, loaded 2-core machine the tiny models' many small ops run several
-    times faster so than with threads waiting on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tame_generator():
     """The tiny generator with its images mostly in [-1, 1] (the to-RGB layers scaled by 1/4; its
     raw images reach 16), so the clamp to what a photo holds changes few pixels."""

@@ -15,15 +15,7 @@ from hyperdomain.image.translators import (
 from hyperdomain.image.translators.toy import NoisyMap, gaussian_sampler, mlp, random_gaussian_problem, random_spd
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 
 
 # --- closed form ---------------------------------------------------------------------------------------

@@ -156,3 +156,14 @@ def test_a_huge_learning_rate_keeps_the_state_before_it(tmp_path, tiny_G):
     with pytest.raises(HyperdomainError, match=r"step 1: the update made trained numbers non-finite.*step 0"):
         run.train(progress=False)
     assert torch.isfinite(load_checkpoint(tmp_path / "inf" / CHECKPOINT, "toy")[0]["x"]).all()
+
+
+def test_the_global_batch_splits_over_the_processes_or_is_one_line():
+    from hyperdomain.distributed import local_batch
+
+    assert local_batch(8, 2) == 4 and local_batch(6, 3, 2, "BatchNorm") == 2
+    with pytest.raises(HyperdomainError, match=r"^--batch 7 does not split over 2 processes; use a multiple$"):
+        local_batch(7, 2)
+    with pytest.raises(HyperdomainError, match=r"--batch 4 over 4 processes leaves 1 per process \(BatchNorm: at "
+                                               r"least 2\)"):
+        local_batch(4, 4, 2, "BatchNorm")

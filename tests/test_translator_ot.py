@@ -24,14 +24,7 @@ from hyperdomain.training.loop import TrainingRun, open_resume
 from hyperdomain.training.run_config import RunConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import logging
 import os
 import random
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
+from conftest import local_http_server
 from hyperdomain.files import pretrained as weights
 from hyperdomain.errors import HyperdomainError
 from hyperdomain.files.pretrained import ManifestEntry, download, load_manifest, resolve, weights_home
@@ -52,19 +52,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.files = {"/w/tiny.pt": DATA, "/mirror/tiny.pt": DATA}
-    srv.requests, srv.honour_range, srv.cut_next_at = [], True, None
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with local_http_server(_Handler, files={"/w/tiny.pt": DATA, "/mirror/tiny.pt": DATA}, requests=[],
+                           honour_range=True, cut_next_at=None) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def _manifest(urls, sha=SHA, size=len(DATA)):

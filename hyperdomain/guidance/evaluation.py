@@ -147,13 +147,17 @@ def format_table(rows: Iterable[EvalRow]) -> str:
 
 def write_results(rows: Sequence[EvalRow], path: str | os.PathLike) -> Path:
     """Write rows as ``.json`` (a list of objects) or ``.csv``, by the file's suffix, atomically."""
+    return write_table([asdict(r) for r in rows], list(EvalRow.__dataclass_fields__), path)
+
+
+def write_table(data: Sequence[dict], fieldnames: Sequence[str], path: str | os.PathLike) -> Path:
+    """Write ``data`` (one dict per row) as ``.json`` or ``.csv`` (columns ``fieldnames``), by the suffix, atomically."""
     path = Path(path)
-    data = [asdict(r) for r in rows]
     if path.suffix.lower() == ".json":
-        text = json.dumps(data, indent=2) + "\n"
+        text = json.dumps(list(data), indent=2) + "\n"
     elif path.suffix.lower() == ".csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(EvalRow.__dataclass_fields__))
+        w = csv.DictWriter(buf, fieldnames=list(fieldnames))
         w.writeheader()
         w.writerows(data)
         text = buf.getvalue()

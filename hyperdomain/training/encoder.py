@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .._version import __version__
-from ..distributed import DistInfo, broadcast_buffers
+from ..distributed import DistInfo, broadcast_buffers, local_batch
 from ..errors import HyperdomainError
 from ..files.kinds import IMAGE_SUFFIXES
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
@@ -253,12 +253,7 @@ class EncoderRun(TrainingRun):
     def __init__(self, G, config: EncoderTrainConfig, out_dir: Path | None, dist: DistInfo,
                  lpips: torch.nn.Module | None = None, detector=None):
         c = config
-        if c.batch % dist.world:
-            raise HyperdomainError(f"--batch {c.batch} does not split over {dist.world} processes; use a multiple")
-        self.local_batch = c.batch // dist.world
-        if self.local_batch < 2:
-            raise HyperdomainError(f"--batch {c.batch} over {dist.world} processes leaves {self.local_batch} per "
-                                   f"process; BatchNorm needs at least 2")
+        self.local_batch = local_batch(c.batch, dist.world, 2, "BatchNorm")
         G.eval().requires_grad_(False)
         super().__init__(G, config, out_dir, dist)
         try:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .._version import __version__
 from ..guidance.clip import ClipEncoder, ClipSpec, check_models, load_clip, run_spec, templates
 from ..model.config import DEFAULT_SOURCE_PROMPT
-from ..distributed import DistInfo, broadcast_buffers
+from ..distributed import DistInfo, broadcast_buffers, local_batch
 from ..model.domain import generator_meta
 from ..guidance.domain_lists import read_domain_list
 from ..errors import HyperdomainError
@@ -249,12 +249,7 @@ class _HyperRun(TrainingRun):
     def __init__(self, G, config: HyperTrainConfig, clip, input_clip, out_dir: Path | None, dist: DistInfo,
                  progress: bool = True):
         c = config
-        if c.batch % dist.world:
-            raise HyperdomainError(f"--batch {c.batch} does not split over {dist.world} processes; use a multiple")
-        self.local_batch = c.batch // dist.world
-        if self.local_batch < 2:
-            raise HyperdomainError(f"--batch {c.batch} over {dist.world} processes leaves {self.local_batch} per "
-                                   f"process; BatchNorm and the pairwise losses need at least 2")
+        self.local_batch = local_batch(c.batch, dist.world, 2, "BatchNorm and the pairwise losses")
         G.eval().requires_grad_(False)
         super().__init__(G, config, out_dir, dist)
         self.train_list = read_domain_list(c.domains, c.source)

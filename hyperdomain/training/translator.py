@@ -26,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .._version import __version__
-from ..distributed import DistInfo, broadcast_buffers
+from ..distributed import DistInfo, broadcast_buffers, local_batch
 from ..errors import HyperdomainError
 from ..files.run_checkpoints import CHECKPOINT, read_checkpoint_meta
 from ..guidance.losses import Embeddings, LossWeights, StepImages, compute_losses, default_weights
@@ -264,9 +264,7 @@ class _TranslatorRun(TrainingRun):
         if c.method not in METHOD_LOSSES:
             raise HyperdomainError(f"--method {c.method}: not available in this version (it has "
                                    f"{', '.join(METHOD_LOSSES)})")
-        if c.batch % dist.world:
-            raise HyperdomainError(f"--batch {c.batch} does not split over {dist.world} processes; use a multiple")
-        self.local_batch = c.batch // dist.world
+        self.local_batch = local_batch(c.batch, dist.world)
         if hasattr(G, "eval"):
             G.eval().requires_grad_(False)
         super().__init__(G, config, out_dir, dist)

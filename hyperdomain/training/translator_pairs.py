@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..datasets.latents import stream_seed
 from ..datasets.settings import SETTINGS_FILE, DatasetSettings, domain_digest, read_settings
+from ..distributed import local_batch
 from ..errors import HyperdomainError
 from ..model.domain import Domain, generator_meta
 
@@ -35,9 +36,7 @@ def pair_seed(seed: int, step: int) -> int:
 
 
 def _rows(size: int, rank: int, world: int) -> slice:
-    if size % world:
-        raise HyperdomainError(f"--batch {size} does not split over {world} processes; use a multiple")
-    b = size // world
+    b = local_batch(size, world)
     return slice(rank * b, (rank + 1) * b)
 
 

@@ -12,9 +12,6 @@
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import time
@@ -26,7 +23,6 @@ import torch
 from torch import nn
 
 from ...errors import HyperdomainError
-from ...files.atomic import atomic_path
 from ..perceptual import lpips_distance
 from .files import Translator, resize
 
@@ -187,18 +183,7 @@ def format_translator_table(rows: Sequence[TranslatorRow]) -> str:
 
 def write_rows(rows: Sequence[TranslatorRow], path: str | os.PathLike) -> Path:
     """Write rows as ``.json`` (a list of objects; NaN as null) or ``.csv``, by the suffix, atomically."""
-    path = Path(path)
+    from ...guidance.evaluation import write_table
+
     data = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows]
-    if path.suffix.lower() == ".json":
-        text = json.dumps(data, indent=2) + "\n"
-    elif path.suffix.lower() == ".csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(TranslatorRow.__dataclass_fields__))
-        w.writeheader()
-        w.writerows(data)
-        text = buf.getvalue()
-    else:
-        raise HyperdomainError(f"{path}: results go to a .json or .csv file")
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
+    return write_table(data, list(TranslatorRow.__dataclass_fields__), path)
